@@ -1,0 +1,133 @@
+"""The ``hwbench`` command: a thin click layer over the library.
+
+Every user error is printed as one line (``hwbench: error: ...``) with a non-zero exit code;
+tracebacks are reserved for bugs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from hwbench import __version__
+from hwbench.errors import HwbenchError, UsageError
+
+
+class _Group(click.Group):
+    """A click group that turns every expected failure into a single line on stderr."""
+
+    def main(self, args=None, prog_name=None, **kwargs):
+        kwargs.pop("standalone_mode", None)
+        try:
+            rv = super().main(args, prog_name, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("hwbench: interrupted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            click.echo(f"hwbench: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except HwbenchError as exc:
+            click.echo(f"hwbench: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hwbench")
+def cli() -> None:
+    """Hardware-aware benchmarking and co-training of channel-gated networks (SSL).
+
+    Counts are MACs (multiply-accumulates; 1 MAC = 2 FLOPs) unless a column says otherwise.
+    """
+
+
+@cli.command()
+@click.option("--arch", default=None, help="Network: resnet18, resnet34, resnet50. "
+              "[default: resnet18, or the pattern's]")
+@click.option("--stem", default=None, type=click.Choice(["cifar", "imagenet"]),
+              help="cifar: 3x3/1 conv, padding 2, no max-pool; imagenet: 7x7/2 conv + 3x3/2 "
+                   "max-pool. [default: cifar, or the pattern's]")
+@click.option("--input-size", type=click.IntRange(min=1), default=None,
+              help="Square input side in pixels. [default: 32, or the pattern's]")
+@click.option("--pattern", "pattern_path", type=click.Path(dir_okay=False), default=None,
+              help="A gate-pattern JSON file (models/*.json): report its expected gated MACs.")
+@click.option("--t-d", "t_d", type=float, default=None,
+              help="Target MACs ratio in (0, 1]: report the prior pattern synthesised for it.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def flops(arch, stem, input_size, pattern_path, t_d, as_json) -> None:
+    """Exact MACs of the dense network, and of a gate pattern (--pattern or --t-d).
+
+    Counted as in the paper: every conv (stem, blocks, downsample) plus, in the gated network,
+    the gates' 1x1 convs; BN, ReLU, pooling and the head are not counted.
+    """
+    from hwbench.flops import dense_report, pattern_report
+    from hwbench.nets.geometry import arch_spec
+    from hwbench.patterns import load_pattern, synthesise
+
+    if pattern_path is not None and t_d is not None:
+        raise UsageError("--pattern and --t-d are mutually exclusive")
+    if pattern_path is not None:
+        pattern = load_pattern(pattern_path)
+        given = {"--arch": (arch, pattern.arch), "--stem": (stem, pattern.stem),
+                 "--input-size": (input_size, pattern.input_size)}
+        for opt, (value, own) in given.items():
+            if value is not None and value != own:
+                raise UsageError(f"{opt} {value} does not match the pattern's {own} "
+                                 f"({pattern_path})")
+        report = pattern_report(pattern)
+    else:
+        arch, stem = arch or "resnet18", stem or "cifar"
+        input_size = 32 if input_size is None else input_size
+        arch_spec(arch)
+        if t_d is not None:
+            if not 0 < t_d <= 1:
+                raise UsageError(f"--t-d must be in (0, 1], got {t_d}")
+            report = pattern_report(synthesise(arch, stem, input_size, t_d))
+        else:
+            report = dense_report(arch, stem, input_size)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_macs_table(report)
+
+
+def _print_macs_table(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hwbench.flops import format_macs
+
+    gated = report.gated_macs is not None
+    title = (f"{report.arch} · {report.stem} stem · {report.input_size}×{report.input_size} px — "
+             f"{'gated (expected per sample)' if gated else 'dense'} MACs")
+    table = Table(title=title, caption="MACs = multiply-accumulates (1 MAC = 2 FLOPs); gated "
+                  "MACs include the gate modules", caption_justify="left")
+    table.add_column("layer")
+    table.add_column("channels", justify="right")
+    table.add_column("on", justify="right")
+    table.add_column("MACs", justify="right")
+    table.add_column("% of dense", justify="right")
+    table.add_row("stem", "64", "64", format_macs(report.stem_macs), "100.0")
+    for lm in report.layers:
+        table.add_row(lm.name, str(lm.channels), f"{lm.expected_on:.1f}" if gated
+                      else str(lm.channels), format_macs(lm.macs), f"{lm.pct_of_dense:.1f}")
+    total = report.gated_macs if gated else report.dense_macs
+    table.add_row("total", "", "", format_macs(total), f"{100 * total / report.dense_macs:.1f}",
+                  style="bold")
+    console = Console(soft_wrap=True)
+    console.print(table)
+    console.print(f"dense: {report.dense_macs:,} MACs ({format_macs(report.dense_macs)})")
+    if gated:
+        td = "" if report.t_d is None else f", t_d {report.t_d:g}"
+        console.print(f"gated: {report.gated_macs:,.0f} MACs ({format_macs(report.gated_macs)}), "
+                      f"ratio gated/dense {report.ratio:.4f}{td}")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

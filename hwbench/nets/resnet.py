@@ -1,0 +1,215 @@
+"""Gated ResNets with two streams over one set of conv weights.
+
+``stream="dense"`` runs every channel and no gate; ``stream="gated"`` runs each block's gate and
+masks the block's intermediate channels. Each stream has its own BatchNorms on the residual path
+(the reference's ``separate_bn``); the stem's BN is shared, as in the reference, because both
+streams see the same input distribution there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from hwbench.nets.gate import GATE_TEMPERATURE, ChannelGate
+from hwbench.nets.geometry import ArchSpec, BlockGeometry, NetGeometry, check_stem, net_geometry
+
+Stream = Literal["dense", "gated"]
+STREAMS: tuple[str, ...] = ("dense", "gated")
+
+
+def _check_stream(stream: str) -> None:
+    if stream not in STREAMS:
+        raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
+
+
+class DualBatchNorm2d(nn.Module):
+    """Two BatchNorms over the same channels: one per stream."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.dense = nn.BatchNorm2d(channels)
+        self.gated = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
+        return self.dense(x) if stream == "dense" else self.gated(x)
+
+
+class _Downsample(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False)
+        self.bn = DualBatchNorm2d(out_ch)
+
+    def forward(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
+        return self.bn(self.conv(x), stream)
+
+
+class GatedBasicBlock(nn.Module):
+    """conv3x3 -> BN -> ReLU -> [mask] -> conv3x3 -> BN -> (+ shortcut) -> ReLU."""
+
+    def __init__(self, geom: BlockGeometry, temperature: float):
+        super().__init__()
+        c_in, w, c_out, s = geom.in_channels, geom.width, geom.out_channels, geom.stride
+        self.conv1 = nn.Conv2d(c_in, w, 3, stride=s, padding=1, bias=False)
+        self.bn1 = DualBatchNorm2d(w)
+        self.conv2 = nn.Conv2d(w, c_out, 3, padding=1, bias=False)
+        self.bn2 = DualBatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _Downsample(c_in, c_out, s) if geom.has_downsample else None
+        self.gate = ChannelGate(c_in, w, temperature)
+
+    def forward(self, x: torch.Tensor, stream: Stream) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mask = self.gate(x) if stream == "gated" else None
+        out = self.relu(self.bn1(self.conv1(x), stream))
+        if mask is not None:
+            out = out * mask[:, :, None, None]
+        out = self.bn2(self.conv2(out), stream)
+        shortcut = x if self.downsample is None else self.downsample(x, stream)
+        return self.relu(out + shortcut), mask
+
+
+class GatedBottleneck(nn.Module):
+    """1x1 -> BN -> ReLU -> [mask] -> 3x3 -> BN -> ReLU -> [mask] -> 1x1 -> BN -> (+) -> ReLU.
+
+    One gate of the inner width masks both inner tensors, so a channel that is off is skipped by
+    all three convs (as an output of the first two and an input of the last two).
+    """
+
+    def __init__(self, geom: BlockGeometry, temperature: float):
+        super().__init__()
+        c_in, w, c_out, s = geom.in_channels, geom.width, geom.out_channels, geom.stride
+        self.conv1 = nn.Conv2d(c_in, w, 1, bias=False)
+        self.bn1 = DualBatchNorm2d(w)
+        self.conv2 = nn.Conv2d(w, w, 3, stride=s, padding=1, bias=False)
+        self.bn2 = DualBatchNorm2d(w)
+        self.conv3 = nn.Conv2d(w, c_out, 1, bias=False)
+        self.bn3 = DualBatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _Downsample(c_in, c_out, s) if geom.has_downsample else None
+        self.gate = ChannelGate(c_in, w, temperature)
+
+    def forward(self, x: torch.Tensor, stream: Stream) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mask = self.gate(x) if stream == "gated" else None
+        m = None if mask is None else mask[:, :, None, None]
+        out = self.relu(self.bn1(self.conv1(x), stream))
+        if m is not None:
+            out = out * m
+        out = self.relu(self.bn2(self.conv2(out), stream))
+        if m is not None:
+            out = out * m
+        out = self.bn3(self.conv3(out), stream)
+        shortcut = x if self.downsample is None else self.downsample(x, stream)
+        return self.relu(out + shortcut), mask
+
+
+@dataclass
+class GatedForward:
+    """What a gated pass produced.
+
+    features: (B, num_features) pooled backbone features.
+    masks: one (B, C_l) 0/1 tensor per gated block, in forward order (straight-through in
+        training, so they carry gradients to the gates).
+    macs: (B,) per-sample MACs of the gated network, gate modules included (differentiable
+        through ``masks``).
+    dense_macs: MACs of the dense stream at this input size (a constant).
+    """
+
+    features: torch.Tensor
+    masks: list[torch.Tensor]
+    macs: torch.Tensor
+    dense_macs: int
+
+    @property
+    def macs_ratio(self) -> torch.Tensor:
+        """(B,) gated MACs / dense MACs per sample."""
+        return self.macs / self.dense_macs
+
+
+class GatedResNet(nn.Module):
+    """A ResNet backbone (no classifier head) with a channel gate in every residual block."""
+
+    def __init__(self, spec: ArchSpec, stem: str = "cifar", widths: list[int] | None = None,
+                 gate_temperature: float = GATE_TEMPERATURE):
+        super().__init__()
+        self.spec, self.stem = spec, check_stem(stem)
+        self.widths = None if widths is None else [int(w) for w in widths]
+        self.num_features = spec.num_features
+        # Module shapes do not depend on the input size; any reference size works here.
+        ref = net_geometry(spec.name, stem, 64, self.widths)
+        if stem == "cifar":
+            self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        block_cls = GatedBasicBlock if spec.block == "basic" else GatedBottleneck
+        self.block_names: list[str] = [b.name for b in ref.blocks]
+        for stage in range(1, 5):
+            blocks = [block_cls(b, gate_temperature) for b in ref.blocks
+                      if b.name.startswith(f"layer{stage}.")]
+            self.add_module(f"layer{stage}", nn.ModuleList(blocks))
+        self._geometry_cache: dict[tuple[int, int], NetGeometry] = {}
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def arch(self) -> str:
+        return self.spec.name
+
+    def blocks(self) -> list[tuple[str, nn.Module]]:
+        """The gated blocks in forward order, with their pattern names (``layer1.0`` ...)."""
+        mods = [blk for stage in range(1, 5) for blk in getattr(self, f"layer{stage}")]
+        return list(zip(self.block_names, mods))
+
+    def geometry(self, input_hw: tuple[int, int]) -> NetGeometry:
+        """Shapes and MAC counts of this network at an input of ``input_hw`` pixels."""
+        hw = (int(input_hw[0]), int(input_hw[1]))
+        if hw not in self._geometry_cache:
+            self._geometry_cache[hw] = net_geometry(self.arch, self.stem, hw, self.widths)
+        return self._geometry_cache[hw]
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def _run(self, x: torch.Tensor, stream: Stream) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        _check_stream(stream)
+        out = self._stem(x)
+        masks = []
+        for _, block in self.blocks():
+            out, mask = block(out, stream)
+            if mask is not None:
+                masks.append(mask)
+        return torch.flatten(out.mean(dim=(2, 3), keepdim=True), 1), masks
+
+    def forward_features(self, x: torch.Tensor, stream: Stream = "dense") -> torch.Tensor:
+        """(B, 3, H, W) -> (B, num_features) pooled features of the chosen stream."""
+        return self._run(x, stream)[0]
+
+    def forward(self, x: torch.Tensor, stream: Stream = "dense") -> torch.Tensor:
+        return self.forward_features(x, stream)
+
+    def forward_gated(self, x: torch.Tensor) -> GatedForward:
+        """A gated pass that also returns each block's mask and the per-sample MACs."""
+        features, masks = self._run(x, "gated")
+        geom = self.geometry(x.shape[-2:])
+        # float64: MAC counts near 1e9 lose their last digits in float32.
+        macs = torch.full((x.shape[0],), float(geom.stem_macs), device=x.device,
+                          dtype=torch.float64)
+        for g, mask in zip(geom.blocks, masks):
+            macs = macs + g.gated_macs(mask.sum(dim=1).to(torch.float64))
+        return GatedForward(features, masks, macs, geom.dense_macs())

@@ -1,0 +1,287 @@
+"""Gate patterns: which channels of each gated block are always on, always off, or data-dependent.
+
+The file format (``hwbench/gate-pattern@1``) is fixed; every command that measures or trains
+reads it. ``summarise`` turns a trained network into a pattern, ``synthesise`` makes the prior
+pattern for a budget ``t_d`` before any training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hwbench.errors import HwbenchError, PatternError
+from hwbench.io import atomic_write_json
+from hwbench.nets.geometry import ARCHS, STEMS, NetGeometry, net_geometry
+
+SCHEMA = "hwbench/gate-pattern@1"
+_LAYER_INTS = ("channels", "always_on", "always_off", "dynamic")
+_KNOWN_TOP = {"schema", "arch", "stem", "input_size", "t_d", "layers"}
+
+
+@dataclass
+class LayerPattern:
+    """One gated block. ``dynamic_on_rate``: mean fraction of its dynamic channels on per sample."""
+
+    name: str
+    channels: int
+    always_on: int
+    always_off: int
+    dynamic: int
+    dynamic_on_rate: float = 0.0
+    on_idx: list[int] | None = None
+    dynamic_idx: list[int] | None = None
+    dynamic_rates: list[float] | None = None
+
+    def expected_on(self) -> float:
+        """E[channels on] per sample."""
+        if self.dynamic_rates is not None:
+            return self.always_on + float(sum(self.dynamic_rates))
+        return self.always_on + self.dynamic * self.dynamic_on_rate
+
+    def expected_on_sq(self) -> float:
+        """E[(channels on)^2] per sample, dynamic channels taken as independent Bernoullis."""
+        if self.dynamic_rates is not None:
+            var = float(sum(r * (1.0 - r) for r in self.dynamic_rates))
+        else:
+            var = self.dynamic * self.dynamic_on_rate * (1.0 - self.dynamic_on_rate)
+        return self.expected_on() ** 2 + var
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name, "channels": self.channels, "always_on": self.always_on,
+            "always_off": self.always_off, "dynamic": self.dynamic,
+            "dynamic_on_rate": self.dynamic_on_rate,
+        }
+        for key in ("on_idx", "dynamic_idx", "dynamic_rates"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
+
+
+@dataclass
+class GatePattern:
+    arch: str
+    stem: str
+    input_size: int
+    layers: list[LayerPattern]
+    t_d: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # other top-level keys: source, dataset
+
+    def geometry(self) -> NetGeometry:
+        return net_geometry(self.arch, self.stem, self.input_size)
+
+    def kept_channels(self) -> list[int]:
+        """Per layer, the channels a static engine keeps (always-on + dynamic)."""
+        return [lp.always_on + lp.dynamic for lp in self.layers]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"schema": SCHEMA, "arch": self.arch, "stem": self.stem,
+                             "input_size": self.input_size}
+        if self.t_d is not None:
+            d["t_d"] = self.t_d
+        d.update(self.extra)
+        d["layers"] = [lp.to_dict() for lp in self.layers]
+        return d
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (temporary file + rename)."""
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> GatePattern:
+        return load_pattern(path)
+
+    @classmethod
+    def from_dict(cls, obj: Any, source: str = "<pattern>") -> GatePattern:
+        return _parse(obj, source)
+
+
+def load_pattern(path: str | Path) -> GatePattern:
+    """Read and validate a pattern file; every problem is a one-line ``PatternError``."""
+    src = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PatternError(src, None, "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PatternError(src, None, f"cannot read: {exc}") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PatternError(src, None, f"not valid JSON ({exc.msg} at line {exc.lineno}, "
+                                      f"column {exc.colno})") from None
+    return _parse(obj, src)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _parse(obj: Any, src: str) -> GatePattern:
+    def fail(fld: str | None, msg: str):
+        raise PatternError(src, fld, msg)
+
+    if not isinstance(obj, dict):
+        fail(None, "expected a JSON object at the top level")
+    if obj.get("schema") != SCHEMA:
+        fail("schema", f"expected {SCHEMA!r}, got {obj.get('schema')!r}")
+    arch, stem, size = obj.get("arch"), obj.get("stem"), obj.get("input_size")
+    if arch not in ARCHS:
+        fail("arch", f"unknown arch {arch!r}; known: {', '.join(sorted(ARCHS))}")
+    if stem not in STEMS:
+        fail("stem", f"unknown stem {stem!r}; known: {', '.join(STEMS)}")
+    if not _is_int(size) or size < 1:
+        fail("input_size", f"expected a positive integer, got {size!r}")
+    t_d = obj.get("t_d")
+    if t_d is not None and (not _is_num(t_d) or not 0 < t_d <= 1):
+        fail("t_d", f"expected a number in (0, 1], got {t_d!r}")
+    try:
+        geom = net_geometry(arch, stem, size)
+    except HwbenchError as exc:
+        fail("input_size", str(exc))
+    layers_raw = obj.get("layers")
+    if not isinstance(layers_raw, list):
+        fail("layers", "expected a list with one entry per gated block")
+    if len(layers_raw) != len(geom.blocks):
+        fail("layers", f"{arch} has {len(geom.blocks)} gated blocks, the file lists "
+                       f"{len(layers_raw)}")
+    layers = [_parse_layer(raw, i, b.name, b.width, fail)
+              for i, (raw, b) in enumerate(zip(layers_raw, geom.blocks))]
+    extra = {k: v for k, v in obj.items() if k not in _KNOWN_TOP}
+    return GatePattern(arch, stem, size, layers, None if t_d is None else float(t_d), extra)
+
+
+def _parse_layer(raw: Any, i: int, name: str, width: int, fail) -> LayerPattern:
+    at = f"layers[{i}]"
+    if not isinstance(raw, dict):
+        fail(at, "expected an object")
+    if raw.get("name") != name:
+        fail(f"{at}.name", f"expected {name!r} (forward order), got {raw.get('name')!r}")
+    for key in _LAYER_INTS:
+        if not _is_int(raw.get(key)) or raw[key] < 0:
+            fail(f"{at}.{key}", f"expected a non-negative integer, got {raw.get(key)!r}")
+    if raw["channels"] != width:
+        fail(f"{at}.channels", f"{name} of this arch has {width} gated channels, "
+                               f"got {raw['channels']}")
+    total = raw["always_on"] + raw["always_off"] + raw["dynamic"]
+    if total != raw["channels"]:
+        fail(f"{at}.always_on", f"always_on + always_off + dynamic = {raw['always_on']} + "
+                                f"{raw['always_off']} + {raw['dynamic']} = {total}, "
+                                f"expected channels = {raw['channels']}")
+    rate = raw.get("dynamic_on_rate", 0.0)
+    if not _is_num(rate) or not 0 <= rate <= 1:
+        fail(f"{at}.dynamic_on_rate", f"expected a number in [0, 1], got {rate!r}")
+    on_idx = _index_list(raw, "on_idx", raw["always_on"], width, at, fail)
+    dyn_idx = _index_list(raw, "dynamic_idx", raw["dynamic"], width, at, fail)
+    if on_idx is not None and dyn_idx is not None and set(on_idx) & set(dyn_idx):
+        fail(f"{at}.dynamic_idx", "shares channels with on_idx")
+    rates = raw.get("dynamic_rates")
+    if rates is not None:
+        if (not isinstance(rates, list) or len(rates) != raw["dynamic"]
+                or not all(_is_num(r) and 0 <= r <= 1 for r in rates)):
+            fail(f"{at}.dynamic_rates", f"expected {raw['dynamic']} numbers in [0, 1]")
+        rates = [float(r) for r in rates]
+    return LayerPattern(name, raw["channels"], raw["always_on"], raw["always_off"],
+                        raw["dynamic"], float(rate), on_idx, dyn_idx, rates)
+
+
+def _index_list(raw, key, count, width, at, fail) -> list[int] | None:
+    idx = raw.get(key)
+    if idx is None:
+        return None
+    if (not isinstance(idx, list) or len(idx) != count
+            or not all(_is_int(j) and 0 <= j < width for j in idx) or len(set(idx)) != count):
+        fail(f"{at}.{key}", f"expected {count} distinct channel indices in [0, {width})")
+    return idx
+
+
+def _input_batches(loader: Iterable) -> Iterable[torch.Tensor]:
+    for batch in loader:
+        yield batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
+@torch.no_grad()
+def summarise(net, loader: Iterable, device: str | torch.device | None = None,
+              max_batches: int | None = None, **extra: Any) -> GatePattern:
+    """Run the gated stream (eval mode: hard, noise-free gates) over ``loader`` and group channels.
+
+    A channel on for every sample is always-on, off for every sample always-off, otherwise
+    dynamic; ``dynamic_rates`` are the per-channel on-frequencies of the dynamic ones. ``loader``
+    yields image tensors (B, 3, H, W) or tuples whose first item is one.
+    """
+    was_training = net.training
+    net.eval()
+    device = device or next(net.parameters()).device
+    counts: list[torch.Tensor] | None = None
+    n, size = 0, None
+    try:
+        for b, x in enumerate(_input_batches(loader)):
+            if max_batches is not None and b >= max_batches:
+                break
+            if x.shape[-1] != x.shape[-2]:
+                raise PatternError("summarise", "input_size",
+                                   f"patterns describe square inputs, got {tuple(x.shape[-2:])}")
+            size = int(x.shape[-1])
+            out = net.forward_gated(x.to(device))
+            sums = [m.sum(dim=0).double().cpu() for m in out.masks]
+            counts = sums if counts is None else [c + s for c, s in zip(counts, sums)]
+            n += x.shape[0]
+    finally:
+        net.train(was_training)
+    if counts is None:
+        raise PatternError("summarise", None, "the data loader yielded no samples")
+    layers = []
+    for name, c in zip(net.block_names, counts):
+        rates = c / n
+        on = (c == n).nonzero().flatten().tolist()
+        dyn = ((c > 0) & (c < n)).nonzero().flatten().tolist()
+        dyn_rates = [float(rates[j]) for j in dyn]
+        layers.append(LayerPattern(
+            name=name, channels=len(c), always_on=len(on), always_off=len(c) - len(on) - len(dyn),
+            dynamic=len(dyn), dynamic_on_rate=(sum(dyn_rates) / len(dyn)) if dyn else 0.0,
+            on_idx=on, dynamic_idx=dyn, dynamic_rates=dyn_rates,
+        ))
+    extra.setdefault("source", "summarise")
+    extra.setdefault("samples", n)
+    return GatePattern(net.arch, net.stem, size, layers, extra=extra)
+
+
+def synthesise(arch: str, stem: str, input_size: int, t_d: float) -> GatePattern:
+    """The prior pattern for budget ``t_d``: one always-on fraction f in every gated layer, the
+    rest always-off, no dynamic channels, f chosen so that the gated MACs ratio (gates included)
+    is as close to ``t_d`` as integer channel counts allow.
+    """
+    if not _is_num(t_d) or not 0 < t_d <= 1:
+        raise PatternError("synthesise", "t_d", f"expected a number in (0, 1], got {t_d!r}")
+    geom = net_geometry(arch, stem, input_size)
+    dense = geom.dense_macs()
+
+    def counts(f: float) -> list[int]:
+        return [min(b.width, math.floor(f * b.width + 0.5)) for b in geom.blocks]
+
+    def ratio(ons: list[int]) -> float:
+        return (geom.stem_macs + sum(b.gated_macs(k) for b, k in zip(geom.blocks, ons))) / dense
+
+    floor_ratio = ratio([0] * len(geom.blocks))
+    if t_d < floor_ratio:
+        raise PatternError("synthesise", "t_d", f"{t_d} is below {floor_ratio:.4f}, the smallest "
+                           f"gated MACs ratio of {arch}/{stem}/{input_size}px (stem, downsample "
+                           "and gate MACs always run)")
+    # Every distinct count vector arises at some f = k / width; try them all (a few hundred).
+    fractions = sorted({k / b.width for b in geom.blocks for k in range(b.width + 1)})
+    best = min(fractions, key=lambda f: (abs(ratio(counts(f)) - t_d), -f))
+    layers = [LayerPattern(b.name, b.width, k, b.width - k, 0, 0.0)
+              for b, k in zip(geom.blocks, counts(best))]
+    return GatePattern(arch, stem, input_size, layers, float(t_d),
+                       extra={"source": "synthesise", "always_on_fraction": best})

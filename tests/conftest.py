@@ -1,0 +1,39 @@
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def conv_mac_counter(module: nn.Module):
+    """An independent MAC counter: forward hooks on every Conv2d.
+
+    MACs of one conv per sample = output elements per sample x (C_in / groups) x kh x kw.
+    Returns (counts list, remove handle function).
+    """
+    counts: list[int] = []
+
+    def hook(mod: nn.Conv2d, inputs, output):
+        per_sample_out = output[0].numel()
+        kh, kw = mod.kernel_size
+        counts.append(per_sample_out * (mod.in_channels // mod.groups) * kh * kw)
+
+    handles = [m.register_forward_hook(hook) for m in module.modules()
+               if isinstance(m, nn.Conv2d)]
+
+    def remove():
+        for h in handles:
+            h.remove()
+
+    return counts, remove
+
+
+def force_gates(net, bias: float) -> None:
+    """Make every gate output constant: zero weights, a bias of the given sign."""
+    with torch.no_grad():
+        for _, block in net.blocks():
+            block.gate.fc2.weight.zero_()
+            block.gate.fc2.bias.fill_(bias)

@@ -1,0 +1,141 @@
+import json
+
+import pytest
+import torch
+
+from hwbench.errors import PatternError
+from hwbench.flops import pattern_report
+from hwbench.nets import create_net
+from hwbench.patterns import SCHEMA, GatePattern, load_pattern, summarise, synthesise
+
+
+def _valid_dict():
+    return synthesise("resnet18", "cifar", 32, 0.3).to_dict()
+
+
+def test_round_trip_through_a_file(tmp_path):
+    pattern = synthesise("resnet18", "cifar", 32, 0.3)
+    pattern.extra["dataset"] = "mnist5k"
+    pattern.layers[0].always_on, pattern.layers[0].dynamic = 10, 16
+    pattern.layers[0].always_off = 38
+    pattern.layers[0].dynamic_on_rate = 0.5
+    pattern.layers[0].on_idx = list(range(10))
+    pattern.layers[0].dynamic_idx = list(range(10, 26))
+    pattern.layers[0].dynamic_rates = [0.5] * 16
+    path = pattern.save(tmp_path / "p.json")
+    loaded = load_pattern(path)
+    assert loaded == pattern
+    assert json.loads(path.read_text())["schema"] == SCHEMA
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write leaves no temporary file
+
+
+def test_the_issue_example_layer_is_valid():
+    d = _valid_dict()
+    d["layers"][0] = {"name": "layer1.0", "channels": 64, "always_on": 10, "always_off": 38,
+                      "dynamic": 16, "dynamic_on_rate": 0.5}
+    assert GatePattern.from_dict(d).layers[0].expected_on() == 18
+
+
+def _mutate(fn):
+    d = _valid_dict()
+    fn(d)
+    return d
+
+
+BAD = [
+    ("schema", lambda d: d.update(schema="hwbench/gate-pattern@0")),
+    ("arch", lambda d: d.update(arch="vgg16")),
+    ("stem", lambda d: d.update(stem="tiny")),
+    ("input_size", lambda d: d.update(input_size=0)),
+    ("input_size", lambda d: d.update(input_size="32")),
+    ("t_d", lambda d: d.update(t_d=1.5)),
+    ("layers", lambda d: d["layers"].pop()),
+    ("layers", lambda d: d.update(layers={})),
+    ("layers[0].name", lambda d: d["layers"][0].update(name="layer9.0")),
+    ("layers[1].channels", lambda d: d["layers"][1].update(channels=65)),
+    ("layers[2].always_on", lambda d: d["layers"][2].update(always_on=1000)),
+    ("layers[2].dynamic", lambda d: d["layers"][2].update(dynamic=-1)),
+    ("layers[3].dynamic_on_rate", lambda d: d["layers"][3].update(dynamic_on_rate=1.2)),
+    ("layers[0].on_idx", lambda d: d["layers"][0].update(on_idx=[0, 1])),
+    ("layers[0].dynamic_rates", lambda d: d["layers"][0].update(dynamic_rates=[0.5])),
+    ("layers[0]", lambda d: d["layers"].__setitem__(0, 3)),
+]
+
+
+@pytest.mark.parametrize("field,mutate", BAD)
+def test_bad_pattern_files_name_the_file_and_the_field(tmp_path, field, mutate):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(_mutate(mutate)))
+    with pytest.raises(PatternError) as err:
+        load_pattern(path)
+    assert err.value.field == field
+    assert str(path) in str(err.value) and f"'{field}'" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_invalid_json_and_missing_file(tmp_path):
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(PatternError, match="not valid JSON"):
+        load_pattern(tmp_path / "x.json")
+    with pytest.raises(PatternError, match="no such file"):
+        load_pattern(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
+@pytest.mark.parametrize("stem,size", [("cifar", 32), ("imagenet", 224)])
+def test_synthesise_hits_t_d_with_one_fraction_and_no_dynamic_channels(arch, stem, size):
+    prev = 0.0
+    # ResNet-50's fixed MACs (downsample, gates) put its floor near 0.12 at 224 px.
+    for t_d in (0.15 if arch == "resnet50" else 0.1, 0.2, 0.3, 0.5, 0.7, 1.0):
+        pattern = synthesise(arch, stem, size, t_d)
+        ratio = pattern_report(pattern).ratio
+        assert abs(ratio - t_d) < 0.01
+        assert ratio > prev
+        prev = ratio
+        f = pattern.extra["always_on_fraction"]
+        for lp in pattern.layers:
+            assert lp.dynamic == 0
+            assert lp.always_on == min(lp.channels, int(f * lp.channels + 0.5))
+
+
+def test_synthesise_rejects_unreachable_budgets():
+    with pytest.raises(PatternError, match="smallest gated MACs ratio"):
+        synthesise("resnet18", "cifar", 32, 0.001)
+    with pytest.raises(PatternError, match=r"\(0, 1\]"):
+        synthesise("resnet18", "cifar", 32, 0.0)
+
+
+def test_summarise_groups_channels_by_what_the_gates_did():
+    net = create_net("resnet18", stem="cifar")
+    with torch.no_grad():
+        for _, block in net.blocks():
+            w = block.gate.fc2.weight
+            w[:8].zero_()
+            block.gate.fc2.bias[:4] = 5.0   # channels 0-3: always on
+            block.gate.fc2.bias[4:8] = -5.0  # channels 4-7: always off
+    data = [torch.randn(16, 3, 32, 32) for _ in range(3)]
+    pattern = summarise(net, data, dataset="synthetic")
+    assert pattern.arch == "resnet18" and pattern.input_size == 32
+    assert pattern.extra["samples"] == 48 and pattern.extra["dataset"] == "synthetic"
+    assert net.training  # the caller's mode is restored
+    net.eval()
+    masks = [torch.cat(ms) for ms in zip(*[net.forward_gated(x).masks for x in data])]
+    for lp, m in zip(pattern.layers, masks):
+        assert lp.always_on + lp.always_off + lp.dynamic == lp.channels
+        assert {0, 1, 2, 3} <= set(lp.on_idx)
+        assert not {4, 5, 6, 7} & (set(lp.on_idx) | set(lp.dynamic_idx))
+        assert m[:, lp.on_idx].all()
+        if lp.dynamic:
+            rates = m[:, lp.dynamic_idx].mean(0)
+            assert rates.tolist() == pytest.approx(lp.dynamic_rates)
+            assert lp.dynamic_on_rate == pytest.approx(rates.mean().item())
+    # The summarised pattern is a valid file.
+    assert GatePattern.from_dict(pattern.to_dict()) == pattern
+
+
+def test_summarise_accepts_labelled_batches_and_rejects_empty_loaders():
+    net = create_net("resnet18", stem="cifar")
+    p = summarise(net, [(torch.randn(4, 3, 32, 32), torch.zeros(4))])
+    assert p.extra["samples"] == 4
+    with pytest.raises(PatternError, match="no samples"):
+        summarise(net, [])
