@@ -93,6 +93,80 @@ def flops(arch, stem, input_size, pattern_path, t_d, as_json) -> None:
         _print_macs_table(report)
 
 
+@cli.command()
+@click.option("--pattern", "pattern_path", required=True, type=click.Path(dir_okay=False),
+              help="Gate-pattern JSON file; its arch, stem and input size are used.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=int, default=1, show_default=True,
+              help="Images per inference.")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads (torch.set_num_threads). [default: torch's]")
+@click.option("--dtype", default="fp32", show_default=True,
+              type=click.Choice(["fp32", "bf16", "fp16"]), help="bf16/fp16 on CUDA only.")
+@click.option("--max-time", "max_time_s", type=float, default=8.0, show_default=True,
+              help="Seconds of measuring (after warm-up) once every mode has --min-runs.")
+@click.option("--min-runs", type=click.IntRange(min=3), default=50, show_default=True,
+              help="Samples per mode at least.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Warm-up calls per mode (and at least 0.5 s in all).")
+@click.option("--dynamic-policy", default="auto", show_default=True,
+              type=click.Choice(["auto", "static", "gather-conv", "gather-gemm"]),
+              help="How the dynamic mode runs each block; auto times each way per block.")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "mkldnn", "aten"]),
+              help="Conv kernels for every mode: mkldnn (pre-packed oneDNN, CPU fp32) or aten "
+                   "(F.conv2d); auto picks mkldnn where it can.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (raw samples too).")
+def speedup(pattern_path, device, batch_size, threads, dtype, max_time_s, min_runs, warmup,
+            dynamic_policy, backend, as_json) -> None:
+    """Latency of the dense, masked, static and dynamic engines for one pattern, interleaved.
+
+    speedup = dense p50 / mode p50; efficiency = speedup / (dense MACs / mode MACs).
+    """
+    from hwbench.speedup import SpeedupConfig, run_speedup, validate
+
+    cfg = SpeedupConfig(pattern=pattern_path, device=device, batch_size=batch_size,
+                        threads=threads, dtype=dtype, max_time_s=max_time_s, min_runs=min_runs,
+                        warmup=warmup, dynamic_policy=dynamic_policy, backend=backend)
+    validate(cfg)
+    if as_json:
+        result = run_speedup(cfg)
+        click.echo(json.dumps(result.to_dict()))
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status("measuring dense, masked, static and dynamic, interleaved ..."):
+        result = run_speedup(cfg)
+    _print_speedup(result)
+
+
+def _print_speedup(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hwbench.flops import format_macs
+
+    p, d = result.pattern, result.device
+    table = Table(title=f"{p['arch']} · {p['stem']} stem · {p['input_size']} px · batch "
+                        f"{result.batch_size} · {result.dtype} · {d['name']} "
+                        f"({d['threads']} threads, {d['backend']})")
+    for col in ("mode", "p50 ms", "p90 ms", "samples", "MACs/sample", "MACs ratio", "speedup",
+                "efficiency"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    dense_macs = result.modes["dense"].macs
+    for name, m in result.modes.items():
+        table.add_row(name, f"{m.p50_ms:.3f}", f"{m.p90_ms:.3f}", str(m.samples),
+                      format_macs(m.macs), f"{m.macs / dense_macs:.3f}", f"{m.speedup:.2f}",
+                      f"{m.efficiency:.2f}")
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+    console.print(table)
+    console.print(f"pattern MACs ratio (gated/dense, expected): {result.flops_ratio:.3f}; "
+                  "efficiency = speedup / (dense MACs / mode MACs); latency measured wall clock")
+    console.print(f"dynamic mode: batch strategy: {result.dynamic_batch_strategy}; "
+                  f"per-block plan: {', '.join(result.dynamic_plan)}")
+
+
 def _print_macs_table(report) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -285,3 +285,44 @@ def synthesise(arch: str, stem: str, input_size: int, t_d: float) -> GatePattern
               for b, k in zip(geom.blocks, counts(best))]
     return GatePattern(arch, stem, input_size, layers, float(t_d),
                        extra={"source": "synthesise", "always_on_fraction": best})
+
+
+def mixed_pattern(arch: str, stem: str, input_size: int, t_d: float, seed: int = 0,
+                  dynamic: tuple[float, float] = (0.2, 0.4),
+                  rate: tuple[float, float] = (0.3, 0.7)) -> GatePattern:
+    """A pattern of the kind the paper learns: per layer, a random share of dynamic channels
+    (``dynamic`` range, as a fraction of the layer) with a random on-rate (``rate`` range), the
+    rest split between always-on and always-off so that the expected MACs ratio is ``t_d`` (one
+    always-on fraction for all layers, solved by bisection). Seeded: same arguments, same pattern.
+    """
+    if not _is_num(t_d) or not 0 < t_d <= 1:
+        raise PatternError("mixed_pattern", "t_d", f"expected a number in (0, 1], got {t_d!r}")
+    geom = net_geometry(arch, stem, input_size)
+    gen = torch.Generator().manual_seed(seed)
+
+    def uniform(lo_hi: tuple[float, float]) -> float:
+        lo, hi = lo_hi
+        return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+    shape = [(uniform(dynamic), uniform(rate)) for _ in geom.blocks]
+
+    def build(f: float) -> GatePattern:
+        layers = []
+        for b, (dfrac, r) in zip(geom.blocks, shape):
+            d = min(b.width, round(dfrac * b.width))
+            a = min(b.width - d, round(f * b.width))
+            layers.append(LayerPattern(b.name, b.width, a, b.width - a - d, d, round(r, 4)))
+        return GatePattern(arch, stem, input_size, layers, float(t_d),
+                           extra={"source": f"mixed_pattern(seed={seed})"})
+
+    from hwbench.flops import pattern_report  # local: flops imports this module
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if pattern_report(build(mid)).ratio < t_d:
+            lo = mid
+        else:
+            hi = mid
+    best = min((build(lo), build(hi)), key=lambda p: abs(pattern_report(p).ratio - t_d))
+    return best

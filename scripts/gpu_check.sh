@@ -1,33 +1,56 @@
 #!/usr/bin/env bash
-# Every GPU check in one call (< 8 minutes). Run on the lent CUDA machine from the repo root:
+# Every GPU check in one call (< 8 minutes). On the lent CUDA machine, from the repo root:
 #   bash scripts/gpu_check.sh            (results under $OUT, default ./gpu_out)
-# That machine has torch, click, seaborn and nvidia-ml-py; the package itself is pure Python and
-# is installed without dependencies. Grows with each issue that adds a CUDA path.
+# That machine has torch, click, seaborn, numpy and nvidia-ml-py. Other wheels travel in .whl/
+# (see the device tool's README); the package itself is pure Python, installed without deps.
+# Grows with each issue that adds a CUDA path.
 set -uo pipefail
 OUT=${OUT:-./gpu_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
 {
   date -u +%FT%TZ
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,temperature.gpu --format=csv
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 } > "$OUT/env.txt" 2>&1
-$PY -m pip install -q --no-deps -e . > "$OUT/install.log" 2>&1
-# The gated nets on CUDA: shapes, determinism and per-sample MACs equal to the CPU's.
-$PY - > "$OUT/nets_cuda.txt" 2>&1 <<'PYEOF'
+
+# 1. Gated nets and every engine mode on CUDA agree with the CPU (issue 2, issue 3).
+timeout 150 $PY - > "$OUT/equality_cuda.txt" 2>&1 <<'PYEOF'
 import torch
-from hwbench.nets import create_net, list_nets
+from hwbench.engine import build_engine, pattern_inputs, realise
+from hwbench.nets import list_nets
+from hwbench.patterns import mixed_pattern
 for name in list_nets():
     for stem, size in (("cifar", 32), ("imagenet", 224)):
-        torch.manual_seed(0)
-        net = create_net(name, stem=stem).eval()
-        x = torch.randn(8, 3, size, size)
-        cpu = net.forward_gated(x)
-        gpu = net.cuda().forward_gated(x.cuda())
-        same = all(torch.equal(a, b.cpu()) for a, b in zip(cpu.masks, gpu.masks))
-        err = ((cpu.features - gpu.features.cpu()).abs().max()
-               / cpu.features.abs().max().clamp_min(1e-12)).item()
-        print(f"{name} {stem} {size}px masks_equal={same} macs_equal="
-              f"{torch.equal(cpu.macs, gpu.macs.cpu())} feat_rel_err={err:.2e}")
+        p = mixed_pattern(name, stem, size, 0.3, seed=2)
+        net = realise(p, seed=1)
+        x = pattern_inputs(4, size, seed=3)
+        cpu = build_engine(net, "masked", p)(x)
+        gnet = net.cuda()
+        g = gnet.forward_gated(x.cuda())
+        c = net.cpu().forward_gated(x)
+        same = all(torch.equal(a.cpu(), b) for a, b in zip(g.masks, c.masks))
+        print(f"{name} {stem} {size}px nets: masks_equal={same} "
+              f"macs_equal={torch.equal(g.macs.cpu(), c.macs)}")
+        for mode in ("masked", "static", "dynamic"):
+            for dtype in (torch.float32, torch.bfloat16):
+                e = build_engine(net, mode, p, device="cuda", dtype=dtype)
+                out = e(x.cuda()).float().cpu()
+                err = ((out - cpu).abs().max() / cpu.abs().max()).item()
+                print(f"  {mode:8s} {str(dtype):15s} rel_err_vs_cpu_masked={err:.2e} "
+                      f"plan={','.join(e.plan)}")
 PYEOF
+
+# 2. The speed-up table for batch 1 (fp32, bf16) and batch 256 (bf16) (issue 3).
+for cfg in "1 fp32" "1 bf16" "256 bf16"; do
+  set -- $cfg
+  timeout 200 $PY benchmarks/speedup.py --device cuda --quick --batch-sizes "$1" --dtype "$2" \
+    --out "$OUT/speedup_cuda_b$1_$2.json" > "$OUT/speedup_cuda_b$1_$2.txt" 2>&1
+done
 echo "gpu_check done; see $OUT"

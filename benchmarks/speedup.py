@@ -1,0 +1,108 @@
+"""Speed-up benchmark of the compact engine (issue 3): one run, modes interleaved.
+
+    python benchmarks/speedup.py                 # the issue's matrix on this CPU
+    python benchmarks/speedup.py --quick         # fewer seconds per pattern
+    python benchmarks/speedup.py --per-layer     # also where the time goes, block by block
+
+Prints, per pattern and batch size, each mode's p50 latency, speedup over dense, MACs ratio and
+efficiency = speedup / (dense MACs / mode MACs), and writes every raw sample to
+results/speedup_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hwbench.engine import build_engine, pattern_inputs, realise  # noqa: E402
+from hwbench.io import atomic_write_json  # noqa: E402
+from hwbench.patterns import load_pattern  # noqa: E402
+from hwbench.speedup import SpeedupConfig, layer_times, mode_macs, run_speedup  # noqa: E402
+
+MATRIX = [  # (pattern, batch sizes)
+    ("models/mixed_resnet18_imagenet224_t0.3.json", (1,)),
+    ("models/mixed_resnet18_imagenet224_t0.5.json", (1,)),
+    ("models/mixed_resnet18_cifar32_t0.3.json", (1, 64)),
+    ("models/mixed_resnet18_cifar32_t0.5.json", (1, 64)),
+]
+TARGETS = {  # (stem, batch) -> (static, dynamic) efficiency targets of the issue
+    ("imagenet", 1): (0.85, 0.80), ("cifar", 1): (0.80, 0.70),
+    ("imagenet", 64): (0.88, None), ("cifar", 64): (0.88, None),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="3 s per pattern instead of 8")
+    ap.add_argument("--per-layer", action="store_true", help="per-block timings at batch 1")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--batch-sizes", default=None, help="override, e.g. 1,256 (GPU)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    results, t0 = [], time.time()
+    for path, batches in MATRIX:
+        if args.batch_sizes:
+            batches = tuple(int(b) for b in args.batch_sizes.split(","))
+        for bsz in batches:
+            cfg = SpeedupConfig(pattern=str(ROOT / path), device=args.device, batch_size=bsz,
+                                threads=args.threads, max_time_s=3.0 if args.quick else 8.0,
+                                min_runs=20 if bsz > 8 else 50, backend=args.backend,
+                                dtype=args.dtype)
+            start = time.time()
+            r = run_speedup(cfg)
+            p = r.pattern
+            tgt = TARGETS.get((p["stem"], bsz), (None, None))
+            print(f"\n{Path(path).name}  batch {bsz}  {r.device['name']} ({r.device['threads']} "
+                  f"threads, {r.device['backend']}, {args.dtype})  [{time.time() - start:.0f} s]")
+            print(f"  pattern MACs ratio {r.flops_ratio:.3f}; dynamic: "
+                  f"{r.dynamic_batch_strategy}; plan {','.join(r.dynamic_plan)}")
+            for name, m in r.modes.items():
+                goal = {"static": tgt[0], "dynamic": tgt[1]}.get(name)
+                mark = "" if goal is None else (f"  target {goal:.2f} "
+                                                f"{'met' if m.efficiency >= goal else 'MISSED'}")
+                print(f"  {name:8s} p50 {m.p50_ms:9.3f} ms  p90 {m.p90_ms:9.3f} ms  "
+                      f"n {m.samples:4d}  gated/dense latency {1 / m.speedup:.3f}  vs MACs "
+                      f"{m.macs / r.modes['dense'].macs:.3f}  speedup {m.speedup:.2f}  "
+                      f"efficiency {m.efficiency:.2f}{mark}")
+            results.append(r.to_dict())
+            if args.per_layer and bsz == 1:
+                per_layer(cfg)
+    dev = args.device.replace(":", "")
+    out = Path(args.out) if args.out else ROOT / "results" / f"speedup_{dev}_{platform.node()}.json"
+    atomic_write_json(out, {"benchmark": "speedup", "runs": results})
+    print(f"\nwrote {out} ({time.time() - t0:.0f} s in all)")
+
+
+def per_layer(cfg: SpeedupConfig) -> None:
+    pattern = load_pattern(cfg.pattern)
+    net = realise(pattern, seed=cfg.seed)
+    x = pattern_inputs(1, pattern.input_size, seed=cfg.seed + 7)
+    engines = {m: build_engine(net, m, pattern, tune_inputs=x) for m in ("dense", "static")}
+    t = layer_times(engines, x)
+    g = pattern.geometry()
+    kept = pattern.kept_channels()
+    print("  where the time goes (batch 1, median ms per block, dense vs static):")
+    print(f"    {'block':10s} {'dense':>8s} {'static':>8s} {'time ratio':>10s} {'MACs ratio':>10s}")
+    rows = [("stem", g.stem_macs, g.stem_macs)] + [
+        (b.name, b.dense_macs(), b.gated_macs(k)) for b, k in zip(g.blocks, kept)]
+    for (name, dm, sm), td, ts in zip(rows, t["dense"], t["static"]):
+        print(f"    {name:10s} {td:8.3f} {ts:8.3f} {ts / td:10.3f} {sm / dm:10.3f}")
+    mm = mode_macs(pattern)
+    print(f"    {'sum':10s} {sum(t['dense']):8.3f} {sum(t['static']):8.3f} "
+          f"{sum(t['static']) / sum(t['dense']):10.3f} {mm['static'] / mm['dense']:10.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""Executing gate patterns fast: masked reference, static compaction, dynamic gather."""
+
+from hwbench.engine.compact import (
+    BATCH_STRATEGY,
+    MODES,
+    ChannelGroups,
+    CompactEngine,
+    build_engine,
+    channel_groups,
+)
+from hwbench.engine.kernels import BACKENDS, mkldnn_available, resolve_backend
+from hwbench.engine.realise import pattern_inputs, realise
+
+__all__ = [
+    "BACKENDS", "BATCH_STRATEGY", "MODES", "ChannelGroups", "CompactEngine", "build_engine",
+    "channel_groups", "mkldnn_available", "pattern_inputs", "realise", "resolve_backend",
+]

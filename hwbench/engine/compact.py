@@ -1,0 +1,474 @@
+"""The compact engine: run a gated network so that the channels it skips cost nothing.
+
+Modes (all in eval mode, BatchNorm folded into the convs, same kernels):
+
+- ``dense``: the dense stream; no gates.
+- ``masked``: the paper's execution: full-width convs, then multiply by the gate's mask. The
+  baseline users have today; it can only be slower than ``dense``.
+- ``static``: always-off channels physically removed; always-on and dynamic channels computed,
+  the dynamic ones multiplied by their gate's decision.
+- ``dynamic``: static, and the dynamic channels that are off for this input are not computed
+  either. Always-on weights stay pre-packed; only the dynamic channels that are on are gathered
+  per call (cost proportional to them alone). Batch size B > 1 uses the **union** of the batch's
+  on-channels (one gather per block per batch), then masks each sample: exact, and it loses
+  skipping as B grows (at large B ``dynamic`` tends to ``static``).
+  Gathering has a price (on oneDNN, gathered weights are re-laid-out on every call), so with
+  ``dynamic_policy="auto"`` each block is timed both ways on this device when the engine is
+  built, on representative inputs, and runs the faster: ``split`` (skip) or ``static`` (compute
+  the dynamic channels and mask them). ``engine.plan`` records the choice per block.
+
+``static`` and ``dynamic`` trust the pattern's always-on/always-off groups (true by construction
+for a network realised from the pattern; for a trained network, true on the data it was
+summarised on). The gates always run: their cost is real.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from hwbench.engine.fold import fold_bn
+from hwbench.engine.kernels import Conv, resolve_backend, run_conv
+from hwbench.errors import UsageError
+from hwbench.nets.resnet import GatedBasicBlock, GatedResNet
+from hwbench.patterns import GatePattern
+
+MODES = ("dense", "masked", "static", "dynamic")
+BATCH_STRATEGY = "union of the batch's on-channels, then a per-sample mask"
+
+
+@dataclass
+class ChannelGroups:
+    """One block's channel indices: always on, dynamic (the rest are always off)."""
+
+    on: torch.Tensor
+    dyn: torch.Tensor
+
+    @property
+    def kept(self) -> torch.Tensor:
+        return torch.cat([self.on, self.dyn])
+
+
+def channel_groups(pattern: GatePattern) -> list[ChannelGroups]:
+    """Index sets per block: ``on_idx``/``dynamic_idx`` when the pattern has them, else the
+    first ``always_on`` channels are on and the next ``dynamic`` ones dynamic."""
+    groups = []
+    for lp in pattern.layers:
+        on = lp.on_idx if lp.on_idx is not None else list(range(lp.always_on))
+        if lp.dynamic_idx is not None:
+            dyn = lp.dynamic_idx
+        else:
+            taken = set(on)
+            dyn = [c for c in range(lp.channels) if c not in taken][: lp.dynamic]
+        groups.append(ChannelGroups(torch.tensor(on, dtype=torch.long),
+                                    torch.tensor(dyn, dtype=torch.long)))
+    return groups
+
+
+class _Gate:
+    """The gate, BN folded, as two small matmuls; computes only the ``rows`` it is asked for."""
+
+    def __init__(self, gate, rows: torch.Tensor | None = None):
+        w1, b1 = fold_bn(gate.fc1.weight.flatten(1), gate.bn)
+        w2, b2 = gate.fc2.weight.detach().flatten(1), gate.fc2.bias.detach()
+        if rows is not None:
+            w2, b2 = w2[rows], b2[rows]
+        self.w1t, self.b1 = w1.t().contiguous(), b1
+        self.w2t, self.b2 = w2.t().contiguous(), b2.clone()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, rows) mask of 0/1 in x's dtype."""
+        h = torch.addmm(self.b1, x.mean(dim=(2, 3)), self.w1t).relu_()
+        return (torch.addmm(self.b2, h, self.w2t) >= 0).to(x.dtype)
+
+
+def _bn(dual, stream: str):
+    return dual.dense if stream == "dense" else dual.gated
+
+
+class _Builder:
+    """Folds and packs the convs of one network for one backend and input shape."""
+
+    def __init__(self, backend: str, device: torch.device, dtype: torch.dtype):
+        self.backend, self.device, self.dtype = backend, device, dtype
+
+    def t(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x.to(self.device, self.dtype)
+
+    def conv(self, w, b, stride, padding, in_shape) -> Conv | None:
+        if w.shape[0] == 0 or w.shape[1] == 0:
+            return None
+        return Conv.make(self.t(w), self.t(b), stride, padding, self.backend, in_shape)
+
+    def gate(self, gate, rows=None) -> _Gate:
+        g = _Gate(gate, rows)
+        for k in ("w1t", "b1", "w2t", "b2"):
+            setattr(g, k, self.t(getattr(g, k)))
+        return g
+
+    def shortcut(self, block, stream, in_shape) -> Conv | None:
+        if block.downsample is None:
+            return None
+        w, b = fold_bn(block.downsample.conv.weight, _bn(block.downsample.bn, stream))
+        return self.conv(w, b, block.downsample.conv.stride[0], 0, in_shape)
+
+
+def _bias_relu(sc: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return (sc + bias.view(1, -1, 1, 1)).relu_()
+
+
+def _mid(in_shape, channels: int, out_hw) -> tuple[int, ...]:
+    """The shape of a block's intermediate tensor (the input of its second conv)."""
+    return (in_shape[0], channels, *out_hw)
+
+
+class _BasicFull:
+    """dense (no gate) or masked (full-width convs, then the gate's mask)."""
+
+    def __init__(self, block, stream, b: _Builder, in_shape, out_hw, masked: bool):
+        s = block.conv1.stride[0]
+        w1, b1 = fold_bn(block.conv1.weight, _bn(block.bn1, stream))
+        w2, b2 = fold_bn(block.conv2.weight, _bn(block.bn2, stream))
+        self.conv1 = b.conv(w1, b1, s, 1, in_shape)
+        self.conv2 = b.conv(w2, b2, 1, 1, _mid(in_shape, w1.shape[0], out_hw))
+        self.ds = b.shortcut(block, stream, in_shape)
+        self.gate = b.gate(block.gate) if masked else None
+
+    def __call__(self, x):
+        sc = x if self.ds is None else self.ds(x)
+        h = self.conv1(x, relu=True)
+        if self.gate is not None:
+            h = h.mul_(self.gate(x)[:, :, None, None])
+        return self.conv2(h, relu=True, add=sc)
+
+
+class _BasicStatic:
+    def __init__(self, block, g: ChannelGroups, b: _Builder, in_shape, out_hw):
+        s = block.conv1.stride[0]
+        w1, b1 = fold_bn(block.conv1.weight, block.bn1.gated)
+        w2, b2 = fold_bn(block.conv2.weight, block.bn2.gated)
+        k = g.kept
+        self.a, self.d = len(g.on), len(g.dyn)
+        self.conv1 = b.conv(w1[k], b1[k], s, 1, in_shape)
+        self.conv2 = b.conv(w2[:, k], b2, 1, 1, _mid(in_shape, len(k), out_hw))
+        self.b2 = b.t(b2)
+        self.ds = b.shortcut(block, "gated", in_shape)
+        self.gate = b.gate(block.gate, g.dyn) if self.d else None
+
+    def __call__(self, x):
+        sc = x if self.ds is None else self.ds(x)
+        if self.conv1 is None:
+            return _bias_relu(sc, self.b2)
+        h = self.conv1(x, relu=True)
+        if self.gate is not None:
+            h[:, self.a:].mul_(self.gate(x)[:, :, None, None])
+        return self.conv2(h, relu=True, add=sc)
+
+
+class _BasicDynamic:
+    """Always-on part pre-packed; the dynamic channels that are on gathered per call.
+
+    conv2 is split by input channels: out = relu(conv2_on(h_on) + conv2_dyn[idx](h_dyn) + b + sc),
+    the dynamic half run first with the bias and shortcut, the packed half adding it in as a
+    fused post-op. Dynamic weights are stored so that both gathers read contiguous rows.
+    """
+
+    def __init__(self, block, g: ChannelGroups, b: _Builder, in_shape, out_hw):
+        self.stride = block.conv1.stride[0]
+        w1, b1 = fold_bn(block.conv1.weight, block.bn1.gated)
+        w2, b2 = fold_bn(block.conv2.weight, block.bn2.gated)
+        self.a, self.d, self.backend = len(g.on), len(g.dyn), b.backend
+        self.conv1_on = b.conv(w1[g.on], b1[g.on], self.stride, 1, in_shape)
+        self.conv2_on = b.conv(w2[:, g.on], None, 1, 1, _mid(in_shape, len(g.on), out_hw))
+        self.w1_dyn = b.t(w1[g.dyn].contiguous())
+        self.b1_dyn = b.t(b1[g.dyn].contiguous())
+        self.w2t_dyn = b.t(w2[:, g.dyn].transpose(0, 1).contiguous())  # (d, C_out, 3, 3)
+        self.b2 = b.t(b2)
+        self.ds = b.shortcut(block, "gated", in_shape)
+        self.gate = b.gate(block.gate, g.dyn) if self.d else None
+        self.executed = 0  # dynamic channels computed, summed over calls (when counting)
+        self.count = False
+
+    def __call__(self, x):
+        sc = x if self.ds is None else self.ds(x)
+        n = 0
+        if self.gate is not None:
+            m = self.gate(x)
+            sel = m[0] if m.shape[0] == 1 else m.amax(dim=0)
+            idx = sel.nonzero().flatten()
+            n = idx.numel()
+            if self.count:
+                self.executed += n
+        if n:
+            h = run_conv(self.backend, x, self.w1_dyn.index_select(0, idx),
+                         self.b1_dyn.index_select(0, idx), self.stride, 1, relu=True)
+            if m.shape[0] > 1:
+                h = h.mul_(m.index_select(1, idx)[:, :, None, None])
+            w2 = self.w2t_dyn.index_select(0, idx).transpose(0, 1)
+            sc = run_conv(self.backend, h, w2, self.b2, 1, 1, relu=self.conv1_on is None, add=sc)
+            if self.conv1_on is None:
+                return sc
+            return self.conv2_on(self.conv1_on(x, relu=True), relu=True, add=sc)
+        if self.conv1_on is None:
+            return _bias_relu(sc, self.b2)
+        return self.conv2_on(self.conv1_on(x, relu=True), relu=True, add=sc, bias=self.b2)
+
+
+def _im2col(x: torch.Tensor, stride: int) -> tuple[torch.Tensor, int, int]:
+    """3x3/pad-1 patches of a channels-last (B, C, H, W) tensor as a (B*Ho*Wo, 9*C) matrix,
+    columns ordered (ky, kx, c). One strided copy; no layout change of the weights needed."""
+    bsz, c, h, w = x.shape
+    xp = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()  # (B, H+2, W+2, C), a view
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    sb, sh, sw, sc = xp.stride()
+    patches = xp.as_strided((bsz, ho, wo, 3, 3, c), (sb, sh * stride, sw * stride, sh, sw, sc))
+    return patches.reshape(bsz * ho * wo, 9 * c), ho, wo
+
+
+class _BasicGatherGemm(_BasicDynamic):
+    """Like ``_BasicDynamic``, but the gathered dynamic channels run as two GEMMs on plain
+    row-major weights (im2col of the input), so gathering costs a row copy and no re-layout.
+    Wins where spatial sizes are small and weights large (late layers)."""
+
+    def __init__(self, block, g: ChannelGroups, b: _Builder, in_shape, out_hw):
+        super().__init__(block, g, b, in_shape, out_hw)
+        w1, _ = fold_bn(block.conv1.weight, block.bn1.gated)
+        w2, _ = fold_bn(block.conv2.weight, block.bn2.gated)
+        d, c_in = len(g.dyn), w1.shape[1]
+        self.w1_dyn = b.t(w1[g.dyn].permute(0, 2, 3, 1).reshape(d, 9 * c_in))  # (d, 9*C_in)
+        self.w2_dyn = b.t(w2[:, g.dyn].permute(2, 3, 1, 0).contiguous())  # (3, 3, d, C_out)
+        self.w2t_dyn = None
+
+    def __call__(self, x):
+        sc = x if self.ds is None else self.ds(x)
+        n = 0
+        if self.gate is not None:
+            m = self.gate(x)
+            sel = m[0] if m.shape[0] == 1 else m.amax(dim=0)
+            idx = sel.nonzero().flatten()
+            n = idx.numel()
+            if self.count:
+                self.executed += n
+        if not n:
+            if self.conv1_on is None:
+                return _bias_relu(sc, self.b2)
+            return self.conv2_on(self.conv1_on(x, relu=True), relu=True, add=sc, bias=self.b2)
+        bsz, c_out = x.shape[0], sc.shape[1]
+        cols, ho, wo = _im2col(x, self.stride)
+        h = torch.addmm(self.b1_dyn.index_select(0, idx), cols,
+                        self.w1_dyn.index_select(0, idx).t()).relu_()  # (B*L, n): NHWC
+        if bsz > 1:
+            h.view(bsz, ho * wo, n).mul_(m.index_select(1, idx).view(bsz, 1, n))
+        h = h.view(bsz, ho, wo, n).permute(0, 3, 1, 2)
+        cols2, _, _ = _im2col(h, 1)
+        w2 = self.w2_dyn.index_select(2, idx).view(9 * n, c_out)
+        sc_rows = sc.permute(0, 2, 3, 1).reshape(bsz * ho * wo, c_out)
+        t = torch.addmm(sc_rows, cols2, w2).view(bsz, ho, wo, c_out).permute(0, 3, 1, 2)
+        if self.conv1_on is None:
+            return _bias_relu(t, self.b2)
+        return self.conv2_on(self.conv1_on(x, relu=True), relu=True, add=t, bias=self.b2)
+
+
+class _Bottleneck:
+    """ResNet-50 blocks in every mode. The dynamic mode gathers the kept channels of all three
+    convs per call (not split into packed + gathered halves as the BasicBlock is: not tuned)."""
+
+    def __init__(self, block, mode: str, g: ChannelGroups | None, b: _Builder, in_shape,
+                 out_hw):
+        stream = "dense" if mode == "dense" else "gated"
+        self.mode, self.backend = mode, b.backend
+        self.stride = block.conv2.stride[0]
+        w1, b1 = fold_bn(block.conv1.weight, _bn(block.bn1, stream))
+        w2, b2 = fold_bn(block.conv2.weight, _bn(block.bn2, stream))
+        w3, b3 = fold_bn(block.conv3.weight, _bn(block.bn3, stream))
+        self.ds = b.shortcut(block, stream, in_shape)
+        self.b3 = b.t(b3)
+        self.gate, self.a = None, 0
+        if mode in ("dense", "masked"):
+            w = w1.shape[0]
+            self.conv1 = b.conv(w1, b1, 1, 0, in_shape)
+            self.conv2 = b.conv(w2, b2, self.stride, 1, _mid(in_shape, w, in_shape[2:]))
+            self.conv3 = b.conv(w3, b3, 1, 0, _mid(in_shape, w, out_hw))
+            self.gate = b.gate(block.gate) if mode == "masked" else None
+        elif mode == "static":
+            k = g.kept
+            self.a = len(g.on)
+            self.conv1 = b.conv(w1[k], b1[k], 1, 0, in_shape)
+            self.conv2 = b.conv(w2[k][:, k], b2[k], self.stride, 1,
+                                _mid(in_shape, len(k), in_shape[2:]))
+            self.conv3 = b.conv(w3[:, k], b3, 1, 0, _mid(in_shape, len(k), out_hw))
+            self.gate = b.gate(block.gate, g.dyn) if len(g.dyn) else None
+        else:
+            self.on, self.dyn = b.t(g.on).long(), b.t(g.dyn).long()
+            self.w1, self.b1, self.w2, self.b2, self.w3 = (b.t(t) for t in (w1, b1, w2, b2, w3))
+            self.gate = b.gate(block.gate, g.dyn) if len(g.dyn) else None
+            self.conv1 = None
+
+    def __call__(self, x):
+        sc = x if self.ds is None else self.ds(x)
+        if self.mode == "dynamic":
+            return self._dynamic(x, sc)
+        if self.conv1 is None:
+            return _bias_relu(sc, self.b3)
+        m = None if self.gate is None else self.gate(x)[:, :, None, None]
+        h = self.conv1(x, relu=True)
+        if m is not None:
+            h[:, self.a:].mul_(m)
+        h = self.conv2(h, relu=True)
+        if m is not None:
+            h[:, self.a:].mul_(m)
+        return self.conv3(h, relu=True, add=sc)
+
+    def _dynamic(self, x, sc):
+        keep, m = self.on, None
+        if self.gate is not None:
+            m = self.gate(x)
+            sel = m[0] if m.shape[0] == 1 else m.amax(dim=0)
+            idx = sel.nonzero().flatten()
+            keep = torch.cat([self.on, self.dyn.index_select(0, idx)])
+            m = m.index_select(1, idx)[:, :, None, None] if m.shape[0] > 1 else None
+        if keep.numel() == 0:
+            return _bias_relu(sc, self.b3)
+        a, bk = len(self.on), self.backend
+        h = run_conv(bk, x, self.w1.index_select(0, keep), self.b1.index_select(0, keep), 1, 0,
+                     relu=True)
+        if m is not None:
+            h[:, a:].mul_(m)
+        w2 = self.w2.index_select(0, keep).index_select(1, keep)
+        h = run_conv(bk, h, w2, self.b2.index_select(0, keep), self.stride, 1, relu=True)
+        if m is not None:
+            h[:, a:].mul_(m)
+        return run_conv(bk, h, self.w3.index_select(1, keep), self.b3, 1, 0, relu=True, add=sc)
+
+
+DYNAMIC_POLICIES = ("auto", "static", "gather-conv", "gather-gemm")
+
+
+def _candidates(block, mode, g, b, in_shape, out_hw, policy) -> dict:
+    """The executors that may run this block in this mode, built only when they can be chosen."""
+    basic = isinstance(block, GatedBasicBlock)
+    if mode in ("dense", "masked"):
+        if not basic:
+            return {mode: _Bottleneck(block, mode, None, b, in_shape, out_hw)}
+        return {mode: _BasicFull(block, "dense" if mode == "dense" else "gated", b, in_shape,
+                                 out_hw, masked=mode == "masked")}
+    makers = {"static": (lambda: _BasicStatic(block, g, b, in_shape, out_hw)) if basic else
+              (lambda: _Bottleneck(block, "static", g, b, in_shape, out_hw))}
+    if mode == "dynamic" and len(g.dyn):
+        if basic:
+            makers["gather-conv"] = lambda: _BasicDynamic(block, g, b, in_shape, out_hw)
+            makers["gather-gemm"] = lambda: _BasicGatherGemm(block, g, b, in_shape, out_hw)
+        else:
+            makers["gather-conv"] = lambda: _Bottleneck(block, "dynamic", g, b, in_shape, out_hw)
+        if policy != "auto":
+            pick = policy if policy in makers else "gather-conv"
+            makers = {pick: makers[pick]}
+    return {name: make() for name, make in makers.items()}
+
+
+class CompactEngine:
+    """An inference-only executable of a ``GatedResNet`` in one mode. Call it on (B, 3, H, W).
+
+    ``dynamic_policy`` (dynamic mode only): ``gather-conv`` / ``gather-gemm`` skip the off
+    dynamic channels in every block (gathered weights through the conv kernel, or through two
+    GEMMs), ``static`` in none; ``auto`` times every candidate per block at build time on this
+    device and keeps the fastest (``engine.plan`` says which ran where).
+    """
+
+    def __init__(self, net: GatedResNet, mode: str, pattern: GatePattern | None = None,
+                 backend: str = "auto", device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, input_size: int | None = None,
+                 batch_size: int = 1, dynamic_policy: str = "auto",
+                 tune_inputs: torch.Tensor | None = None):
+        if dynamic_policy not in DYNAMIC_POLICIES:
+            raise UsageError(f"unknown dynamic policy {dynamic_policy!r}; known: "
+                             f"{', '.join(DYNAMIC_POLICIES)}")
+        if mode not in MODES:
+            raise UsageError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+        if mode in ("static", "dynamic") and pattern is None:
+            raise UsageError(f"mode {mode!r} needs a gate pattern")
+        if pattern is not None and (pattern.arch, pattern.stem) != (net.arch, net.stem):
+            raise UsageError(f"pattern is for {pattern.arch}/{pattern.stem}, the network is "
+                             f"{net.arch}/{net.stem}")
+        self.device, self.dtype = torch.device(device), dtype
+        self.backend = resolve_backend(backend, self.device, dtype)
+        self.mode, self.arch, self.stem = mode, net.arch, net.stem
+        self.batch_strategy = BATCH_STRATEGY if mode == "dynamic" else None
+        net = net.eval()
+        size = input_size or (pattern.input_size if pattern is not None else 32)
+        geom = net.geometry((size, size))
+        b = _Builder(self.backend, self.device, dtype)
+        stem_w, stem_b = fold_bn(net.conv1.weight, net.bn1)
+        self.stem_conv = b.conv(stem_w, stem_b, net.conv1.stride[0], net.conv1.padding[0],
+                                (batch_size, 3, size, size))
+        self.maxpool = net.stem == "imagenet"
+        groups = channel_groups(pattern) if mode in ("static", "dynamic") else None
+        self.blocks, choices = [], []
+        for i, ((_, block), bg) in enumerate(zip(net.blocks(), geom.blocks)):
+            in_shape = (batch_size, bg.in_channels, *bg.in_hw)
+            g = groups[i] if groups is not None else None
+            made = _candidates(block, mode, g, b, in_shape, bg.out_hw, dynamic_policy)
+            choices.append(made)
+        self.plan: list[str] = []
+        if any(len(c) > 1 for c in choices):
+            x = tune_inputs if tune_inputs is not None else _tune_inputs(batch_size, size)
+            self._tune(choices, x)
+        else:
+            self.blocks = [next(iter(c.values())) for c in choices]
+            self.plan = [next(iter(c)) for c in choices]
+
+    @torch.inference_mode()
+    def _tune(self, choices: list[dict], x: torch.Tensor) -> None:
+        """Per block, time each candidate on this block's real input; keep the fastest."""
+        from hwbench.measure.timer import time_interleaved
+
+        h = self._stem(x)
+        for cands in choices:
+            if len(cands) > 1:
+                samples = time_interleaved({k: (lambda f=f, h=h: f(h)) for k, f in cands.items()},
+                                           device=self.device, warmup=3, min_warmup_s=0.0,
+                                           min_runs=15, max_time_s=0.0)
+                best = min(samples, key=lambda k: sorted(samples[k])[len(samples[k]) // 2])
+            else:
+                best = next(iter(cands))
+            self.plan.append(best)
+            self.blocks.append(cands[best])
+            h = cands[best](h)
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, self.dtype, memory_format=torch.channels_last)
+        x = self.stem_conv(x, relu=True)
+        return F.max_pool2d(x, 3, 2, 1) if self.maxpool else x
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, num_features) features, as ``net.forward_features``."""
+        x = self._stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x.mean(dim=(2, 3))
+
+    def count_executed(self, on: bool) -> list[int]:
+        """Turn counting of executed dynamic channels on/off; returns the counts so far."""
+        counts = []
+        for blk in self.blocks:
+            if isinstance(blk, _BasicDynamic):
+                blk.count = on
+                counts.append(blk.executed)
+                if on:
+                    blk.executed = 0
+        return counts
+
+
+def _tune_inputs(batch_size: int, size: int) -> torch.Tensor:
+    from hwbench.engine.realise import pattern_inputs
+
+    return pattern_inputs(batch_size, size, seed=12345)
+
+
+def build_engine(net: GatedResNet, mode: str, pattern: GatePattern | None = None,
+                 **kwargs) -> CompactEngine:
+    """Build the inference executable of ``net`` in ``mode`` (see the module docstring)."""
+    return CompactEngine(net, mode, pattern, **kwargs)

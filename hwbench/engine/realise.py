@@ -1,0 +1,84 @@
+"""Realise a gate-pattern file on an untrained network, so it can be timed before training.
+
+The network is randomly initialised (seeded), its BatchNorm statistics are calibrated on
+``pattern_inputs`` so activations have a sane scale, and then, block by block in forward order,
+each gate's last 1x1 conv is set so that on those inputs:
+
+- always-on channels: weight row 0, bias +1 -> logit 1, always on;
+- always-off channels: weight row 0, bias -1 -> always off;
+- dynamic channel i with rate r_i: the random weight row is kept (so decisions vary from sample
+  to sample) and the bias is set to the (1 - r_i) quantile of the row's pre-bias logits, so the
+  channel is on for a fraction r_i of the calibration samples.
+
+Same pattern + same seed -> the same network -> the same decisions for the same input.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hwbench.engine.compact import channel_groups
+from hwbench.nets import create_net
+from hwbench.nets.resnet import GatedResNet
+from hwbench.patterns import GatePattern
+
+
+def pattern_inputs(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """(n, 3, size, size) synthetic images whose per-sample colour and contrast vary, so that
+    pooled features (and so dynamic gates) differ from sample to sample."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, 3, size, size, generator=g)
+    scale = 0.5 + torch.rand(n, 3, 1, 1, generator=g)
+    offset = torch.randn(n, 3, 1, 1, generator=g)
+    return noise * scale + offset
+
+
+@torch.no_grad()
+def _calibrate_bn(net: GatedResNet, x: torch.Tensor, seed: int) -> None:
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration passes
+    net.train()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the training-mode gates draw Gumbel noise
+        for stream in ("dense", "gated"):
+            net(x, stream=stream)
+    for bn in bns:
+        bn.momentum = 0.1
+    net.eval()
+
+
+@torch.no_grad()
+def realise(pattern: GatePattern, seed: int = 0, calibration: int = 64) -> GatedResNet:
+    """A network of ``pattern``'s arch/stem whose eval-mode gates realise the pattern."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = create_net(pattern.arch, stem=pattern.stem)
+    x = pattern_inputs(calibration, pattern.input_size, seed=seed + 1)
+    _calibrate_bn(net, x, seed)
+    groups = channel_groups(pattern)
+    out = net._stem(x)
+    for (_, block), lp, g in zip(net.blocks(), pattern.layers, groups):
+        gate = block.gate
+        fc2 = gate.fc2
+        hidden = gate.relu(gate.bn(gate.fc1(out.mean(dim=(2, 3), keepdim=True))))
+        pre = torch.nn.functional.conv2d(hidden, fc2.weight).flatten(1)  # (N, C) before bias
+        bias = torch.full_like(fc2.bias, -1.0)
+        bias[g.on] = 1.0
+        rates = lp.dynamic_rates or [lp.dynamic_on_rate] * lp.dynamic
+        for c, r in zip(g.dyn.tolist(), rates):
+            z = pre[:, c]
+            if r >= 1.0:
+                bias[c] = 1.0 - z.min() if z.numel() else 1.0
+            elif r <= 0.0:
+                bias[c] = -1.0 - z.max()
+            else:
+                # on iff z + bias >= 0: put the threshold at the (1 - r) quantile of z
+                bias[c] = -torch.quantile(z, 1.0 - r)
+        keep = torch.zeros(fc2.weight.shape[0], dtype=torch.bool)
+        keep[g.dyn] = True
+        fc2.weight[~keep] = 0.0
+        fc2.bias.copy_(bias)
+        out, _ = block(out, "gated")
+    return net
