@@ -167,6 +167,229 @@ def _print_speedup(result) -> None:
                   f"per-block plan: {', '.join(result.dynamic_plan)}")
 
 
+@cli.command()
+@click.option("--device", "device_spec", default=None,
+              help="Also check this device's energy sources (cpu, cuda, cuda:N).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def env(device_spec, as_json) -> None:
+    """Detected devices, energy sources (and why one is unavailable), versions."""
+    import platform
+
+    import torch
+
+    from hwbench.engine import mkldnn_available
+    from hwbench.measure.device import cpu_model, parse_device
+    from hwbench.measure.energy import detect_sources
+
+    devices = [{"device": "cpu", "name": cpu_model(), "cores": __import__("os").cpu_count(),
+                "torch_threads": torch.get_num_threads(), "onednn": mkldnn_available()}]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            devices.append({"device": f"cuda:{i}", "name": torch.cuda.get_device_name(i),
+                            "cuda": torch.version.cuda})
+    targets = [parse_device(device_spec)] if device_spec else \
+        [torch.device(d["device"]) for d in devices]
+    energy = {str(d): [s.__dict__ for s in detect_sources(d)] for d in targets}
+    info = {"hwbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "cuda_available": torch.cuda.is_available(), "devices": devices, "energy": energy}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"hwbench {__version__} · torch {torch.__version__} · python "
+               f"{platform.python_version()} · CUDA {'yes' if torch.cuda.is_available() else 'no'}")
+    for d in devices:
+        extra = ", ".join(f"{k} {v}" for k, v in d.items() if k not in ("device", "name"))
+        click.echo(f"  {d['device']:7s} {d['name']} ({extra})")
+    click.echo("energy sources:")
+    for dev, sources in energy.items():
+        for src in sources:
+            mark = "yes" if src["available"] else "no "
+            click.echo(f"  {dev:7s} {src['method']:20s} {mark}  {src['reason']}")
+
+
+def _t_d_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, got {value!r}") from None
+    if not vals or any(not 0 < v <= 1 for v in vals):
+        raise click.BadParameter(f"values must be in (0, 1], got {value!r}")
+    return vals
+
+
+@cli.command()
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--arch", default="resnet18", show_default=True,
+              help="Network: resnet18, resnet34, resnet50.")
+@click.option("--stem", default="cifar", show_default=True,
+              type=click.Choice(["cifar", "imagenet"]), help="Network stem (see `flops`).")
+@click.option("--input-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Square input side in pixels.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Images per inference.")
+@click.option("--dtype", default="fp32", show_default=True,
+              type=click.Choice(["fp32", "bf16", "fp16"]), help="bf16/fp16 on CUDA only.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads (torch.set_num_threads). [default: torch's]")
+@click.option("--t-d", "t_d", callback=_t_d_list, default=None,
+              help="Comma-separated budgets to sweep. [default: 0.1,0.2,...,1.0]")
+@click.option("--patterns", "patterns", multiple=True, type=click.Path(dir_okay=False),
+              help="A pattern file to measure and store too; repeatable.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Profile path. [default: profiles/<device>_<conditions>.json]")
+@click.option("--energy/--no-energy", default=True, show_default=True,
+              help="Measure energy per inference (NVML, RAPL, or a labelled codecarbon estimate).")
+@click.option("--max-time", "max_time_s", type=click.FloatRange(min=0.1), default=60.0,
+              show_default=True, help="Seconds per measured group before a result that misses "
+                                      "the CI target is marked INVALID.")
+@click.option("--min-runs", type=click.IntRange(min=8), default=64, show_default=True,
+              help="Samples per pattern at least.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Warm-up calls per pattern (and at least 1 s in all).")
+@click.option("--validation", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Random patterns measured against the predictor.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def profile(device, arch, stem, input_size, batch_size, dtype, threads, t_d, patterns, out,
+            energy, max_time_s, min_runs, warmup, validation, as_json) -> None:
+    """Measure latency, energy and MACs of gate patterns here; write a device profile.
+
+    Latencies are of the compact engine in dynamic mode (dense and masked stored as references),
+    each pattern timed per inference, interleaved with the dense reference, until the median's
+    95% CI half-width is within 2% or --max-time runs out (then marked INVALID).
+    """
+    from pathlib import Path
+
+    from hwbench.profiler import ProfileConfig, Profiler
+    from hwbench.profiles import profile_filename, save_profile
+
+    cfg = ProfileConfig(device=device, arch=arch, stem=stem, input_size=input_size,
+                        batch_size=batch_size, dtype=dtype, threads=threads,
+                        t_d=t_d or ProfileConfig.t_d, patterns=tuple(patterns), energy=energy,
+                        max_time_s=max_time_s, min_runs=min_runs, warmup=warmup,
+                        validation=validation)
+    profiler = Profiler(cfg)  # validates everything before any measuring
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    err = Console(stderr=True)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("profiling", total=1.0)
+        profiler.progress = lambda phase, frac: bar.update(task, completed=frac,
+                                                           description=phase)
+        result = profiler.run()
+    target = Path(out) if out else Path("profiles") / profile_filename(result["fingerprint"])
+    written = save_profile(result, target)
+    if as_json:
+        from hwbench.profiler import summary_rows
+
+        click.echo(json.dumps({"profile": str(written), "valid": result["valid"],
+                               "validation": {k: result["validation"][k] for k in
+                                              ("n", "within_5pct", "within_10pct")},
+                               "sweep": summary_rows(result)}, indent=2))
+    else:
+        _print_profile(result, written)
+
+
+def _print_profile(p: dict, path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hwbench.profiler import summary_rows
+
+    fp, e = p["fingerprint"], p.get("energy", {})
+    t = Table(title=f"{fp['arch']} · {fp['stem']} stem · {fp['input_size']} px · batch "
+                    f"{fp['batch_size']} · {fp['dtype']} · {fp['name']} ({fp['threads']} threads)")
+    label = e.get("method", "none") + ("" if e.get("measured") else ", ESTIMATED")
+    for col in ("t_d", "MACs ratio", "p50 ms", "p90 ms", "p99 ms", "predicted p50",
+                "vs dense", f"J/inference ({label})", "valid"):
+        t.add_column(col, justify="right")
+    for r in summary_rows(p):
+        t.add_row(f"{r['t_d']:g}", f"{r['macs_ratio']:.3f}", f"{r['p50_ms']:.3f}",
+                  f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['predicted_p50_ms']:.3f}",
+                  f"{r['ratio_to_dense']:.3f}",
+                  "-" if r["energy_j"] is None else f"{r['energy_j']:.4f}",
+                  "VALID" if r["valid"] else "INVALID")
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 140)
+    console.print(t)
+    v = p["validation"]
+    if v["n"]:
+        console.print(f"predictor: {v['n']} random patterns, {100 * v['within_5pct']:.0f}% within "
+                      f"±5% and {100 * v['within_10pct']:.0f}% within ±10% of the measured p50 "
+                      "(as ratios to the dense probe; in raw ms across phases: "
+                      f"{100 * v['within_5pct_abs']:.0f}% / {100 * v['within_10pct_abs']:.0f}%)")
+    by_code: dict[str, list] = {}
+    for w in p["warnings"]:
+        by_code.setdefault(w["code"], []).append(w)
+    for code, ws in by_code.items():
+        where = ", ".join(w["where"] for w in ws[:4]) + (f" and {len(ws) - 4} more"
+                                                         if len(ws) > 4 else "")
+        console.print(f"warning {code} ({where}): {ws[0]['advice']}")
+    console.print(f"wrote {path} in {p['duration_s']:.0f} s")
+
+
+def _load_profile_and_pattern(profile_path, pattern_path):
+    from hwbench.patterns import load_pattern
+    from hwbench.profiles import Predictor, load_profile
+
+    prof = load_profile(profile_path)
+    pred = Predictor(prof)
+    if pattern_path is None:
+        return prof, pred, None
+    pattern = load_pattern(pattern_path)
+    pred.check(pattern, str(pattern_path))
+    return prof, pred, pattern
+
+
+@cli.command()
+@click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False),
+              help="A device profile (profiles/*.json).")
+@click.option("--pattern", "pattern_path", required=True, type=click.Path(dir_okay=False),
+              help="A gate-pattern file of the profile's arch, stem and input size.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def predict(profile_path, pattern_path, as_json) -> None:
+    """Predicted p50/p90 latency (ms) of a pattern on the profiled device, from the table alone."""
+    from hwbench.flops import pattern_report
+
+    prof, pred, pattern = _load_profile_and_pattern(profile_path, pattern_path)
+    fp = prof["fingerprint"]
+    out = {"p50_ms": pred.predict(pattern, "p50"), "p90_ms": pred.predict(pattern, "p90"),
+           "p99_ms": pred.predict(pattern, "p99"), "macs_ratio": pattern_report(pattern).ratio,
+           "device": fp["name"], "batch_size": fp["batch_size"], "mode": "dynamic",
+           "source": "predicted from the profile's latency table"}
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(f"predicted on {fp['name']} (batch {fp['batch_size']}, dynamic engine): "
+                   f"p50 {out['p50_ms']:.3f} ms, p90 {out['p90_ms']:.3f} ms "
+                   f"(MACs ratio {out['macs_ratio']:.3f})")
+
+
+@cli.command()
+@click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False),
+              help="A device profile (profiles/*.json).")
+@click.option("--target-latency", required=True,
+              help="Latency target with a unit: 5ms, 5 ms, 0.005s, 500us.")
+@click.option("--percentile", default="p90", show_default=True,
+              type=click.Choice(["p50", "p90", "p99"]))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def pick(profile_path, target_latency, percentile, as_json) -> None:
+    """The largest t_d whose predicted latency meets the target (exit 3 if none does)."""
+    from hwbench.profiles import load_profile, pick_t_d
+    from hwbench.units import parse_duration
+
+    target = parse_duration(target_latency)
+    result = pick_t_d(load_profile(profile_path), target, percentile)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(f"t_d {result.t_d:g}: predicted {percentile} {result.predicted_ms:.3f} ms "
+                   f"<= target {result.target_ms:g} ms" +
+                   (f" ({result.note})" if result.note else ""))
+
+
 def _print_macs_table(report) -> None:
     from rich.console import Console
     from rich.table import Table

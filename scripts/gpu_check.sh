@@ -53,4 +53,9 @@ for cfg in "1 fp32" "1 bf16" "256 bf16"; do
   timeout 200 $PY benchmarks/speedup.py --device cuda --quick --batch-sizes "$1" --dtype "$2" \
     --out "$OUT/speedup_cuda_b$1_$2.json" > "$OUT/speedup_cuda_b$1_$2.txt" 2>&1
 done
+# 3. A device profile with NVML energy (issue 4): latency table, sweep, validation, energy.
+timeout 240 $PY -m hwbench profile --device cuda --arch resnet18 --stem cifar --input-size 32 \
+  --batch-size 1 --max-time 20 --out "$OUT/profile_cuda_cifar32_b1.json" \
+  > "$OUT/profile_cuda.txt" 2>&1
+$PY -m hwbench env --device cuda > "$OUT/env_hwbench.txt" 2>&1
 echo "gpu_check done; see $OUT"

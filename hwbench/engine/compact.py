@@ -450,6 +450,30 @@ class CompactEngine:
             x = block(x)
         return x.mean(dim=(2, 3))
 
+    @torch.inference_mode()
+    def segment_times(self, x: torch.Tensor) -> list[float]:
+        """One forward pass timed piece by piece, in context: [stem, block 1..L, head] in ms.
+        Their sum is the pass's latency (plus ~1 us of clock reads per piece)."""
+        import time
+
+        sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" \
+            else (lambda: None)
+        out = []
+        sync()
+        t = time.perf_counter_ns()
+        h = self._stem(x)
+        for block in [None, *self.blocks]:
+            if block is not None:
+                h = block(h)
+            sync()
+            now = time.perf_counter_ns()
+            out.append((now - t) / 1e6)
+            t = now
+        h.mean(dim=(2, 3))
+        sync()
+        out.append((time.perf_counter_ns() - t) / 1e6)
+        return out
+
     def count_executed(self, on: bool) -> list[int]:
         """Turn counting of executed dynamic channels on/off; returns the counts so far."""
         counts = []

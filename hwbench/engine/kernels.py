@@ -58,17 +58,26 @@ class Conv:
     padding: int
     backend: str
     packed: torch.Tensor | None = None
+    packed_for: tuple[int, ...] | None = None  # the input shape the packing was chosen for
 
     @classmethod
     def make(cls, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
              backend: str, input_shape: tuple[int, ...] | None = None) -> Conv:
-        weight = weight.contiguous()
-        packed = weight
-        if backend == "mkldnn" and weight.shape[0] > 0 and weight.shape[1] > 0:
-            shape = list(input_shape) if input_shape is not None else [1, weight.shape[1], 32, 32]
-            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                weight.to_mkldnn(), [padding] * 2, [stride] * 2, [1, 1], 1, shape)
-        return cls(weight, bias, stride, padding, backend, packed)
+        conv = cls(weight.contiguous(), bias, stride, padding, backend, weight.contiguous())
+        if input_shape is not None:
+            conv.pack(tuple(input_shape))
+        return conv
+
+    def pack(self, input_shape: tuple[int, ...]) -> None:
+        """oneDNN picks the weight layout for one input shape; a layout chosen for another
+        shape can be many times slower (seen: 40x for a 1x1 stride-2 conv), so the packing is
+        redone whenever the input shape changes."""
+        self.packed_for = input_shape
+        w = self.weight
+        if self.backend == "mkldnn" and w.shape[0] > 0 and w.shape[1] > 0:
+            self.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                w.to_mkldnn(), [self.padding] * 2, [self.stride] * 2, [1, 1], 1,
+                list(input_shape))
 
     @property
     def out_channels(self) -> int:
@@ -77,6 +86,8 @@ class Conv:
     def __call__(self, x: torch.Tensor, relu: bool = False, add: torch.Tensor | None = None,
                  bias: torch.Tensor | None | bool = True) -> torch.Tensor:
         b = self.bias if bias is True else (None if bias is False else bias)
+        if self.backend == "mkldnn" and x.shape != self.packed_for:
+            self.pack(tuple(x.shape))
         return run_conv(self.backend, x, self.packed, b, self.stride, self.padding, relu, add)
 
 

@@ -69,3 +69,15 @@ def test_cuda_samples_are_bracketed_by_synchronisations(monkeypatch):
     events.clear()
     timer.time_once(lambda: events.append("call"), torch.device("cpu"))
     assert events == ["call"]
+
+
+def test_ci_target_stops_early_on_steady_samples():
+    import itertools
+
+    from hwbench.measure import timer
+
+    ticks = itertools.count()
+    samples = time_interleaved({"a": lambda: next(ticks)}, warmup=0, min_warmup_s=0.0,
+                               min_runs=16, max_time_s=1e9, ci_target=10.0, max_runs=10_000)
+    assert len(samples["a"]) == 16  # the (generous) CI target holds at the first check
+    assert timer.timer_overhead_ms(n=10) >= 0

@@ -1,0 +1,404 @@
+"""``hwbench profile``: measure gate patterns on one device and write a device profile.
+
+Phases (all timings of the compact engine; ``dynamic`` mode unless named):
+1. latency table: the static executor at a grid of kept-channel fractions, with and without a
+   gate, every network timed piece by piece in context (``segment_times``); rounds interleave
+   all grid networks and the dense reference, so drift hits every grid point alike;
+2. references and sweep: dense, masked and the prior pattern of every t_d, interleaved, each
+   until its median's 95% CI half-width is within ``ci_target`` or ``max_time`` runs out
+   (then it is marked INVALID);
+3. validation: random mixed patterns, measured end to end (with dense interleaved) and compared
+   with the table's prediction;
+4. user patterns (``--patterns``), measured and predicted the same way;
+5. energy (optional): per t_d, windows of >= 1 s of back-to-back inferences, idle power measured
+   first and subtracted (both reported), each number labelled with its method.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from hwbench.engine import build_engine, pattern_inputs, realise
+from hwbench.errors import UsageError
+from hwbench.flops import pattern_report
+from hwbench.measure.device import fingerprint, parse_device
+from hwbench.measure.energy import idle_power_w, select_meter
+from hwbench.measure.stats import Warn, drift, summarise
+from hwbench.measure.timer import time_interleaved, timer_overhead_ms
+from hwbench.nets.geometry import arch_spec, check_stem, net_geometry
+from hwbench.patterns import GatePattern, LayerPattern, load_pattern, mixed_pattern, synthesise
+from hwbench.profiles import SCHEMA, Predictor
+
+DEFAULT_T_D = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass
+class ProfileConfig:
+    device: str = "cpu"
+    arch: str = "resnet18"
+    stem: str = "cifar"
+    input_size: int = 32
+    batch_size: int = 1
+    dtype: str = "fp32"
+    threads: int | None = None
+    t_d: tuple[float, ...] = DEFAULT_T_D
+    patterns: tuple[str, ...] = ()
+    energy: bool = True
+    energy_method: str | None = None
+    max_time_s: float = 60.0  # per measured group (sweep, validation)
+    min_runs: int = 64
+    warmup: int = 10
+    min_warmup_s: float = 1.0
+    ci_target: float = 0.02
+    grid: int = 32  # kept-channel fractions j/grid, j = 0..grid
+    table_rounds: int = 15
+    validation: int = 20
+    calibration: int = 6  # random mixed patterns the predictor's scale is fitted on
+    energy_window_s: float = 1.0
+    seed: int = 0
+
+
+def _validate(cfg: ProfileConfig) -> torch.device:
+    arch_spec(cfg.arch)
+    check_stem(cfg.stem)
+    if cfg.input_size < 1 or cfg.batch_size < 1:
+        raise UsageError("--input-size and --batch-size must be >= 1")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {cfg.threads}")
+    bad = [t for t in cfg.t_d if not 0 < t <= 1]
+    if bad or not cfg.t_d:
+        raise UsageError(f"--t-d values must be in (0, 1], got {list(cfg.t_d)}")
+    if cfg.dtype not in ("fp32", "bf16", "fp16"):
+        raise UsageError(f"unknown dtype {cfg.dtype!r}")
+    device = parse_device(cfg.device)
+    if device.type == "cpu" and cfg.dtype != "fp32":
+        raise UsageError("on the CPU the engine runs fp32 only")
+    net_geometry(cfg.arch, cfg.stem, cfg.input_size)
+    return device
+
+
+def _cpu_clock() -> dict:
+    info = {}
+    for key, path in (("governor", "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+                      ("cur_khz", "/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                info[key] = fh.read().strip()
+        except OSError:
+            info[key] = None
+    return info
+
+
+def _gpu_state(device: torch.device) -> dict:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        return {"sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+                "temperature_c": pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
+                "driver": pynvml.nvmlSystemGetDriverVersion()}
+    except Exception as exc:  # recorded, not fatal: the reading is optional
+        return {"unreadable": str(exc)}
+
+
+def _uniform_pattern(cfg: ProfileConfig, frac: float, gated: bool) -> GatePattern:
+    """Every block keeps round(frac * width) channels; ``gated``: half of them dynamic."""
+    layers = []
+    for b in net_geometry(cfg.arch, cfg.stem, cfg.input_size).blocks:
+        k = int(round(frac * b.width))
+        d = (k + 1) // 2 if gated and k else 0
+        layers.append(LayerPattern(b.name, b.width, k - d, b.width - k, d, 0.5))
+    return GatePattern(cfg.arch, cfg.stem, cfg.input_size, layers)
+
+
+class Profiler:
+    def __init__(self, cfg: ProfileConfig, progress: Callable[[str, float], None] | None = None,
+                 meter=None):
+        self.cfg = cfg
+        self.meter = meter  # an EnergyMeter to use instead of the best one found (tests, fakes)
+        self.device = _validate(cfg)
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16,
+                      "fp16": torch.float16}[cfg.dtype]
+        self.progress = progress or (lambda phase, frac: None)
+        self.warnings: list[dict] = []
+        self.user_patterns = [(p, load_pattern(p)) for p in dict.fromkeys(cfg.patterns)]
+        for path, pat in self.user_patterns:
+            if (pat.arch, pat.stem, pat.input_size) != (cfg.arch, cfg.stem, cfg.input_size):
+                raise UsageError(f"{path} is for {pat.arch}/{pat.stem}/{pat.input_size}px, the "
+                                 f"profile for {cfg.arch}/{cfg.stem}/{cfg.input_size}px")
+
+    def _warn(self, code: Warn, where: str) -> None:
+        self.warnings.append({"code": code.value, "where": where, "advice": code.advice})
+
+    def _inputs(self, n: int, seed: int) -> list[torch.Tensor]:
+        bsz = self.cfg.batch_size
+        xs = pattern_inputs(n * bsz, self.cfg.input_size, seed=seed).split(bsz)
+        return [x.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
+                for x in xs]
+
+    def _engine(self, net, mode, pattern=None, **kw):
+        return build_engine(net, mode, pattern, device=self.device, dtype=self.dtype,
+                            batch_size=self.cfg.batch_size, **kw)
+
+    def _measure(self, fns: dict, where: str) -> dict[str, dict]:
+        """Interleaved, CI-driven measurement; returns summaries with raw samples."""
+        cfg = self.cfg
+        first: dict[str, float] = {}
+        samples = time_interleaved(fns, device=self.device, warmup=cfg.warmup,
+                                   min_warmup_s=cfg.min_warmup_s, min_runs=cfg.min_runs,
+                                   max_time_s=cfg.max_time_s, ci_target=cfg.ci_target,
+                                   seed=cfg.seed, first_ms=first)
+        out = {}
+        for name, s in samples.items():
+            st = summarise(s, cfg.ci_target, first.get(name))
+            for w in st.warnings:
+                self._warn(Warn(w), f"{where}:{name}")
+            out[name] = {**st.to_dict(), "samples_ms": s}
+        if "dense" in samples and drift(samples["dense"]) > 0.10:
+            self._warn(Warn.DRIFT, where)
+        return out
+
+    def run(self) -> dict:
+        cfg, torch_threads = self.cfg, self.cfg.threads
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
+        started = dt.datetime.now(dt.timezone.utc)
+        fp = {**fingerprint(self.device, torch_threads), "dtype": cfg.dtype,
+              "batch_size": cfg.batch_size, "input_size": cfg.input_size, "arch": cfg.arch,
+              "stem": cfg.stem, "clock": _cpu_clock() if self.device.type == "cpu"
+              else _gpu_state(self.device)}
+        overhead = timer_overhead_ms(self.device)
+        base = realise(synthesise(cfg.arch, cfg.stem, cfg.input_size, 1.0), seed=cfg.seed)
+        x0 = self._inputs(1, cfg.seed + 1)[0]
+
+        # 1. latency table
+        self.progress("latency table", 0.0)
+        table, dense_segments = self._table(base, x0)
+        plan_probe = mixed_pattern(cfg.arch, cfg.stem, cfg.input_size, 0.5, seed=cfg.seed + 3)
+        probe = self._engine(realise(plan_probe, seed=cfg.seed), "dynamic", plan_probe,
+                             tune_inputs=x0)
+        executes = ["kept" if p == "static" else "expected" for p in probe.plan]
+        profile = {"schema": SCHEMA, "created": started.isoformat(timespec="seconds"),
+                   "fingerprint": fp, "config": asdict(cfg),
+                   "protocol": {"warmup": cfg.warmup, "min_warmup_s": cfg.min_warmup_s,
+                                "min_runs": cfg.min_runs, "max_time_s": cfg.max_time_s,
+                                "ci_target": cfg.ci_target, "interleaved": True,
+                                "reference_probe": "dense",
+                                "timer_overhead_ms": overhead,
+                                "timing": "CUDA synchronise + perf_counter_ns"
+                                if self.device.type == "cuda" else "perf_counter_ns"},
+                   "table": table, "dynamic_plan": probe.plan, "dynamic_executes": executes,
+                   "percentile_ratios": {"p90": 1.0, "p99": 1.0}}
+
+        # 2. references + sweep
+        self.progress("sweep", 0.25)
+        sweep_patterns = [synthesise(cfg.arch, cfg.stem, cfg.input_size, t) for t in cfg.t_d]
+        pool = self._inputs(8, cfg.seed + 7)
+        fns = {"dense": self._cycle(self._engine(base, "dense"), pool),
+               "masked": self._cycle(self._engine(base, "masked"), pool)}
+        for t, pat in zip(cfg.t_d, sweep_patterns):
+            fns[f"t_d={t:g}"] = self._cycle(self._engine(base, "dynamic", pat, tune_inputs=x0),
+                                            pool)
+        res = self._measure(fns, "sweep")
+        dense = res["dense"]
+        profile["references"] = {"dense": res["dense"], "masked": res["masked"]}
+        ratios90 = [res[f"t_d={t:g}"]["p90_ms"] / res[f"t_d={t:g}"]["p50_ms"] for t in cfg.t_d]
+        ratios99 = [res[f"t_d={t:g}"]["p99_ms"] / res[f"t_d={t:g}"]["p50_ms"] for t in cfg.t_d]
+        profile["percentile_ratios"] = {"p90": float(np.median(ratios90)),
+                                        "p99": float(np.median(ratios99))}
+        # 3. calibration + validation (+ 4. user patterns), measured together with dense
+        self.progress("validation", 0.5)
+        rng = random.Random(cfg.seed + 11)
+
+        def mixed(i: int, lo: float, hi: float) -> GatePattern:
+            return mixed_pattern(cfg.arch, cfg.stem, cfg.input_size,
+                                 round(rng.uniform(lo, hi), 3), seed=cfg.seed + 100 + i)
+
+        calib = [(f"calibration[{i}]", mixed(i, 0.15, 0.95)) for i in range(cfg.calibration)]
+        val = [(f"random[{i}]", mixed(1000 + i, 0.15, 0.95)) for i in range(cfg.validation)]
+        user = [(str(path), pat) for path, pat in self.user_patterns]
+        res3 = self._measure_patterns(calib + val + user, pool, "validation")
+        table_only = Predictor(profile)
+        # Fit in units of the dense probe measured in the same phase, then express in ms of the
+        # sweep's dense reference: drift between phases (seen: 11%) cancels.
+        dense3 = res3["dense"]["p50_ms"] if calib else dense["p50_ms"]
+        fit = [res3[name]["p50_ms"] / dense3 / table_only.table_ms(pat) for name, pat in calib]
+        profile["calibration"] = {
+            "scale": float(np.median(fit)) * dense["p50_ms"] if fit else 1.0,
+            "per_pattern_ratio_per_table_ms": fit, "dense_reference_ms": dense["p50_ms"],
+            "fit_on": f"{len(fit)} random mixed patterns measured with the validation set "
+                      "(not part of it), as ratios to the dense probe of that phase"}
+        pred = Predictor(profile)
+        profile["sweep"] = []
+        for t, pat in zip(cfg.t_d, sweep_patterns):
+            m = res[f"t_d={t:g}"]
+            profile["sweep"].append({
+                "t_d": t, "macs_ratio": pattern_report(pat).ratio, "mode": "dynamic",
+                "pattern": pat.to_dict(), "measured": m, "valid": m["valid"],
+                "ratio_to_dense": m["p50_ms"] / dense["p50_ms"],
+                "predicted_p50_ms": pred.predict(pat, "p50"),
+                "predicted_p90_ms": pred.predict(pat, "p90"),
+                "predicted_p99_ms": pred.predict(pat, "p99")})
+        profile["validation"] = self._points(val, res3, pred, dense["p50_ms"])
+        profile["patterns"] = self._points(user, res3, pred, dense["p50_ms"])["points"]
+
+        # 5. energy
+        self.progress("energy", 0.8)
+        profile["energy"] = self._energy(base, sweep_patterns, pool, profile) if cfg.energy \
+            else {"method": "none", "reason": "--no-energy"}
+        if min(s["measured"]["min_ms"] for s in profile["sweep"]) * 0.01 < overhead:
+            self._warn(Warn.TIMER_OVERHEAD, "sweep")
+        profile["warnings"] = self.warnings
+        profile["valid"] = all(s["valid"] for s in profile["sweep"])
+        profile["duration_s"] = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
+        self.progress("done", 1.0)
+        del dense_segments
+        return profile
+
+    @staticmethod
+    def _cycle(engine, pool):
+        it = itertools.cycle(pool)
+        return lambda: engine(next(it))
+
+    def _table(self, net, x) -> tuple[dict, list[float]]:
+        cfg = self.cfg
+        fracs = [j / cfg.grid for j in range(cfg.grid + 1)]
+        engines = {("dense", 0.0): self._engine(net, "dense")}
+        for f in fracs:
+            for gated in (False, True):
+                if gated and f == 0:
+                    continue
+                pat = _uniform_pattern(cfg, f, gated)
+                engines[(gated, f)] = self._engine(net, "static", pat)
+        keys = list(engines)
+        for e in engines.values():  # warm-up
+            for _ in range(2):
+                e.segment_times(x)
+        segs: dict = {k: [] for k in keys}
+        rng = random.Random(cfg.seed)
+        for r in range(cfg.table_rounds):
+            rng.shuffle(keys)
+            for k in keys:
+                segs[k].append(engines[k].segment_times(x))
+            self.progress("latency table", 0.25 * (r + 1) / cfg.table_rounds)
+        med = {k: np.median(np.asarray(v), axis=0) for k, v in segs.items()}
+        geom = net_geometry(cfg.arch, cfg.stem, cfg.input_size)
+        fixed = [np.median([med[k][0] for k in med]), np.median([med[k][-1] for k in med])]
+        blocks = []
+        for i, b in enumerate(geom.blocks):
+            grid, plain, gated = [], [], []
+            for f in fracs:
+                k = int(round(f * b.width))
+                if grid and k <= grid[-1]:
+                    continue
+                grid.append(k)
+                plain.append(float(med[(False, f)][i + 1]))
+                gated.append(float(med[(True, f)][i + 1]) if f > 0 else plain[-1])
+            blocks.append({"name": b.name, "channels": b.width, "grid": grid,
+                           "plain_ms": plain, "gated_ms": gated})
+        table = {"unit": "ms, median of in-context block times", "rounds": cfg.table_rounds,
+                 "stem_ms": float(fixed[0]), "head_ms": float(fixed[1]), "blocks": blocks,
+                 "dense_blocks_ms": [float(v) for v in med[("dense", 0.0)]]}
+        return table, list(med[("dense", 0.0)])
+
+    def _measure_patterns(self, named: list, pool, where: str) -> dict:
+        base_dense = self._engine(realise(named[0][1], seed=self.cfg.seed), "dense") if named \
+            else None
+        fns = {"dense": self._cycle(base_dense, pool)} if named else {}
+        for name, pat in named:
+            net = realise(pat, seed=self.cfg.seed)
+            fns[name] = self._cycle(self._engine(net, "dynamic", pat, tune_inputs=pool[0]), pool)
+        return self._measure(fns, where) if fns else {}
+
+    @staticmethod
+    def _points(named: list, res: dict, pred: Predictor, dense_ref_ms: float) -> dict:
+        """Predicted vs measured. ``error`` compares ratios to the dense probe of each phase
+        (drift-corrected); ``error_abs`` compares milliseconds across phases as they are."""
+        points = []
+        for name, pat in named:
+            m, p50 = res[name], pred.predict(pat, "p50")
+            ratio = m["p50_ms"] / res["dense"]["p50_ms"]
+            points.append({"pattern": name, "t_d": pat.t_d,
+                           "macs_ratio": pattern_report(pat).ratio, "measured": m,
+                           "valid": m["valid"], "ratio_to_dense": ratio,
+                           "predicted_p50_ms": p50,
+                           "predicted_p90_ms": pred.predict(pat, "p90"),
+                           "predicted_ratio_to_dense": p50 / dense_ref_ms,
+                           "error": (p50 / dense_ref_ms) / ratio - 1.0,
+                           "error_abs": p50 / m["p50_ms"] - 1.0})
+        errors = np.abs([p["error"] for p in points])
+        errors_abs = np.abs([p["error_abs"] for p in points])
+
+        def share(e, lim):
+            return float(np.mean(e <= lim)) if len(points) else None
+
+        return {"n": len(points), "errors": [p["error"] for p in points],
+                "within_5pct": share(errors, 0.05), "within_10pct": share(errors, 0.10),
+                "within_5pct_abs": share(errors_abs, 0.05),
+                "within_10pct_abs": share(errors_abs, 0.10),
+                "error_definition": "predicted/measured - 1 of the p50 as ratios to the dense "
+                                    "probe of each phase (error_abs: of the p50 in ms)",
+                "dense": res.get("dense"), "points": points}
+
+    def _energy(self, base, patterns: list[GatePattern], pool, profile) -> dict:
+        cfg = self.cfg
+        meter = self.meter or select_meter(self.device, cfg.energy_method)
+        try:
+            idle = idle_power_w(meter, 1.0)
+            out = {"method": meter.method, "measured": meter.measured, "idle_w": idle,
+                   "unit": "J per inference (per image)", "points": []}
+            if meter.method == "none":
+                out["reason"] = "no energy source available (see `hwbench env`)"
+                return out
+            if not meter.measured:
+                self._warn(Warn.ENERGY_ESTIMATED, "energy")
+            engines = [("dense", None, self._engine(base, "dense"))] + [
+                ("dynamic", p.t_d, self._engine(base, "dynamic", p, tune_inputs=pool[0]))
+                for p in patterns]
+            for mode, t_d, engine in engines:
+                meter.begin_window("e")
+                n, t_end = 0, time.perf_counter() + cfg.energy_window_s
+                while time.perf_counter() < t_end:  # back-to-back inferences for >= the window
+                    engine(pool[n % len(pool)])
+                    n += 1
+                w = meter.end_window("e")
+                if w.duration_s < 1.0:
+                    self._warn(Warn.ENERGY_WINDOW_SHORT, f"energy:{mode}:{t_d}")
+                imgs = n * cfg.batch_size
+                total = None if w.energy_j is None else w.energy_j / imgs
+                net_j = None if (w.energy_j is None or idle is None) else \
+                    (w.energy_j - idle * w.duration_s) / imgs
+                out["points"].append({"mode": mode, "t_d": t_d, "window_s": w.duration_s,
+                                      "inferences": n, "energy_j_total": total,
+                                      "energy_j_above_idle": net_j, "method": w.method,
+                                      "measured": w.measured})
+            return out
+        finally:
+            meter.close()
+
+
+def run_profile(cfg: ProfileConfig, progress=None, meter=None) -> dict:
+    return Profiler(cfg, progress, meter).run()
+
+
+def summary_rows(profile: dict) -> list[dict]:
+    energy = {(p["mode"], p["t_d"]): p for p in profile.get("energy", {}).get("points", [])}
+    rows = []
+    for s in profile["sweep"]:
+        e = energy.get(("dynamic", s["t_d"]), {})
+        rows.append({"t_d": s["t_d"], "macs_ratio": s["macs_ratio"],
+                     "p50_ms": s["measured"]["p50_ms"], "p90_ms": s["measured"]["p90_ms"],
+                     "p99_ms": s["measured"]["p99_ms"], "predicted_p50_ms": s["predicted_p50_ms"],
+                     "ratio_to_dense": s["ratio_to_dense"], "valid": s["valid"],
+                     "energy_j": e.get("energy_j_total")})
+    return rows
+

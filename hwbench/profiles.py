@@ -1,0 +1,185 @@
+"""Device profiles (``hwbench/device-profile@1``): load/save, the latency predictor, the t_d picker.
+
+A profile holds, for one device and one set of conditions (arch, stem, input size, batch size,
+dtype), a per-block **latency table** measured in context (each block's share of real
+end-to-end runs, at a grid of kept-channel counts, with and without a gate), a **sweep** over
+t_d, the predictor's **validation**, and any user patterns. Predictions come from the table
+alone: stem + head + the sum over blocks of the block's latency at its executed channel count,
+linearly interpolated between grid points. Percentiles above p50 scale p50 by the ratio measured
+on the sweep. One scale factor, fitted on the sweep's end-to-end medians (``calibration``),
+absorbs what in-context block times miss (inter-block cache state, the timer's reads); the
+validation patterns are not used for fitting, so their error is an out-of-sample test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwbench.errors import HwbenchError, UsageError
+from hwbench.io import atomic_write_json
+from hwbench.patterns import GatePattern, synthesise
+
+SCHEMA = "hwbench/device-profile@1"
+PERCENTILES = ("p50", "p90", "p99")
+_REQUIRED = ("fingerprint", "table", "sweep", "percentile_ratios", "dynamic_executes")
+
+
+class ProfileError(HwbenchError):
+    """A profile file that cannot be used (exit code 2)."""
+
+
+class Unattainable(HwbenchError):
+    """No t_d meets the latency target on this device (exit code 3)."""
+
+    exit_code = 3
+
+
+def load_profile(path: str | Path) -> dict:
+    src = str(path)
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProfileError(f"{src}: no such profile") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{src}: cannot read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ProfileError(f"{src}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(obj, dict) or obj.get("schema") != SCHEMA:
+        got = obj.get("schema") if isinstance(obj, dict) else type(obj).__name__
+        raise ProfileError(f"{src}: field 'schema': expected {SCHEMA!r}, got {got!r}")
+    for key in _REQUIRED:
+        if key not in obj:
+            raise ProfileError(f"{src}: field '{key}' is missing")
+    try:
+        Predictor(obj)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ProfileError(f"{src}: field 'table' is malformed ({exc})") from None
+    return obj
+
+
+def save_profile(profile: dict, path: str | Path) -> Path:
+    """Atomic write; an existing file is never overwritten: a -v2, -v3 ... name is taken."""
+    path = Path(path)
+    candidate, v = path, 2
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-v{v}{path.suffix}")
+        v += 1
+    return atomic_write_json(candidate, profile)
+
+
+def profile_filename(fp: dict) -> str:
+    name = re.sub(r"[^a-z0-9]+", "-", str(fp.get("name", fp["type"])).lower()).strip("-")
+    return (f"{name}_{fp['threads']}t_{fp['arch']}_{fp['stem']}{fp['input_size']}"
+            f"_b{fp['batch_size']}_{fp['dtype']}.json")
+
+
+@dataclass
+class _BlockTable:
+    grid: np.ndarray
+    plain: np.ndarray
+    gated: np.ndarray
+
+
+class Predictor:
+    """Latency of a pattern on the profiled device, from the table alone (no network runs)."""
+
+    def __init__(self, profile: dict):
+        fp = profile["fingerprint"]
+        self.arch, self.stem, self.input_size = fp["arch"], fp["stem"], int(fp["input_size"])
+        t = profile["table"]
+        self.fixed_ms = float(t["stem_ms"]) + float(t["head_ms"])
+        self.names = [b["name"] for b in t["blocks"]]
+        self.blocks = [_BlockTable(np.asarray(b["grid"], float), np.asarray(b["plain_ms"], float),
+                                   np.asarray(b["gated_ms"], float)) for b in t["blocks"]]
+        for b in self.blocks:
+            if not (len(b.grid) == len(b.plain) == len(b.gated)) or np.any(np.diff(b.grid) <= 0):
+                raise ValueError("grid and latencies must have equal lengths, grid increasing")
+        self.executes = list(profile["dynamic_executes"])
+        self.scale = float(profile.get("calibration", {}).get("scale", 1.0))
+        self.ratios = {k: float(v) for k, v in profile["percentile_ratios"].items()}
+        self.ratios["p50"] = 1.0
+
+    def check(self, pattern: GatePattern, source: str = "pattern") -> None:
+        mine = (self.arch, self.stem, self.input_size)
+        theirs = (pattern.arch, pattern.stem, pattern.input_size)
+        if mine != theirs:
+            raise UsageError(f"{source} is for {theirs[0]}/{theirs[1]}/{theirs[2]}px, the profile "
+                             f"for {mine[0]}/{mine[1]}/{mine[2]}px")
+
+    def block_ms(self, i: int, channels: float, gated: bool) -> float:
+        b = self.blocks[i]
+        return float(np.interp(channels, b.grid, b.gated if gated else b.plain))
+
+    def p50_ms(self, pattern: GatePattern) -> float:
+        return self.scale * self.table_ms(pattern)
+
+    def table_ms(self, pattern: GatePattern) -> float:
+        """The table's sum for ``pattern``, before calibration."""
+        self.check(pattern)
+        total = self.fixed_ms
+        for i, lp in enumerate(pattern.layers):
+            if self.executes[i] == "expected":  # the engine skips off dynamic channels here
+                k = lp.always_on + lp.dynamic * lp.dynamic_on_rate
+            else:  # it computes every kept channel and masks the dynamic ones
+                k = lp.always_on + lp.dynamic
+            total += self.block_ms(i, k, gated=lp.dynamic > 0)
+        return total
+
+    def predict(self, pattern: GatePattern, percentile: str = "p50") -> float:
+        if percentile not in PERCENTILES:
+            raise UsageError(f"unknown percentile {percentile!r}; use p50, p90 or p99")
+        return self.p50_ms(pattern) * self.ratios[percentile]
+
+
+@dataclass
+class Pick:
+    t_d: float
+    predicted_ms: float
+    target_ms: float
+    percentile: str
+    note: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def pick_t_d(profile: dict, target_s: float, percentile: str = "p90",
+             step: float = 0.01) -> Pick:
+    """The largest t_d (on a ``step`` grid) whose prior pattern's predicted latency at
+    ``percentile`` meets ``target_s``. Raises ``Unattainable`` (exit 3) when none does."""
+    pred = Predictor(profile)
+    target_ms = target_s * 1e3
+    fp = profile["fingerprint"]
+    points = []
+    for i in range(int(round(1 / step)), 0, -1):
+        t_d = round(i * step, 6)
+        try:
+            pattern = synthesise(fp["arch"], fp["stem"], int(fp["input_size"]), t_d)
+        except HwbenchError:
+            break  # below the network's smallest reachable MACs ratio
+        points.append((t_d, pred.predict(pattern, percentile)))
+    meets = [(t, ms) for t, ms in points if ms <= target_ms]
+    if not meets:
+        t_min, fastest = min(points, key=lambda p: p[1])
+        raise Unattainable(
+            f"target {target_ms:g} ms ({percentile}) is below the fastest this device reaches: "
+            f"{fastest:.3f} ms at t_d {t_min:g} ({fp['name']}, batch {fp['batch_size']})")
+    t_d, ms = max(meets)
+    note = ""
+    dense = profile.get("references", {}).get("dense", {}).get(f"{percentile}_ms")
+    if t_d >= 1.0:
+        note = "the whole network meets the target: no gating needed"
+        if dense is not None:
+            note += f" (dense measured {percentile} {dense:.3f} ms)"
+    return Pick(t_d, ms, target_ms, percentile, note)
+
+
+def ms_or_nan(x: float | None) -> float:
+    return math.nan if x is None else float(x)

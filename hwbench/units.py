@@ -1,0 +1,23 @@
+"""Units parsed at the edge: '5ms', '5 ms', '0.005s', '500us' -> seconds."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from hwbench.errors import UsageError
+
+_SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
+_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(s|ms|us|µs)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """A positive duration with a unit (s, ms, us) -> seconds; a clear error otherwise."""
+    m = _RE.match(str(text))
+    if not m:
+        raise UsageError(f"cannot parse latency {text!r}: give a number and a unit, "
+                         "e.g. 5ms, 5 ms, 0.005s or 500us")
+    value = float(m.group(1)) * _SCALE[m.group(2)]
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"latency must be positive, got {text!r}")
+    return value

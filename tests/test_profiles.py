@@ -1,0 +1,216 @@
+"""Profiles: the predictor on a synthetic table, the picker, schema checks, atomic versioned
+writes, and one small real profiling run through the library and the CLI."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from hwbench.cli import cli
+from hwbench.errors import UsageError
+from hwbench.measure.energy import NvmlCounterMeter
+from hwbench.nets.geometry import net_geometry
+from hwbench.patterns import mixed_pattern, synthesise
+from hwbench.profiler import ProfileConfig, run_profile
+from hwbench.profiles import (
+    SCHEMA,
+    Predictor,
+    ProfileError,
+    Unattainable,
+    load_profile,
+    pick_t_d,
+    profile_filename,
+    save_profile,
+)
+from tests.measure.test_energy import FakeNvml
+
+FP = {"type": "cpu", "name": "Test CPU", "threads": 2, "arch": "resnet18", "stem": "cifar",
+      "input_size": 32, "batch_size": 1, "dtype": "fp32"}
+
+
+def synthetic_profile(executes="kept", scale=1.0):
+    """Block i costs (i + 1) * 0.01 ms per kept channel, +0.05 ms with a gate; stem + head 0.5."""
+    blocks = []
+    for i, b in enumerate(net_geometry("resnet18", "cifar", 32).blocks):
+        grid = [0, b.width // 2, b.width]
+        blocks.append({"name": b.name, "channels": b.width, "grid": grid,
+                       "plain_ms": [(i + 1) * 0.01 * k for k in grid],
+                       "gated_ms": [(i + 1) * 0.01 * k + 0.05 for k in grid]})
+    return {"schema": SCHEMA, "fingerprint": FP,
+            "table": {"stem_ms": 0.4, "head_ms": 0.1, "blocks": blocks},
+            "dynamic_executes": [executes] * 8, "percentile_ratios": {"p90": 1.1, "p99": 1.5},
+            "calibration": {"scale": scale}, "sweep": [],
+            "references": {"dense": {"p50_ms": 30.0, "p90_ms": 33.0}}}
+
+
+def expected_ms(pattern, executes="kept"):
+    total = 0.5
+    for i, lp in enumerate(pattern.layers):
+        k = lp.always_on + (lp.dynamic if executes == "kept" else lp.dynamic * lp.dynamic_on_rate)
+        total += (i + 1) * 0.01 * k + (0.05 if lp.dynamic else 0)
+    return total
+
+
+@pytest.mark.parametrize("executes", ["kept", "expected"])
+def test_predictor_is_additive_and_interpolates(executes):
+    pred = Predictor(synthetic_profile(executes))
+    for seed in range(5):
+        p = mixed_pattern("resnet18", "cifar", 32, 0.2 + 0.15 * seed, seed=seed)
+        assert pred.predict(p) == pytest.approx(expected_ms(p, executes))
+        assert pred.predict(p, "p90") == pytest.approx(1.1 * expected_ms(p, executes))
+    assert Predictor(synthetic_profile(scale=2.0)).predict(p) == pytest.approx(
+        2 * expected_ms(p))
+
+
+def test_predictor_rejects_other_conditions_and_percentiles():
+    pred = Predictor(synthetic_profile())
+    with pytest.raises(UsageError, match="resnet18/imagenet/224px"):
+        pred.predict(synthesise("resnet18", "imagenet", 224, 0.5))
+    with pytest.raises(UsageError, match="percentile"):
+        pred.predict(synthesise("resnet18", "cifar", 32, 0.5), "p95")
+
+
+def test_pick_largest_t_d_meeting_the_target():
+    prof = synthetic_profile()
+    pred = Predictor(prof)
+    target_ms = pred.predict(synthesise("resnet18", "cifar", 32, 0.42), "p90")
+    pick = pick_t_d(prof, target_ms / 1e3, "p90")
+    assert pick.t_d == pytest.approx(0.42) and pick.predicted_ms <= target_ms
+    assert pred.predict(synthesise("resnet18", "cifar", 32, 0.43), "p90") > target_ms
+    assert pick_t_d(prof, 10.0).t_d == 1.0 and "no gating needed" in pick_t_d(prof, 10.0).note
+    with pytest.raises(Unattainable, match="fastest") as err:
+        pick_t_d(prof, 1e-6)
+    assert err.value.exit_code == 3
+
+
+def test_load_profile_errors(tmp_path):
+    bad = tmp_path / "p.json"
+    bad.write_text("{oops")
+    with pytest.raises(ProfileError, match="not valid JSON"):
+        load_profile(bad)
+    bad.write_text(json.dumps({"schema": "other"}))
+    with pytest.raises(ProfileError, match="'schema'"):
+        load_profile(bad)
+    prof = synthetic_profile()
+    del prof["table"]
+    bad.write_text(json.dumps(prof))
+    with pytest.raises(ProfileError, match="'table' is missing"):
+        load_profile(bad)
+    prof = synthetic_profile()
+    prof["table"]["blocks"][0]["plain_ms"].pop()
+    bad.write_text(json.dumps(prof))
+    with pytest.raises(ProfileError, match="malformed"):
+        load_profile(bad)
+
+
+def test_save_is_atomic_and_never_overwrites(tmp_path):
+    path = tmp_path / profile_filename(FP)
+    assert path.name == "test-cpu_2t_resnet18_cifar32_b1_fp32.json"
+    first = save_profile(synthetic_profile(), path)
+    second = save_profile(synthetic_profile(scale=3.0), path)
+    assert first == path and second.name == "test-cpu_2t_resnet18_cifar32_b1_fp32-v2.json"
+    assert load_profile(first)["calibration"]["scale"] == 1.0
+    assert load_profile(second)["calibration"]["scale"] == 3.0
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+TINY = dict(input_size=16, t_d=(0.5, 1.0), max_time_s=0.05, min_runs=8, warmup=1,
+            min_warmup_s=0.0, grid=4, table_rounds=2, validation=3, calibration=2,
+            energy_window_s=0.05)
+
+
+def test_a_small_real_profile_has_every_part_and_exact_energy_arithmetic():
+    prof = run_profile(ProfileConfig(**TINY), meter=NvmlCounterMeter(FakeNvml(), 0))
+    assert prof["schema"] == SCHEMA and prof["fingerprint"]["input_size"] == 16
+    assert [s["t_d"] for s in prof["sweep"]] == [0.5, 1.0]
+    for s in prof["sweep"]:
+        m = s["measured"]
+        assert len(m["samples_ms"]) == m["n"] >= 8 and isinstance(s["valid"], bool)
+        assert m["ci95_lo_ms"] <= m["p50_ms"] <= m["ci95_hi_ms"]
+        assert s["predicted_p50_ms"] > 0
+    assert prof["validation"]["n"] == 3 and len(prof["validation"]["errors"]) == 3
+    assert len(prof["table"]["blocks"]) == 8 and prof["table"]["blocks"][0]["grid"][0] == 0
+    e = prof["energy"]
+    assert e["method"] == "nvml-counter" and e["measured"] is True
+    # the fake counter steps 1500 mJ per read: every window holds exactly 1.5 J
+    assert e["idle_w"] == pytest.approx(1.5 / 1.0, rel=0.05)
+    for pt in e["points"]:
+        assert pt["energy_j_total"] == pytest.approx(1.5 / pt["inferences"])
+        assert pt["energy_j_above_idle"] == pytest.approx(
+            (1.5 - e["idle_w"] * pt["window_s"]) / pt["inferences"])
+    codes = {w["code"] for w in prof["warnings"]}
+    assert "ENERGY_WINDOW_SHORT" in codes  # 0.05 s windows are too short, and say so
+    Predictor(prof)  # what was written can be read back
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_line_error(r, code=2):
+    assert r.exit_code == code, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hwbench: error:"), r.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def cli_profile(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("prof")
+    out = folder / "p.json"
+    mine = mixed_pattern("resnet18", "cifar", 16, 0.6, seed=9).save(folder / "mine.json")
+    r = run("profile", "--input-size", "16", "--t-d", "0.3,1.0", "--max-time", "0.1",
+            "--min-runs", "8", "--warmup", "0", "--validation", "2", "--no-energy",
+            "--patterns", mine, "--patterns", mine, "--out", out)
+    assert r.exit_code == 0, r.output
+    return out, r.output
+
+
+def test_profile_cli_writes_a_profile_and_prints_a_summary(cli_profile):
+    out, text = cli_profile
+    prof = load_profile(out)
+    assert [s["t_d"] for s in prof["sweep"]] == [0.3, 1.0]
+    assert len(prof["patterns"]) == 1  # the same file twice is measured once
+    assert prof["patterns"][0]["predicted_p50_ms"] > 0 and prof["patterns"][0]["measured"]["n"]
+    assert prof["energy"]["method"] == "none"
+    assert "p90 ms" in text and "wrote" in text and "predictor" in text
+
+
+def test_predict_and_pick_cli(cli_profile, tmp_path):
+    out, _ = cli_profile
+    pat = synthesise("resnet18", "cifar", 16, 0.5).save(tmp_path / "p.json")
+    d = json.loads(run("predict", "--profile", out, "--pattern", pat, "--json").output)
+    assert d["p90_ms"] >= d["p50_ms"] > 0
+    target = f"{d['p90_ms'] * 1000 * 1.001:.3f}us"  # just above the prediction
+    d2 = json.loads(run("pick", "--profile", out, "--target-latency", target, "--json").output)
+    assert d2["t_d"] >= 0.5 and d2["predicted_ms"] <= d2["target_ms"]
+    assert "fastest" in one_line_error(run("pick", "--profile", out, "--target-latency", "1us"),
+                                       code=3)
+
+
+def test_profile_cli_bad_input_leaves_nothing_behind(tmp_path, monkeypatch, cli_profile):
+    import torch
+
+    out = tmp_path / "x.json"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "no CUDA GPU" in one_line_error(run("profile", "--device", "cuda", "--out", out))
+    assert "unknown device" in one_line_error(run("profile", "--device", "npu", "--out", out))
+    assert "--t-d" in one_line_error(run("profile", "--t-d", "0,2", "--out", out))
+    assert not out.exists()
+    prof, _ = cli_profile
+    assert "cannot parse latency" in one_line_error(
+        run("pick", "--profile", prof, "--target-latency", "fast"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    assert "schema" in one_line_error(run("predict", "--profile", bad, "--pattern", bad))
+    other = synthesise("resnet18", "cifar", 32, 0.5).save(tmp_path / "o.json")
+    assert "the profile for" in one_line_error(run("predict", "--profile", prof, "--pattern",
+                                                   other))
+
+
+def test_env_cli():
+    r = run("env", "--json")
+    assert r.exit_code == 0
+    d = json.loads(r.output)
+    assert d["devices"][0]["device"] == "cpu" and "cpu" in d["energy"]
+    assert {s["method"] for s in d["energy"]["cpu"]} >= {"rapl", "codecarbon-estimate"}
