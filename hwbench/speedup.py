@@ -23,7 +23,8 @@ from hwbench.engine.compact import BATCH_STRATEGY
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
 from hwbench.measure.device import fingerprint, parse_device
-from hwbench.measure.timer import summarise_ms, time_interleaved
+from hwbench.measure.stats import summarise
+from hwbench.measure.timer import time_interleaved
 from hwbench.patterns import GatePattern, load_pattern
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -118,10 +119,10 @@ def run_speedup(cfg: SpeedupConfig, progress=None) -> SpeedupResult:
                                warmup=cfg.warmup, min_runs=cfg.min_runs,
                                max_time_s=cfg.max_time_s, seed=cfg.seed, progress=progress)
     macs = mode_macs(pattern)
-    dense_p50 = summarise_ms(samples["dense"]).p50_ms
+    dense_p50 = summarise(samples["dense"]).p50_ms
     modes = {}
     for m in MODES:
-        s = summarise_ms(samples[m])
+        s = summarise(samples[m])
         speedup = dense_p50 / s.p50_ms
         modes[m] = ModeResult(s.p50_ms, s.p90_ms, s.n, macs[m], speedup,
                               speedup / (macs["dense"] / macs[m]), samples[m])
@@ -151,11 +152,11 @@ def layer_times(engines: dict, x: torch.Tensor, min_runs: int = 30) -> dict[str,
         stems = time_interleaved({m: (lambda e=e: e._stem(x)) for m, e in engines.items()},
                                  warmup=3, min_warmup_s=0.0, min_runs=min_runs, max_time_s=0.0)
         for m in engines:
-            out[m].append(summarise_ms(stems[m]).p50_ms)
+            out[m].append(summarise(stems[m]).p50_ms)
         for i in range(len(next(iter(engines.values())).blocks)):
             fns = {m: (lambda b=e.blocks[i], h=inputs[m][i]: b(h)) for m, e in engines.items()}
             s = time_interleaved(fns, warmup=3, min_warmup_s=0.0, min_runs=min_runs,
                                  max_time_s=0.0)
             for m in engines:
-                out[m].append(summarise_ms(s[m]).p50_ms)
+                out[m].append(summarise(s[m]).p50_ms)
     return out

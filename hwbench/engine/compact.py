@@ -191,16 +191,21 @@ class _BasicDynamic:
         self.executed = 0  # dynamic channels computed, summed over calls (when counting)
         self.count = False
 
+    def _decide(self, x):
+        """Gate decisions: (mask (B, d), indices of the dynamic channels to compute, count).
+        At B = 1 the sample's on-channels; at B > 1 the union over the batch."""
+        if self.gate is None:
+            return None, None, 0
+        m = self.gate(x)
+        sel = m[0] if m.shape[0] == 1 else m.amax(dim=0)
+        idx = sel.nonzero().flatten()
+        if self.count:
+            self.executed += idx.numel()
+        return m, idx, idx.numel()
+
     def __call__(self, x):
         sc = x if self.ds is None else self.ds(x)
-        n = 0
-        if self.gate is not None:
-            m = self.gate(x)
-            sel = m[0] if m.shape[0] == 1 else m.amax(dim=0)
-            idx = sel.nonzero().flatten()
-            n = idx.numel()
-            if self.count:
-                self.executed += n
+        m, idx, n = self._decide(x)
         if n:
             h = run_conv(self.backend, x, self.w1_dyn.index_select(0, idx),
                          self.b1_dyn.index_select(0, idx), self.stride, 1, relu=True)
@@ -243,14 +248,7 @@ class _BasicGatherGemm(_BasicDynamic):
 
     def __call__(self, x):
         sc = x if self.ds is None else self.ds(x)
-        n = 0
-        if self.gate is not None:
-            m = self.gate(x)
-            sel = m[0] if m.shape[0] == 1 else m.amax(dim=0)
-            idx = sel.nonzero().flatten()
-            n = idx.numel()
-            if self.count:
-                self.executed += n
+        m, idx, n = self._decide(x)
         if not n:
             if self.conv1_on is None:
                 return _bias_relu(sc, self.b2)

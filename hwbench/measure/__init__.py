@@ -1,5 +1,6 @@
-"""Timers and (later) energy meters behind one small window API."""
+"""Timers and energy meters behind small window APIs; statistics of raw samples."""
 
-from hwbench.measure.timer import Summary, summarise_ms, time_interleaved
+from hwbench.measure.stats import Stats, summarise
+from hwbench.measure.timer import time_interleaved
 
-__all__ = ["Summary", "summarise_ms", "time_interleaved"]
+__all__ = ["Stats", "summarise", "time_interleaved"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -87,26 +86,3 @@ def timer_overhead_ms(device: str | torch.device = "cpu", n: int = 1000) -> floa
     """Median cost of one empty timed call: the timer's own overhead, in ms."""
     device = torch.device(device)
     return float(np.median([time_once(lambda: None, device) for _ in range(n)]))
-
-
-@dataclass
-class Summary:
-    """Derived from raw samples (milliseconds)."""
-
-    n: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    stdev_ms: float
-    min_ms: float
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-def summarise_ms(samples: list[float]) -> Summary:
-    a = np.asarray(samples, dtype=float)
-    p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return Summary(len(a), float(p50), float(p90), float(p99), float(a.mean()),
-                   float(a.std(ddof=1)) if len(a) > 1 else 0.0, float(a.min()))

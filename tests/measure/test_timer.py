@@ -4,7 +4,8 @@ import torch
 
 from hwbench.errors import UsageError
 from hwbench.measure.device import fingerprint, parse_device
-from hwbench.measure.timer import summarise_ms, time_interleaved
+from hwbench.measure.stats import summarise
+from hwbench.measure.timer import time_interleaved
 
 
 def test_interleaved_rounds_call_every_function_once_per_round_in_varying_order():
@@ -27,7 +28,7 @@ def test_max_runs_caps_and_progress_reports_rounds():
 
 
 def test_summary_of_known_samples():
-    s = summarise_ms([float(i) for i in range(1, 101)])
+    s = summarise([float(i) for i in range(1, 101)])
     assert s.n == 100 and s.p50_ms == 50.5 and s.min_ms == 1.0
     assert s.p90_ms == pytest.approx(90.1) and s.p99_ms == pytest.approx(99.01)
     assert s.mean_ms == 50.5 and s.stdev_ms == pytest.approx(np.std(range(1, 101), ddof=1))
