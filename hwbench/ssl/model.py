@@ -1,0 +1,145 @@
+"""The SSL model (backbone + projector), one training step for every configuration, LARS, kNN.
+
+Configurations of one step (not subclasses):
+- ``co`` (the paper): gated stream on view 1, dense stream on view 2, VICReg(z_gated, z_dense)
+  + the gating loss;
+- ``dense`` (Baseline-1, vanilla VICReg): dense on both views;
+- ``gated`` (Baseline-2): gated on both views + the gating loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hwbench.nets.resnet import GatedResNet
+from hwbench.ssl.losses import GatingLoss, VICRegLoss
+
+METHODS = ("co", "dense", "gated")
+
+
+def projector(in_dim: int, dims: tuple[int, ...] = (2048, 2048, 2048)) -> nn.Sequential:
+    """VICReg's expander: (Linear-BN-ReLU) x (len(dims) - 1), then a Linear."""
+    layers, d = [], in_dim
+    for h in dims[:-1]:
+        layers += [nn.Linear(d, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True)]
+        d = h
+    layers.append(nn.Linear(d, dims[-1]))
+    return nn.Sequential(*layers)
+
+
+class SSLModel(nn.Module):
+    def __init__(self, backbone: GatedResNet, proj_dims: tuple[int, ...] = (2048, 2048, 2048)):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector(backbone.num_features, proj_dims)
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    terms: dict[str, float]
+
+
+class CoTrainStep(nn.Module):
+    """Losses of one step for ``method``; ``p`` (the bound's slack) is set per epoch."""
+
+    def __init__(self, method: str = "co", t_d: float = 0.5, lam: float = 5.0,
+                 gamma: float = 1.0, vicreg: tuple[float, float, float] = (25.0, 25.0, 1.0)):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.method = method
+        self.vicreg = VICRegLoss(*vicreg)
+        self.gating = GatingLoss(t_d, lam, gamma) if method != "dense" else None
+
+    def forward(self, model: SSLModel, v1: torch.Tensor, v2: torch.Tensor,
+                p: float) -> StepOutput:
+        bb, proj = model.backbone, model.projector
+        terms: dict[str, float] = {}
+        if self.method == "dense":
+            z1, z2 = proj(bb(v1, stream="dense")), proj(bb(v2, stream="dense"))
+            gate_loss = None
+        else:
+            g1 = bb.forward_gated(v1)
+            z1 = proj(g1.features)
+            if self.method == "co":
+                z2 = proj(bb(v2, stream="dense"))
+                masks, ratio = g1.masks, g1.macs_ratio
+            else:
+                g2 = bb.forward_gated(v2)
+                z2 = proj(g2.features)
+                masks = [torch.cat([a, b]) for a, b in zip(g1.masks, g2.masks)]
+                ratio = torch.cat([g1.macs_ratio, g2.macs_ratio])
+            gate_loss = self.gating(masks, ratio, p)
+            terms.update(sparsity=gate_loss["sparsity"].item(), bound=gate_loss["bound"].item(),
+                         macs_ratio=ratio.mean().item())
+        vic = self.vicreg(z1, z2)
+        loss = vic["loss"] + (gate_loss["loss"] if gate_loss is not None else 0.0)
+        terms.update(vicreg=vic["loss"].item(), invariance=vic["invariance"].item(),
+                     variance=vic["variance"].item(), covariance=vic["covariance"].item())
+        terms["loss"] = loss.item()
+        return StepOutput(loss, terms)
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise trust ratios (You et al. 2017); parameter groups with
+    ``lars=False`` (biases, norms) get neither the adaptation nor weight decay, as the reference's
+    ``exclude_bias_n_norm``; the trust ratio is clipped at 1 (``grad_clip_lars``)."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4,
+                 eta: float = 0.02):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      eta=eta, lars=True))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if group["lars"]:
+                    d = d.add(p, alpha=group["weight_decay"])
+                    w_norm, g_norm = p.norm(), d.norm()
+                    if w_norm > 0 and g_norm > 0:
+                        d = d.mul(min(1.0, float(group["eta"] * w_norm / g_norm)))
+                buf = self.state[p].get("momentum")
+                if buf is None:
+                    buf = self.state[p]["momentum"] = d.clone()
+                else:
+                    buf.mul_(group["momentum"]).add_(d)
+                p.add_(buf, alpha=-group["lr"])
+        return loss
+
+
+def lars_param_groups(model: nn.Module) -> list[dict]:
+    """Weights get LARS + weight decay; biases and norm parameters (1-D) get neither."""
+    decay, plain = [], []
+    for _, p in model.named_parameters():
+        (plain if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay}, {"params": plain, "lars": False, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def knn_top1(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+             test_labels: torch.Tensor, k: int = 20, temperature: float = 0.07,
+             chunk: int = 256) -> float:
+    """Weighted kNN top-1 (%) with cosine similarity: each of the k nearest training samples
+    votes for its class with weight exp(sim / temperature)."""
+    train = F.normalize(train_feats.float(), dim=1)
+    test = F.normalize(test_feats.float(), dim=1)
+    n_cls = int(max(train_labels.max(), test_labels.max())) + 1
+    k = min(k, len(train))
+    correct = 0
+    for i in range(0, len(test), chunk):
+        sim = test[i:i + chunk] @ train.T
+        top, idx = sim.topk(k, dim=1)
+        votes = torch.zeros(len(top), n_cls)
+        votes.scatter_add_(1, train_labels[idx], (top / temperature).exp())
+        correct += (votes.argmax(1) == test_labels[i:i + chunk]).sum().item()
+    return 100.0 * correct / len(test)

@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from hwbench.nets import create_net
+from hwbench.ssl.model import (
+    LARS,
+    METHODS,
+    CoTrainStep,
+    SSLModel,
+    knn_top1,
+    lars_param_groups,
+)
+
+
+def small_model():
+    return SSLModel(create_net("resnet18", stem="cifar"), proj_dims=(64, 64, 32))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_few_steps_lower_the_loss(method):
+    torch.manual_seed(0)
+    model = small_model().train()
+    step = CoTrainStep(method, t_d=0.5)
+    opt = LARS(lars_param_groups(model), lr=0.05)
+    x = torch.randn(16, 3, 16, 16)
+    v1, v2 = x + 0.1 * torch.randn_like(x), x + 0.1 * torch.randn_like(x)
+    losses = []
+    for _ in range(8):
+        torch.manual_seed(1)  # the same gate noise every step: a fair comparison
+        out = step(model, v1, v2, p=1.0)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.terms["loss"])
+    assert losses[-1] < losses[0]
+    if method != "dense":
+        assert 0 < out.terms["macs_ratio"] <= 1.01 and "bound" in out.terms
+
+
+def test_co_step_uses_gated_view1_and_dense_view2():
+    model = small_model().train()
+    step = CoTrainStep("co", t_d=0.3)
+    out = step(model, torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16), p=1.0)
+    out.loss.backward()
+    bn = model.backbone.layer1[0].bn1
+    assert bn.dense.num_batches_tracked == 1 and bn.gated.num_batches_tracked == 1
+    assert model.backbone.layer1[0].gate.fc2.weight.grad.abs().sum() > 0
+
+
+def test_lars_excludes_biases_and_norms():
+    groups = lars_param_groups(small_model())
+    assert all(p.ndim > 1 for p in groups[0]["params"])
+    assert all(p.ndim <= 1 for p in groups[1]["params"])
+    assert groups[1]["lars"] is False and groups[1]["weight_decay"] == 0.0
+
+
+def test_lars_trust_ratio_scales_the_step():
+    w = torch.nn.Parameter(torch.ones(4, 4))
+    opt = LARS([w], lr=1.0, momentum=0.0, weight_decay=0.0, eta=0.02)
+    w.grad = torch.full((4, 4), 10.0)
+    opt.step()
+    # trust = eta * ||w|| / ||g|| = 0.02 * 4 / 40 = 0.002 -> step = 0.002 * 10 = 0.02
+    assert torch.allclose(w.detach(), torch.full((4, 4), 0.98))
+
+
+def test_knn_top1():
+    torch.manual_seed(0)
+    centres = torch.randn(3, 8) * 5
+    ytr, yte = torch.arange(3).repeat(20), torch.arange(3).repeat(5)
+    xtr = centres[ytr] + torch.randn(60, 8) * 0.1
+    xte = centres[yte] + torch.randn(15, 8) * 0.1
+    assert knn_top1(xtr, ytr, xte, yte, k=5) == 100.0
+    assert knn_top1(xtr, ytr, xte, (yte + 1) % 3, k=5) == 0.0
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="method"):
+        CoTrainStep("both")

@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from hwbench.data import (
+    DATASETS,
+    TwoViews,
+    eval_dataset,
+    image_folder,
+    info,
+    load_tensors,
+    ssl_transform,
+)
+from hwbench.errors import UsageError
+
+
+def test_mnist5k_is_real_fixed_and_stratified():
+    xtr, ytr = load_tensors("mnist5k", train=True)
+    xte, yte = load_tensors("mnist5k", train=False)
+    assert xtr.shape == (4000, 3, 32, 32) and xte.shape == (1000, 3, 32, 32)
+    assert xtr.dtype == torch.uint8 and xtr.max() > 200
+    assert torch.bincount(yte).tolist() == [100] * 10
+    again, _ = load_tensors("mnist5k", train=False)
+    assert torch.equal(again, xte)
+
+
+def test_digits_and_synthetic():
+    x, y = load_tensors("digits", train=True)
+    assert x.shape[1:] == (3, 32, 32) and len(x) == len(y) > 1400 and y.max() == 9
+    s, sy = load_tensors("synthetic", train=True, n_synthetic=64)
+    assert s.shape == (64, 3, 32, 32) and sy.max() < 4
+
+
+@pytest.mark.parametrize("name,needle", [
+    ("cifar10", "--data-dir"), ("stl10", "--data-dir"), ("imagenet100", "image folder")])
+def test_file_backed_sets_give_clear_errors_without_files(name, needle):
+    with pytest.raises(UsageError, match=needle):
+        load_tensors(name, train=True)
+
+
+def test_missing_dirs_are_clear(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_tensors("cifar10", train=True, data_dir=str(tmp_path / "nope"))
+    with pytest.raises(UsageError, match="not found under"):
+        load_tensors("cifar10", train=True, data_dir=str(tmp_path))
+    with pytest.raises(UsageError, match="no folder"):
+        image_folder(str(tmp_path), train=True)
+    with pytest.raises(UsageError, match="unknown dataset"):
+        info("mnist60k")
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        Image.new("RGB", (40, 40), color=(10, 20, 30)).save(tmp_path / "train" / c / "0.png")
+    ds = image_folder(str(tmp_path), train=True)
+    assert len(ds) == 2 and ds.classes == ["a", "b"]
+
+
+def test_two_views_differ_and_are_normalised():
+    x, y = load_tensors("synthetic", train=True, n_synthetic=8)
+    torch.manual_seed(0)
+    v1, v2, label = TwoViews(x, y, ssl_transform("synthetic"))[0]
+    assert v1.shape == v2.shape == (3, 32, 32) and v1.dtype == torch.float32
+    assert not torch.equal(v1, v2) and label == y[0]
+    ds = eval_dataset(x, y, "synthetic")
+    assert ds[0][0].shape == (3, 32, 32)
+
+
+def test_every_dataset_has_info():
+    assert all(info(n).num_classes > 1 for n in DATASETS)
