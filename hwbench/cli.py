@@ -390,6 +390,112 @@ def pick(profile_path, target_latency, percentile, as_json) -> None:
                    (f" ({result.note})" if result.note else ""))
 
 
+@cli.command(name="train")
+@click.option("--dataset", default="mnist5k", show_default=True,
+              help="cifar10, cifar100, stl10, imagenet100, mnist5k, digits or synthetic.")
+@click.option("--data-dir", default=None, help="Where CIFAR/STL/ImageNet-100 files are.")
+@click.option("--download", is_flag=True, help="Fetch CIFAR/STL-10 into --data-dir.")
+@click.option("--arch", default="resnet18", show_default=True,
+              help="Network: resnet18, resnet34, resnet50.")
+@click.option("--method", default="co", show_default=True,
+              type=click.Choice(["co", "dense", "gated"]),
+              help="co: the paper (gated view 1, dense view 2); dense: VICReg; gated: gated only.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Training epochs.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True,
+              help="Images per step (two views each).")
+@click.option("--lr", type=float, default=0.3, show_default=True,
+              help="Base learning rate (x batch/256), LARS, warm-up + cosine.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds data order, "
+              "augmentations, initialisation and gate noise.")
+@click.option("--device", default="cpu", show_default=True, help="Where training runs.")
+@click.option("--out", default=None, help="Run directory. [default: results/<run-name>/]")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--t-d", "t_d", type=float, default=None, help="Budget (gated/dense MACs) in "
+              "(0, 1]. [default: 0.5, or picked by --target-latency]")
+@click.option("--target-latency", default=None, help="Pick t_d so the gated network meets this "
+              "latency on the target device (e.g. 5ms).")
+@click.option("--target-device", default=None, help="cpu, cuda or a profile JSON (possibly from "
+              "another machine). [default: --device]")
+@click.option("--percentile", default="p90", show_default=True,
+              type=click.Choice(["p50", "p90", "p99"]), help="Percentile the target bounds.")
+@click.option("--eval-every", type=click.IntRange(min=1), default=5, show_default=True,
+              help="kNN top-1 of dense and gated features every N epochs and at the end.")
+def train_cmd(dataset, data_dir, download, arch, method, epochs, batch_size, lr, seed, device,
+              out, resume, t_d, target_latency, target_device, percentile, eval_every) -> None:
+    """Co-train a dense encoder and its gated sub-network with VICReg (Krishna et al., 2023)."""
+    from hwbench.measure.device import parse_device
+    from hwbench.train import TrainConfig, train, validate
+
+    if t_d is not None and target_latency is not None:
+        raise UsageError("--t-d and --target-latency are mutually exclusive")
+    parse_device(device)
+    cfg = TrainConfig(dataset=dataset, data_dir=data_dir, download=download, arch=arch,
+                      method=method, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                      device=device, out=out, resume=resume, eval_every=eval_every,
+                      t_d=0.5 if t_d is None else t_d)
+    validate(cfg)
+    if target_latency is not None:
+        cfg.t_d, cfg.decision = _pick_for_target(cfg, target_latency, target_device or device,
+                                                 percentile)
+        click.echo(f"t_d {cfg.t_d:g} picked for {target_latency} ({percentile}) from "
+                   f"{cfg.decision['profile']}: predicted {cfg.decision['predicted_ms']:.3f} ms",
+                   err=True)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status("training ...") as status:
+        def progress(s):
+            status.update(f"epoch {s['epoch'] + 1}/{epochs} step {s['step']}/{s['steps']} "
+                          f"loss {s['loss']:.3f}" + (f" MACs ratio {s['macs_ratio']:.3f}"
+                                                     if "macs_ratio" in s else ""))
+        summary = train(cfg, progress)
+    final = summary["final"]
+    keys = [k for k in ("loss", "macs_ratio", "knn_top1_dense", "knn_top1_gated") if k in final]
+    click.echo(f"{summary['run']}: " + ", ".join(f"{k} {final[k]:.3f}" for k in keys) +
+               f" ({final['images_per_s']:.0f} images/s); run dir {summary['dir']}" +
+               (f"; pattern {summary['pattern']}" if "pattern" in summary else ""))
+
+
+def _pick_for_target(cfg, target_latency, target, percentile):
+    """t_d for the target from the matching profile in profiles/ (or the given profile)."""
+    from pathlib import Path
+
+    from hwbench.data import info
+    from hwbench.measure.device import fingerprint, parse_device
+    from hwbench.profiles import load_profile, pick_t_d
+    from hwbench.units import parse_duration
+
+    seconds = parse_duration(target_latency)
+    meta = info(cfg.dataset)
+    if target.endswith(".json"):
+        prof_path = Path(target)
+        prof = load_profile(prof_path)
+    else:
+        fp = fingerprint(parse_device(target))
+        want = (fp["name"], cfg.arch, meta.stem, meta.input_size, 1)
+        prof_path = None
+        for path in sorted(Path("profiles").glob("*.json")):
+            try:
+                p = load_profile(path)
+            except HwbenchError:
+                continue
+            f = p["fingerprint"]
+            if (f["name"], f["arch"], f["stem"], int(f["input_size"]), f["batch_size"]) == want:
+                prof_path, prof = path, p
+        if prof_path is None:
+            raise UsageError(f"no profile in profiles/ for {want[0]} / {cfg.arch} / {meta.stem} "
+                             f"/ {meta.input_size}px / batch 1: run `hwbench profile --device "
+                             f"{target} --arch {cfg.arch} --stem {meta.stem} --input-size "
+                             f"{meta.input_size}` first, or pass --target-device PROFILE.json")
+    f = prof["fingerprint"]
+    if (f["arch"], f["stem"], int(f["input_size"])) != (cfg.arch, meta.stem, meta.input_size):
+        raise UsageError(f"{prof_path} profiles {f['arch']}/{f['stem']}/{f['input_size']}px; "
+                         f"this run trains {cfg.arch}/{meta.stem}/{meta.input_size}px")
+    pick = pick_t_d(prof, seconds, percentile)
+    return pick.t_d, {"profile": str(prof_path), **pick.to_dict()}
+
+
 def _print_macs_table(report) -> None:
     from rich.console import Console
     from rich.table import Table

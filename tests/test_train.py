@@ -1,0 +1,130 @@
+import json
+
+import pytest
+import torch
+
+from hwbench.errors import UsageError
+from hwbench.patterns import load_pattern
+from hwbench.train import CHECKPOINT, TrainConfig, lr_at, train
+
+TINY = dict(dataset="synthetic", n_synthetic=64, batch_size=16, proj_dims=(32, 32, 16),
+            max_steps_per_epoch=2, eval_every=1)
+
+
+def test_a_tiny_co_training_run_writes_everything(tmp_path):
+    cfg = TrainConfig(**TINY, epochs=2, out=str(tmp_path / "run"),
+                      models_dir=str(tmp_path / "models"), t_d=0.4)
+    summary = train(cfg)
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert {"loss", "vicreg", "sparsity", "bound", "macs_ratio", "knn_top1_dense",
+            "knn_top1_gated", "images_per_s"} <= set(rows[-1])
+    assert (run / CHECKPOINT).exists() and (run / "config.json").exists()
+    pattern = load_pattern(tmp_path / "models" / "run.json")
+    assert pattern.t_d == 0.4 and pattern.extra["dataset"] == "synthetic"
+    assert summary["final"]["epoch"] == 1
+
+
+def test_ctrl_c_leaves_a_checkpoint_and_resume_reproduces_the_loss_curve(tmp_path):
+    full = TrainConfig(**TINY, epochs=3, out=str(tmp_path / "full"),
+                       models_dir=str(tmp_path / "m"))
+    train(full)
+    part = TrainConfig(**TINY, epochs=3, out=str(tmp_path / "part"),
+                       models_dir=str(tmp_path / "m"))
+
+    def interrupt(state):
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(part, progress=interrupt)
+    assert torch.load(tmp_path / "part" / CHECKPOINT, weights_only=False)["epoch"] == 1
+    train(TrainConfig(**TINY, epochs=3, out=str(tmp_path / "part"),
+                      models_dir=str(tmp_path / "m"), resume=True))
+
+    def losses(d):
+        return [json.loads(x)["loss"] for x in (tmp_path / d / "metrics.jsonl").read_text()
+                .splitlines()]
+
+    assert losses("part") == pytest.approx(losses("full"), rel=1e-5, abs=1e-6)
+
+
+def test_bad_runs_are_refused_without_damage(tmp_path):
+    with pytest.raises(UsageError, match="no checkpoint"):
+        train(TrainConfig(**TINY, out=str(tmp_path / "x"), resume=True))
+    with pytest.raises(UsageError, match="t-d"):
+        train(TrainConfig(**TINY, t_d=1.5, out=str(tmp_path / "y")))
+    with pytest.raises(UsageError, match="unknown dataset"):
+        train(TrainConfig(**{**TINY, "dataset": "mnist60k"}, out=str(tmp_path / "z")))
+    cfg = TrainConfig(**TINY, epochs=1, out=str(tmp_path / "done"),
+                      models_dir=str(tmp_path / "m"))
+    train(cfg)
+    before = (tmp_path / "done" / CHECKPOINT).read_bytes()
+    with pytest.raises(UsageError, match="already holds a run"):
+        train(cfg)
+    assert (tmp_path / "done" / CHECKPOINT).read_bytes() == before
+    assert not list((tmp_path / "done").glob(".*.tmp"))
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = TrainConfig(epochs=4, warmup_epochs=1, lr=0.3, batch_size=256)
+    lrs = [lr_at(cfg, s, 10) for s in range(40)]
+    assert lrs[0] == pytest.approx(0.03) and lrs[9] == pytest.approx(0.3)
+    assert lrs[10] == pytest.approx(0.3) and lrs[-1] < 0.01
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert torch.tensor(lrs).max().item() == pytest.approx(0.3)
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from hwbench.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _one_line(r, code=2):
+    assert r.exit_code == code, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hwbench: error:"), r.output
+    return lines[0]
+
+
+def test_train_cli_bad_input(tmp_path):
+    assert "mutually exclusive" in _one_line(_cli("train", "--t-d", "0.3", "--target-latency",
+                                                  "5ms", "--out", tmp_path / "a"))
+    assert "unknown dataset" in _one_line(_cli("train", "--dataset", "imagenet1k",
+                                               "--out", tmp_path / "b"))
+    assert "--t-d" in _one_line(_cli("train", "--t-d", "0", "--out", tmp_path / "c"))
+    assert "no checkpoint" in _one_line(_cli("train", "--resume", "--dataset", "synthetic",
+                                             "--out", tmp_path / "d"))
+    assert "cannot parse latency" in _one_line(_cli("train", "--target-latency", "soon",
+                                                    "--target-device", "x.json",
+                                                    "--out", tmp_path / "e"))
+    assert "no such profile" in _one_line(_cli("train", "--target-latency", "5ms",
+                                               "--target-device", tmp_path / "none.json",
+                                               "--out", tmp_path / "f"))
+    assert "--data-dir" in _one_line(_cli("train", "--dataset", "cifar10",
+                                          "--out", tmp_path / "g"))
+    assert not any((tmp_path / d).exists() for d in "abcdefg")
+
+
+def test_train_cli_picks_t_d_from_a_profile(tmp_path, monkeypatch):
+    from hwbench.io import atomic_write_json
+    from hwbench.patterns import synthesise
+    from hwbench.profiles import Predictor
+    from tests.test_profiles import synthetic_profile
+
+    monkeypatch.chdir(tmp_path)  # the learned pattern goes to ./models/<run>.json
+    prof = synthetic_profile()
+    path = atomic_write_json(tmp_path / "prof.json", prof)
+    target_ms = Predictor(prof).predict(synthesise("resnet18", "cifar", 32, 0.35), "p90") * 1.001
+    r = _cli("train", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "256",
+             "--target-latency", f"{target_ms:.4f}ms", "--target-device", path,
+             "--out", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["t_d"] == pytest.approx(0.35) and cfg["decision"]["profile"] == str(path)
+    assert "t_d 0.35 picked" in r.output
+    assert (tmp_path / "models" / "run.json").exists()
