@@ -1,6 +1,9 @@
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
+
+from hwbench.cli import cli
 
 
 @pytest.fixture(autouse=True)
@@ -37,3 +40,17 @@ def force_gates(net, bias: float) -> None:
         for _, block in net.blocks():
             block.gate.fc2.weight.zero_()
             block.gate.fc2.bias.fill_(bias)
+
+
+def run_cli(*args):
+    """Black-box run of the ``hwbench`` CLI (arguments converted to strings)."""
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_line_error(result, code: int = 2) -> str:
+    """Assert the run failed with ``code`` and printed exactly one ``hwbench: error:`` line."""
+    assert result.exit_code == code, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hwbench: error:"), result.output
+    assert "Traceback" not in result.output
+    return lines[0]

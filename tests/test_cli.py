@@ -1,22 +1,10 @@
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from hwbench.cli import cli
 from hwbench.patterns import synthesise
-
-
-def run(*args):
-    return CliRunner().invoke(cli, list(args))
-
-
-def one_line_error(result, code=2):
-    assert result.exit_code == code, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("hwbench: error:"), result.output
-    assert "Traceback" not in result.output
-    return lines[0]
+from tests.conftest import one_line_error
+from tests.conftest import run_cli as run
 
 
 def test_flops_default_table():

@@ -4,9 +4,7 @@ writes, and one small real profiling run through the library and the CLI."""
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from hwbench.cli import cli
 from hwbench.errors import UsageError
 from hwbench.measure.energy import NvmlCounterMeter
 from hwbench.nets.geometry import net_geometry
@@ -22,6 +20,8 @@ from hwbench.profiles import (
     profile_filename,
     save_profile,
 )
+from tests.conftest import one_line_error
+from tests.conftest import run_cli as run
 from tests.measure.test_energy import FakeNvml
 
 FP = {"type": "cpu", "name": "Test CPU", "threads": 2, "arch": "resnet18", "stem": "cifar",
@@ -143,15 +143,8 @@ def test_a_small_real_profile_has_every_part_and_exact_energy_arithmetic():
     Predictor(prof)  # what was written can be read back
 
 
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def one_line_error(r, code=2):
-    assert r.exit_code == code, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("hwbench: error:"), r.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,10 @@ import json
 import statistics
 
 import pytest
-from click.testing import CliRunner
 
-from hwbench.cli import cli
 from hwbench.patterns import mixed_pattern
+from tests.conftest import one_line_error as _one_line_error
+from tests.conftest import run_cli as run
 
 FAST = ["--max-time", "0", "--min-runs", "5", "--warmup", "1"]
 
@@ -17,8 +17,6 @@ def small_pattern(tmp_path_factory):
     return path
 
 
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_speedup_json_reports_every_mode_from_its_raw_samples(small_pattern):
@@ -45,11 +43,6 @@ def test_speedup_text_and_batch_strategy(small_pattern):
     assert "efficiency" in r.output and "union" in r.output and "dynamic" in r.output
 
 
-def _one_line_error(r):
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("hwbench: error:"), r.output
-    return lines[0]
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -6,6 +6,8 @@ import torch
 from hwbench.errors import UsageError
 from hwbench.patterns import load_pattern
 from hwbench.train import CHECKPOINT, TrainConfig, lr_at, train
+from tests.conftest import one_line_error as _one_line
+from tests.conftest import run_cli as _cli
 
 TINY = dict(dataset="synthetic", n_synthetic=64, batch_size=16, proj_dims=(32, 32, 16),
             max_steps_per_epoch=2, eval_every=1)
@@ -76,19 +78,8 @@ def test_lr_schedule_warms_up_then_decays():
     assert torch.tensor(lrs).max().item() == pytest.approx(0.3)
 
 
-def _cli(*args):
-    from click.testing import CliRunner
-
-    from hwbench.cli import cli
-
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def _one_line(r, code=2):
-    assert r.exit_code == code, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("hwbench: error:"), r.output
-    return lines[0]
 
 
 def test_train_cli_bad_input(tmp_path):
