@@ -463,7 +463,7 @@ def _pick_for_target(cfg, target_latency, target, percentile):
 
     from hwbench.data import info
     from hwbench.measure.device import fingerprint, parse_device
-    from hwbench.profiles import load_profile, pick_t_d
+    from hwbench.profiles import find_profile, load_profile, pick_t_d
     from hwbench.units import parse_duration
 
     seconds = parse_duration(target_latency)
@@ -472,28 +472,60 @@ def _pick_for_target(cfg, target_latency, target, percentile):
         prof_path = Path(target)
         prof = load_profile(prof_path)
     else:
-        fp = fingerprint(parse_device(target))
-        want = (fp["name"], cfg.arch, meta.stem, meta.input_size, 1)
-        prof_path = None
-        for path in sorted(Path("profiles").glob("*.json")):
-            try:
-                p = load_profile(path)
-            except HwbenchError:
-                continue
-            f = p["fingerprint"]
-            if (f["name"], f["arch"], f["stem"], int(f["input_size"]), f["batch_size"]) == want:
-                prof_path, prof = path, p
-        if prof_path is None:
-            raise UsageError(f"no profile in profiles/ for {want[0]} / {cfg.arch} / {meta.stem} "
+        name = fingerprint(parse_device(target))["name"]
+        found = find_profile(name, cfg.arch, meta.stem, meta.input_size)
+        if found is None:
+            raise UsageError(f"no profile in profiles/ for {name} / {cfg.arch} / {meta.stem} "
                              f"/ {meta.input_size}px / batch 1: run `hwbench profile --device "
                              f"{target} --arch {cfg.arch} --stem {meta.stem} --input-size "
                              f"{meta.input_size}` first, or pass --target-device PROFILE.json")
+        prof_path, prof = found
     f = prof["fingerprint"]
     if (f["arch"], f["stem"], int(f["input_size"])) != (cfg.arch, meta.stem, meta.input_size):
         raise UsageError(f"{prof_path} profiles {f['arch']}/{f['stem']}/{f['input_size']}px; "
                          f"this run trains {cfg.arch}/{meta.stem}/{meta.input_size}px")
     pick = pick_t_d(prof, seconds, percentile)
     return pick.t_d, {"profile": str(prof_path), **pick.to_dict()}
+
+
+@cli.command()
+@click.option("--pattern", "pattern_path", required=True, type=click.Path(dir_okay=False),
+              help="The learned pattern (models/<run>.json).")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
+              help="The run's checkpoint.pt; without it the pattern is realised on an "
+                   "untrained network (same shapes, same gate statistics).")
+@click.option("--target-latency", required=True, help="e.g. 5ms, 0.005s, 500us.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--percentile", default="p90", show_default=True,
+              type=click.Choice(["p50", "p90", "p99"]), help="Percentile the target bounds.")
+@click.option("--profile", "profile_path", default=None, type=click.Path(dir_okay=False),
+              help="Profile for the prediction. [default: the matching one in profiles/]")
+@click.option("--max-time", "max_time_s", type=click.FloatRange(min=0.1), default=10.0,
+              show_default=True, help="Seconds of measuring at most.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def verify(pattern_path, checkpoint, target_latency, device, percentile, profile_path,
+           max_time_s, as_json) -> None:
+    """Measure a learned network on this device: target vs predicted vs measured (exit 4: missed).
+    """
+    from hwbench.units import parse_duration
+    from hwbench.verify import run_verify
+
+    res = run_verify(pattern_path, parse_duration(target_latency), device, checkpoint,
+                     percentile, profile_path, max_time_s)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+    else:
+        pred = res["predicted"]
+        click.echo(f"{res['device']} ({res['mode']} engine, batch 1): target {percentile} "
+                   f"{res['target_ms']:.3f} ms · predicted " +
+                   ("-" if pred is None else f"p50 {pred['p50_ms']:.3f} / p90 "
+                    f"{pred['p90_ms']:.3f} ms") +
+                   f" · measured p50 {res['measured']['p50_ms']:.3f} / p90 "
+                   f"{res['measured']['p90_ms']:.3f} ms -> {'MET' if res['met'] else 'MISSED'}")
+        if not res["met"] and res.get("suggested_t_d") is not None:
+            click.echo(f"the profile now suggests t_d {res['suggested_t_d']:g} for this target")
+    if not res["met"]:
+        sys.exit(4)
 
 
 def _print_macs_table(report) -> None:

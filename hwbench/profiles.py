@@ -183,3 +183,20 @@ def pick_t_d(profile: dict, target_s: float, percentile: str = "p90",
 
 def ms_or_nan(x: float | None) -> float:
     return math.nan if x is None else float(x)
+
+
+def find_profile(name: str, arch: str, stem: str, input_size: int, batch_size: int = 1,
+                 folder: str | Path = "profiles") -> tuple[Path, dict] | None:
+    """The newest readable profile in ``folder`` for these conditions (device name from the
+    fingerprint), or None."""
+    want = (name, arch, stem, int(input_size), int(batch_size))
+    found = None
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            prof = load_profile(path)
+        except HwbenchError:
+            continue
+        f = prof["fingerprint"]
+        if (f["name"], f["arch"], f["stem"], int(f["input_size"]), int(f["batch_size"])) == want:
+            found = (path, prof)
+    return found

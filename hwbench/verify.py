@@ -1,0 +1,83 @@
+"""``hwbench verify``: measure a learned gate pattern on the deployment device.
+
+The network is the run's checkpoint (or, without one, the pattern realised on an untrained net),
+executed by the compact engine in ``dynamic`` mode at batch 1, timed per inference with the
+profile protocol (interleaved with the dense reference). Reports target vs predicted (from the
+matching profile, when there is one) vs measured, and whether the target was met.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from hwbench.engine import build_engine, pattern_inputs, realise
+from hwbench.errors import UsageError
+from hwbench.measure.device import fingerprint, parse_device
+from hwbench.measure.stats import summarise
+from hwbench.measure.timer import time_interleaved
+from hwbench.nets import create_net
+from hwbench.patterns import load_pattern
+from hwbench.profiles import Predictor, Unattainable, find_profile, load_profile, pick_t_d
+
+
+def load_backbone(checkpoint: str, arch: str, stem: str):
+    try:
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise UsageError(f"{checkpoint}: no such checkpoint") from None
+    except Exception as exc:
+        raise UsageError(f"{checkpoint}: not a readable checkpoint ({exc})") from None
+    cfg = ck.get("config", {}) if isinstance(ck, dict) else {}
+    if cfg.get("arch") != arch:
+        raise UsageError(f"{checkpoint} is a {cfg.get('arch')} checkpoint; the pattern is {arch}")
+    net = create_net(arch, stem=stem)
+    state = {k[len("backbone."):]: v for k, v in ck["model"].items() if k.startswith("backbone.")}
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def run_verify(pattern_path: str, target_s: float, device: str = "cpu",
+               checkpoint: str | None = None, percentile: str = "p90",
+               profile_path: str | None = None, max_time_s: float = 10.0) -> dict:
+    dev = parse_device(device)
+    pattern = load_pattern(pattern_path)
+    net = load_backbone(checkpoint, pattern.arch, pattern.stem) if checkpoint else \
+        realise(pattern)
+    if profile_path:
+        prof = load_profile(profile_path)
+    else:
+        found = find_profile(fingerprint(dev)["name"], pattern.arch, pattern.stem,
+                             pattern.input_size)
+        prof, profile_path = (found[1], str(found[0])) if found else (None, None)
+    pool = [x.to(dev).contiguous(memory_format=torch.channels_last)
+            for x in pattern_inputs(8, pattern.input_size, seed=21).split(1)]
+    engines = {"dynamic": build_engine(net, "dynamic", pattern, device=dev, tune_inputs=pool[0]),
+               "dense": build_engine(net, "dense", pattern, device=dev)}
+
+    def cyc(e):
+        it = itertools.cycle(pool)
+        return lambda: e(next(it))
+
+    samples = time_interleaved({k: cyc(e) for k, e in engines.items()}, device=dev,
+                               max_time_s=max_time_s, ci_target=0.02, min_runs=64)
+    measured = summarise(samples["dynamic"], 0.02).to_dict()
+    measured["samples_ms"] = samples["dynamic"]
+    predicted, suggestion = None, None
+    if prof is not None:
+        pred = Predictor(prof)
+        pred.check(pattern, pattern_path)
+        predicted = {p: pred.predict(pattern, p) for p in ("p50", "p90", "p99")}
+        predicted = {f"{k}_ms": v for k, v in predicted.items()}
+    met = measured[f"{percentile}_ms"] <= target_s * 1e3
+    if not met and prof is not None:
+        try:
+            suggestion = pick_t_d(prof, target_s, percentile).t_d
+        except Unattainable:
+            suggestion = None
+    return {"target_ms": target_s * 1e3, "percentile": percentile, "met": met,
+            "measured": measured, "predicted": predicted, "profile": profile_path,
+            "dense_p50_ms": summarise(samples["dense"]).p50_ms, "mode": "dynamic",
+            "suggested_t_d": suggestion, "device": fingerprint(dev)["name"],
+            "checkpoint": checkpoint, "pattern": pattern_path}
