@@ -152,14 +152,18 @@ class Pick:
 
 def pick_t_d(profile: dict, target_s: float, percentile: str = "p90",
              step: float = 0.01) -> Pick:
-    """The largest t_d (on a ``step`` grid) whose prior pattern's predicted latency at
+    """The largest t_d (on a ``step`` grid, within the profiled sweep's range: the predictor is
+    not trusted below the smallest measured t_d) whose prior pattern's predicted latency at
     ``percentile`` meets ``target_s``. Raises ``Unattainable`` (exit 3) when none does."""
     pred = Predictor(profile)
     target_ms = target_s * 1e3
     fp = profile["fingerprint"]
+    t_min = min((s["t_d"] for s in profile.get("sweep", [])), default=step)
     points = []
     for i in range(int(round(1 / step)), 0, -1):
         t_d = round(i * step, 6)
+        if t_d < t_min - 1e-9:
+            break
         try:
             pattern = synthesise(fp["arch"], fp["stem"], int(fp["input_size"]), t_d)
         except HwbenchError:
@@ -167,10 +171,11 @@ def pick_t_d(profile: dict, target_s: float, percentile: str = "p90",
         points.append((t_d, pred.predict(pattern, percentile)))
     meets = [(t, ms) for t, ms in points if ms <= target_ms]
     if not meets:
-        t_min, fastest = min(points, key=lambda p: p[1])
+        t_fast, fastest = min(points, key=lambda p: p[1])
         raise Unattainable(
             f"target {target_ms:g} ms ({percentile}) is below the fastest this device reaches: "
-            f"{fastest:.3f} ms at t_d {t_min:g} ({fp['name']}, batch {fp['batch_size']})")
+            f"{fastest:.3f} ms at t_d {t_fast:g} ({fp['name']}, batch {fp['batch_size']}; the "
+            f"profile covers t_d {t_min:g} to 1)")
     t_d, ms = max(meets)
     note = ""
     dense = profile.get("references", {}).get("dense", {}).get(f"{percentile}_ms")

@@ -81,6 +81,11 @@ def test_pick_largest_t_d_meeting_the_target():
     with pytest.raises(Unattainable, match="fastest") as err:
         pick_t_d(prof, 1e-6)
     assert err.value.exit_code == 3
+    # the predictor is not trusted below the smallest measured t_d of the sweep
+    prof["sweep"] = [{"t_d": 0.3}, {"t_d": 1.0}]
+    below = pred.predict(synthesise("resnet18", "cifar", 32, 0.3), "p90") * 0.99
+    with pytest.raises(Unattainable, match="covers t_d 0.3 to 1"):
+        pick_t_d(prof, below / 1e3)
 
 
 def test_load_profile_errors(tmp_path):
