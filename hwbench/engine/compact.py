@@ -182,14 +182,19 @@ class _BasicDynamic:
         self.a, self.d, self.backend = len(g.on), len(g.dyn), b.backend
         self.conv1_on = b.conv(w1[g.on], b1[g.on], self.stride, 1, in_shape)
         self.conv2_on = b.conv(w2[:, g.on], None, 1, 1, _mid(in_shape, len(g.on), out_hw))
-        self.w1_dyn = b.t(w1[g.dyn].contiguous())
         self.b1_dyn = b.t(b1[g.dyn].contiguous())
-        self.w2t_dyn = b.t(w2[:, g.dyn].transpose(0, 1).contiguous())  # (d, C_out, 3, 3)
+        self._store_dynamic(w1[g.dyn], w2[:, g.dyn], b)
         self.b2 = b.t(b2)
         self.ds = b.shortcut(block, "gated", in_shape)
         self.gate = b.gate(block.gate, g.dyn) if self.d else None
         self.executed = 0  # dynamic channels computed, summed over calls (when counting)
         self.count = False
+
+    def _store_dynamic(self, w1d: torch.Tensor, w2d: torch.Tensor, b: _Builder) -> None:
+        """Dynamic weights laid out so each gather reads contiguous rows: conv1's rows as they
+        are, conv2's input channels first, (d, C_out, 3, 3)."""
+        self.w1_dyn = b.t(w1d.contiguous())
+        self.w2t_dyn = b.t(w2d.transpose(0, 1).contiguous())
 
     def _decide(self, x):
         """Gate decisions: (mask (B, d), indices of the dynamic channels to compute, count).
@@ -237,14 +242,12 @@ class _BasicGatherGemm(_BasicDynamic):
     row-major weights (im2col of the input), so gathering costs a row copy and no re-layout.
     Wins where spatial sizes are small and weights large (late layers)."""
 
-    def __init__(self, block, g: ChannelGroups, b: _Builder, in_shape, out_hw):
-        super().__init__(block, g, b, in_shape, out_hw)
-        w1, _ = fold_bn(block.conv1.weight, block.bn1.gated)
-        w2, _ = fold_bn(block.conv2.weight, block.bn2.gated)
-        d, c_in = len(g.dyn), w1.shape[1]
-        self.w1_dyn = b.t(w1[g.dyn].permute(0, 2, 3, 1).reshape(d, 9 * c_in))  # (d, 9*C_in)
-        self.w2_dyn = b.t(w2[:, g.dyn].permute(2, 3, 1, 0).contiguous())  # (3, 3, d, C_out)
-        self.w2t_dyn = None
+    def _store_dynamic(self, w1d: torch.Tensor, w2d: torch.Tensor, b: _Builder) -> None:
+        """GEMM layouts: conv1 rows as (d, 9*C_in) in (ky, kx, c) order, conv2 as
+        (3, 3, d, C_out) so that gathering d and viewing (9*n, C_out) matches im2col."""
+        d, c_in = w1d.shape[0], w1d.shape[1]
+        self.w1_dyn = b.t(w1d.permute(0, 2, 3, 1).reshape(d, 9 * c_in))
+        self.w2_dyn = b.t(w2d.permute(2, 3, 1, 0).contiguous())
 
     def __call__(self, x):
         sc = x if self.ds is None else self.ds(x)
