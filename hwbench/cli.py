@@ -173,6 +173,7 @@ def _print_speedup(result) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def env(device_spec, as_json) -> None:
     """Detected devices, energy sources (and why one is unavailable), versions."""
+    import os
     import platform
 
     import torch
@@ -181,7 +182,7 @@ def env(device_spec, as_json) -> None:
     from hwbench.measure.device import cpu_model, parse_device
     from hwbench.measure.energy import detect_sources
 
-    devices = [{"device": "cpu", "name": cpu_model(), "cores": __import__("os").cpu_count(),
+    devices = [{"device": "cpu", "name": cpu_model(), "cores": os.cpu_count(),
                 "torch_threads": torch.get_num_threads(), "onednn": mkldnn_available()}]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):

@@ -182,7 +182,7 @@ class Profiler:
 
         # 1. latency table
         self.progress("latency table", 0.0)
-        table, dense_segments = self._table(base, x0)
+        table = self._table(base, x0)
         plan_probe = mixed_pattern(cfg.arch, cfg.stem, cfg.input_size, 0.5, seed=cfg.seed + 3)
         probe = self._engine(realise(plan_probe, seed=cfg.seed), "dynamic", plan_probe,
                              tune_inputs=x0)
@@ -226,7 +226,7 @@ class Profiler:
         calib = [(f"calibration[{i}]", mixed(i, 0.15, 0.95)) for i in range(cfg.calibration)]
         val = [(f"random[{i}]", mixed(1000 + i, 0.15, 0.95)) for i in range(cfg.validation)]
         user = [(str(path), pat) for path, pat in self.user_patterns]
-        res3 = self._measure_patterns(calib + val + user, pool, "validation")
+        res3 = self._measure_patterns(calib + val + user, pool, base, "validation")
         table_only = Predictor(profile)
         # Fit in units of the dense probe measured in the same phase, then express in ms of the
         # sweep's dense reference: drift between phases (seen: 11%) cancels.
@@ -261,7 +261,6 @@ class Profiler:
         profile["valid"] = all(s["valid"] for s in profile["sweep"])
         profile["duration_s"] = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
         self.progress("done", 1.0)
-        del dense_segments
         return profile
 
     @staticmethod
@@ -269,7 +268,7 @@ class Profiler:
         it = itertools.cycle(pool)
         return lambda: engine(next(it))
 
-    def _table(self, net, x) -> tuple[dict, list[float]]:
+    def _table(self, net, x) -> dict:
         cfg = self.cfg
         fracs = [j / cfg.grid for j in range(cfg.grid + 1)]
         engines = {("dense", 0.0): self._engine(net, "dense")}
@@ -308,12 +307,12 @@ class Profiler:
         table = {"unit": "ms, median of in-context block times", "rounds": cfg.table_rounds,
                  "stem_ms": float(fixed[0]), "head_ms": float(fixed[1]), "blocks": blocks,
                  "dense_blocks_ms": [float(v) for v in med[("dense", 0.0)]]}
-        return table, list(med[("dense", 0.0)])
+        return table
 
-    def _measure_patterns(self, named: list, pool, where: str) -> dict:
-        base_dense = self._engine(realise(named[0][1], seed=self.cfg.seed), "dense") if named \
-            else None
-        fns = {"dense": self._cycle(base_dense, pool)} if named else {}
+    def _measure_patterns(self, named: list, pool, base, where: str) -> dict:
+        """Each pattern realised and run by the dynamic engine, with the dense probe (the same
+        network as the sweep's) interleaved."""
+        fns = {"dense": self._cycle(self._engine(base, "dense"), pool)} if named else {}
         for name, pat in named:
             net = realise(pat, seed=self.cfg.seed)
             fns[name] = self._cycle(self._engine(net, "dynamic", pat, tune_inputs=pool[0]), pool)

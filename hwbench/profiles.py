@@ -14,7 +14,6 @@ validation patterns are not used for fitting, so their error is an out-of-sample
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,10 +183,6 @@ def pick_t_d(profile: dict, target_s: float, percentile: str = "p90",
         if dense is not None:
             note += f" (dense measured {percentile} {dense:.3f} ms)"
     return Pick(t_d, ms, target_ms, percentile, note)
-
-
-def ms_or_nan(x: float | None) -> float:
-    return math.nan if x is None else float(x)
 
 
 def find_profile(name: str, arch: str, stem: str, input_size: int, batch_size: int = 1,
