@@ -59,7 +59,7 @@ class CoTrainStep(nn.Module):
     def forward(self, model: SSLModel, v1: torch.Tensor, v2: torch.Tensor,
                 p: float) -> StepOutput:
         bb, proj = model.backbone, model.projector
-        terms: dict[str, float] = {}
+        terms: dict[str, torch.Tensor] = {}
         if self.method == "dense":
             z1, z2 = proj(bb(v1, stream="dense")), proj(bb(v2, stream="dense"))
             gate_loss = None
@@ -75,54 +75,92 @@ class CoTrainStep(nn.Module):
                 masks = [torch.cat([a, b]) for a, b in zip(g1.masks, g2.masks)]
                 ratio = torch.cat([g1.macs_ratio, g2.macs_ratio])
             gate_loss = self.gating(masks, ratio, p)
-            terms.update(sparsity=gate_loss["sparsity"].item(), bound=gate_loss["bound"].item(),
-                         macs_ratio=ratio.mean().item())
-        vic = self.vicreg(z1, z2)
+            terms.update(sparsity=gate_loss["sparsity"], bound=gate_loss["bound"],
+                         macs_ratio=ratio.mean())
+        # The embeddings leave autocast here: the loss's variances and covariances are fp32.
+        vic = self.vicreg(gather(z1.float()), gather(z2.float()))
         loss = vic["loss"] + (gate_loss["loss"] if gate_loss is not None else 0.0)
-        terms.update(vicreg=vic["loss"].item(), invariance=vic["invariance"].item(),
-                     variance=vic["variance"].item(), covariance=vic["covariance"].item())
-        terms["loss"] = loss.item()
-        return StepOutput(loss, terms)
+        terms.update(vicreg=vic["loss"], invariance=vic["invariance"],
+                     variance=vic["variance"], covariance=vic["covariance"], loss=loss)
+        # one device-to-host copy for every logged term (one sync per step on GPUs)
+        values = torch.stack([t.detach().double() for t in terms.values()]).tolist()
+        return StepOutput(loss, dict(zip(terms, values)))
+
+
+def gather(z: torch.Tensor) -> torch.Tensor:
+    """(n, D) per process -> (world * n, D): VICReg's variance and covariance are statistics of
+    the global batch under DDP. Gradients flow back to each process's own rows."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+            torch.distributed.get_world_size() == 1:
+        return z
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(z))
+
+
+class Objective(nn.Module):
+    """The model and its step's losses as one module, so DDP sees a single forward call."""
+
+    def __init__(self, model: SSLModel, step: CoTrainStep):
+        super().__init__()
+        self.model, self.step = model, step
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor, p: float):
+        out = self.step(self.model, v1, v2, p)
+        return out.loss, out.terms
 
 
 class LARS(torch.optim.Optimizer):
-    """SGD with momentum and layer-wise trust ratios (You et al. 2017); parameter groups with
-    ``lars=False`` (biases, norms) get neither the adaptation nor weight decay, as the reference's
-    ``exclude_bias_n_norm``; the trust ratio is clipped at 1 (``grad_clip_lars``)."""
+    """SGD with momentum and layer-wise adaptive rates (You et al. 2017), in the clipped form the
+    reference trains with: a layer's step is ``lr * min(1, eta * |w| / (|g| + wd * |w|) / lr)``
+    times its (weight-decayed) gradient, i.e. the smaller of the global rate and the layer's
+    trust-ratio rate. Parameter groups with ``lars=False`` (biases, norms) get neither the
+    adaptation nor weight decay (the reference's ``exclude_bias_n_norm``)."""
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4,
-                 eta: float = 0.02):
+                 eta: float = 0.02, clip: bool = True):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      eta=eta, lars=True))
+                                      eta=eta, lars=True, clip=clip))
 
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
+            lr = group["lr"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 d = p.grad
                 if group["lars"]:
-                    d = d.add(p, alpha=group["weight_decay"])
+                    wd = group["weight_decay"]
                     w_norm, g_norm = p.norm(), d.norm()
+                    d = d.add(p, alpha=wd)
                     if w_norm > 0 and g_norm > 0:
-                        d = d.mul(min(1.0, float(group["eta"] * w_norm / g_norm)))
+                        rate = float(group["eta"] * w_norm / (g_norm + wd * w_norm + 1e-8))
+                        if group["clip"]:
+                            rate = min(rate / lr, 1.0) if lr > 0 else 1.0
+                        d = d.mul(rate)
                 buf = self.state[p].get("momentum")
                 if buf is None:
                     buf = self.state[p]["momentum"] = d.clone()
                 else:
                     buf.mul_(group["momentum"]).add_(d)
-                p.add_(buf, alpha=-group["lr"])
+                p.add_(buf, alpha=-lr)
         return loss
 
 
-def lars_param_groups(model: nn.Module) -> list[dict]:
-    """Weights get LARS + weight decay; biases and norm parameters (1-D) get neither."""
-    decay, plain = [], []
-    for _, p in model.named_parameters():
-        (plain if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay}, {"params": plain, "lars": False, "weight_decay": 0.0}]
+def lars_param_groups(model: nn.Module, gate_lr_mult: float = 1.0) -> list[dict]:
+    """Weights get LARS + weight decay; biases and norm parameters (1-D) get neither; the gates'
+    weights get LARS without weight decay (as the reference) and ``gate_lr_mult`` x the rate."""
+    decay, gate, plain = [], [], []
+    for name, p in model.named_parameters():
+        if p.ndim <= 1:
+            plain.append(p)
+        else:
+            (gate if ".gate." in f".{name}" else decay).append(p)
+    return [{"params": decay, "lr_mult": 1.0},
+            {"params": gate, "weight_decay": 0.0, "lr_mult": gate_lr_mult},
+            {"params": plain, "lars": False, "weight_decay": 0.0, "lr_mult": 1.0}]
 
 
 @torch.no_grad()

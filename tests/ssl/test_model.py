@@ -50,8 +50,13 @@ def test_co_step_uses_gated_view1_and_dense_view2():
 def test_lars_excludes_biases_and_norms():
     groups = lars_param_groups(small_model())
     assert all(p.ndim > 1 for p in groups[0]["params"])
-    assert all(p.ndim <= 1 for p in groups[1]["params"])
-    assert groups[1]["lars"] is False and groups[1]["weight_decay"] == 0.0
+    assert all(p.ndim <= 1 for p in groups[2]["params"])
+    decay, gate, plain = lars_param_groups(small_model(), gate_lr_mult=10.0)
+    assert plain["lars"] is False and plain["weight_decay"] == 0.0
+    assert gate["weight_decay"] == 0.0 and gate["lr_mult"] == 10.0 and decay["lr_mult"] == 1.0
+    model = small_model()
+    gate_ids = {id(p) for n, p in model.named_parameters() if ".gate." in f".{n}" and p.ndim > 1}
+    assert {id(p) for p in lars_param_groups(model)[1]["params"]} == gate_ids != set()
 
 
 def test_lars_trust_ratio_scales_the_step():
@@ -61,6 +66,17 @@ def test_lars_trust_ratio_scales_the_step():
     opt.step()
     # trust = eta * ||w|| / ||g|| = 0.02 * 4 / 40 = 0.002 -> step = 0.002 * 10 = 0.02
     assert torch.allclose(w.detach(), torch.full((4, 4), 0.98))
+
+
+@pytest.mark.parametrize("lr,step", [(0.01, 0.02), (0.001, 0.01), (10.0, 0.02)])
+def test_lars_step_is_the_smaller_of_the_global_and_the_trust_ratio_rate(lr, step):
+    # trust-ratio rate eta * |w| / |g| = 0.002 per unit gradient; the gradient is 10 everywhere
+    w = torch.nn.Parameter(torch.ones(4, 4))
+    opt = LARS([w], lr=lr, momentum=0.0, weight_decay=0.0, eta=0.02)
+    w.grad = torch.full((4, 4), 10.0)
+    opt.step()
+    assert torch.allclose(w.detach(), torch.full((4, 4), 1.0 - min(lr, 0.002) * 10))
+    assert 1.0 - w.detach()[0, 0].item() == pytest.approx(step)
 
 
 def test_knn_top1():
