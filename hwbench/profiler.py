@@ -29,7 +29,7 @@ import torch
 from hwbench.engine import build_engine, pattern_inputs, realise
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
-from hwbench.measure.device import fingerprint, parse_device
+from hwbench.measure.device import fingerprint, parse_device, torch_threads
 from hwbench.measure.energy import idle_power_w, select_meter
 from hwbench.measure.stats import Warn, drift, summarise
 from hwbench.measure.timer import time_interleaved, timer_overhead_ms
@@ -168,11 +168,13 @@ class Profiler:
         return out
 
     def run(self) -> dict:
-        cfg, torch_threads = self.cfg, self.cfg.threads
-        if torch_threads is not None:
-            torch.set_num_threads(torch_threads)
+        with torch_threads(self.cfg.threads):
+            return self._run()
+
+    def _run(self) -> dict:
+        cfg, threads = self.cfg, self.cfg.threads
         started = dt.datetime.now(dt.timezone.utc)
-        fp = {**fingerprint(self.device, torch_threads), "dtype": cfg.dtype,
+        fp = {**fingerprint(self.device, threads), "dtype": cfg.dtype,
               "batch_size": cfg.batch_size, "input_size": cfg.input_size, "arch": cfg.arch,
               "stem": cfg.stem, "clock": _cpu_clock() if self.device.type == "cpu"
               else _gpu_state(self.device)}

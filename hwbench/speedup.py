@@ -22,7 +22,7 @@ from hwbench.engine import MODES, build_engine, pattern_inputs, realise
 from hwbench.engine.compact import BATCH_STRATEGY
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
-from hwbench.measure.device import fingerprint, parse_device
+from hwbench.measure.device import fingerprint, parse_device, torch_threads
 from hwbench.measure.stats import summarise
 from hwbench.measure.timer import time_interleaved
 from hwbench.patterns import GatePattern, load_pattern
@@ -99,9 +99,12 @@ def validate(cfg: SpeedupConfig) -> torch.device:
 def run_speedup(cfg: SpeedupConfig, progress=None) -> SpeedupResult:
     """Measure dense/masked/static/dynamic latency of ``cfg.pattern`` on ``cfg.device``."""
     device = validate(cfg)
+    with torch_threads(cfg.threads):
+        return _run_speedup(cfg, device, progress)
+
+
+def _run_speedup(cfg: SpeedupConfig, device, progress) -> SpeedupResult:
     pattern = load_pattern(cfg.pattern)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     dtype = DTYPES[cfg.dtype]
     net = realise(pattern, seed=cfg.seed)
     size, bsz = pattern.input_size, cfg.batch_size

@@ -1,15 +1,25 @@
 """Co-training runs: a seeded loop over epochs with atomic checkpoints, exact resume, per-epoch
-metrics and kNN evaluation of both streams; the learned gate pattern is written at the end.
+metrics, kNN evaluation of both streams and the run's energy; the learned gate pattern at the end.
 
 Run directory (``results/<run-name>/`` by default): ``config.json`` (resolved), ``metrics.jsonl``
-(one line per epoch), ``checkpoint.pt`` (rewritten atomically every epoch), ``pattern.json`` and
-``summary.json`` at the end; the pattern is also saved as ``models/<run-name>.json``.
-Resume (``resume=True``) reloads the checkpoint, optimiser and every RNG state, so the loss curve
-continues exactly as an uninterrupted run would.
+and ``metrics.csv`` (one row per epoch), ``checkpoint.pt`` (rewritten atomically every epoch),
+``energy.json`` (codecarbon, one segment per launch, labelled measured/estimated) with
+codecarbon's ``emissions.csv``, and at the end ``pattern.json`` and ``summary.json``; the pattern
+is also saved as ``models/<run-name>.json``.
+
+Reproducibility: every epoch reseeds torch/numpy/random from (seed, epoch, rank), and the data
+order from (seed, epoch), so ``resume=True`` continues exactly as an uninterrupted run would.
+Speed: channels-last activations and autocast (``amp``: bf16 on CPUs with native bf16 and on
+GPUs that support it, fp16 + gradient scaling on older GPUs); the losses run in fp32.
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP (SyncBatchNorm
+on GPUs; on CPUs, with gloo, BatchNorm statistics stay per process), each process takes its share
+of every global batch, VICReg sees the gathered global batch, and rank 0 alone writes files.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -25,13 +35,22 @@ from torch.utils.data import DataLoader
 
 from hwbench.data import TwoViews, eval_dataset, info, load_tensors, ssl_transform
 from hwbench.errors import UsageError
-from hwbench.io import atomic_write_json
+from hwbench.io import atomic_write_json, atomic_write_text
 from hwbench.nets import create_net
 from hwbench.patterns import summarise
 from hwbench.ssl.losses import anneal_p
-from hwbench.ssl.model import LARS, METHODS, CoTrainStep, SSLModel, knn_top1, lars_param_groups
+from hwbench.ssl.model import (
+    LARS,
+    METHODS,
+    CoTrainStep,
+    Objective,
+    SSLModel,
+    knn_top1,
+    lars_param_groups,
+)
 
 CHECKPOINT = "checkpoint.pt"
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 @dataclass
@@ -43,24 +62,30 @@ class TrainConfig:
     method: str = "co"
     t_d: float = 0.5
     epochs: int = 10
-    batch_size: int = 128
+    batch_size: int = 128  # global: split over the processes under DDP
     lr: float = 0.3  # base learning rate, scaled by batch_size / 256
     weight_decay: float = 1e-4
     eta: float = 0.02
     warmup_epochs: int = 1
+    gate_lr_mult: float = 1.0  # the gates' learning rate / the backbone's (reference: 1)
     lam: float = 5.0
     gamma: float = 1.0
     alpha: float = 0.02
     proj_dims: tuple[int, ...] = (2048, 2048, 2048)
     seed: int = 0
     device: str = "cpu"
+    amp: str = "auto"
+    channels_last: bool = True
     out: str | None = None
     run_name: str | None = None
     models_dir: str = "models"
     resume: bool = False
     eval_every: int = 5
+    eval_initial: bool = True  # kNN of the randomly initialised network, the floor to beat
     knn_k: int = 20
     knn_temperature: float = 0.07
+    energy: bool = True
+    country: str = "USA"  # codecarbon's carbon intensity (ISO 3166 alpha-3)
     max_steps_per_epoch: int | None = None  # for smoke tests
     n_synthetic: int = 512
     decision: dict = field(default_factory=dict)  # how t_d was chosen (profile, prediction)
@@ -74,6 +99,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError(f"--t-d must be in (0, 1], got {cfg.t_d}")
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise UsageError("--epochs must be >= 1 and --batch-size >= 2")
+    if cfg.amp not in AMP_MODES:
+        raise UsageError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg.amp!r}")
 
 
 def run_dir(cfg: TrainConfig) -> Path:
@@ -81,15 +108,35 @@ def run_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.out) if cfg.out else Path("results") / name
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "python": random.getstate()}
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device`` (None: fp32). ``auto`` takes bf16 where the
+    hardware runs it natively (CPUs with AVX512-BF16/AMX, GPUs from Ampere), fp16 on older GPUs,
+    and fp32 on other CPUs (emulated bf16 is slower than fp32)."""
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise UsageError("--amp fp16 needs a CUDA device (use bf16 on CPUs)")
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _cpu_bf16_native() else None
 
 
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
+def _cpu_bf16_native() -> bool:
+    """oneDNN's own test for native bf16 (AVX512-BF16 or AMX) on this CPU."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def _save_checkpoint(path: Path, payload: dict) -> None:
@@ -108,107 +155,271 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (world 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        env = os.environ
+        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)),
+                   int(env.get("LOCAL_RANK", 0)))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
 @torch.no_grad()
 def features(backbone, images: torch.Tensor, labels: torch.Tensor, dataset: str,
-             stream: str, device, batch: int = 256) -> torch.Tensor:
+             stream: str, device, batch: int = 256, amp: torch.dtype | None = None,
+             channels_last: bool = False) -> torch.Tensor:
+    """(N, num_features) fp32 features of one stream (eval mode: hard gates, running BN)."""
     was = backbone.training
     backbone.eval()
     ds = eval_dataset(images, labels, dataset)
-    out = [backbone(x.to(device), stream=stream).cpu()
-           for x, _ in DataLoader(ds, batch_size=batch)]
+    out = []
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for x, _ in DataLoader(ds, batch_size=batch):
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out.append(backbone(x.to(device, memory_format=fmt), stream=stream).float().cpu())
     backbone.train(was)
     return torch.cat(out)
 
 
-def evaluate(model: SSLModel, cfg: TrainConfig, train_xy, test_xy, device) -> dict:
+@torch.no_grad()
+def eval_macs_ratio(backbone, images, labels, dataset: str, device, batch: int = 256) -> float:
+    """Mean gated/dense MACs ratio over a data set, hard gates (what the deployed net runs)."""
+    was = backbone.training
+    backbone.eval()
+    total, n = 0.0, 0
+    for x, _ in DataLoader(eval_dataset(images, labels, dataset), batch_size=batch):
+        r = backbone.forward_gated(x.to(device)).macs_ratio
+        total, n = total + float(r.sum()), n + len(r)
+    backbone.train(was)
+    return total / n
+
+
+def streams_of(method: str) -> tuple[str, ...]:
+    return {"dense": ("dense",), "gated": ("gated",)}.get(method, ("dense", "gated"))
+
+
+def evaluate(model: SSLModel, cfg: TrainConfig, train_xy, test_xy, device,
+             amp: torch.dtype | None = None) -> dict:
+    """kNN top-1 (%) of each trained stream, and the gated MACs ratio on the test split."""
     res = {}
-    streams = ("dense",) if cfg.method == "dense" else ("dense", "gated")
-    if cfg.method == "gated":
-        streams = ("gated",)
-    for stream in streams:
-        ftr = features(model.backbone, *train_xy, cfg.dataset, stream, device)
-        fte = features(model.backbone, *test_xy, cfg.dataset, stream, device)
+    kw = dict(device=device, amp=amp, channels_last=cfg.channels_last)
+    for stream in streams_of(cfg.method):
+        ftr = features(model.backbone, *train_xy, cfg.dataset, stream, **kw)
+        fte = features(model.backbone, *test_xy, cfg.dataset, stream, **kw)
         res[f"knn_top1_{stream}"] = knn_top1(ftr, train_xy[1], fte, test_xy[1], cfg.knn_k,
                                              cfg.knn_temperature)
+    if cfg.method != "dense":
+        res["eval_macs_ratio"] = eval_macs_ratio(model.backbone, *test_xy, cfg.dataset, device)
     return res
 
 
-def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> dict:
-    """Co-train per ``cfg``; returns the summary (also written to the run directory)."""
+def _param_divergence(model: torch.nn.Module) -> float:
+    """Largest |difference| between any process's parameters and rank 0's (0 when DDP keeps
+    the replicas in sync, as it must)."""
+    flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
+    ref = flat.clone()
+    torch.distributed.broadcast(ref, 0)
+    div = (flat - ref).abs().max()
+    torch.distributed.all_reduce(div, op=torch.distributed.ReduceOp.MAX)
+    return float(div)
+
+
+def _write_metrics_csv(path: Path, history: list[dict]) -> None:
+    cols = list(dict.fromkeys(k for row in history for k in row))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
+          energy_factory=None) -> dict:
+    """Co-train per ``cfg``; returns the summary (also written to the run directory).
+
+    ``progress`` is called after every step with epoch, step, steps, epochs, the loss terms,
+    images/s and the ETA in seconds. ``energy_factory`` replaces codecarbon (tests).
+    """
     validate(cfg)
+    dist = Dist.from_env()
     device = torch.device(cfg.device)
+    if device.type == "cuda" and dist.world > 1:
+        device = torch.device("cuda", dist.local_rank)
+    if dist.world > 1 and cfg.batch_size % dist.world:
+        raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by the {dist.world} "
+                         "processes")
     out = run_dir(cfg)
     ckpt_path = out / CHECKPOINT
+    own_group = dist.world > 1 and not torch.distributed.is_initialized()
+    if own_group:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    try:
+        return _train(cfg, dist, device, out, ckpt_path, progress, energy_factory)
+    finally:
+        if own_group:
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, dist: Dist, device: torch.device, out: Path, ckpt_path: Path,
+           progress, energy_factory) -> dict:
     if cfg.resume and not ckpt_path.exists():
         raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
     if not cfg.resume and ckpt_path.exists():
         raise UsageError(f"{out} already holds a run: pass --resume to continue it, or --out "
                          "elsewhere")
+    ck = None
+    if cfg.resume:
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        old = ck["config"]
+        for key in ("arch", "dataset", "method", "t_d", "epochs", "batch_size", "seed"):
+            if old.get(key) != getattr(cfg, key):
+                raise UsageError(f"--resume: {ckpt_path} was run with {key}={old.get(key)!r}, "
+                                 f"not {getattr(cfg, key)!r}")
     meta = info(cfg.dataset)
     kw = dict(data_dir=cfg.data_dir, download=cfg.download, n_synthetic=cfg.n_synthetic,
               seed=cfg.seed)
     train_xy = load_tensors(cfg.dataset, True, **kw)
     test_xy = load_tensors(cfg.dataset, False, **kw)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
-    model = SSLModel(create_net(cfg.arch, stem=meta.stem), tuple(cfg.proj_dims)).to(device)
-    step_fn = CoTrainStep(cfg.method, cfg.t_d, cfg.lam, cfg.gamma)
-    opt = LARS(lars_param_groups(model), lr=0.0, weight_decay=cfg.weight_decay, eta=cfg.eta)
+    amp = amp_dtype(cfg.amp, device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    _seed_everything(cfg.seed)
+    model = SSLModel(create_net(cfg.arch, stem=meta.stem), tuple(cfg.proj_dims))
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+    model = model.to(device, memory_format=fmt)
+    objective = Objective(model, CoTrainStep(cfg.method, cfg.t_d, cfg.lam, cfg.gamma))
+    if dist.world > 1:
+        if device.type == "cuda":
+            objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(objective)
+            model = objective.model
+        objective = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.method == "dense")
+    opt = LARS(lars_param_groups(model, cfg.gate_lr_mult), lr=0.0, weight_decay=cfg.weight_decay,
+               eta=cfg.eta)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     data = TwoViews(*train_xy, ssl_transform(cfg.dataset))
     steps_per_epoch = len(data) // cfg.batch_size
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     if steps_per_epoch < 1:
         raise UsageError(f"--batch-size {cfg.batch_size} exceeds the {len(data)} training images")
-    start_epoch, history = 0, []
-    if cfg.resume:
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck["config"]["arch"] != cfg.arch or ck["config"]["dataset"] != cfg.dataset:
-            raise UsageError(f"{ckpt_path} is a {ck['config']['arch']}/{ck['config']['dataset']} "
-                             f"run, not {cfg.arch}/{cfg.dataset}")
-        model.load_state_dict(ck["model"])
+    start_epoch, history, initial, segments = 0, [], {}, []
+    if ck is not None:
         opt.load_state_dict(ck["optimizer"])
+        if "scaler" in ck:
+            scaler.load_state_dict(ck["scaler"])
         start_epoch, history = ck["epoch"] + 1, ck["history"]
-        _set_rng_state(ck["rng"])
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", asdict(cfg))
+        initial, segments = ck.get("initial", {}), ck.get("energy", [])
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", {**asdict(cfg), "world_size": dist.world,
+                                                "amp_dtype": str(amp).replace("torch.", "")
+                                                if amp else "fp32"})
+        if cfg.eval_initial and not initial:
+            initial = evaluate(model, cfg, train_xy, test_xy, device, amp)
+    dist.barrier()
+    meter = None
+    if dist.main and cfg.energy:
+        from hwbench.measure.energy import TrainingEnergy
+
+        meter = TrainingEnergy(out, cfg.country, energy_factory)
+        meter.start()
+    per_rank = cfg.batch_size // dist.world
+    total_steps = (cfg.epochs - start_epoch) * steps_per_epoch
+    done, t_run = 0, time.perf_counter()
     model.train()
-    for epoch in range(start_epoch, cfg.epochs):
-        p = anneal_p(epoch, cfg.alpha)
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(
-            cfg.seed * 1000 + epoch))
-        sums: dict[str, float] = {}
-        t0 = time.perf_counter()
-        for s in range(steps_per_epoch):
-            idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size].tolist()
-            items = [data[i] for i in idx]
-            v1 = torch.stack([it[0] for it in items]).to(device)
-            v2 = torch.stack([it[1] for it in items]).to(device)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, epoch * steps_per_epoch + s, steps_per_epoch)
-            res = step_fn(model, v1, v2, p)
-            opt.zero_grad(set_to_none=True)
-            res.loss.backward()
-            opt.step()
-            for k, v in res.terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if progress:
-                progress({"epoch": epoch, "step": s + 1, "steps": steps_per_epoch, **res.terms})
-        dt = time.perf_counter() - t0
-        row = {"epoch": epoch, "p": p, "lr": opt.param_groups[0]["lr"], "seconds": dt,
-               "images_per_s": steps_per_epoch * cfg.batch_size / dt,
-               **{k: v / steps_per_epoch for k, v in sums.items()}}
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            row.update(evaluate(model, cfg, train_xy, test_xy, device))
-        history.append(row)
-        with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
-        _save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                     "epoch": epoch, "history": history, "rng": _rng_state(),
-                                     "config": asdict(cfg)})
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            p = anneal_p(epoch, cfg.alpha)
+            _seed_everything(cfg.seed * 100_003 + epoch * 1_009 + dist.rank)
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(
+                cfg.seed * 1000 + epoch))
+            sums: dict[str, float] = {}
+            t0 = time.perf_counter()
+            for s in range(steps_per_epoch):
+                batch = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+                idx = batch[dist.rank * per_rank:(dist.rank + 1) * per_rank].tolist()
+                items = [data[i] for i in idx]
+                v1 = torch.stack([it[0] for it in items]).to(device, memory_format=fmt)
+                v2 = torch.stack([it[1] for it in items]).to(device, memory_format=fmt)
+                for g in opt.param_groups:
+                    g["lr"] = g["lr_mult"] * lr_at(cfg, epoch * steps_per_epoch + s,
+                                                   steps_per_epoch)
+                with torch.autocast(device.type, dtype=amp or torch.float32,
+                                    enabled=amp is not None):
+                    loss, terms = objective(v1, v2, p)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                done += 1
+                if progress and dist.main:
+                    elapsed = time.perf_counter() - t_run
+                    progress({"epoch": epoch, "epochs": cfg.epochs, "step": s + 1,
+                              "steps": steps_per_epoch, **terms,
+                              "images_per_s": (s + 1) * cfg.batch_size / (time.perf_counter()
+                                                                          - t0),
+                              "eta_s": elapsed / done * (total_steps - done)})
+            dt = time.perf_counter() - t0
+            row = {"epoch": epoch, "p": p, "lr": opt.param_groups[0]["lr"], "seconds": dt,
+                   "images_per_s": steps_per_epoch * cfg.batch_size / dt,
+                   **{k: v / steps_per_epoch for k, v in sums.items()}}
+            if dist.main:
+                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                    row.update(evaluate(model, cfg, train_xy, test_xy, device, amp))
+                history.append(row)
+                with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                _write_metrics_csv(out / "metrics.csv", history)
+                _save_checkpoint(ckpt_path, {
+                    "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
+                    "initial": initial, "energy": segments, "config": asdict(cfg)})
+            dist.barrier()
+    finally:
+        if meter is not None:
+            from hwbench.measure.energy import total_energy
+
+            segments.append(meter.stop())
+            atomic_write_json(out / "energy.json", {
+                "schema": "hwbench/training-energy@1", "segments": segments,
+                "total": total_energy(segments),
+                "note": "codecarbon: 'measured' components come from hardware counters (RAPL, "
+                        "NVML); 'estimated' ones from its power model"})
+            # the checkpoint carries the segments so that a resumed run adds to them
+            if ckpt_path.exists():
+                ck_now = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+                ck_now["energy"] = segments
+                _save_checkpoint(ckpt_path, ck_now)
+    divergence = _param_divergence(model) if dist.world > 1 else 0.0
+    if not dist.main:
+        return {}
     name = out.name
-    summary = {"run": name, "dir": str(out), "config": asdict(cfg), "final": history[-1]}
+    summary = {"run": name, "dir": str(out), "config": asdict(cfg), "initial": initial,
+               "final": history[-1], "world_size": dist.world}
+    if dist.world > 1:
+        summary["ddp_max_param_divergence"] = divergence
+    if (out / "energy.json").exists():
+        summary["energy"] = json.loads((out / "energy.json").read_text())["total"]
     if cfg.method != "dense":
         test_x = eval_dataset(*test_xy, cfg.dataset)
         pattern = summarise(model.backbone, DataLoader(test_x, batch_size=256), device,

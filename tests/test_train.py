@@ -10,7 +10,7 @@ from tests.conftest import one_line_error as _one_line
 from tests.conftest import run_cli as _cli
 
 TINY = dict(dataset="synthetic", n_synthetic=64, batch_size=16, proj_dims=(32, 32, 16),
-            max_steps_per_epoch=2, eval_every=1)
+            max_steps_per_epoch=2, eval_every=1, energy=False)
 
 
 def test_a_tiny_co_training_run_writes_everything(tmp_path):
@@ -21,8 +21,12 @@ def test_a_tiny_co_training_run_writes_everything(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     assert {"loss", "vicreg", "sparsity", "bound", "macs_ratio", "knn_top1_dense",
-            "knn_top1_gated", "images_per_s"} <= set(rows[-1])
+            "knn_top1_gated", "images_per_s", "eval_macs_ratio"} <= set(rows[-1])
+    assert 0 < rows[-1]["eval_macs_ratio"] <= 1
     assert (run / CHECKPOINT).exists() and (run / "config.json").exists()
+    csv_lines = (run / "metrics.csv").read_text().splitlines()
+    assert len(csv_lines) == 3 and "knn_top1_gated" in csv_lines[0]
+    assert {"knn_top1_dense", "knn_top1_gated"} <= set(summary["initial"])
     pattern = load_pattern(tmp_path / "models" / "run.json")
     assert pattern.t_d == 0.4 and pattern.extra["dataset"] == "synthetic"
     assert summary["final"]["epoch"] == 1
@@ -69,6 +73,51 @@ def test_bad_runs_are_refused_without_damage(tmp_path):
     assert not list((tmp_path / "done").glob(".*.tmp"))
 
 
+def test_energy_is_tracked_per_launch_and_a_resumed_run_adds_a_segment(tmp_path):
+    from tests.measure.test_energy import _CC
+
+    cfg = dict(TINY, energy=True, epochs=2, out=str(tmp_path / "run"),
+               models_dir=str(tmp_path / "m"))
+    seen = []
+
+    def stop_after_first_epoch(state):
+        seen.append(state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**cfg), progress=stop_after_first_epoch, energy_factory=_CC)
+    assert {"images_per_s", "eta_s", "steps", "epochs"} <= set(seen[0]) and seen[0]["eta_s"] > 0
+    first = json.loads((tmp_path / "run" / "energy.json").read_text())
+    assert len(first["segments"]) == 1 and first["total"]["label"] == "estimated"
+    summary = train(TrainConfig(**{**cfg, "resume": True}), energy_factory=_CC)
+    energy = json.loads((tmp_path / "run" / "energy.json").read_text())
+    assert len(energy["segments"]) == 2
+    assert summary["energy"]["energy_kwh"] == pytest.approx(0.006)
+
+
+def test_amp_resolution(monkeypatch):
+    from hwbench import train as tr
+
+    cpu = torch.device("cpu")
+    assert tr.amp_dtype("off", cpu) is None and tr.amp_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(UsageError, match="fp16 needs a CUDA"):
+        tr.amp_dtype("fp16", cpu)
+    monkeypatch.setattr(tr, "_cpu_bf16_native", lambda: False)
+    assert tr.amp_dtype("auto", cpu) is None
+    monkeypatch.setattr(tr, "_cpu_bf16_native", lambda: True)
+    assert tr.amp_dtype("auto", cpu) == torch.bfloat16
+
+
+def test_resume_refuses_a_different_configuration(tmp_path):
+    cfg = dict(TINY, epochs=1, out=str(tmp_path / "r"), models_dir=str(tmp_path / "m"))
+    train(TrainConfig(**cfg))
+    before = (tmp_path / "r" / CHECKPOINT).read_bytes()
+    with pytest.raises(UsageError, match="t_d=0.5"):
+        train(TrainConfig(**{**cfg, "t_d": 0.3, "resume": True}))
+    assert (tmp_path / "r" / CHECKPOINT).read_bytes() == before
+
+
 def test_lr_schedule_warms_up_then_decays():
     cfg = TrainConfig(epochs=4, warmup_epochs=1, lr=0.3, batch_size=256)
     lrs = [lr_at(cfg, s, 10) for s in range(40)]
@@ -98,7 +147,22 @@ def test_train_cli_bad_input(tmp_path):
                                                "--out", tmp_path / "f"))
     assert "--data-dir" in _one_line(_cli("train", "--dataset", "cifar10",
                                           "--out", tmp_path / "g"))
-    assert not any((tmp_path / d).exists() for d in "abcdefg")
+    assert "needs --target-latency" in _one_line(_cli("train", "--target-device", "cpu",
+                                                      "--out", tmp_path / "h"))
+    from hwbench.io import atomic_write_json
+    from tests.test_profiles import synthetic_profile
+
+    prof = atomic_write_json(tmp_path / "prof.json", synthetic_profile())
+    r = _cli("train", "--dataset", "synthetic", "--target-latency", "1us", "--target-device",
+             prof, "--out", tmp_path / "i")
+    assert "below the fastest" in _one_line(r, code=3)
+    other = synthetic_profile()
+    other["fingerprint"] = {**other["fingerprint"], "stem": "imagenet", "input_size": 96}
+    atomic_write_json(tmp_path / "stl.json", other)
+    assert "this run trains resnet18/cifar/32px" in _one_line(_cli(
+        "train", "--dataset", "synthetic", "--target-latency", "5ms", "--target-device",
+        tmp_path / "stl.json", "--out", tmp_path / "j"))
+    assert not any((tmp_path / d).exists() for d in "abcdefghij")
 
 
 def test_train_cli_picks_t_d_from_a_profile(tmp_path, monkeypatch):

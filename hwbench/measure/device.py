@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -49,3 +50,15 @@ def fingerprint(device: torch.device, threads: int | None = None) -> dict:
     else:
         fp["name"] = fp["cpu"]
     return fp
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run with ``n`` intra-op CPU threads (None: unchanged), restoring the previous count."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -152,6 +152,8 @@ class CodecarbonMeter(EnergyMeter):
     def _default_factory(self):
         from codecarbon import OfflineEmissionsTracker
 
+        _quiet_codecarbon()
+
         return OfflineEmissionsTracker(country_iso_code=self.country, measure_power_secs=1,
                                        save_to_file=False, log_level="error")
 
@@ -272,3 +274,102 @@ def idle_power_w(meter: EnergyMeter, seconds: float = 1.0) -> float | None:
     time.sleep(seconds)
     w = meter.end_window("idle")
     return None if w.energy_j is None else w.energy_j / w.duration_s
+
+
+def _quiet_codecarbon() -> None:
+    """codecarbon logs INFO/WARNING lines at construction, before its log_level applies."""
+    import logging
+
+    logging.getLogger("codecarbon").setLevel(logging.ERROR)
+
+
+# ---- training energy: codecarbon over a whole run --------------------------------------------
+
+MEASURED_CPU_MODES = {"intel_rapl": "rapl", "intel_power_gadget": "intel-power-gadget",
+                      "apple_powermetrics": "powermetrics"}
+
+
+def _cc_methods(tracker) -> dict[str, str]:
+    """How codecarbon obtained each component's energy: 'measured (...)' or 'estimated (...)'.
+
+    codecarbon reads RAPL / Power Gadget / powermetrics for CPUs when it can (measured), else a
+    TDP x load model (estimated); GPUs through NVML's counters (measured); RAM is always a model.
+    It exposes this only on private attributes, read defensively: unknown means estimated.
+    """
+    methods = {"cpu": "estimated (codecarbon cpu model)", "ram": "estimated (codecarbon RAM model)",
+               "gpu": "none (no GPU tracked)"}
+    for hw in getattr(tracker, "_hardware", []) or []:
+        kind = type(hw).__name__.lower()
+        if kind == "cpu":
+            mode = str(getattr(hw, "_mode", "unknown"))
+            methods["cpu"] = (f"measured ({MEASURED_CPU_MODES[mode]})" if mode in MEASURED_CPU_MODES
+                              else f"estimated (codecarbon {mode} model)")
+        elif kind == "gpu":
+            methods["gpu"] = "measured (nvml)"
+    return methods
+
+
+class TrainingEnergy:
+    """codecarbon's offline tracker around a training run (or a resumed segment of one).
+
+    codecarbon writes its ``emissions.csv`` into ``out_dir``; ``stop()`` returns one segment:
+    kWh per component (CPU, GPU, RAM) and in total, CO2e (kg) for ``country`` (ISO 3166 alpha-3),
+    and per component whether codecarbon measured it or estimated it. ``label`` is ``measured``
+    only when every counted component was measured. ``factory`` replaces codecarbon in tests.
+    """
+
+    def __init__(self, out_dir, country: str = "USA", factory=None):
+        self.out_dir, self.country = str(out_dir), country
+        self._factory = factory or self._default_factory
+        self._tracker = None
+        self._t0 = 0.0
+
+    def _default_factory(self):
+        from codecarbon import OfflineEmissionsTracker
+
+        _quiet_codecarbon()
+
+        return OfflineEmissionsTracker(country_iso_code=self.country, output_dir=self.out_dir,
+                                       log_level="error",
+                                       measure_power_secs=5, project_name="hwbench-train")
+
+    def start(self) -> None:
+        try:
+            self._tracker = self._factory()
+            self._tracker.start()
+        except Exception as exc:  # codecarbon missing or refusing: training goes on, unmetered
+            self._tracker, self.error = None, f"codecarbon unavailable: {exc}"
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self._t0
+        if self._tracker is None:
+            return {"duration_s": wall, "label": "none", "reason": getattr(self, "error", "")}
+        self._tracker.stop()
+        d = self._tracker.final_emissions_data
+        methods = _cc_methods(self._tracker)
+        parts = {"cpu": float(d.cpu_energy), "gpu": float(d.gpu_energy),
+                 "ram": float(d.ram_energy)}
+        counted = ["cpu", "ram"] + (["gpu"] if methods["gpu"].startswith("measured") else [])
+        measured = [methods[k].startswith("measured") for k in counted]
+        label = ("measured" if all(measured) else
+                 "partly measured" if any(measured) else "estimated")
+        self._tracker = None
+        return {"duration_s": wall, "energy_kwh": float(d.energy_consumed),
+                **{f"{k}_kwh": v for k, v in parts.items()},
+                "emissions_kg_co2e": float(d.emissions), "country": self.country,
+                "methods": methods, "label": label, "source": "codecarbon"}
+
+
+def total_energy(segments: list[dict]) -> dict:
+    """Sum of a run's segments (a resumed run has several); the label is the weakest one."""
+    keys = ("duration_s", "energy_kwh", "cpu_kwh", "gpu_kwh", "ram_kwh", "emissions_kg_co2e")
+    tot = {k: sum(s.get(k, 0.0) or 0.0 for s in segments) for k in keys}
+    labels = {s["label"] for s in segments}
+    for weakest in ("none", "estimated", "partly measured", "measured"):
+        if weakest in labels:
+            tot["label"] = weakest
+            break
+    tot["energy_j"] = tot["energy_kwh"] * 3.6e6
+    tot["segments"] = len(segments)
+    return tot

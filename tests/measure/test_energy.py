@@ -123,3 +123,60 @@ def test_null_meter_and_idle_power():
     assert idle_power_w(meter, 0.01) is None
     nv = NvmlCounterMeter(FakeNvml(), 0)
     assert idle_power_w(nv, 0.01) == pytest.approx(1.5 / 0.01, rel=0.5)
+
+
+class _CC:
+    """A stand-in for codecarbon's tracker: fixed kWh per component, its hardware list."""
+
+    def __init__(self, cpu_mode="cpu_load", gpu=False, fail=False):
+        if fail:
+            raise RuntimeError("no codecarbon here")
+        self.started = self.stopped = False
+        hw = [type("CPU", (), {"_mode": cpu_mode})(), type("RAM", (), {})()]
+        if gpu:
+            hw.append(type("GPU", (), {})())
+        self._hardware = hw
+        self.final_emissions_data = type("D", (), dict(
+            cpu_energy=0.002, gpu_energy=0.005 if gpu else 0.0, ram_energy=0.001,
+            energy_consumed=0.008 if gpu else 0.003, emissions=0.0012))()
+
+    def start(self):
+        self.started = True
+
+    def stop(self):
+        self.stopped = True
+
+
+@pytest.mark.parametrize("cpu_mode,gpu,label,cpu_method", [
+    ("cpu_load", False, "estimated", "estimated (codecarbon cpu_load model)"),
+    ("constant", False, "estimated", "estimated (codecarbon constant model)"),
+    ("intel_rapl", False, "partly measured", "measured (rapl)"),  # RAM is always a model
+    ("cpu_load", True, "partly measured", "estimated (codecarbon cpu_load model)"),
+])
+def test_training_energy_labels_each_component_by_codecarbons_backend(tmp_path, cpu_mode, gpu,
+                                                                      label, cpu_method):
+    from hwbench.measure.energy import TrainingEnergy
+
+    meter = TrainingEnergy(tmp_path, "FRA", factory=lambda: _CC(cpu_mode, gpu))
+    meter.start()
+    seg = meter.stop()
+    assert seg["label"] == label and seg["methods"]["cpu"] == cpu_method
+    assert seg["methods"]["ram"].startswith("estimated")
+    assert seg["methods"]["gpu"] == ("measured (nvml)" if gpu else "none (no GPU tracked)")
+    assert seg["energy_kwh"] == pytest.approx(0.008 if gpu else 0.003)
+    assert seg["cpu_kwh"] == 0.002 and seg["country"] == "FRA" and seg["duration_s"] >= 0
+
+
+def test_training_energy_without_codecarbon_says_none_and_totals_take_the_weakest_label(tmp_path):
+    from hwbench.measure.energy import TrainingEnergy, total_energy
+
+    meter = TrainingEnergy(tmp_path, factory=lambda: _CC(fail=True))
+    meter.start()
+    none = meter.stop()
+    assert none["label"] == "none" and "no codecarbon here" in none["reason"]
+    a = {"duration_s": 1.0, "energy_kwh": 0.001, "cpu_kwh": 0.001, "label": "measured"}
+    b = {"duration_s": 2.0, "energy_kwh": 0.002, "cpu_kwh": 0.002, "label": "estimated"}
+    tot = total_energy([a, b])
+    assert tot["label"] == "estimated" and tot["segments"] == 2
+    assert tot["energy_kwh"] == pytest.approx(0.003) and tot["energy_j"] == pytest.approx(10800)
+    assert total_energy([a])["label"] == "measured"

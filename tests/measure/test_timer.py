@@ -82,3 +82,14 @@ def test_ci_target_stops_early_on_steady_samples():
                                min_runs=16, max_time_s=1e9, ci_target=10.0, max_runs=10_000)
     assert len(samples["a"]) == 16  # the (generous) CI target holds at the first check
     assert timer.timer_overhead_ms(n=10) >= 0
+
+
+def test_torch_threads_restores_the_thread_count():
+    from hwbench.measure.device import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
