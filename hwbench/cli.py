@@ -7,6 +7,7 @@ tracebacks are reserved for bugs.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -415,78 +416,120 @@ def pick(profile_path, target_latency, percentile, as_json) -> None:
 @click.option("--t-d", "t_d", type=float, default=None, help="Budget (gated/dense MACs) in "
               "(0, 1]. [default: 0.5, or picked by --target-latency]")
 @click.option("--target-latency", default=None, help="Pick t_d so the gated network meets this "
-              "latency on the target device (e.g. 5ms).")
+              "latency on the target device: 5ms, 500us, or 0.65x (of its dense latency).")
 @click.option("--target-device", default=None, help="cpu, cuda or a profile JSON (possibly from "
               "another machine). [default: --device]")
 @click.option("--percentile", default="p90", show_default=True,
               type=click.Choice(["p50", "p90", "p99"]), help="Percentile the target bounds.")
 @click.option("--eval-every", type=click.IntRange(min=1), default=5, show_default=True,
               help="kNN top-1 of dense and gated features every N epochs and at the end.")
+@click.option("--amp", default="auto", show_default=True,
+              type=click.Choice(["auto", "bf16", "fp16", "off"]),
+              help="Autocast: auto = bf16 where the CPU/GPU runs it natively, fp16 on older GPUs.")
+@click.option("--energy/--no-energy", default=True, show_default=True,
+              help="Track the run's energy with codecarbon (energy.json in the run dir).")
+@click.option("--country", default="USA", show_default=True,
+              help="ISO 3166 alpha-3 country for codecarbon's carbon intensity.")
+@click.option("--warmup-epochs", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Linear learning-rate warm-up before the cosine decay.")
+@click.option("--bound-alpha", type=click.FloatRange(min=0), default=0.02, show_default=True,
+              help="The bound's slack decays as p = exp(-alpha * epoch) (the paper: 0.02).")
+@click.option("--gate-lr-mult", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, help="The gates' learning rate as a multiple of the backbone's.")
+@click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None, hidden=True)
 def train_cmd(dataset, data_dir, download, arch, method, epochs, batch_size, lr, seed, device,
-              out, resume, t_d, target_latency, target_device, percentile, eval_every) -> None:
-    """Co-train a dense encoder and its gated sub-network with VICReg (Krishna et al., 2023)."""
+              out, resume, t_d, target_latency, target_device, percentile, eval_every, amp,
+              energy, country, warmup_epochs, bound_alpha, gate_lr_mult,
+              max_steps_per_epoch) -> None:
+    """Co-train a dense encoder and its gated sub-network with VICReg (Krishna et al., 2023).
+
+    With --target-latency, t_d is picked from the target device's profile and, when that device
+    is this machine, the learned network is measured at the end (exit 4 if it missed).
+    """
     from hwbench.measure.device import parse_device
-    from hwbench.train import TrainConfig, train, validate
+    from hwbench.target import train_to_target
+    from hwbench.train import TrainConfig, validate
+    from hwbench.units import parse_target
 
     if t_d is not None and target_latency is not None:
         raise UsageError("--t-d and --target-latency are mutually exclusive")
+    if target_device is not None and target_latency is None:
+        raise UsageError("--target-device needs --target-latency")
     parse_device(device)
+    if target_latency is not None:
+        parse_target(target_latency)  # a bad value fails before anything runs
     cfg = TrainConfig(dataset=dataset, data_dir=data_dir, download=download, arch=arch,
                       method=method, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       device=device, out=out, resume=resume, eval_every=eval_every,
-                      t_d=0.5 if t_d is None else t_d)
+                      t_d=0.5 if t_d is None else t_d, amp=amp, energy=energy, country=country,
+                      warmup_epochs=warmup_epochs, alpha=bound_alpha, gate_lr_mult=gate_lr_mult,
+                      max_steps_per_epoch=max_steps_per_epoch)
     validate(cfg)
-    if target_latency is not None:
-        cfg.t_d, cfg.decision = _pick_for_target(cfg, target_latency, target_device or device,
-                                                 percentile)
-        click.echo(f"t_d {cfg.t_d:g} picked for {target_latency} ({percentile}) from "
-                   f"{cfg.decision['profile']}: predicted {cfg.decision['predicted_ms']:.3f} ms",
-                   err=True)
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    with console.status("training ...") as status:
-        def progress(s):
-            status.update(f"epoch {s['epoch'] + 1}/{epochs} step {s['step']}/{s['steps']} "
-                          f"loss {s['loss']:.3f}" + (f" MACs ratio {s['macs_ratio']:.3f}"
-                                                     if "macs_ratio" in s else ""))
-        summary = train(cfg, progress)
-    final = summary["final"]
-    keys = [k for k in ("loss", "macs_ratio", "knn_top1_dense", "knn_top1_gated") if k in final]
+    with _TrainProgress() as bar:
+        summary = train_to_target(cfg, target_latency, target_device, percentile, say=bar.say,
+                                  progress=bar.update)
+    if not summary:  # a torchrun process other than rank 0: rank 0 reports
+        return
+    final, init = summary["final"], summary.get("initial", {})
+    keys = [k for k in ("loss", "macs_ratio", "eval_macs_ratio", "knn_top1_dense",
+                        "knn_top1_gated") if k in final]
     click.echo(f"{summary['run']}: " + ", ".join(f"{k} {final[k]:.3f}" for k in keys) +
-               f" ({final['images_per_s']:.0f} images/s); run dir {summary['dir']}" +
+               f" ({final['images_per_s']:.0f} images/s)")
+    if init:
+        click.echo("  kNN top-1 of the randomly initialised network: " +
+                   ", ".join(f"{k.rsplit('_', 1)[1]} {v:.2f}%" for k, v in init.items()
+                             if k.startswith("knn")))
+    if "energy" in summary:
+        e = summary["energy"]
+        click.echo(f"  training energy: {e['energy_kwh'] * 1e3:.3f} Wh ({e['label']}, codecarbon"
+                   f"; {e['emissions_kg_co2e'] * 1e3:.2f} g CO2e, {country})")
+    click.echo(f"  run dir {summary['dir']}" +
                (f"; pattern {summary['pattern']}" if "pattern" in summary else ""))
+    v = summary.get("verify")
+    if v:
+        click.echo(f"  verify on {v['device']}: target {percentile} {v['target_ms']:.3f} ms · "
+                   f"predicted {v['predicted'][percentile + '_ms']:.3f} ms · measured p50 "
+                   f"{v['measured']['p50_ms']:.3f} / p90 {v['measured']['p90_ms']:.3f} ms -> "
+                   f"{'MET' if v['met'] else 'MISSED'}")
+        if not v["met"]:
+            if v.get("advice"):
+                click.echo(f"  {v['advice']}")
+            sys.exit(4)
 
 
-def _pick_for_target(cfg, target_latency, target, percentile):
-    """t_d for the target from the matching profile in profiles/ (or the given profile)."""
-    from pathlib import Path
+class _TrainProgress:
+    """A rich progress bar on stderr: epoch, step, losses, MACs ratio, images/s, ETA."""
 
-    from hwbench.data import info
-    from hwbench.measure.device import fingerprint, parse_device
-    from hwbench.profiles import find_profile, load_profile, pick_t_d
-    from hwbench.units import parse_duration
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    seconds = parse_duration(target_latency)
-    meta = info(cfg.dataset)
-    if target.endswith(".json"):
-        prof_path = Path(target)
-        prof = load_profile(prof_path)
-    else:
-        name = fingerprint(parse_device(target))["name"]
-        found = find_profile(name, cfg.arch, meta.stem, meta.input_size)
-        if found is None:
-            raise UsageError(f"no profile in profiles/ for {name} / {cfg.arch} / {meta.stem} "
-                             f"/ {meta.input_size}px / batch 1: run `hwbench profile --device "
-                             f"{target} --arch {cfg.arch} --stem {meta.stem} --input-size "
-                             f"{meta.input_size}` first, or pass --target-device PROFILE.json")
-        prof_path, prof = found
-    f = prof["fingerprint"]
-    if (f["arch"], f["stem"], int(f["input_size"])) != (cfg.arch, meta.stem, meta.input_size):
-        raise UsageError(f"{prof_path} profiles {f['arch']}/{f['stem']}/{f['input_size']}px; "
-                         f"this run trains {cfg.arch}/{meta.stem}/{meta.input_size}px")
-    pick = pick_t_d(prof, seconds, percentile)
-    return pick.t_d, {"profile": str(prof_path), **pick.to_dict()}
+        self.console = Console(stderr=True)
+        self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                 console=self.console, transient=True,
+                                 disable=os.environ.get("RANK", "0") != "0")
+        self.task = None
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def say(self, line: str) -> None:
+        if os.environ.get("RANK", "0") == "0":
+            self.console.print(line, highlight=False, soft_wrap=True)
+
+    def update(self, s: dict) -> None:
+        eta = int(s["eta_s"])
+        info = (f"loss {s['loss']:.3f}" + (f" · MACs {s['macs_ratio']:.3f}" if "macs_ratio" in s
+                                           else "") +
+                f" · {s['images_per_s']:.0f} img/s · ETA {eta // 60}:{eta % 60:02d}")
+        epoch = f"{s['epoch'] + 1}/{s['epochs']}"
+        if self.task is None:
+            self.task = self.progress.add_task("train", total=s["steps"], epoch=epoch, info=info)
+        self.progress.update(self.task, completed=s["step"], total=s["steps"], epoch=epoch,
+                             info=info)
 
 
 @cli.command()
@@ -523,10 +566,50 @@ def verify(pattern_path, checkpoint, target_latency, device, percentile, profile
                     f"{pred['p90_ms']:.3f} ms") +
                    f" · measured p50 {res['measured']['p50_ms']:.3f} / p90 "
                    f"{res['measured']['p90_ms']:.3f} ms -> {'MET' if res['met'] else 'MISSED'}")
-        if not res["met"] and res.get("suggested_t_d") is not None:
-            click.echo(f"the profile now suggests t_d {res['suggested_t_d']:g} for this target")
+        click.echo(f"gated/dense: latency {res['latency_ratio_p50']:.3f} (p50) vs MACs "
+                   f"{res['macs_ratio']:.3f}; {res['dynamic_share']:.0%} of the gated channels "
+                   f"are data-dependent; engine plan {','.join(res['plan'])}")
+        if res["advice"]:
+            click.echo(res["advice"])
     if not res["met"]:
         sys.exit(4)
+
+
+@cli.command(name="eval")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="A run's checkpoint.pt.")
+@click.option("--linear/--no-linear", default=True, show_default=True,
+              help="Linear probe on frozen features (L-BFGS logistic regression).")
+@click.option("--knn/--no-knn", default=True, show_default=True,
+              help="kNN top-1 (cosine, k 20, temperature 0.07).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--data-dir", default=None, help="Data set files. [default: the run's]")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Where to write the JSON. [default: eval.json next to the checkpoint]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def eval_cmd(checkpoint, linear, knn, device, data_dir, out, as_json) -> None:
+    """Top-1 of a run's dense and gated features (kNN, linear probe), its measured MACs ratio and
+    per-layer on-ratios."""
+    from hwbench.evaluate import run_eval
+    from hwbench.measure.device import parse_device
+
+    parse_device(device)
+    res = run_eval(checkpoint, linear=linear, knn=knn, device=device, data_dir=data_dir, out=out)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    click.echo(f"{checkpoint} ({res['arch']}, {res['method']}, t_d {res['t_d']:g}, "
+               f"{res['dataset']}, epoch {res['epoch']}):")
+    for key in ("knn_top1_dense", "knn_top1_gated", "linear_top1_dense", "linear_top1_gated"):
+        if key in res:
+            kind, _, stream = key.rpartition("_")
+            click.echo(f"  {kind.replace('_top1', '')} top-1 {stream:5s} {res[key]:6.2f} %")
+    if "eval_macs_ratio" in res:
+        click.echo(f"  gated/dense MACs ratio (measured on the test split, hard gates) "
+                   f"{res['eval_macs_ratio']:.4f}")
+        click.echo("  on-ratio per gated layer: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in res["on_ratios"].items()))
+    click.echo(f"  written to {res['written']}")
 
 
 def _print_macs_table(report) -> None:

@@ -21,3 +21,23 @@ def parse_duration(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise UsageError(f"latency must be positive, got {text!r}")
     return value
+
+
+_REL = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*$")
+
+
+def parse_target(text: str) -> tuple[float | None, float | None]:
+    """A latency target: an absolute duration ('5ms' -> (0.005, None)) or a fraction of the
+    device's dense latency ('0.65x' -> (None, 0.65)), resolved against a profile later."""
+    m = _REL.match(str(text))
+    if m:
+        factor = float(m.group(1))
+        if not 0 < factor <= 1:
+            raise UsageError(f"a relative latency target must be in (0, 1]x of the dense "
+                             f"latency, got {text!r}")
+        return None, factor
+    try:
+        return parse_duration(text), None
+    except UsageError:
+        raise UsageError(f"cannot parse latency {text!r}: give a number and a unit (5ms, 0.005s, "
+                         "500us) or a fraction of the dense latency (0.65x)") from None

@@ -14,28 +14,22 @@ import torch
 
 from hwbench.engine import build_engine, pattern_inputs, realise
 from hwbench.errors import UsageError
+from hwbench.flops import pattern_report
 from hwbench.measure.device import fingerprint, parse_device
 from hwbench.measure.stats import summarise
 from hwbench.measure.timer import time_interleaved
-from hwbench.nets import create_net
 from hwbench.patterns import load_pattern
 from hwbench.profiles import Predictor, Unattainable, find_profile, load_profile, pick_t_d
 
 
 def load_backbone(checkpoint: str, arch: str, stem: str):
-    try:
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise UsageError(f"{checkpoint}: no such checkpoint") from None
-    except Exception as exc:
-        raise UsageError(f"{checkpoint}: not a readable checkpoint ({exc})") from None
-    cfg = ck.get("config", {}) if isinstance(ck, dict) else {}
-    if cfg.get("arch") != arch:
-        raise UsageError(f"{checkpoint} is a {cfg.get('arch')} checkpoint; the pattern is {arch}")
-    net = create_net(arch, stem=stem)
-    state = {k[len("backbone."):]: v for k, v in ck["model"].items() if k.startswith("backbone.")}
-    net.load_state_dict(state)
-    return net.eval()
+    from hwbench.evaluate import load_run
+
+    net, cfg, _ = load_run(checkpoint)
+    if (cfg.get("arch"), net.stem) != (arch, stem):
+        raise UsageError(f"{checkpoint} is a {cfg.get('arch')}/{net.stem} checkpoint; the pattern "
+                         f"is {arch}/{stem}")
+    return net
 
 
 def run_verify(pattern_path: str, target_s: float, device: str = "cpu",
@@ -76,8 +70,31 @@ def run_verify(pattern_path: str, target_s: float, device: str = "cpu",
             suggestion = pick_t_d(prof, target_s, percentile).t_d
         except Unattainable:
             suggestion = None
+    dense_p50 = summarise(samples["dense"]).p50_ms
+    gated = sum(lp.channels for lp in pattern.layers)
+    share = sum(lp.dynamic for lp in pattern.layers) / gated
     return {"target_ms": target_s * 1e3, "percentile": percentile, "met": met,
             "measured": measured, "predicted": predicted, "profile": profile_path,
-            "dense_p50_ms": summarise(samples["dense"]).p50_ms, "mode": "dynamic",
-            "suggested_t_d": suggestion, "device": fingerprint(dev)["name"],
-            "checkpoint": checkpoint, "pattern": pattern_path}
+            "dense_p50_ms": dense_p50, "latency_ratio_p50": measured["p50_ms"] / dense_p50,
+            "macs_ratio": pattern_macs_ratio(pattern), "dynamic_share": share,
+            "mode": "dynamic", "plan": list(engines["dynamic"].plan),
+            "suggested_t_d": suggestion, "advice": _advice(met, suggestion, pattern.t_d, share),
+            "device": fingerprint(dev)["name"], "checkpoint": checkpoint,
+            "pattern": pattern_path}
+
+
+def pattern_macs_ratio(pattern) -> float:
+    return pattern_report(pattern).ratio
+
+
+def _advice(met: bool, suggestion: float | None, t_d: float | None, share: float) -> str:
+    if met:
+        return ""
+    if suggestion is None:
+        return "no t_d in the profile's range meets this target on this device"
+    if t_d is not None and suggestion >= t_d - 1e-9:
+        return (f"the profile's prior patterns already pick t_d {suggestion:g}, yet this learned "
+                f"pattern is slower than its prior: {share:.0%} of its gated channels are "
+                "data-dependent, and only channels that are off for the whole input can be "
+                "skipped cheaply here; train longer (more always-off channels) or lower t_d")
+    return f"the profile now suggests t_d {suggestion:g} for this target"

@@ -16,3 +16,13 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(UsageError):
         parse_duration(text)
+
+
+def test_targets_are_durations_or_fractions_of_dense():
+    from hwbench.units import parse_target
+
+    assert parse_target("5ms") == (pytest.approx(0.005), None)
+    assert parse_target("0.65x") == (None, 0.65) and parse_target(" 1 x") == (None, 1.0)
+    for bad in ("1.5x", "0x", "fast", "5"):
+        with pytest.raises(UsageError):
+            parse_target(bad)

@@ -15,7 +15,7 @@ def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
     train(TrainConfig(dataset="synthetic", n_synthetic=32, batch_size=16, epochs=1,
                       proj_dims=(32, 32, 16), max_steps_per_epoch=1, out=str(d / "run"),
-                      models_dir=str(d / "models")))
+                      energy=False, models_dir=str(d / "models")))
     return d / "models" / "run.json", d / "run" / "checkpoint.pt"
 
 
@@ -58,3 +58,13 @@ def test_verify_bad_input(trained, tmp_path):
             "verify", "--pattern", pattern, "--target-latency", "5ms", "--device", "cuda"))
     finally:
         monkey.undo()
+
+
+def test_advice_when_the_target_is_missed_says_why():
+    from hwbench.verify import _advice
+
+    assert _advice(True, 0.3, 0.5, 0.9) == ""
+    assert "no t_d" in _advice(False, None, 0.5, 0.9)
+    slow = _advice(False, 0.5, 0.5, 0.99)
+    assert "already pick t_d 0.5" in slow and "99% of its gated channels" in slow
+    assert _advice(False, 0.3, 0.5, 0.2) == "the profile now suggests t_d 0.3 for this target"

@@ -1,0 +1,107 @@
+"""``hwbench eval``: evaluate a trained run's frozen features, dense and gated.
+
+- kNN top-1 (cosine, k 20, temperature 0.07), as during training;
+- linear probe (``linear=True``): a linear classifier on frozen, standardised features of the
+  un-augmented training split, trained full-batch with L-BFGS on cross-entropy + L2 (a convex
+  problem: deterministic, no learning rate to tune), scored on the test split;
+- the gated network's measured MACs ratio on the test split and each gated layer's on-ratio.
+
+Protocol choice: the reference trains its linear head for 100 epochs on augmented crops; a
+frozen-feature probe on un-augmented images is cheaper and is what the small embedded data sets
+need. The two are not interchangeable: the probe's numbers are labelled ``linear_top1``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from hwbench.data import eval_dataset, info, load_tensors
+from hwbench.errors import UsageError
+from hwbench.io import atomic_write_json
+from hwbench.nets import create_net
+from hwbench.patterns import summarise
+from hwbench.ssl.model import knn_top1
+from hwbench.train import eval_macs_ratio, features, streams_of
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                 test_y: torch.Tensor, l2: float = 1e-4, max_iter: int = 200) -> float:
+    """Top-1 (%) of a multinomial logistic regression on (N, D) features (standardised with the
+    training split's mean and std)."""
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    xtr, xte = (train_x - mean) / std, (test_x - mean) / std
+    n_cls = int(max(train_y.max(), test_y.max())) + 1
+    w = torch.zeros(xtr.shape[1], n_cls, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_cls, dtype=torch.float64, requires_grad=True)
+    xtr64, xte64 = xtr.double(), xte.double()
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-9)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(xtr64 @ w + b, train_y) + l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        pred = (xte64 @ w + b).argmax(1)
+    return 100.0 * (pred == test_y).double().mean().item()
+
+
+def load_run(checkpoint: str | Path):
+    """(backbone in eval mode, config dict, last finished epoch) of a training checkpoint."""
+    try:
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise UsageError(f"{checkpoint}: no such checkpoint") from None
+    except Exception as exc:
+        raise UsageError(f"{checkpoint}: not a readable checkpoint ({exc})") from None
+    if not isinstance(ck, dict) or "config" not in ck or "model" not in ck:
+        raise UsageError(f"{checkpoint}: not an hwbench training checkpoint")
+    cfg = ck["config"]
+    net = create_net(cfg["arch"], stem=info(cfg["dataset"]).stem)
+    net.load_state_dict({k[len("backbone."):]: v for k, v in ck["model"].items()
+                         if k.startswith("backbone.")})
+    return net.eval(), cfg, ck.get("epoch")
+
+
+def run_eval(checkpoint: str | Path, linear: bool = True, knn: bool = True,
+             device: str = "cpu", data_dir: str | None = None, out: str | Path | None = None,
+             k: int = 20, temperature: float = 0.07) -> dict:
+    """Evaluate both streams of a run; writes ``eval.json`` next to the checkpoint (or ``out``)."""
+    if not (linear or knn):
+        raise UsageError("nothing to evaluate: ask for --linear and/or --knn")
+    net, cfg, epoch = load_run(checkpoint)
+    dev = torch.device(device)
+    net = net.to(dev)
+    dataset = cfg["dataset"]
+    kw = dict(data_dir=data_dir or cfg.get("data_dir"), n_synthetic=cfg.get("n_synthetic", 512),
+              seed=cfg.get("seed", 0))
+    train_xy = load_tensors(dataset, True, **kw)
+    test_xy = load_tensors(dataset, False, **kw)
+    res: dict = {"checkpoint": str(checkpoint), "dataset": dataset, "arch": cfg["arch"],
+                 "method": cfg["method"], "t_d": cfg["t_d"], "epoch": epoch,
+                 "protocol": {"knn": {"k": k, "temperature": temperature, "metric": "cosine"},
+                              "linear": "frozen standardised features, multinomial logistic "
+                                        "regression, L-BFGS, L2 1e-4, un-augmented images"}}
+    for stream in streams_of(cfg["method"]):
+        ftr = features(net, *train_xy, dataset, stream, dev)
+        fte = features(net, *test_xy, dataset, stream, dev)
+        if knn:
+            res[f"knn_top1_{stream}"] = knn_top1(ftr, train_xy[1], fte, test_xy[1], k,
+                                                 temperature)
+        if linear:
+            res[f"linear_top1_{stream}"] = linear_probe(ftr, train_xy[1], fte, test_xy[1])
+    if cfg["method"] != "dense":
+        res["eval_macs_ratio"] = eval_macs_ratio(net, *test_xy, dataset, dev)
+        pattern = summarise(net, DataLoader(eval_dataset(*test_xy, dataset), batch_size=256), dev)
+        res["on_ratios"] = {lp.name: lp.expected_on() / lp.channels for lp in pattern.layers}
+    path = Path(out) if out else Path(checkpoint).with_name("eval.json")
+    atomic_write_json(path, res)
+    res["written"] = str(path)
+    return res

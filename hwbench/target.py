@@ -1,0 +1,167 @@
+"""Latency targets for training: which profile describes the target device, which ``t_d`` meets
+the target there, and whether the trained network really does (``hwbench verify``).
+
+The device that trains is often not the one that deploys, so the target device is either this
+machine (``cpu``, ``cuda``, ``cuda:N``: the matching profile in ``profiles/``, or a quick profile
+measured now when none matches) or a profile file from any machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hwbench.errors import UsageError
+from hwbench.measure.device import fingerprint, parse_device
+from hwbench.profiles import find_profile, load_profile, pick_t_d, profile_filename, save_profile
+
+# A quick profile: the latency table and the sweep, fewer timing rounds, no validation phase.
+QUICK = dict(validation=0, calibration=4, table_rounds=7, max_time_s=15.0, energy=False)
+
+
+@dataclass
+class TargetProfile:
+    path: Path
+    profile: dict
+    local: bool  # the target device is this machine (so the result can be measured here)
+    measured_now: bool = False  # a quick profile was run for this request
+
+
+def _threads(dev: torch.device) -> int | None:
+    return torch.get_num_threads() if dev.type == "cpu" else None
+
+
+def resolve_profile(target: str, arch: str, stem: str, input_size: int,
+                    folder: str | Path = "profiles", quick: bool = True,
+                    say: Callable[[str], None] = lambda s: None,
+                    profile_fn=None) -> TargetProfile:
+    """The profile for ``target`` (``cpu``/``cuda[:N]`` or a ``.json`` file), checked against the
+    network that will be trained. ``quick``: profile this machine now when nothing matches."""
+    if target.endswith(".json"):
+        prof = load_profile(target)
+        tp = TargetProfile(Path(target), prof, local=False)
+    else:
+        dev = parse_device(target)
+        name = fingerprint(dev)["name"]
+        found = find_profile(name, arch, stem, input_size, folder=folder,
+                             threads=_threads(dev))
+        if found is not None:
+            tp = TargetProfile(found[0], found[1], local=True)
+        elif not quick:
+            raise UsageError(f"no profile in {folder}/ for {name} / {arch} / {stem} / "
+                             f"{input_size}px / batch 1: run `hwbench profile --device {target} "
+                             f"--arch {arch} --stem {stem} --input-size {input_size}` first, or "
+                             "pass --target-device PROFILE.json")
+        else:
+            say(f"no profile in {folder}/ matches {name} / {arch} / {stem} / {input_size}px / "
+                f"batch 1: running a quick profile of this {dev.type} first (~1-3 min; "
+                "`hwbench profile` makes a full one)")
+            prof = (profile_fn or _quick_profile)(target, arch, stem, input_size)
+            path = save_profile(prof, Path(folder) / profile_filename(prof["fingerprint"]))
+            say(f"quick profile written to {path}")
+            tp = TargetProfile(path, prof, local=True, measured_now=True)
+    f = tp.profile["fingerprint"]
+    if (f["arch"], f["stem"], int(f["input_size"])) != (arch, stem, int(input_size)):
+        raise UsageError(f"{tp.path} profiles {f['arch']}/{f['stem']}/{f['input_size']}px; "
+                         f"this run trains {arch}/{stem}/{input_size}px")
+    if tp.local is False:
+        # a file may still describe this machine: then the result can be verified here
+        try:
+            here = fingerprint(parse_device(f.get("device", f["type"])))
+            tp.local = (here["name"] == f["name"] and here["type"] == f["type"])
+        except UsageError:
+            tp.local = False
+    return tp
+
+
+def _quick_profile(device: str, arch: str, stem: str, input_size: int) -> dict:
+    from hwbench.profiler import ProfileConfig, run_profile
+
+    prof = run_profile(ProfileConfig(device=device, arch=arch, stem=stem,
+                                     input_size=input_size, **QUICK))
+    prof["quick"] = True
+    return prof
+
+
+def choose_t_d(tp: TargetProfile, target_s: float, percentile: str = "p90") -> tuple[float, dict]:
+    """``t_d`` for the target on ``tp``'s device, and the decision as recorded in the run."""
+    pick = pick_t_d(tp.profile, target_s, percentile)
+    return pick.t_d, {"profile": str(tp.path), "device": tp.profile["fingerprint"]["name"],
+                      "quick_profile": tp.measured_now, "local": tp.local, **pick.to_dict()}
+
+
+def resolve_target(target: float | str, tp: TargetProfile, percentile: str = "p90") -> float:
+    """Seconds for ``target``: seconds already, a duration ('5ms') or a fraction of the profiled
+    dense latency at ``percentile`` ('0.65x')."""
+    from hwbench.units import parse_target
+
+    if not isinstance(target, str):
+        return float(target)
+    seconds, factor = parse_target(target)
+    if seconds is not None:
+        return seconds
+    dense = tp.profile.get("references", {}).get("dense", {}).get(f"{percentile}_ms")
+    if dense is None:
+        raise UsageError(f"{tp.path} has no dense {percentile} reference for a relative target")
+    return factor * dense * 1e-3
+
+
+def train_to_target(cfg, target: float | str | None = None, target_device: str | None = None,
+                    percentile: str = "p90", say: Callable[[str], None] = lambda s: None,
+                    progress=None, verify_max_time_s: float = 10.0, quick: bool = True,
+                    energy_factory=None) -> dict:
+    """The whole ``hwbench train``: pick ``t_d`` for ``target`` (seconds, '5ms' or '0.65x' of the
+    dense latency) on the target device's profile
+    (when a target is given), co-train, then, when the target device is this machine, measure the
+    learned network there (``verify.json`` in the run directory; ``summary['verify']``).
+    A resumed run keeps the ``t_d`` and decision it started with."""
+    import json
+
+    from hwbench.data import info
+    from hwbench.io import atomic_write_json
+    from hwbench.train import Dist, run_dir, train, validate
+
+    validate(cfg)
+    tp, target_s = None, None
+    if target is not None:
+        meta = info(cfg.dataset)
+        where = target_device or cfg.device
+        old_cfg = run_dir(cfg) / "config.json"
+        tp = resolve_profile(where, cfg.arch, meta.stem, meta.input_size, quick=quick, say=say)
+        target_s = resolve_target(target, tp, percentile)
+        if cfg.resume and old_cfg.exists():
+            old = json.loads(old_cfg.read_text())
+            cfg.t_d, cfg.decision = old["t_d"], old.get("decision", {})
+            say(f"resuming with t_d {cfg.t_d:g} as picked at the start of the run")
+        else:
+            cfg.t_d, cfg.decision = choose_t_d(tp, target_s, percentile)
+            say(f"t_d {cfg.t_d:g} picked for {target_s * 1e3:g} ms ({percentile}) on "
+                f"{cfg.decision['device']} from {tp.path}: predicted "
+                f"{cfg.decision['predicted_ms']:.3f} ms")
+    summary = train(cfg, progress, energy_factory=energy_factory)
+    if not Dist.from_env().main:
+        return summary
+    if tp is None or "pattern" not in summary:
+        return summary
+    if not tp.local:
+        say(f"target device {tp.profile['fingerprint']['name']} is not this machine: run "
+            f"`hwbench verify --pattern {summary['pattern']} --checkpoint "
+            f"{summary['dir']}/checkpoint.pt --target-latency {target_s * 1e3:g}ms` there")
+        return summary
+    from hwbench.verify import run_verify
+
+    device = target_device if target_device and not target_device.endswith(".json") else \
+        tp.profile["fingerprint"]["type"]
+    say(f"verifying the learned network on {tp.profile['fingerprint']['name']} ...")
+    res = run_verify(summary["pattern"], target_s, device,
+                     str(Path(summary["dir"]) / "checkpoint.pt"), percentile, str(tp.path),
+                     verify_max_time_s)
+    atomic_write_json(Path(summary["dir"]) / "verify.json", res)
+    summary["verify"] = {k: v for k, v in res.items() if k != "measured"}
+    summary["verify"]["measured"] = {k: v for k, v in res["measured"].items()
+                                     if k != "samples_ms"}
+    atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
+    return summary
