@@ -70,3 +70,15 @@ def test_two_views_differ_and_are_normalised():
 
 def test_every_dataset_has_info():
     assert all(info(n).num_classes > 1 for n in DATASETS)
+
+
+def test_digits_get_a_digit_recipe_without_flips_and_cifar_keeps_the_reference_one():
+    def names(t):
+        return {type(op).__name__ for op in t.transforms}
+
+    digit, cifar = names(ssl_transform("mnist5k")), names(ssl_transform("cifar10"))
+    assert "RandomHorizontalFlip" not in digit and "RandomAffine" in digit
+    assert {"RandomHorizontalFlip", "RandomGrayscale", "RandomSolarize"} <= cifar
+    x = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    v = ssl_transform("mnist5k")(x)
+    assert v.shape == (3, 32, 32) and v.dtype == torch.float32
