@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one call (< 8 minutes). On the lent CUDA machine, from the repo root:
+# Every GPU check in one call (< 8 minutes: the timeouts below sum to 460 s). On the lent CUDA machine, from the repo root:
 #   bash scripts/gpu_check.sh            (results under $OUT, default ./gpu_out)
 # That machine has torch, click, seaborn, numpy and nvidia-ml-py. Other wheels travel in .whl/
 # (see the device tool's README); the package itself is pure Python, installed without deps.
@@ -21,7 +21,7 @@ export PYTHONPATH=$PWD:${PYTHONPATH:-}
 } > "$OUT/env.txt" 2>&1
 
 # 1. Gated nets and every engine mode on CUDA agree with the CPU (issue 2, issue 3).
-timeout 150 $PY - > "$OUT/equality_cuda.txt" 2>&1 <<'PYEOF'
+timeout 80 $PY - > "$OUT/equality_cuda.txt" 2>&1 <<'PYEOF'
 import torch
 from hwbench.engine import build_engine, pattern_inputs, realise
 from hwbench.nets import list_nets
@@ -50,12 +50,20 @@ PYEOF
 # 2. The speed-up table for batch 1 (fp32, bf16) and batch 256 (bf16) (issue 3).
 for cfg in "1 fp32" "1 bf16" "256 bf16"; do
   set -- $cfg
-  timeout 200 $PY benchmarks/speedup.py --device cuda --quick --batch-sizes "$1" --dtype "$2" \
+  timeout 60 $PY benchmarks/speedup.py --device cuda --quick --batch-sizes "$1" --dtype "$2" \
     --out "$OUT/speedup_cuda_b$1_$2.json" > "$OUT/speedup_cuda_b$1_$2.txt" 2>&1
 done
 # 3. A device profile with NVML energy (issue 4): latency table, sweep, validation, energy.
-timeout 240 $PY -m hwbench profile --device cuda --arch resnet18 --stem cifar --input-size 32 \
-  --batch-size 1 --max-time 20 --out "$OUT/profile_cuda_cifar32_b1.json" \
+timeout 100 $PY -m hwbench profile --device cuda --arch resnet18 --stem cifar --input-size 32 \
+  --batch-size 1 --max-time 10 --out "$OUT/profile_cuda_cifar32_b1.json" \
   > "$OUT/profile_cuda.txt" 2>&1
 $PY -m hwbench env --device cuda > "$OUT/env_hwbench.txt" 2>&1
+# 4. Training on CUDA (issue 5): co vs dense step cost (bf16 autocast, batch 256), then a short
+#    run (AMP, channels-last, NVML energy through codecarbon, kNN) that verifies against the
+#    profile just written.
+timeout 50 $PY benchmarks/step_cost.py --device cuda --batch-size 256 --max-time 20 \
+  --out "$OUT/step_cost_cuda.json" > "$OUT/step_cost_cuda.txt" 2>&1
+timeout 50 $PY -m hwbench train --device cuda --dataset synthetic --epochs 2 --batch-size 64 \
+  --max-steps-per-epoch 4 --target-latency 0.8x --target-device "$OUT/profile_cuda_cifar32_b1.json" \
+  --out "$OUT/train_cuda" > "$OUT/train_cuda.txt" 2>&1
 echo "gpu_check done; see $OUT"
