@@ -8,6 +8,7 @@ measured now when none matches) or a profile file from any machine.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,14 @@ def resolve_target(target: float | str, tp: TargetProfile, percentile: str = "p9
     return factor * dense * 1e-3
 
 
+def target_run_name(cfg, target: float | str) -> str:
+    """A target run's default name: by its target, not by the t_d it will pick, so that
+    ``--resume`` finds the run before anything is picked."""
+    text = f"{target * 1e3:g}ms" if not isinstance(target, str) else target
+    return (f"{cfg.dataset}_{cfg.arch}_{cfg.method}_target{re.sub(r'[^A-Za-z0-9.]+', '', text)}"
+            f"_s{cfg.seed}")
+
+
 def train_to_target(cfg, target: float | str | None = None, target_device: str | None = None,
                     percentile: str = "p90", say: Callable[[str], None] = lambda s: None,
                     progress=None, verify_max_time_s: float = 10.0, quick: bool = True,
@@ -126,11 +135,16 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
 
     validate(cfg)
     tp, target_s = None, None
+    dist = Dist.from_env()
     if target is not None:
         meta = info(cfg.dataset)
         where = target_device or cfg.device
+        if cfg.out is None and cfg.run_name is None:
+            cfg.run_name = target_run_name(cfg, target)
         old_cfg = run_dir(cfg) / "config.json"
-        tp = resolve_profile(where, cfg.arch, meta.stem, meta.input_size, quick=quick, say=say)
+        # under torchrun every process must read the same profile: no per-process quick profile
+        tp = resolve_profile(where, cfg.arch, meta.stem, meta.input_size,
+                             quick=quick and dist.world == 1, say=say)
         target_s = resolve_target(target, tp, percentile)
         if cfg.resume and old_cfg.exists():
             old = json.loads(old_cfg.read_text())
@@ -142,7 +156,7 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
                 f"{cfg.decision['device']} from {tp.path}: predicted "
                 f"{cfg.decision['predicted_ms']:.3f} ms")
     summary = train(cfg, progress, energy_factory=energy_factory)
-    if not Dist.from_env().main:
+    if not dist.main:
         return summary
     if tp is None or "pattern" not in summary:
         return summary
@@ -153,8 +167,7 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
         return summary
     from hwbench.verify import run_verify
 
-    device = target_device if target_device and not target_device.endswith(".json") else \
-        tp.profile["fingerprint"]["type"]
+    device = where if not where.endswith(".json") else tp.profile["fingerprint"]["type"]
     say(f"verifying the learned network on {tp.profile['fingerprint']['name']} ...")
     res = run_verify(summary["pattern"], target_s, device,
                      str(Path(summary["dir"]) / "checkpoint.pt"), percentile, str(tp.path),

@@ -50,6 +50,9 @@ from hwbench.ssl.model import (
 )
 
 CHECKPOINT = "checkpoint.pt"
+# what a resumed run must share with the run it continues (else the curve would not continue)
+RESUME_KEYS = ("arch", "dataset", "method", "t_d", "epochs", "batch_size", "seed", "lr",
+               "warmup_epochs", "alpha", "lam", "gamma", "gate_lr_mult", "proj_dims", "amp")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -287,7 +290,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, out: Path, ckpt_p
     if cfg.resume:
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         old = ck["config"]
-        for key in ("arch", "dataset", "method", "t_d", "epochs", "batch_size", "seed"):
+        for key in RESUME_KEYS:
             if old.get(key) != getattr(cfg, key):
                 raise UsageError(f"--resume: {ckpt_path} was run with {key}={old.get(key)!r}, "
                                  f"not {getattr(cfg, key)!r}")
@@ -310,7 +313,8 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, out: Path, ckpt_p
             model = objective.model
         objective = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.method == "dense")
+            # co uses both streams' BatchNorms; dense and gated leave the other stream's unused
+            find_unused_parameters=cfg.method != "co")
     opt = LARS(lars_param_groups(model, cfg.gate_lr_mult), lr=0.0, weight_decay=cfg.weight_decay,
                eta=cfg.eta)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -322,8 +326,12 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, out: Path, ckpt_p
         raise UsageError(f"--batch-size {cfg.batch_size} exceeds the {len(data)} training images")
     start_epoch, history, initial, segments = 0, [], {}, []
     if ck is not None:
-        opt.load_state_dict(ck["optimizer"])
-        if "scaler" in ck:
+        try:
+            opt.load_state_dict(ck["optimizer"])
+        except ValueError as exc:  # e.g. a checkpoint from an older hwbench's parameter groups
+            raise UsageError(f"--resume: {ckpt_path}'s optimiser state does not fit this "
+                             f"version's ({exc})") from None
+        if ck.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(ck["scaler"])
         start_epoch, history = ck["epoch"] + 1, ck["history"]
         initial, segments = ck.get("initial", {}), ck.get("energy", [])

@@ -113,3 +113,12 @@ def test_a_relative_target_is_a_fraction_of_the_profiled_dense_latency(tmp_path)
     assert resolve_target("2ms", tp) == pytest.approx(2e-3)
     with pytest.raises(UsageError, match="no dense p99 reference"):
         resolve_target("0.5x", tp, "p99")
+
+
+def test_a_target_run_is_named_by_its_target_so_resume_finds_it():
+    from hwbench.target import target_run_name
+
+    cfg = TrainConfig(dataset="mnist5k", seed=3)
+    assert target_run_name(cfg, "0.67x") == "mnist5k_resnet18_co_target0.67x_s3"
+    assert target_run_name(cfg, "5 ms") == target_run_name(cfg, 0.005) == \
+        "mnist5k_resnet18_co_target5ms_s3"

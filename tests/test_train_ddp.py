@@ -10,10 +10,11 @@ import torch
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
-def test_torchrun_two_processes_gloo_trains_in_sync_and_rank0_alone_writes(tmp_path):
+@pytest.mark.parametrize("method", ["co", "gated"])  # gated leaves the dense BNs unused
+def test_torchrun_two_processes_gloo_trains_in_sync_and_rank0_alone_writes(tmp_path, method):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "hwbench", "train", "--dataset", "synthetic", "--epochs", "2",
+           "-m", "hwbench", "train", "--dataset", "synthetic", "--epochs", "2", "--method", method,
            "--batch-size", "16", "--max-steps-per-epoch", "2", "--eval-every", "2",
            "--no-energy", "--out", str(run)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -345,9 +345,14 @@ class TrainingEnergy:
         wall = time.perf_counter() - self._t0
         if self._tracker is None:
             return {"duration_s": wall, "label": "none", "reason": getattr(self, "error", "")}
-        self._tracker.stop()
-        d = self._tracker.final_emissions_data
-        methods = _cc_methods(self._tracker)
+        try:
+            self._tracker.stop()
+            d = self._tracker.final_emissions_data
+            methods = _cc_methods(self._tracker)
+            float(d.energy_consumed)
+        except Exception as exc:  # never lose a finished run to the energy tracker
+            self._tracker = None
+            return {"duration_s": wall, "label": "none", "reason": f"codecarbon failed: {exc}"}
         parts = {"cpu": float(d.cpu_energy), "gpu": float(d.gpu_energy),
                  "ram": float(d.ram_energy)}
         counted = ["cpu", "ram"] + (["gpu"] if methods["gpu"].startswith("measured") else [])

@@ -180,3 +180,16 @@ def test_training_energy_without_codecarbon_says_none_and_totals_take_the_weakes
     assert tot["label"] == "estimated" and tot["segments"] == 2
     assert tot["energy_kwh"] == pytest.approx(0.003) and tot["energy_j"] == pytest.approx(10800)
     assert total_energy([a])["label"] == "measured"
+
+
+def test_a_tracker_failing_at_the_end_never_loses_the_run(tmp_path):
+    from hwbench.measure.energy import TrainingEnergy
+
+    class Breaks(_CC):
+        def stop(self):
+            raise RuntimeError("scheduler died")
+
+    meter = TrainingEnergy(tmp_path, factory=Breaks)
+    meter.start()
+    seg = meter.stop()
+    assert seg["label"] == "none" and "scheduler died" in seg["reason"]
