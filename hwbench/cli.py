@@ -470,11 +470,17 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, batch_size, lr,
                                   progress=bar.update)
     if not summary:  # a torchrun process other than rank 0: rank 0 reports
         return
+    from hwbench.train import top1_se
+
     final, init = summary["final"], summary.get("initial", {})
-    keys = [k for k in ("loss", "macs_ratio", "eval_macs_ratio", "knn_top1_dense",
-                        "knn_top1_gated") if k in final]
-    click.echo(f"{summary['run']}: " + ", ".join(f"{k} {final[k]:.3f}" for k in keys) +
-               f" ({final['images_per_s']:.0f} images/s)")
+    keys = [k for k in ("loss", "macs_ratio", "eval_macs_ratio") if k in final]
+    n = final.get("knn_test_n", 0)
+    knn = [f"kNN top-1 {s} {v:.1f} % (± {top1_se(v, n):.1f})"
+           for s, v in ((s, final.get(f"knn_top1_{s}")) for s in ("dense", "gated"))
+           if v is not None]
+    click.echo(f"{summary['run']}: " + ", ".join([f"{k} {final[k]:.3f}" for k in keys] + knn) +
+               f" ({final['images_per_s']:.0f} images/s; ± is one standard error on {n} test "
+               "images)")
     if init:
         click.echo("  kNN top-1 of the randomly initialised network: " +
                    ", ".join(f"{k.rsplit('_', 1)[1]} {v:.2f}%" for k, v in init.items()

@@ -211,6 +211,12 @@ def eval_macs_ratio(backbone, images, labels, dataset: str, device, batch: int =
     return total / n
 
 
+def top1_se(top1_pct: float, n: int) -> float:
+    """Binomial standard error (percentage points) of a top-1 measured on ``n`` test images."""
+    p = top1_pct / 100.0
+    return 100.0 * math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
+
+
 def streams_of(method: str) -> tuple[str, ...]:
     return {"dense": ("dense",), "gated": ("gated",)}.get(method, ("dense", "gated"))
 
@@ -225,6 +231,7 @@ def evaluate(model: SSLModel, cfg: TrainConfig, train_xy, test_xy, device,
         fte = features(model.backbone, *test_xy, cfg.dataset, stream, **kw)
         res[f"knn_top1_{stream}"] = knn_top1(ftr, train_xy[1], fte, test_xy[1], cfg.knn_k,
                                              cfg.knn_temperature)
+    res["knn_test_n"] = len(test_xy[1])
     if cfg.method != "dense":
         res["eval_macs_ratio"] = eval_macs_ratio(model.backbone, *test_xy, cfg.dataset, device)
     return res

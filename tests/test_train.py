@@ -27,9 +27,17 @@ def test_a_tiny_co_training_run_writes_everything(tmp_path):
     csv_lines = (run / "metrics.csv").read_text().splitlines()
     assert len(csv_lines) == 3 and "knn_top1_gated" in csv_lines[0]
     assert {"knn_top1_dense", "knn_top1_gated"} <= set(summary["initial"])
+    assert rows[-1]["knn_test_n"] == 64  # the synthetic test split
     pattern = load_pattern(tmp_path / "models" / "run.json")
     assert pattern.t_d == 0.4 and pattern.extra["dataset"] == "synthetic"
     assert summary["final"]["epoch"] == 1
+
+
+def test_top1_standard_error():
+    from hwbench.train import top1_se
+
+    assert top1_se(90.0, 1000) == pytest.approx(100 * (0.9 * 0.1 / 1000) ** 0.5)
+    assert top1_se(100.0, 50) == 0.0
 
 
 def test_ctrl_c_leaves_a_checkpoint_and_resume_reproduces_the_loss_curve(tmp_path):
@@ -182,4 +190,5 @@ def test_train_cli_picks_t_d_from_a_profile(tmp_path, monkeypatch):
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["t_d"] == pytest.approx(0.35) and cfg["decision"]["profile"] == str(path)
     assert "t_d 0.35 picked" in r.output
+    assert "kNN top-1 dense" in r.output and "standard error on 512 test images" in r.output
     assert (tmp_path / "models" / "run.json").exists()
