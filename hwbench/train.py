@@ -50,6 +50,7 @@ from hwbench.ssl.model import (
 )
 
 CHECKPOINT = "checkpoint.pt"
+ENERGY = "energy.json"
 # what a resumed run must share with the run it continues (else the curve would not continue)
 RESUME_KEYS = ("arch", "dataset", "method", "t_d", "epochs", "batch_size", "seed", "lr",
                "warmup_epochs", "alpha", "lam", "gamma", "gate_lr_mult", "proj_dims", "amp")
@@ -104,6 +105,7 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError("--epochs must be >= 1 and --batch-size >= 2")
     if cfg.amp not in AMP_MODES:
         raise UsageError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg.amp!r}")
+    amp_dtype(cfg.amp, torch.device(cfg.device))  # fp16 without CUDA fails here, before any work
 
 
 def run_dir(cfg: TrainConfig) -> Path:
@@ -200,7 +202,9 @@ def features(backbone, images: torch.Tensor, labels: torch.Tensor, dataset: str,
 
 @torch.no_grad()
 def eval_macs_ratio(backbone, images, labels, dataset: str, device, batch: int = 256) -> float:
-    """Mean gated/dense MACs ratio over a data set, hard gates (what the deployed net runs)."""
+    """Mean gated/dense MACs ratio over a data set, hard gates (what the deployed net runs).
+    A pass of its own, in fp32 like the deployed engine: under autocast a logit near 0 could
+    fall on the other side of the threshold, and this number is judged to +-0.05."""
     was = backbone.training
     backbone.eval()
     total, n = 0.0, 0
@@ -341,7 +345,9 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, out: Path, ckpt_p
         if ck.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(ck["scaler"])
         start_epoch, history = ck["epoch"] + 1, ck["history"]
-        initial, segments = ck.get("initial", {}), ck.get("energy", [])
+        initial = ck.get("initial", {})
+        if (out / ENERGY).exists():  # the earlier launches' energy: a resumed run adds to it
+            segments = json.loads((out / ENERGY).read_text())["segments"]
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", {**asdict(cfg), "world_size": dist.world,
@@ -402,29 +408,26 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, out: Path, ckpt_p
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                     row.update(evaluate(model, cfg, train_xy, test_xy, device, amp))
                 history.append(row)
-                with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(row) + "\n")
+                # rewritten whole from the history, like the checkpoint: an interrupted write
+                # never leaves a duplicate or half line for the resumed run to append to
+                atomic_write_text(out / "metrics.jsonl",
+                                  "".join(json.dumps(r) + "\n" for r in history))
                 _write_metrics_csv(out / "metrics.csv", history)
                 _save_checkpoint(ckpt_path, {
                     "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
-                    "initial": initial, "energy": segments, "config": asdict(cfg)})
+                    "initial": initial, "config": asdict(cfg)})
             dist.barrier()
     finally:
         if meter is not None:
             from hwbench.measure.energy import total_energy
 
             segments.append(meter.stop())
-            atomic_write_json(out / "energy.json", {
+            atomic_write_json(out / ENERGY, {
                 "schema": "hwbench/training-energy@1", "segments": segments,
                 "total": total_energy(segments),
                 "note": "codecarbon: 'measured' components come from hardware counters (RAPL, "
                         "NVML); 'estimated' ones from its power model"})
-            # the checkpoint carries the segments so that a resumed run adds to them
-            if ckpt_path.exists():
-                ck_now = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-                ck_now["energy"] = segments
-                _save_checkpoint(ckpt_path, ck_now)
     divergence = _param_divergence(model) if dist.world > 1 else 0.0
     if not dist.main:
         return {}
@@ -433,8 +436,8 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, out: Path, ckpt_p
                "final": history[-1], "world_size": dist.world}
     if dist.world > 1:
         summary["ddp_max_param_divergence"] = divergence
-    if (out / "energy.json").exists():
-        summary["energy"] = json.loads((out / "energy.json").read_text())["total"]
+    if (out / ENERGY).exists():
+        summary["energy"] = json.loads((out / ENERGY).read_text())["total"]
     if cfg.method != "dense":
         test_x = eval_dataset(*test_xy, cfg.dataset)
         pattern = summarise(model.backbone, DataLoader(test_x, batch_size=256), device,

@@ -157,6 +157,8 @@ def test_train_cli_bad_input(tmp_path):
                                           "--out", tmp_path / "g"))
     assert "needs --target-latency" in _one_line(_cli("train", "--target-device", "cpu",
                                                       "--out", tmp_path / "h"))
+    assert "fp16 needs a CUDA device" in _one_line(_cli("train", "--amp", "fp16", "--device",
+                                                        "cpu", "--out", tmp_path / "h"))
     from hwbench.io import atomic_write_json
     from tests.test_profiles import synthetic_profile
 
