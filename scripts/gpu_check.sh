@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one call (< 8 minutes: the timeouts below sum to 460 s). On the lent CUDA machine, from the repo root:
+# Every GPU check in one call (< 8 minutes: the timeouts below sum to 500 s). On the lent CUDA machine, from the repo root:
 #   bash scripts/gpu_check.sh            (results under $OUT, default ./gpu_out)
 # That machine has torch, click, seaborn, numpy and nvidia-ml-py. Other wheels travel in .whl/
 # (see the device tool's README); the package itself is pure Python, installed without deps.
@@ -66,4 +66,7 @@ timeout 50 $PY benchmarks/step_cost.py --device cuda --batch-size 256 --max-time
 timeout 50 $PY -m hwbench train --device cuda --dataset synthetic --epochs 2 --batch-size 64 \
   --max-steps-per-epoch 4 --target-latency 0.8x --target-device "$OUT/profile_cuda_cifar32_b1.json" \
   --out "$OUT/train_cuda" > "$OUT/train_cuda.txt" 2>&1
+# 5. A report of the CUDA profile and run (issue 6): figures, CSVs, HTML (seaborn is there).
+timeout 40 $PY -m hwbench report "$OUT/profile_cuda_cifar32_b1.json" "$OUT/train_cuda" \
+  --out "$OUT/report" > "$OUT/report.txt" 2>&1
 echo "gpu_check done; see $OUT"

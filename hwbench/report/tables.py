@@ -1,0 +1,487 @@
+"""Tidy tables of every number a report plots: one row per device x t_d x mode x ... .
+
+Figures are drawn from these tables only, so each figure's numbers are exactly its CSV. Rows are
+sorted and floats written with ``repr``, so the same inputs give byte-identical CSVs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hwbench.report.inputs import Inputs, Profile, Run
+
+_SETTING = "arch, stem, input size (px) and batch size the profile measured"
+
+# name -> (what one row is, {column: meaning with unit})
+SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
+    "summary": ("one device x latency target", {
+        "device": "device label (name, threads or GPU, dtype)", "setting": _SETTING,
+        "target_ms": "latency target (ms), from a run's decision or --target-latency",
+        "percentile": "the latency percentile the target is judged on (p50/p90/p99)",
+        "t_d": "the largest profiled t_d whose measured percentile meets the target "
+               "(empty: none does)",
+        "measured_ms": "that t_d's measured latency at the percentile (ms), profile sweep",
+        "macs_ratio": "that pattern's gated/dense MACs ratio",
+        "energy_j": "J per inference (per image) of that pattern, total (idle included)",
+        "energy_source": "measured (counter) or estimated (model), and the method",
+        "gated_top1_pct": "best gated top-1 (%) of a run trained at that t_d (empty: none)",
+        "top1_source": "run and metric of gated_top1_pct",
+        "learned_ms": "that run's learned network, measured at the percentile by verify (ms): "
+                      "measured_ms is the profile's prior pattern, this is the trained one",
+        "learned_met": "learned_ms <= target_ms (empty: not verified)"}),
+    "latency": ("one device x mode x t_d (profile sweep and references)", {
+        "device": "device label", "setting": _SETTING, "profile": "profile file",
+        "batch_size": "images per inference", "input_size": "input height = width (px)",
+        "mode": "dynamic (the compact engine: skipped channels are not computed), dense, or "
+                "masked (gates computed, skipped channels zeroed: full conv cost)",
+        "t_d": "the pattern's budget (empty for dense/masked references)",
+        "macs_ratio": "gated/dense MACs of the pattern (masked: 1, it computes every MAC)",
+        "n": "timed runs", "p10_ms": "10th percentile latency (ms)",
+        "p50_ms": "median latency (ms)", "p90_ms": "90th percentile latency (ms)",
+        "p99_ms": "99th percentile latency (ms)", "valid": "the protocol's validity flag"}),
+    "targets": ("one run with a latency target", {
+        "run": "run directory name", "device": "the target device's label",
+        "setting": _SETTING, "profile": "the profile the target was picked from",
+        "target_ms": "latency target (ms)", "percentile": "p50/p90/p99",
+        "t_d": "the t_d the run trained at", "predicted_ms": "profile's prediction (ms)",
+        "measured_ms": "verify's measurement of the learned network (ms; empty: not verified)",
+        "met": "measured <= target (empty: not verified)",
+        "error": "measured / target - 1", "budget": "flops (the paper's MACs budget t_d) or "
+                                                    "latency (trained against the profile)",
+        "gated_top1_pct": "the run's last gated kNN top-1 (%)"}),
+    "macs_vs_latency": ("one measured pattern x mode", {
+        "device": "device label", "setting": _SETTING, "mode": "dynamic or masked", "source":
+        "sweep (uniform pattern at t_d), validation (random mixed pattern), learned (a trained "
+        "network, verify), masked (reference)", "pattern": "pattern name or run",
+        "macs_ratio": "gated/dense MACs", "latency_ratio": "measured p50 / dense p50 "
+        "(same device, same measurement phase)"}),
+    "energy": ("one device x mode x t_d x quantity", {
+        "device": "device label", "setting": _SETTING, "mode": "dense or dynamic",
+        "t_d": "budget (empty: dense)",
+        "quantity": "total (idle power included) or above_idle (idle power subtracted)",
+        "energy_j": "J per inference (per image)",
+        "method": "energy source: nvml-counter, rapl (measured) or codecarbon-estimate",
+        "measured": "True: a hardware counter; False: an estimate from a power model",
+        "window_s": "measuring window (s)", "inferences": "inferences in the window",
+        "idle_w": "idle power measured before the windows (W)"}),
+    "accuracy": ("one run x stream x metric x device", {
+        "run": "run directory name", "dataset": "data set", "t_d": "budget the run trained at",
+        "stream": "dense or gated", "metric": "knn_top1 (k=20 cosine kNN) or linear_top1 "
+                                             "(linear probe, hwbench eval)",
+        "top1_pct": "top-1 accuracy (%) on the data set's test split", "device": "device label",
+        "setting": _SETTING,
+        "p90_ms": "measured p90 latency (ms) of that stream on that device",
+        "latency_source": "verify (the learned network, compact engine) or profile-dense "
+                          "(the dense reference of that device's profile)",
+        "energy_j": "J per inference on that device (dense reference or the profile's pattern "
+                    "at the same t_d; empty when not profiled)",
+        "energy_source": "measured/estimated and method; 'prior pattern' marks the profile's "
+                         "synthetic pattern at t_d, not the learned one"}),
+    "channels": ("one run x gated layer x channel group", {
+        "run": "run directory name", "t_d": "budget", "layer": "gated block",
+        "group": "always_off, always_on or dynamic (data-dependent)",
+        "channels": "number of the block's intermediate channels in the group",
+        "fraction": "channels / the block's gated channels"}),
+    "training_energy": ("one run x component", {
+        "run": "run directory name", "component": "cpu, gpu or ram",
+        "energy_kwh": "energy over all launches of the run (kWh)",
+        "method": "measured (counter) or estimated (codecarbon model), as codecarbon reported",
+        "country": "country of the CO2e intensity", "emissions_kg_co2e":
+        "run total CO2e (kg), repeated on each component row", "duration_s": "tracked time (s)"}),
+    "training_curves": ("one run x epoch x metric", {
+        "run": "run directory name", "epoch": "epoch (0-based)",
+        "metric": "loss, vicreg, sparsity, bound, macs_ratio (training, noisy gates), "
+                  "deployed_macs_ratio (training, noise-free decisions), knn_top1_dense/gated "
+                  "(%), eval_macs_ratio (test split, hard gates), latency_ms_i (--budget latency:"
+                  " predicted latency on target device i, ms)",
+        "value": "the metric's value at the end of the epoch"}),
+    "predictor": ("one predicted + measured pattern", {
+        "device": "device label", "setting": _SETTING,
+        "source": "validation (out-of-sample random patterns), sweep, or learned (verify)",
+        "pattern": "pattern name or run", "predicted_ratio": "predicted p50 / dense p50",
+        "measured_ratio": "measured p50 / dense p50", "error": "predicted/measured - 1"}),
+}
+
+
+@dataclass
+class Table:
+    name: str
+    rows: list[dict]
+
+    @property
+    def columns(self) -> list[str]:
+        return list(SCHEMAS[self.name][1])
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({c: _cell(r.get(c)) for c in self.columns})
+        return buf.getvalue()
+
+
+def _cell(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return repr(round(v, 9))
+    return v
+
+
+def _sorted(rows: list[dict], keys: list[str]) -> list[dict]:
+    def key(r):
+        return tuple((r.get(k) is None, str(type(r.get(k)).__name__),
+                      r.get(k) if r.get(k) is not None else 0) for k in keys)
+    return sorted(rows, key=key)
+
+
+def _pct(samples: list[float], q: float) -> float | None:
+    return float(np.percentile(samples, q)) if samples else None
+
+
+def _energy_label(point: dict) -> str:
+    return f"{'measured' if point.get('measured') else 'estimated'} ({point.get('method')})"
+
+
+def profile_for(run: Run, inputs: Inputs) -> Profile | None:
+    """The profile a run's target decision used, when it is among the inputs."""
+    path = ((run.config.get("decision") or {}).get("profile"))
+    if not path:
+        return None
+    for p in inputs.profiles:
+        if Path(p.path).resolve() == Path(path).resolve() or Path(p.path).name == Path(path).name:
+            return p
+    return None
+
+
+def _verify_profile(run: Run, inputs: Inputs) -> Profile | None:
+    """The profile verify compared against (else the one the run's decision used)."""
+    v = run.verify or {}
+    for p in inputs.profiles:
+        if v.get("profile") and Path(v["profile"]).name == Path(p.path).name:
+            return p
+    return profile_for(run, inputs)
+
+
+def _device_of_verify(run: Run, inputs: Inputs) -> str | None:
+    prof = _verify_profile(run, inputs)
+    return prof.device if prof is not None else (run.verify or {}).get("device")
+
+
+def latency(inputs: Inputs) -> Table:
+    rows = []
+    for p in inputs.profiles:
+        fp = p.fingerprint
+        base = dict(device=p.device, setting=p.setting, profile=p.path,
+                    batch_size=fp.get("batch_size"),
+                    input_size=fp.get("input_size"))
+
+        def stats(m):
+            return dict(n=m.get("n"), p10_ms=_pct(m.get("samples_ms") or [], 10),
+                        p50_ms=m.get("p50_ms"), p90_ms=m.get("p90_ms"), p99_ms=m.get("p99_ms"),
+                        valid=m.get("valid"))
+        for mode, m in (p.data.get("references") or {}).items():
+            rows.append({**base, "mode": mode, "t_d": None, "macs_ratio": 1.0, **stats(m)})
+        for s in p.data["sweep"]:
+            rows.append({**base, "mode": s.get("mode", "dynamic"), "t_d": s["t_d"],
+                         "macs_ratio": s["macs_ratio"], **stats(s["measured"])})
+    return Table("latency", _sorted(rows, ["device", "setting", "profile", "mode", "t_d"]))
+
+
+def targets(inputs: Inputs) -> Table:
+    rows = []
+    for r in inputs.runs:
+        d = r.config.get("decision") or {}
+        if not d.get("target_ms"):
+            continue
+        prof = profile_for(r, inputs)
+        v = r.verify or {}
+        pct = d.get("percentile", "p90")
+        measured = (v.get("measured") or {}).get(f"{pct}_ms")
+        rows.append(dict(run=r.name, device=prof.device if prof else d.get("device"),
+                         setting=prof.setting if prof else None,
+                         profile=prof.path if prof else d.get("profile"),
+                         target_ms=d["target_ms"], percentile=pct, t_d=r.t_d,
+                         predicted_ms=d.get("predicted_ms"), measured_ms=measured,
+                         met=None if measured is None else bool(measured <= d["target_ms"]),
+                         error=None if measured is None else measured / d["target_ms"] - 1,
+                         budget=r.config.get("budget", "flops"),
+                         gated_top1_pct=r.evaluated.get(("knn_top1", "gated"))))
+    return Table("targets", _sorted(rows, ["device", "run"]))
+
+
+def macs_vs_latency(inputs: Inputs) -> Table:
+    rows = []
+    for p in inputs.profiles:
+        refs = p.data.get("references") or {}
+        if refs.get("masked") and refs.get("dense"):
+            rows.append(dict(device=p.device, setting=p.setting, mode="masked", source="masked",
+                             pattern="all on",
+                             macs_ratio=1.0, latency_ratio=refs["masked"]["p50_ms"]
+                             / refs["dense"]["p50_ms"]))
+        for s in p.data["sweep"]:
+            rows.append(dict(device=p.device, setting=p.setting, mode=s.get("mode", "dynamic"),
+                             source="sweep",
+                             pattern=f"t_d={s['t_d']:g}", macs_ratio=s["macs_ratio"],
+                             latency_ratio=s["ratio_to_dense"]))
+        for s in (p.data.get("validation") or {}).get("points", []):
+            rows.append(dict(device=p.device, setting=p.setting, mode="dynamic",
+                             source="validation",
+                             pattern=s["pattern"], macs_ratio=s["macs_ratio"],
+                             latency_ratio=s["ratio_to_dense"]))
+    for r in inputs.runs:
+        v = r.verify or {}
+        ratio = _learned_ratio(v)
+        macs = v.get("macs_ratio")
+        if macs is None and r.pattern:
+            macs = _pattern_macs_ratio(r.pattern)
+        if ratio is not None and macs is not None:
+            prof = _verify_profile(r, inputs)
+            rows.append(dict(device=_device_of_verify(r, inputs), mode=v.get("mode", "dynamic"),
+                             setting=prof.setting if prof else None,
+                             source="learned", pattern=r.name, macs_ratio=macs,
+                             latency_ratio=ratio))
+    return Table("macs_vs_latency", _sorted(rows, ["device", "setting", "source", "mode",
+                                                    "pattern"]))
+
+
+def _learned_ratio(v: dict) -> float | None:
+    if v.get("latency_ratio_p50") is not None:
+        return float(v["latency_ratio_p50"])
+    m, d = (v.get("measured") or {}).get("p50_ms"), v.get("dense_p50_ms")
+    return m / d if m and d else None
+
+
+def _pattern_macs_ratio(pattern: dict) -> float | None:
+    try:
+        from hwbench.flops import pattern_report
+        from hwbench.patterns import GatePattern
+        return pattern_report(GatePattern.from_dict(pattern)).ratio
+    except Exception:  # a pattern this version cannot read: leave the point out
+        return None
+
+
+def energy(inputs: Inputs) -> Table:
+    rows = []
+    for p in inputs.profiles:
+        e = p.data.get("energy") or {}
+        for pt in e.get("points", []):
+            for q, key in (("total", "energy_j_total"), ("above_idle", "energy_j_above_idle")):
+                if pt.get(key) is None:
+                    continue
+                rows.append(dict(device=p.device, setting=p.setting, mode=pt["mode"],
+                                 t_d=pt.get("t_d"),
+                                 quantity=q, energy_j=pt[key], method=pt.get("method"),
+                                 measured=bool(pt.get("measured")), window_s=pt.get("window_s"),
+                                 inferences=pt.get("inferences"), idle_w=e.get("idle_w")))
+    return Table("energy", _sorted(rows, ["device", "setting", "quantity", "mode", "t_d"]))
+
+
+def _energy_at(p: Profile, mode: str, t_d) -> dict | None:
+    for pt in (p.data.get("energy") or {}).get("points", []):
+        if pt["mode"] == mode and (t_d is None or pt.get("t_d") is not None
+                                   and abs(pt["t_d"] - t_d) < 1e-9):
+            return pt
+    return None
+
+
+def accuracy(inputs: Inputs) -> Table:
+    rows = []
+    for r in inputs.runs:
+        acc = r.evaluated
+        for (metric, stream), top1 in sorted(acc.items()):
+            base = dict(run=r.name, dataset=r.config.get("dataset"), t_d=r.t_d, stream=stream,
+                        metric=metric, top1_pct=top1)
+            placed = False
+            for p in inputs.profiles:
+                if p.conditions != (r.config.get("arch"), _stem(r), _size(r)):
+                    continue
+                if stream == "dense":
+                    ref = (p.data.get("references") or {}).get("dense") or {}
+                    pt = _energy_at(p, "dense", None)
+                    rows.append({**base, "device": p.device, "setting": p.setting,
+                                 "p90_ms": ref.get("p90_ms"),
+                                 "latency_source": "profile-dense",
+                                 "energy_j": pt and pt.get("energy_j_total"),
+                                 "energy_source": pt and _energy_label(pt)})
+                    placed = True
+            if stream == "gated" and r.verify and (r.verify.get("measured") or {}).get("p90_ms"):
+                dev = _device_of_verify(r, inputs)
+                prof = _verify_profile(r, inputs)
+                pt = _energy_at(prof, "dynamic", r.t_d) if prof else None
+                rows.append({**base, "device": dev, "setting": prof.setting if prof else None,
+                             "p90_ms": r.verify["measured"]["p90_ms"],
+                             "latency_source": "verify",
+                             "energy_j": pt and pt.get("energy_j_total"),
+                             "energy_source": pt and f"{_energy_label(pt)}, prior pattern"})
+                placed = True
+            if not placed:
+                rows.append({**base, "device": None, "p90_ms": None, "latency_source": None})
+    return Table("accuracy", _sorted(rows, ["run", "stream", "metric", "device"]))
+
+
+def _stem(r: Run) -> str | None:
+    from hwbench.data import info
+    try:
+        return info(r.config["dataset"]).stem
+    except Exception:
+        return None
+
+
+def _size(r: Run) -> int | None:
+    if r.pattern:
+        return r.pattern.get("input_size")
+    from hwbench.data import info
+    try:
+        return info(r.config["dataset"]).input_size
+    except Exception:
+        return None
+
+
+def channels(inputs: Inputs) -> Table:
+    rows = []
+    for r in inputs.runs:
+        if not r.pattern:
+            continue
+        for layer in r.pattern.get("layers", []):
+            n = layer["channels"]
+            on, off = layer.get("always_on", 0), layer.get("always_off", 0)
+            dyn = layer.get("dynamic", n - on - off)
+            for group, c in (("always_off", off), ("always_on", on), ("dynamic", dyn)):
+                rows.append(dict(run=r.name, t_d=r.t_d, layer=layer["name"], group=group,
+                                 channels=c, fraction=c / n if n else None))
+    order = {"always_off": 0, "always_on": 1, "dynamic": 2}
+    return Table("channels", sorted(rows, key=lambda x: (x["run"], _layer_key(x["layer"]),
+                                                         order[x["group"]])))
+
+
+def _layer_key(name: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in name.replace("layer", "").split("."))
+
+
+def training_energy(inputs: Inputs) -> Table:
+    rows = []
+    for r in inputs.runs:
+        e = r.energy or {}
+        total = e.get("total")
+        if not total:
+            continue
+        methods: dict[str, str] = {}
+        for seg in e.get("segments", []):  # a resumed run: one segment per launch
+            for comp, m in (seg.get("methods") or {}).items():
+                methods[comp] = m if methods.get(comp, m) == m else "mixed across launches"
+        country = next((s.get("country") for s in e.get("segments", [])), None)
+        for comp in ("cpu", "gpu", "ram"):
+            rows.append(dict(run=r.name, component=comp, energy_kwh=total.get(f"{comp}_kwh"),
+                             method=methods.get(comp, total.get("label")), country=country,
+                             emissions_kg_co2e=total.get("emissions_kg_co2e"),
+                             duration_s=total.get("duration_s")))
+    return Table("training_energy", rows)
+
+
+CURVE_METRICS = ("loss", "vicreg", "sparsity", "bound", "macs_ratio", "deployed_macs_ratio",
+                 "eval_macs_ratio", "knn_top1_dense", "knn_top1_gated", "latency_ms_0",
+                 "latency_ms_1")
+
+
+def training_curves(inputs: Inputs) -> Table:
+    rows = []
+    for r in inputs.runs:
+        for m in r.metrics:
+            for k in CURVE_METRICS:
+                if m.get(k) is not None:
+                    rows.append(dict(run=r.name, epoch=m["epoch"], metric=k, value=float(m[k])))
+    return Table("training_curves", _sorted(rows, ["run", "metric", "epoch"]))
+
+
+def predictor(inputs: Inputs) -> Table:
+    rows = []
+    for p in inputs.profiles:
+        dense = (p.data.get("references") or {}).get("dense", {}).get("p50_ms")
+        for s in (p.data.get("validation") or {}).get("points", []):
+            rows.append(dict(device=p.device, setting=p.setting, source="validation",
+                             pattern=s["pattern"],
+                             predicted_ratio=s["predicted_ratio_to_dense"],
+                             measured_ratio=s["ratio_to_dense"]))
+        for s in p.data["sweep"]:
+            if dense:
+                rows.append(dict(device=p.device, setting=p.setting, source="sweep",
+                                 pattern=f"t_d={s['t_d']:g}",
+                                 predicted_ratio=s["predicted_p50_ms"] / dense,
+                                 measured_ratio=s["ratio_to_dense"]))
+    for r in inputs.runs:
+        v = r.verify or {}
+        prof = _verify_profile(r, inputs)
+        ratio = _learned_ratio(v)
+        pred = (v.get("predicted") or {}).get("p50_ms")
+        if prof and ratio and pred:
+            dense = prof.data["references"]["dense"]["p50_ms"]
+            rows.append(dict(device=prof.device, setting=prof.setting, source="learned",
+                             pattern=r.name,
+                             predicted_ratio=pred / dense, measured_ratio=ratio))
+    for row in rows:
+        row["error"] = row["predicted_ratio"] / row["measured_ratio"] - 1.0
+    return Table("predictor", _sorted(rows, ["device", "setting", "source", "pattern"]))
+
+
+def summary(inputs: Inputs, extra_targets: list[tuple[float, str]] = ()) -> Table:
+    """Per device and target: the largest profiled t_d that meets it, with its numbers."""
+    rows = []
+    for p in inputs.profiles:
+        tgts = {(round(t * 1e3, 9), pct) for t, pct in extra_targets}
+        for r in inputs.runs:
+            d = r.config.get("decision") or {}
+            if d.get("target_ms") and profile_for(r, inputs) is p:
+                tgts.add((d["target_ms"], d.get("percentile", "p90")))
+        if not tgts:
+            tgts = {(None, "p90")}
+        for target_ms, pct in sorted(tgts, key=lambda t: (t[0] is None, t[0] or 0, t[1])):
+            row = dict(device=p.device, setting=p.setting, target_ms=target_ms, percentile=pct)
+            ok = [s for s in p.data["sweep"] if target_ms is not None
+                  and s["measured"][f"{pct}_ms"] <= target_ms]
+            if ok:
+                best = max(ok, key=lambda s: s["t_d"])
+                pt = _energy_at(p, "dynamic", best["t_d"])
+                row.update(t_d=best["t_d"], measured_ms=best["measured"][f"{pct}_ms"],
+                           macs_ratio=best["macs_ratio"],
+                           energy_j=pt and pt.get("energy_j_total"),
+                           energy_source=pt and _energy_label(pt))
+                acc = [(top1, f"{r.name} {metric}", r) for r in inputs.runs
+                       if r.t_d is not None and abs(r.t_d - best["t_d"]) < 1e-9
+                       for (metric, stream), top1 in r.evaluated.items() if stream == "gated"]
+                if acc:
+                    top1, source, run = max(acc, key=lambda a: (a[0], a[1]))
+                    row["gated_top1_pct"], row["top1_source"] = top1, source
+                    learned = ((run.verify or {}).get("measured") or {}).get(f"{pct}_ms")
+                    if learned is not None and _verify_profile(run, inputs) is p:
+                        row["learned_ms"], row["learned_met"] = learned, learned <= target_ms
+            rows.append(row)
+    return Table("summary", rows)
+
+
+def build_tables(inputs: Inputs, extra_targets=()) -> dict[str, Table]:
+    return {t.name: t for t in (
+        summary(inputs, extra_targets), latency(inputs), targets(inputs),
+        macs_vs_latency(inputs), energy(inputs), accuracy(inputs), channels(inputs),
+        training_energy(inputs), training_curves(inputs), predictor(inputs))}
+
+
+def columns_readme(tables: dict[str, Table]) -> str:
+    lines = ["# Report tables", "",
+             "Tidy CSVs: one row per observation, one column per variable. Empty cell: not "
+             "available. Written by `hwbench report`; every figure is drawn from these tables.",
+             ""]
+    for name in tables:
+        row, cols = SCHEMAS[name]
+        lines += [f"## {name}.csv", "", f"One row per {row}.", "",
+                  "| column | meaning |", "|---|---|"]
+        lines += [f"| `{c}` | {d} |" for c, d in cols.items()]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""Report fixtures written by the real code paths (profiler, train, verify, eval), tiny sizes,
+with fake energy sources so the numbers are exact and nothing depends on this machine's power."""
+
+import pytest
+import torch
+
+from hwbench.measure.energy import CodecarbonMeter, NvmlCounterMeter
+from hwbench.profiler import ProfileConfig, run_profile
+from hwbench.profiles import profile_filename, save_profile
+from tests.measure.test_energy import _CC, FakeNvml
+
+TINY_PROFILE = dict(input_size=32, t_d=(0.3, 0.6, 1.0), max_time_s=0.05, min_runs=8, warmup=1,
+                    min_warmup_s=0.0, grid=4, table_rounds=2, validation=3, calibration=2,
+                    energy_window_s=0.05)
+TINY_RUN = dict(dataset="synthetic", n_synthetic=32, batch_size=16, proj_dims=(32, 32, 16),
+                max_steps_per_epoch=1, eval_every=1)
+
+
+@pytest.fixture(scope="session")
+def report_inputs(tmp_path_factory):
+    """profiles/: this CPU with codecarbon-estimated energy (batch 1) and with an exact fake
+    NVML counter (batch 2); runs/: a verified co-trained run with eval.json and training energy,
+    and a run interrupted before any evaluation."""
+    from hwbench.evaluate import run_eval
+    from hwbench.target import train_to_target
+    from hwbench.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("report-inputs")
+    threads = torch.get_num_threads()
+    est = run_profile(ProfileConfig(**TINY_PROFILE, threads=threads),
+                      meter=CodecarbonMeter(factory=_CC))
+    est_path = save_profile(est, root / "profiles" / profile_filename(est["fingerprint"]))
+    meas = run_profile(ProfileConfig(**TINY_PROFILE, threads=threads, batch_size=2),
+                       meter=NvmlCounterMeter(FakeNvml(), 0))
+    save_profile(meas, root / "profiles" / profile_filename(meas["fingerprint"]))
+    # just above the prediction for the sweep's t_d 0.6: the picker chooses exactly 0.6
+    target_ms = next(s["predicted_p90_ms"] for s in est["sweep"] if s["t_d"] == 0.6) * 1.0005
+    cfg = TrainConfig(**TINY_RUN, epochs=2, energy=True, out=str(root / "runs" / "co"),
+                      models_dir=str(root / "models"))
+    train_to_target(cfg, target_ms * 1e-3, str(est_path), verify_max_time_s=0.2,
+                    energy_factory=_CC)
+    run_eval(root / "runs" / "co" / "checkpoint.pt", linear=True, knn=True)
+
+    def stop_in_second_epoch(state):  # epoch 0 finished, never evaluated
+        if state["epoch"] >= 1:
+            raise KeyboardInterrupt
+
+    try:
+        train(TrainConfig(**{**TINY_RUN, "eval_every": 5}, epochs=3, eval_initial=False,
+                          energy=False, t_d=0.5, out=str(root / "runs" / "unevaluated"),
+                          models_dir=str(root / "models")), progress=stop_in_second_epoch)
+    except KeyboardInterrupt:
+        pass
+    return {"root": root, "profiles": root / "profiles", "runs": root / "runs",
+            "estimated": est_path, "target_ms": target_ms}

@@ -1,0 +1,243 @@
+"""hwbench report, built from profiles and runs that the real code paths wrote (conftest)."""
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hwbench.report import build_report
+from hwbench.report.build import FIGURES
+from tests.conftest import one_line_error, run_cli
+
+
+def rows(out: Path, name: str) -> list[dict]:
+    with open(out / "tables" / f"{name}.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def report(report_inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    res = build_report([report_inputs["profiles"], report_inputs["runs"]], out)
+    return out, res, report_inputs
+
+
+def test_every_figure_is_written_as_png_and_svg(report):
+    out, res, _ = report
+    assert res.figures == {name: "drawn" for name in FIGURES}
+    for name in FIGURES:
+        png = (out / "figures" / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+        assert (out / "figures" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+    assert res.inputs == (2, 2)
+
+
+def test_tables_hold_the_expected_rows(report):
+    out, _, inp = report
+    profiles = [json.loads(p.read_text()) for p in sorted(inp["profiles"].glob("*.json"))]
+    lat = rows(out, "latency")
+    # per profile: dense + masked references and one row per swept t_d, with p10 <= p50 <= p90
+    assert len(lat) == sum(len(p["sweep"]) + 2 for p in profiles) == 10
+    for r in lat:
+        assert float(r["p10_ms"]) <= float(r["p50_ms"]) <= float(r["p90_ms"])
+    assert {r["setting"] for r in lat} == {"resnet18 cifar 32px b1", "resnet18 cifar 32px b2"}
+    energy = rows(out, "energy")
+    assert len(energy) == 2 * sum(len(p["energy"]["points"]) for p in profiles) == 16
+    assert {(r["method"], r["measured"]) for r in energy} == {
+        ("codecarbon-estimate", "False"), ("nvml-counter", "True")}
+    mvl = rows(out, "macs_vs_latency")
+    assert sum(r["source"] == "learned" for r in mvl) == 1
+    assert sum(r["source"] == "masked" for r in mvl) == 2
+    assert sum(r["source"] == "validation" for r in mvl) == 6
+    # channel groups: 8 gated blocks x 3 groups, summing to each block's channels
+    ch = [r for r in rows(out, "channels") if r["run"] == "co"]
+    assert len(ch) == 24
+    pattern = json.loads((inp["runs"] / "co" / "pattern.json").read_text())
+    for layer in pattern["layers"]:
+        assert sum(int(r["channels"]) for r in ch if r["layer"] == layer["name"]) == \
+            layer["channels"]
+    acc = rows(out, "accuracy")
+    got = {(r["stream"], r["metric"], r["latency_source"]) for r in acc if r["run"] == "co"}
+    assert ("gated", "knn_top1", "verify") in got and ("gated", "linear_top1", "verify") in got
+    assert ("dense", "knn_top1", "profile-dense") in got
+    te = rows(out, "training_energy")
+    assert [r["component"] for r in te] == ["cpu", "gpu", "ram"]
+    assert float(te[0]["energy_kwh"]) == pytest.approx(0.002)  # the fake tracker's CPU kWh
+    curves = rows(out, "training_curves")
+    assert {int(r["epoch"]) for r in curves if r["run"] == "co"} == {0, 1}
+    assert {int(r["epoch"]) for r in curves if r["run"] == "unevaluated"} == {0}
+    pred = rows(out, "predictor")
+    assert sum(r["source"] == "validation" for r in pred) == 6
+    assert sum(r["source"] == "learned" for r in pred) == 1
+    for r in pred:
+        assert float(r["error"]) == pytest.approx(
+            float(r["predicted_ratio"]) / float(r["measured_ratio"]) - 1)
+
+
+def test_the_summary_picks_the_largest_t_d_meeting_the_run_target(report):
+    out, _, inp = report
+    prof = json.loads(inp["estimated"].read_text())
+    target = json.loads((inp["runs"] / "co" / "config.json").read_text())["decision"]
+    ok = [s for s in prof["sweep"] if s["measured"]["p90_ms"] <= target["target_ms"]]
+    summary = [r for r in rows(out, "summary") if r["setting"] == "resnet18 cifar 32px b1"]
+    assert len(summary) == 1
+    s = summary[0]
+    assert float(s["target_ms"]) == pytest.approx(target["target_ms"])
+    if ok:
+        best = max(ok, key=lambda x: x["t_d"])
+        assert float(s["t_d"]) == best["t_d"]
+        assert float(s["measured_ms"]) == pytest.approx(best["measured"]["p90_ms"])
+        assert "estimated" in s["energy_source"]
+    else:
+        assert s["t_d"] == ""
+    tg = rows(out, "targets")
+    verify = json.loads((inp["runs"] / "co" / "verify.json").read_text())
+    assert tg[0]["met"] == str(verify["met"]) and tg[0]["budget"] == "flops"
+    assert float(tg[0]["error"]) == pytest.approx(
+        verify["measured"]["p90_ms"] / target["target_ms"] - 1)
+
+
+def test_the_summary_reports_the_learned_network_of_a_run_at_the_chosen_t_d(report_inputs,
+                                                                          tmp_path):
+    prof = json.loads(report_inputs["estimated"].read_text())
+    conf = json.loads((report_inputs["runs"] / "co" / "config.json").read_text())
+    assert conf["t_d"] == 0.6  # the fixture's target makes pick choose the sweep's 0.6
+    p90 = {s["t_d"]: s["measured"]["p90_ms"] for s in prof["sweep"]}
+    assert p90[1.0] > p90[0.6]  # so a target just above p90[0.6] picks 0.6 in the summary
+    build_report([report_inputs["estimated"], report_inputs["runs"] / "co"], tmp_path,
+                 targets=[(p90[0.6] * 1.0001e-3, "p90")])
+    row = next(r for r in rows(tmp_path, "summary")
+               if float(r["target_ms"]) == pytest.approx(p90[0.6] * 1.0001))
+    verify = json.loads((report_inputs["runs"] / "co" / "verify.json").read_text())
+    assert float(row["t_d"]) == 0.6 and row["top1_source"].startswith("co ")
+    assert float(row["learned_ms"]) == pytest.approx(verify["measured"]["p90_ms"])
+    assert row["learned_met"] == str(verify["measured"]["p90_ms"] <= p90[0.6] * 1.0001)
+
+
+def test_the_report_states_what_is_measured_and_what_is_estimated(report):
+    out, res, _ = report
+    md = (out / "report.md").read_text()
+    assert "its energy figures are estimates from codecarbon's power model" in md
+    assert "inference energy **measured** (nvml-counter)" in md
+    assert "inference energy **ESTIMATED** (codecarbon-estimate)" in md
+    assert "training energy" in md and "(**estimated**)" in md
+    # the interrupted run is reported, and why it is left out of the accuracy figures
+    assert any(p.endswith("unevaluated") and "without evaluation" in why
+               for p, why in res.skipped)
+    cols = (out / "tables" / "README.md").read_text()
+    for name in ("summary", "latency", "energy", "accuracy", "channels", "predictor"):
+        assert f"## {name}.csv" in cols
+
+
+def test_the_html_is_self_contained(report):
+    out, _, _ = report
+    html = (out / "report.html").read_text()
+    srcs = re.findall(r'src="([^"]*)"', html)
+    assert len(srcs) == len(FIGURES) and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "http://" not in html and "https://" not in html and "<link" not in html
+
+
+def test_same_inputs_give_the_same_csvs_and_svgs(report, tmp_path):
+    out, _, inp = report
+    build_report([inp["profiles"], inp["runs"]], tmp_path)
+    for f in sorted((out / "tables").iterdir()):
+        assert (tmp_path / "tables" / f.name).read_bytes() == f.read_bytes(), f.name
+    for name in FIGURES:
+        svg = f"figures/{name}.svg"
+        assert (tmp_path / svg).read_bytes() == (out / svg).read_bytes(), svg
+
+
+def test_energy_only_draws_the_energy_figures(report_inputs, tmp_path):
+    res = build_report([report_inputs["profiles"], report_inputs["runs"]], tmp_path,
+                       energy_only=True)
+    assert set(res.figures) == {"energy_vs_td", "training_energy"}
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+        "energy_vs_td.png", "energy_vs_td.svg", "training_energy.png", "training_energy.svg"]
+    md = (tmp_path / "report.md").read_text()
+    assert "## Energy: what was measured" in md and "## Summary" not in md
+
+
+def test_a_run_names_its_profile_and_brings_it_in(report_inputs, tmp_path):
+    res = build_report([report_inputs["runs"] / "co"], tmp_path)
+    assert res.inputs == (1, 1)
+    assert rows(tmp_path, "targets")[0]["profile"] == str(report_inputs["estimated"])
+
+
+def test_extra_targets_add_summary_rows(report_inputs, tmp_path):
+    build_report([report_inputs["estimated"]], tmp_path, targets=[(1.0, "p90"), (1e-6, "p50")])
+    s = rows(tmp_path, "summary")
+    assert [float(r["target_ms"]) for r in s] == [0.001, 1000.0]
+    assert s[0]["t_d"] == "" and float(s[1]["t_d"]) == 1.0  # nothing is 1 us; all are < 1 s
+
+
+def test_bad_inputs_are_skipped_with_a_reason_or_a_one_line_error(report_inputs, tmp_path):
+    junk = tmp_path / "junk.json"
+    junk.write_text('{"hello": 1}')
+    future = tmp_path / "future.json"
+    future.write_text('{"schema": "hwbench/device-profile@9"}')
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    r = run_cli("report", str(report_inputs["estimated"]), str(junk), str(future), str(broken),
+                "--out", str(tmp_path / "rep"))
+    assert r.exit_code == 0, r.output
+    assert "junk.json: neither a device profile nor a training run" in r.output
+    assert "unknown schema version (hwbench/device-profile@9)" in r.output
+    assert "broken.json: not readable JSON" in r.output
+    assert (tmp_path / "rep" / "report.html").exists()
+
+    (tmp_path / "empty").mkdir()
+    r = run_cli("report", str(tmp_path / "empty"), "--out", str(tmp_path / "x"))
+    assert "an empty folder" in one_line_error(r)
+    r = run_cli("report", str(junk), "--out", str(tmp_path / "x"))
+    assert "nothing to report on" in one_line_error(r)
+    r = run_cli("report", "--out", str(tmp_path / "x"))
+    assert "name at least one" in one_line_error(r)
+    r = run_cli("report", str(report_inputs["estimated"]), "--target-latency", "fast",
+                "--out", str(tmp_path / "x"))
+    assert "cannot parse latency" in one_line_error(r)
+    assert not (tmp_path / "x").exists()
+
+
+def test_measurement_and_training_code_never_import_a_plotting_library():
+    code = ("import sys, hwbench.cli, hwbench.train, hwbench.profiler, hwbench.verify, "
+            "hwbench.target, hwbench.report; "
+            "bad = [m for m in ('matplotlib', 'seaborn') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or \
+        shutil.which("google-chrome")
+
+
+# Appended to a copy of the report (the report itself carries no script): after load, write
+# how many images decoded into the DOM, which --dump-dom prints.
+PROBE = """<script>window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.setAttribute('data-decoded', ok + '/' + imgs.length);
+});</script></body>"""
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed "
+                    "(apt-get install chromium)")
+def test_the_html_report_loads_in_chromium_with_every_image_decoded(report, tmp_path):
+    out, _, _ = report
+    page = tmp_path / "probe.html"
+    page.write_text((out / "report.html").read_text().replace("</body>", PROBE))
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+           "--allow-file-access-from-files", "--virtual-time-budget=5000"]
+    dom = subprocess.run(cmd + ["--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert f'data-decoded="{len(FIGURES)}/{len(FIGURES)}"' in dom
+    shot = out / "screenshot.png"  # kept next to the report for a person to look at
+    subprocess.run(cmd + ["--window-size=1280,4000", f"--screenshot={shot}",
+                          (out / "report.html").as_uri()], capture_output=True, timeout=120)
+    assert shot.read_bytes()[:4] == b"\x89PNG"
