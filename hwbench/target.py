@@ -118,63 +118,126 @@ def target_run_name(cfg, target: float | str) -> str:
             f"_s{cfg.seed}")
 
 
+def parse_device_targets(texts: list[str], default_device: str | None = None
+                         ) -> list[tuple[str | None, str]]:
+    """``--target-latency`` values -> (device, target) pairs. ``5ms`` or ``0.67x`` alone targets
+    ``default_device`` (``--target-device``; None: the training device); ``cpu:20ms``,
+    ``cuda:1:2ms`` or ``PROFILE.json:5ms`` name the device. One target per device."""
+    from hwbench.units import parse_target
+
+    pairs: list[tuple[str | None, str]] = []
+    for text in texts:
+        dev, sep, value = str(text).rpartition(":")
+        if not sep:
+            dev, value = default_device, text
+        elif not dev:
+            raise UsageError(f"--target-latency {text!r}: name a device before the colon, "
+                             "e.g. cpu:20ms")
+        parse_target(value)  # a clear error now, before any profile is read
+        pairs.append((dev or None, value))
+    devices = [d for d, _ in pairs]
+    dup = sorted({str(d) for d in devices if devices.count(d) > 1})
+    if dup:
+        raise UsageError(f"--target-latency: more than one target for {', '.join(dup)}"
+                         if dup != ["None"] else "--target-latency: more than one target "
+                         "for the same device: prefix each with its device (cpu:20ms)")
+    return pairs
+
+
 def train_to_target(cfg, target: float | str | None = None, target_device: str | None = None,
                     percentile: str = "p90", say: Callable[[str], None] = lambda s: None,
                     progress=None, verify_max_time_s: float = 10.0, quick: bool = True,
-                    energy_factory=None) -> dict:
-    """The whole ``hwbench train``: pick ``t_d`` for ``target`` (seconds, '5ms' or '0.65x' of the
-    dense latency) on the target device's profile
-    (when a target is given), co-train, then, when the target device is this machine, measure the
-    learned network there (``verify.json`` in the run directory; ``summary['verify']``).
-    A resumed run keeps the ``t_d`` and decision it started with."""
+                    energy_factory=None, targets: list[tuple[str | None, float | str]] | None = None
+                    ) -> dict:
+    """The whole ``hwbench train``: pick ``t_d`` for each latency target (seconds, '5ms' or
+    '0.65x' of the dense latency) on its device's profile, co-train, then measure the learned
+    network on every target device that is this machine (``verify.json`` in the run directory;
+    ``summary['verify']``).
+
+    ``targets``: (device, target) pairs, several devices at once; or ``target`` on
+    ``target_device``. With the paper's MACs budget (``cfg.budget == 'flops'``) ``t_d`` is the
+    smallest pick, so every target is met by the prior; with ``cfg.budget == 'latency'`` the
+    targets enter the loss (``hwbench.budget``) and ``t_d`` sets the bound. A resumed run keeps
+    the ``t_d`` and decision it started with."""
     import json
 
     from hwbench.data import info
     from hwbench.io import atomic_write_json
     from hwbench.train import Dist, run_dir, train, validate
 
+    if targets is None:
+        targets = [(target_device, target)] if target is not None else []
+    if cfg.budget == "latency" and not targets:
+        raise UsageError("--budget latency needs --target-latency (the latency to train for)")
     validate(cfg)
-    tp, target_s = None, None
     dist = Dist.from_env()
-    if target is not None:
+    resolved = []  # (TargetProfile, seconds, where)
+    if targets:
         meta = info(cfg.dataset)
-        where = target_device or cfg.device
         if cfg.out is None and cfg.run_name is None:
-            cfg.run_name = target_run_name(cfg, target)
+            cfg.run_name = target_run_name(cfg, targets[0][1]) + \
+                ("" if len(targets) == 1 else f"_{len(targets)}dev") + \
+                ("" if cfg.budget == "flops" else "_latbudget")
         old_cfg = run_dir(cfg) / "config.json"
-        # under torchrun every process must read the same profile: no per-process quick profile
-        tp = resolve_profile(where, cfg.arch, meta.stem, meta.input_size,
-                             quick=quick and dist.world == 1, say=say)
-        target_s = resolve_target(target, tp, percentile)
+        for where, text in targets:
+            where = where or cfg.device
+            # under torchrun every process must read the same profile: no per-process quick one
+            tp = resolve_profile(where, cfg.arch, meta.stem, meta.input_size,
+                                 quick=quick and dist.world == 1, say=say)
+            resolved.append((tp, resolve_target(text, tp, percentile), where))
         if cfg.resume and old_cfg.exists():
             old = json.loads(old_cfg.read_text())
             cfg.t_d, cfg.decision = old["t_d"], old.get("decision", {})
+            cfg.latency_targets = tuple(old.get("latency_targets", ()))
             say(f"resuming with t_d {cfg.t_d:g} as picked at the start of the run")
         else:
-            cfg.t_d, cfg.decision = choose_t_d(tp, target_s, percentile)
-            say(f"t_d {cfg.t_d:g} picked for {target_s * 1e3:g} ms ({percentile}) on "
-                f"{cfg.decision['device']} from {tp.path}: predicted "
-                f"{cfg.decision['predicted_ms']:.3f} ms")
+            decisions = []
+            for tp, target_s, _ in resolved:
+                t_d, decision = choose_t_d(tp, target_s, percentile)
+                decisions.append(decision)
+                say(f"t_d {t_d:g} picked for {target_s * 1e3:g} ms ({percentile}) on "
+                    f"{decision['device']} from {tp.path}: predicted "
+                    f"{decision['predicted_ms']:.3f} ms")
+            binding = min(decisions, key=lambda d: d["t_d"])
+            cfg.t_d = binding["t_d"]
+            cfg.decision = {**binding, "budget": cfg.budget}
+            if len(decisions) > 1:
+                cfg.decision["targets"] = decisions
+                say(f"t_d {cfg.t_d:g}: the smallest of the picks, so every target is met")
+            if cfg.budget == "latency":
+                from hwbench.budget import DeviceTarget
+                cfg.latency_targets = tuple(
+                    DeviceTarget(where, str(tp.path), target_s * 1e3, percentile).to_dict()
+                    for tp, target_s, where in resolved)
+                say("training against the predicted latency on " + ", ".join(
+                    f"{tp.profile['fingerprint']['name']} ({target_s * 1e3:g} ms {percentile})"
+                    for tp, target_s, _ in resolved) + f"; the bound keeps t_d {cfg.t_d:g}")
     summary = train(cfg, progress, energy_factory=energy_factory)
-    if not dist.main:
-        return summary
-    if tp is None or "pattern" not in summary:
-        return summary
-    if not tp.local:
-        say(f"target device {tp.profile['fingerprint']['name']} is not this machine: run "
-            f"`hwbench verify --pattern {summary['pattern']} --checkpoint "
-            f"{summary['dir']}/checkpoint.pt --target-latency {target_s * 1e3:g}ms` there")
+    if not dist.main or not resolved or "pattern" not in summary:
         return summary
     from hwbench.verify import run_verify
 
-    device = where if not where.endswith(".json") else tp.profile["fingerprint"]["type"]
-    say(f"verifying the learned network on {tp.profile['fingerprint']['name']} ...")
-    res = run_verify(summary["pattern"], target_s, device,
-                     str(Path(summary["dir"]) / "checkpoint.pt"), percentile, str(tp.path),
-                     verify_max_time_s)
-    atomic_write_json(Path(summary["dir"]) / "verify.json", res)
-    summary["verify"] = {k: v for k, v in res.items() if k != "measured"}
-    summary["verify"]["measured"] = {k: v for k, v in res["measured"].items()
-                                     if k != "samples_ms"}
-    atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
+    results = []
+    for tp, target_s, where in resolved:
+        if not tp.local:
+            say(f"target device {tp.profile['fingerprint']['name']} is not this machine: run "
+                f"`hwbench verify --pattern {summary['pattern']} --checkpoint "
+                f"{summary['dir']}/checkpoint.pt --target-latency {target_s * 1e3:g}ms` there")
+            continue
+        device = where if not where.endswith(".json") else tp.profile["fingerprint"]["type"]
+        say(f"verifying the learned network on {tp.profile['fingerprint']['name']} ...")
+        res = run_verify(summary["pattern"], target_s, device,
+                         str(Path(summary["dir"]) / "checkpoint.pt"), percentile, str(tp.path),
+                         verify_max_time_s)
+        # the first verified target keeps the single-target file name; others add their device
+        name = "verify.json" if not results else f"verify-{re.sub(r'[^a-z0-9]+', '-', where)}.json"
+        atomic_write_json(Path(summary["dir"]) / name, res)
+        brief = {k: v for k, v in res.items() if k != "measured"}
+        brief["measured"] = {k: v for k, v in res["measured"].items() if k != "samples_ms"}
+        results.append(brief)
+    if results:
+        summary["verify"] = results[0]
+        if len(resolved) > 1:
+            summary["verify_all"] = results
+        atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
     return summary

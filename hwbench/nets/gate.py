@@ -30,6 +30,13 @@ def gumbel_sigmoid_st(logits: torch.Tensor, temperature: float = GATE_TEMPERATUR
     return hard + (soft - soft.detach())
 
 
+def deterministic_st(logits: torch.Tensor, temperature: float = GATE_TEMPERATURE) -> torch.Tensor:
+    """The noise-free decision the deployed network takes, 1[logit >= 0], with the soft
+    sigmoid's straight-through gradient: what a budget on the *deployed* network differentiates."""
+    soft = torch.sigmoid(logits / temperature)
+    return (logits >= 0).to(soft.dtype) + (soft - soft.detach())
+
+
 class ChannelGate(nn.Module):
     """Decides per sample which of ``gated_channels`` intermediate channels are computed.
 
@@ -49,6 +56,7 @@ class ChannelGate(nn.Module):
         # starts identical) because a bias is what lets a pattern file be realised without training.
         self.fc2 = nn.Conv2d(hidden, gated_channels, kernel_size=1, bias=True)
         nn.init.zeros_(self.fc2.bias)
+        self.deployed: torch.Tensor | None = None
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Gate logits (B, gated_channels) from the block input (B, C_in, H, W)."""
@@ -58,6 +66,10 @@ class ChannelGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.logits(x)
+        # the last pass's noise-free decisions (straight-through in training), for budgets on
+        # the deployed network (hwbench.budget); read through GatedForward.deployed_masks
         if self.training:
+            self.deployed = deterministic_st(logits, self.temperature)
             return gumbel_sigmoid_st(logits, self.temperature)
-        return (logits >= 0).to(logits.dtype)
+        self.deployed = (logits >= 0).to(logits.dtype)
+        return self.deployed

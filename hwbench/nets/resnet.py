@@ -122,11 +122,21 @@ class GatedForward:
     masks: list[torch.Tensor]
     macs: torch.Tensor
     dense_macs: int
+    # the noise-free decisions of the same pass (equal to ``masks`` in eval mode; in training,
+    # 1[logit >= 0] with a straight-through gradient): what the deployed network would run
+    deployed_masks: list[torch.Tensor] | None = None
+
+    deployed_macs: torch.Tensor | None = None  # (B,) MACs of ``deployed_masks``
 
     @property
     def macs_ratio(self) -> torch.Tensor:
         """(B,) gated MACs / dense MACs per sample."""
         return self.macs / self.dense_macs
+
+    @property
+    def deployed_macs_ratio(self) -> torch.Tensor:
+        """(B,) MACs ratio of the noise-free decisions (equal to ``macs_ratio`` in eval mode)."""
+        return self.deployed_macs / self.dense_macs
 
 
 class GatedResNet(nn.Module):
@@ -208,8 +218,15 @@ class GatedResNet(nn.Module):
         features, masks = self._run(x, "gated")
         geom = self.geometry(x.shape[-2:])
         # float64: MAC counts near 1e9 lose their last digits in float32.
-        macs = torch.full((x.shape[0],), float(geom.stem_macs), device=x.device,
-                          dtype=torch.float64)
-        for g, mask in zip(geom.blocks, masks):
-            macs = macs + g.gated_macs(mask.sum(dim=1).to(torch.float64))
-        return GatedForward(features, masks, macs, geom.dense_macs())
+        deployed = [block.gate.deployed for _, block in self.blocks()]
+
+        def total(ms):
+            macs = torch.full((x.shape[0],), float(geom.stem_macs), device=x.device,
+                              dtype=torch.float64)
+            for g, mask in zip(geom.blocks, ms):
+                macs = macs + g.gated_macs(mask.sum(dim=1).to(torch.float64))
+            return macs
+
+        macs = total(masks)
+        return GatedForward(features, masks, macs, geom.dense_macs(), deployed,
+                            total(deployed) if self.training else macs)

@@ -76,15 +76,26 @@ class GatingLoss(nn.Module):
     """lam * sparsity + gamma * bound, from a gated pass's masks and per-sample MACs ratios
     (the paper's lambda = 5, gamma = 1). ``t_d`` is set per run; ``p`` per epoch."""
 
-    def __init__(self, t_d: float, lam: float = 5.0, gamma: float = 1.0):
+    def __init__(self, t_d: float, lam: float = 5.0, gamma: float = 1.0,
+                 latency: nn.Module | None = None):
         super().__init__()
         if not 0 < t_d <= 1:
             raise ValueError(f"t_d must be in (0, 1], got {t_d}")
         self.t_d, self.lam, self.gamma = t_d, lam, gamma
+        # --budget latency: the sparsity term is the device-latency term (hwbench.budget);
+        # the bound keeps t_d (the MACs budget the target's profile suggests)
+        self.latency = latency
 
     def forward(self, masks: list[torch.Tensor], macs_ratio: torch.Tensor,
-                p: float) -> dict[str, torch.Tensor]:
+                p: float, deployed: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """``deployed``: the pass's noise-free masks; the latency term is taken on them (the
+        network that will be measured), else on ``masks``."""
         on = torch.stack([m.float().mean() for m in masks])  # (L,) mean over batch and channels
-        s = sparsity(macs_ratio.float(), self.t_d)
+        out = {}
+        if self.latency is None:
+            s = sparsity(macs_ratio.float(), self.t_d)
+        else:
+            s, preds = self.latency(deployed if deployed is not None else masks)
+            out.update({f"latency_ms_{i}": v.detach() for i, v in enumerate(preds)})
         b = bound(on, self.t_d, p)
-        return {"loss": self.lam * s + self.gamma * b, "sparsity": s, "bound": b}
+        return {"loss": self.lam * s + self.gamma * b, "sparsity": s, "bound": b, **out}

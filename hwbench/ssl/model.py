@@ -44,17 +44,26 @@ class StepOutput:
     terms: dict[str, float]
 
 
+SPARSITY_ON = ("sampled", "deployed")
+
+
 class CoTrainStep(nn.Module):
     """Losses of one step for ``method``; ``p`` (the bound's slack) is set per epoch."""
 
     def __init__(self, method: str = "co", t_d: float = 0.5, lam: float = 5.0,
-                 gamma: float = 1.0, vicreg: tuple[float, float, float] = (25.0, 25.0, 1.0)):
+                 gamma: float = 1.0, vicreg: tuple[float, float, float] = (25.0, 25.0, 1.0),
+                 latency: nn.Module | None = None, sparsity_on: str = "sampled"):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if sparsity_on not in SPARSITY_ON:
+            raise ValueError(f"sparsity_on must be one of {SPARSITY_ON}, got {sparsity_on!r}")
         self.method = method
+        # sampled: the MACs of the Gumbel-noised masks the pass ran (the paper); deployed: of
+        # the noise-free decisions the deployed network takes (straight-through gradient)
+        self.sparsity_on = sparsity_on
         self.vicreg = VICRegLoss(*vicreg)
-        self.gating = GatingLoss(t_d, lam, gamma) if method != "dense" else None
+        self.gating = GatingLoss(t_d, lam, gamma, latency) if method != "dense" else None
 
     def forward(self, model: SSLModel, v1: torch.Tensor, v2: torch.Tensor,
                 p: float) -> StepOutput:
@@ -66,17 +75,22 @@ class CoTrainStep(nn.Module):
         else:
             g1 = bb.forward_gated(v1)
             z1 = proj(g1.features)
+            passes = [g1]
             if self.method == "co":
                 z2 = proj(bb(v2, stream="dense"))
-                masks, ratio = g1.masks, g1.macs_ratio
             else:
                 g2 = bb.forward_gated(v2)
                 z2 = proj(g2.features)
-                masks = [torch.cat([a, b]) for a, b in zip(g1.masks, g2.masks)]
-                ratio = torch.cat([g1.macs_ratio, g2.macs_ratio])
-            gate_loss = self.gating(masks, ratio, p)
+                passes.append(g2)
+            masks = [torch.cat(ms) for ms in zip(*(g.masks for g in passes))]
+            deployed = [torch.cat(ms) for ms in zip(*(g.deployed_masks for g in passes))]
+            ratio = torch.cat([g.macs_ratio for g in passes])
+            deployed_ratio = torch.cat([g.deployed_macs_ratio for g in passes])
+            gate_loss = self.gating(masks, deployed_ratio if self.sparsity_on == "deployed"
+                                    else ratio, p, deployed)
             terms.update(sparsity=gate_loss["sparsity"], bound=gate_loss["bound"],
-                         macs_ratio=ratio.mean())
+                         macs_ratio=ratio.mean(), deployed_macs_ratio=deployed_ratio.mean(),
+                         **{k: v for k, v in gate_loss.items() if k.startswith("latency_ms")})
         # The embeddings leave autocast here: the loss's variances and covariances are fp32.
         vic = self.vicreg(gather(z1.float()), gather(z2.float()))
         loss = vic["loss"] + (gate_loss["loss"] if gate_loss is not None else 0.0)

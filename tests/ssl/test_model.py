@@ -92,3 +92,29 @@ def test_knn_top1():
 def test_unknown_method():
     with pytest.raises(ValueError, match="method"):
         CoTrainStep("both")
+
+
+@pytest.mark.parametrize("method", ["co", "gated"])
+def test_sparsity_on_deployed_pulls_the_noise_free_macs_to_t_d(method):
+    torch.manual_seed(0)
+    model = small_model().train()
+    v1, v2 = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    terms = {}
+    for on in ("sampled", "deployed"):
+        torch.manual_seed(1)  # the same gate noise for both
+        terms[on] = CoTrainStep(method, t_d=0.3, sparsity_on=on)(model, v1, v2, p=0.0).terms
+    # the same pass: both logs agree; only the sparsity term reads a different ratio
+    assert terms["sampled"]["deployed_macs_ratio"] == terms["deployed"]["deployed_macs_ratio"]
+    assert terms["sampled"]["macs_ratio"] == terms["deployed"]["macs_ratio"]
+    assert terms["sampled"]["macs_ratio"] != terms["sampled"]["deployed_macs_ratio"]
+    for on, ratio in (("sampled", "macs_ratio"), ("deployed", "deployed_macs_ratio")):
+        assert terms[on]["sparsity"] == pytest.approx((terms[on][ratio] - 0.3) ** 2, rel=1e-6)
+    with pytest.raises(ValueError, match="sparsity_on"):
+        CoTrainStep("co", sparsity_on="noisy")
+
+
+def test_deployed_macs_of_an_eval_pass_are_its_macs():
+    net = create_net("resnet18", stem="cifar").eval()
+    with torch.no_grad():
+        out = net.forward_gated(torch.randn(4, 3, 32, 32))
+    assert torch.equal(out.deployed_macs, out.macs)

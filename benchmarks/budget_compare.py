@@ -1,0 +1,104 @@
+"""Latency budget vs FLOPs budget (issue 7): how close does each land to a latency target?
+
+    python benchmarks/budget_compare.py                                  # this CPU, 3 targets
+    python benchmarks/budget_compare.py --targets 0.5x,0.7x --epochs 4 --budgets latency
+
+For every target (relative targets are fractions of the profile's dense latency) and every
+budget, one co-training run on mnist5k (cifar stem, 32 px) through the same path as
+``hwbench train --target-latency T --budget B --target-device cpu``:
+
+* ``flops``: the paper. ``pick`` chooses t_d from the profile's prior patterns; the MACs ratio is
+  trained to t_d.
+* ``latency``: the same t_d sets the bound; the sparsity term is the device latency predicted
+  from the profile's block table for the network's noise-free gate decisions.
+
+Each run ends by measuring the learned network with the compact engine at batch 1 (``verify``).
+Prints, per target: measured p90, its error against the target, kNN top-1 of both streams, the
+hard-gate MACs ratio; writes every run's summary and verify samples to
+results/budget_compare_<device>.json. Target (issue 7): |error| <= 5% with ``latency``. The
+runs are sequential, never concurrent: they time the same CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hwbench.io import atomic_write_json  # noqa: E402
+from hwbench.measure.device import fingerprint, parse_device  # noqa: E402
+from hwbench.target import train_to_target  # noqa: E402
+from hwbench.train import TrainConfig  # noqa: E402
+
+TOLERANCE = 0.05
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--targets", default="0.5x,0.65x,0.8x")
+    ap.add_argument("--budgets", default="flops,latency")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--dataset", default="mnist5k")
+    ap.add_argument("--percentile", default="p90")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out-dir", default="results/budget_compare")
+    ap.add_argument("--out", default=None, help="JSON of every run [results/budget_compare_"
+                                                "<device>.json]")
+    ap.add_argument("--max-steps-per-epoch", type=int, default=None, help="smoke tests")
+    args = ap.parse_args()
+    dev = parse_device(args.device)
+    rows, t0 = [], time.perf_counter()
+    for target in args.targets.split(","):
+        for budget in args.budgets.split(","):
+            name = f"{args.dataset}_{budget}_{target}"
+            cfg = TrainConfig(dataset=args.dataset, epochs=args.epochs, lr=args.lr,
+                              device=args.device, budget=budget, energy=False,
+                              out=str(Path(args.out_dir) / name), run_name=name,
+                              models_dir=str(Path(args.out_dir) / "models"),
+                              max_steps_per_epoch=args.max_steps_per_epoch)
+            t_run = time.perf_counter()
+            s = train_to_target(cfg, percentile=args.percentile, targets=[(args.device, target)],
+                                say=lambda line: print("   ", line, flush=True))
+            v = s.get("verify")
+            if v is None:
+                raise SystemExit(f"{name}: no verification (is the profile this machine's?)")
+            measured = v["measured"][f"{args.percentile}_ms"]
+            row = {"target": target, "budget": budget, "target_ms": v["target_ms"],
+                   "t_d": s["config"]["t_d"], "measured_ms": measured,
+                   "error": measured / v["target_ms"] - 1.0,
+                   "predicted_ms": v["predicted"][f"{args.percentile}_ms"],
+                   "knn_top1_dense": s["final"].get("knn_top1_dense"),
+                   "knn_top1_gated": s["final"].get("knn_top1_gated"),
+                   "eval_macs_ratio": s["final"].get("eval_macs_ratio"),
+                   "dynamic_share": v.get("dynamic_share"), "train_s": time.perf_counter() - t_run,
+                   "run": s["dir"]}
+            rows.append(row)
+            print(f"{target:>6s} {budget:8s} target {row['target_ms']:.3f} ms  measured "
+                  f"{measured:.3f} ms  error {100 * row['error']:+.1f}%  kNN dense "
+                  f"{row['knn_top1_dense']} gated {row['knn_top1_gated']}  MACs "
+                  f"{row['eval_macs_ratio']:.3f}", flush=True)
+    print(f"\n{'target':>7s} {'budget':8s} {'target ms':>9s} {'p90 ms':>7s} {'error':>7s} "
+          f"{'within 5%':>9s} {'kNN gated':>9s} {'kNN dense':>9s} {'MACs':>6s}")
+    for r in rows:
+        ok = abs(r["error"]) <= TOLERANCE
+        print(f"{r['target']:>7s} {r['budget']:8s} {r['target_ms']:9.3f} {r['measured_ms']:7.3f} "
+              f"{100 * r['error']:+6.1f}% {'yes' if ok else 'no':>9s} "
+              f"{r['knn_top1_gated']:9.1f} {r['knn_top1_dense']:9.1f} "
+              f"{r['eval_macs_ratio']:6.3f}")
+    out = args.out or str(ROOT / "results" / f"budget_compare_{dev.type}.json")
+    atomic_write_json(out, {"benchmark": "budget_compare", "device": fingerprint(dev),
+                            "args": vars(args), "wall_s": time.perf_counter() - t0,
+                            "tolerance": TOLERANCE, "runs": rows,
+                            "verify": {r["run"]: json.loads(
+                                (Path(r["run"]) / "verify.json").read_text()) for r in rows}})
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Training against device latency: a differentiable estimate of the gated network's latency
+from a device profile's per-block latency table, and the budget loss built on it.
+
+The estimate is the predictor (``hwbench predict``) written in torch, fed by the gates' masks
+instead of a pattern file:
+
+    latency = scale * ratio[percentile] * (stem + head + sum_b table_b(k_b, gated_b))
+
+``table_b`` is block b's measured latency at ``k`` executed channels, linearly interpolated
+between grid points (with or without its gate). ``k_b`` is what the compact engine executes:
+in blocks it runs dynamically, the expected number of channels on (mean over the batch of the
+channels on); in blocks it runs statically, every channel that any input of the batch turns on
+(the max over samples), with the gradient of the channel's mean on-rate (straight-through: the
+max has no gradient for a channel two samples need, yet lowering its on-rate is what frees it).
+At a hard pattern, whose masks reproduce its always-on / always-off / dynamic groups, the
+value equals ``Predictor.predict``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hwbench.errors import UsageError
+from hwbench.patterns import GatePattern
+from hwbench.profiles import PERCENTILES, Predictor
+
+
+def interp(x: torch.Tensor, grid: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear ``values(grid)`` at ``x`` (scalar tensor), differentiable in ``x``; the
+    end segments extend linearly (the grid spans 0..channels, so x never leaves it)."""
+    i = torch.searchsorted(grid, x.detach().reshape(1), right=True).clamp(1, len(grid) - 1)[0]
+    x0, x1, y0, y1 = grid[i - 1], grid[i], values[i - 1], values[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+class LatencyEstimate(nn.Module):
+    """Predicted latency (ms) of the gated network on one profiled device, from its masks."""
+
+    def __init__(self, profile: dict, percentile: str = "p90"):
+        super().__init__()
+        if percentile not in PERCENTILES:
+            raise UsageError(f"unknown percentile {percentile!r}; use p50, p90 or p99")
+        pred = Predictor(profile)
+        self.arch, self.stem, self.input_size = pred.arch, pred.stem, pred.input_size
+        self.names, self.executes = pred.names, pred.executes
+        self.percentile = percentile
+        self.factor = pred.scale * pred.ratios[percentile]
+        self.fixed_ms = pred.fixed_ms
+        for i, b in enumerate(pred.blocks):
+            self.register_buffer(f"grid{i}", torch.as_tensor(b.grid, dtype=torch.float64))
+            self.register_buffer(f"plain{i}", torch.as_tensor(b.plain, dtype=torch.float64))
+            self.register_buffer(f"gated{i}", torch.as_tensor(b.gated, dtype=torch.float64))
+
+    def table(self, i: int, gated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"grid{i}"), getattr(self, f"{'gated' if gated else 'plain'}{i}")
+
+    def ms(self, channels: list[torch.Tensor], gated: list[bool]) -> torch.Tensor:
+        """Latency (ms) for executed channel counts per block."""
+        total = torch.zeros((), dtype=torch.float64, device=channels[0].device)
+        for i, (k, g) in enumerate(zip(channels, gated)):
+            grid, values = self.table(i, g)
+            total = total + interp(k.to(torch.float64), grid, values)
+        return self.factor * (self.fixed_ms + total)
+
+    def channels_from_masks(self, masks: list[torch.Tensor]) -> tuple[list, list[bool]]:
+        """(executed channels per block, whether the block has dynamic channels) from a gated
+        pass's (B, C) masks."""
+        ks, gated = [], []
+        for m, how in zip(masks, self.executes):
+            m = m.to(torch.float64)
+            rate = m.mean(dim=0)
+            gated.append(bool(((rate > 0) & (rate < 1)).any()))
+            if how == "expected":
+                ks.append(m.sum(dim=1).mean())
+            else:  # value: channels any sample turns on; gradient: lower their on-rates
+                kept, mean = m.amax(dim=0), m.mean(dim=0)
+                ks.append((kept.detach() + mean - mean.detach()).sum())
+        return ks, gated
+
+    def forward(self, masks: list[torch.Tensor]) -> torch.Tensor:
+        if len(masks) != len(self.names):
+            raise ValueError(f"{len(masks)} masks for a profile of {len(self.names)} blocks")
+        return self.ms(*self.channels_from_masks(masks))
+
+    def of_pattern(self, pattern: GatePattern) -> float:
+        """The same estimate for a pattern file (equals ``Predictor.predict``)."""
+        ks, gated = [], []
+        for lp, how in zip(pattern.layers, self.executes):
+            k = lp.always_on + lp.dynamic * (lp.dynamic_on_rate if how == "expected" else 1.0)
+            ks.append(torch.tensor(float(k), dtype=torch.float64))
+            gated.append(lp.dynamic > 0)
+        return float(self.ms(ks, gated))
+
+
+@dataclass
+class DeviceTarget:
+    """One device's latency target during training."""
+
+    device: str  # what the user named: cpu, cuda:0, or a profile file
+    profile: str  # the profile file used
+    target_ms: float
+    percentile: str = "p90"
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+BUDGET_SHAPES = ("two-sided", "one-sided")
+BUDGET_COMBINE = ("max", "sum")
+
+
+class LatencyBudget(nn.Module):
+    """The sparsity term of ``--budget latency``: (predicted / target - 1)^2 per device
+    (``one-sided``: only above the target), combined over devices by ``max`` or ``sum``.
+    Returns the term and each device's predicted latency (ms)."""
+
+    def __init__(self, estimates: list[LatencyEstimate], targets_ms: list[float],
+                 shape: str = "two-sided", combine: str = "max"):
+        super().__init__()
+        if shape not in BUDGET_SHAPES or combine not in BUDGET_COMBINE:
+            raise ValueError(f"shape in {BUDGET_SHAPES}, combine in {BUDGET_COMBINE}")
+        if len(estimates) != len(targets_ms) or not estimates:
+            raise ValueError("one target per latency estimate, at least one")
+        self.estimates = nn.ModuleList(estimates)
+        self.targets_ms = [float(t) for t in targets_ms]
+        self.shape, self.combine = shape, combine
+
+    def forward(self, masks: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        preds = [e(masks) for e in self.estimates]
+        terms = []
+        for p, t in zip(preds, self.targets_ms):
+            err = p / t - 1.0
+            terms.append(torch.relu(err) ** 2 if self.shape == "one-sided" else err ** 2)
+        stacked = torch.stack(terms)
+        term = stacked.max() if self.combine == "max" else stacked.sum()
+        return term.float(), preds
