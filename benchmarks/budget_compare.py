@@ -40,9 +40,9 @@ TOLERANCE = 0.05
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--targets", default="0.5x,0.65x,0.8x")
+    ap.add_argument("--targets", default="0.45x,0.6x,0.75x")
     ap.add_argument("--budgets", default="flops,latency")
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--dataset", default="mnist5k")
     ap.add_argument("--percentile", default="p90")
@@ -59,6 +59,7 @@ def main() -> None:
             name = f"{args.dataset}_{budget}_{target}"
             cfg = TrainConfig(dataset=args.dataset, epochs=args.epochs, lr=args.lr,
                               device=args.device, budget=budget, energy=False,
+                              eval_initial=False,
                               out=str(Path(args.out_dir) / name), run_name=name,
                               models_dir=str(Path(args.out_dir) / "models"),
                               max_steps_per_epoch=args.max_steps_per_epoch)

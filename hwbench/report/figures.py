@@ -63,6 +63,15 @@ def _figure_legend(fig, axes, title: str) -> None:
                    bbox_to_anchor=(1.0, 0.95))
 
 
+def _diagonal(ax, hi: float, bands: tuple[float, ...]) -> None:
+    """y = x from 0 to ``hi`` with shaded relative bands (widest first)."""
+    xs = [0, hi]
+    for i, b in enumerate(bands):
+        ax.fill_between(xs, [0, hi * (1 - b)], [0, hi * (1 + b)], color=str(0.85 - 0.15 * i),
+                        label=f"within +-{100 * b:.0f}%")
+    ax.plot(xs, xs, color="0.3", lw=1, label="y = x")
+
+
 def _logscale_if_wide(ax, values) -> None:
     vals = [v for v in values if v and v > 0 and not math.isnan(v)]
     if vals and max(vals) / min(vals) > 30:
@@ -275,10 +284,7 @@ def predictor_quality(pr: Table, pal: Palette):
         return None
     fig, ax = plt.subplots(figsize=(7.4, 5.0))
     hi = float(max(df.predicted_ratio.max(), df.measured_ratio.max())) * 1.08
-    xs = [0, hi]
-    ax.fill_between(xs, [0, hi * 0.9], [0, hi * 1.1], color="0.85", label="within +-10%")
-    ax.fill_between(xs, [0, hi * 0.95], [0, hi * 1.05], color="0.7", label="within +-5%")
-    ax.plot(xs, xs, color="0.3", lw=1)
+    _diagonal(ax, hi, (0.10, 0.05))
     markers = {"validation": "o", "sweep": "s", "learned": "*"}
     for (device, setting, source), d in df.groupby(["device", "setting", "source"]):
         e = d.error.abs()
@@ -301,9 +307,7 @@ def target_vs_measured(tgt: Table, pal: Palette):
         return None
     fig, ax = plt.subplots(figsize=(7.4, 5.0))
     hi = float(max(df.target_ms.max(), df.measured_ms.max())) * 1.1
-    xs = [0, hi]
-    ax.fill_between(xs, [0, hi * 0.95], [0, hi * 1.05], color="0.8", label="within +-5%")
-    ax.plot(xs, xs, color="0.3", lw=1, label="measured = target")
+    _diagonal(ax, hi, (0.05,))
     markers = {"flops": "o", "latency": "*"}
     for (device, setting, budget), d in df.groupby(["device", "setting", "budget"],
                                                    dropna=False):
