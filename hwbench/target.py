@@ -8,6 +8,7 @@ measured now when none matches) or a profile file from any machine.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from hwbench.errors import UsageError
-from hwbench.measure.device import fingerprint, parse_device
+from hwbench.measure.device import fingerprint, parse_device, same_machine
 from hwbench.profiles import find_profile, load_profile, pick_t_d, profile_filename, save_profile
 
 # A quick profile: the latency table and the sweep, fewer timing rounds, no validation phase.
@@ -35,6 +36,10 @@ def _threads(dev: torch.device) -> int | None:
     return torch.get_num_threads() if dev.type == "cpu" else None
 
 
+def _cores(dev: torch.device) -> int | None:
+    return os.cpu_count() if dev.type == "cpu" else None
+
+
 def resolve_profile(target: str, arch: str, stem: str, input_size: int,
                     folder: str | Path = "profiles", quick: bool = True,
                     say: Callable[[str], None] = lambda s: None,
@@ -48,7 +53,7 @@ def resolve_profile(target: str, arch: str, stem: str, input_size: int,
         dev = parse_device(target)
         name = fingerprint(dev)["name"]
         found = find_profile(name, arch, stem, input_size, folder=folder,
-                             threads=_threads(dev))
+                             threads=_threads(dev), cpu_count=_cores(dev))
         if found is not None:
             tp = TargetProfile(found[0], found[1], local=True)
         elif not quick:
@@ -71,8 +76,7 @@ def resolve_profile(target: str, arch: str, stem: str, input_size: int,
     if tp.local is False:
         # a file may still describe this machine: then the result can be verified here
         try:
-            here = fingerprint(parse_device(f.get("device", f["type"])))
-            tp.local = (here["name"] == f["name"] and here["type"] == f["type"])
+            tp.local = same_machine(fingerprint(parse_device(f.get("device", f["type"]))), f)
         except UsageError:
             tp.local = False
     return tp
@@ -230,7 +234,9 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
                          str(Path(summary["dir"]) / "checkpoint.pt"), percentile, str(tp.path),
                          verify_max_time_s)
         # the first verified target keeps the single-target file name; others add their device
-        name = "verify.json" if not results else f"verify-{re.sub(r'[^a-z0-9]+', '-', where)}.json"
+        tag = Path(where).stem if where.endswith(".json") else where
+        name = "verify.json" if not results else \
+            f"verify-{re.sub(r'[^a-z0-9]+', '-', tag.lower()).strip('-')}.json"
         atomic_write_json(Path(summary["dir"]) / name, res)
         brief = {k: v for k, v in res.items() if k != "measured"}
         brief["measured"] = {k: v for k, v in res["measured"].items() if k != "samples_ms"}

@@ -42,8 +42,9 @@ def run_verify(pattern_path: str, target_s: float, device: str = "cpu",
     if profile_path:
         prof = load_profile(profile_path)
     else:
-        found = find_profile(fingerprint(dev)["name"], pattern.arch, pattern.stem,
-                             pattern.input_size)
+        here = fingerprint(dev)
+        found = find_profile(here["name"], pattern.arch, pattern.stem, pattern.input_size,
+                             cpu_count=here["cpu_count"] if dev.type == "cpu" else None)
         prof, profile_path = (found[1], str(found[0])) if found else (None, None)
     pool = [x.to(dev).contiguous(memory_format=torch.channels_last)
             for x in pattern_inputs(8, pattern.input_size, seed=21).split(1)]

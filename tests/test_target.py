@@ -22,6 +22,7 @@ def local_profile(threads=None):
     """The synthetic profile, fingerprinted as this machine's CPU at its current thread count."""
     prof = synthetic_profile()
     prof["fingerprint"] = {**prof["fingerprint"], "name": HERE["name"], "type": "cpu",
+                           "cpu_count": HERE["cpu_count"],
                            "threads": threads or torch.get_num_threads()}
     return prof
 
@@ -101,6 +102,40 @@ def test_train_to_target_on_this_machine_picks_trains_and_verifies(tmp_path, mon
     s2 = train_to_target(cfg2, target_ms * 1e-3, str(other), say=said.append)
     assert "verify" not in s2 and not (tmp_path / "run2" / "verify.json").exists()
     assert any("hwbench verify --pattern" in s for s in said)
+
+
+def test_a_profile_of_another_host_with_the_same_cpu_name_is_not_this_machine(tmp_path):
+    """Cloud VMs report one generic CPU name for very different hosts (seen: the project VM, 2
+    cores, and the GPU machine, 16 cores, are both 'Intel(R) Xeon(R) Processor')."""
+    other = local_profile()
+    other["fingerprint"]["cpu_count"] = HERE["cpu_count"] + 14
+    folder = tmp_path / "profiles"
+    path = save_profile(other, folder / "big_host.json")
+    assert resolve_profile(str(path), "resnet18", "cifar", 32).local is False
+    with pytest.raises(UsageError, match="no profile in"):
+        resolve_profile("cpu", "resnet18", "cifar", 32, folder=folder, quick=False)
+    twin = save_profile(local_profile(), tmp_path / "Twin Host.json")
+    assert resolve_profile(str(twin), "resnet18", "cifar", 32).local is True
+
+
+def test_two_targets_on_this_machine_are_both_verified_under_their_own_names(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_profile(local_profile(), "profiles/here.json")
+    twin = save_profile(local_profile(), tmp_path / "Twin Host.json")
+    far = atomic_write_json(tmp_path / "far.json", synthetic_profile())  # a "Test CPU"
+    target_ms = Predictor(local_profile()).predict(synthesise("resnet18", "cifar", 32, 0.5),
+                                                   "p90")
+    cfg = TrainConfig(dataset="synthetic", n_synthetic=32, batch_size=16, epochs=1,
+                      proj_dims=(32, 32, 16), max_steps_per_epoch=1, energy=False,
+                      eval_initial=False, out=str(tmp_path / "run"))
+    summary = train_to_target(cfg, targets=[("cpu", f"{target_ms}ms"),
+                                            (str(twin), f"{target_ms}ms"),
+                                            (str(far), f"{target_ms}ms")],
+                              verify_max_time_s=0.3)
+    names = sorted(p.name for p in (tmp_path / "run").glob("verify*.json"))
+    assert names == ["verify-twin-host.json", "verify.json"]
+    assert [v["profile"] for v in summary["verify_all"]] == ["profiles/here.json", str(twin)]
 
 
 def test_a_relative_target_is_a_fraction_of_the_profiled_dense_latency(tmp_path):

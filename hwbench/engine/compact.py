@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from hwbench.engine.fold import fold_bn
 from hwbench.engine.kernels import Conv, resolve_backend, run_conv
 from hwbench.errors import UsageError
+from hwbench.measure.device import ieee_fp32
 from hwbench.nets.resnet import GatedBasicBlock, GatedResNet
 from hwbench.patterns import GatePattern
 
@@ -394,6 +395,7 @@ class CompactEngine:
             raise UsageError(f"pattern is for {pattern.arch}/{pattern.stem}, the network is "
                              f"{net.arch}/{net.stem}")
         self.device, self.dtype = torch.device(device), dtype
+        ieee_fp32(self.device)
         self.backend = resolve_backend(backend, self.device, dtype)
         self.mode, self.arch, self.stem = mode, net.arch, net.stem
         self.batch_strategy = BATCH_STRATEGY if mode == "dynamic" else None
