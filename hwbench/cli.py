@@ -434,6 +434,10 @@ def pick(profile_path, target_latency, percentile, as_json) -> None:
 @click.option("--budget-combine", default="max", show_default=True,
               type=click.Choice(["max", "sum"]),
               help="--budget latency with several devices: max or sum of their terms.")
+@click.option("--trim/--no-trim", default=None,
+              help="After verifying, switch off the least-used channels until the measured "
+                   "latency on this machine lands just under the target (`hwbench trim`). "
+                   "[default: on with --budget latency]")
 @click.option("--target-device", default=None, help="cpu, cuda or a profile JSON (possibly from "
               "another machine). [default: --device]")
 @click.option("--percentile", default="p90", show_default=True,
@@ -453,12 +457,22 @@ def pick(profile_path, target_latency, percentile, as_json) -> None:
               help="The bound's slack decays as p = exp(-alpha * epoch) (the paper: 0.02).")
 @click.option("--gate-lr-mult", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="The gates' learning rate as a multiple of the backbone's.")
+@click.option("--sparsity-weight", "lam", type=click.FloatRange(min=0), default=None,
+              help="λ, the sparsity (or latency) term's weight. [default: 5, the paper's; 50 "
+                   "with --budget latency]")
+@click.option("--bound-weight", "gamma", type=click.FloatRange(min=0), default=1.0,
+              show_default=True, help="γ, the per-layer bound's weight (the paper: 1).")
+@click.option("--surrogate", type=click.Choice(["sigmoid", "linear"]), default=None,
+              help="Gradient of the noise-free gate decisions that --sparsity-on deployed and "
+                   "--budget latency read: the sigmoid's (vanishes for saturated gates) or its "
+                   "slope at 0 everywhere, stopped at the gate's input. [default: sigmoid]")
 @click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None, hidden=True)
 def train_cmd(dataset, data_dir, download, arch, method, epochs, batch_size, lr, seed, device,
               out, resume, t_d, target_latency, budget, sparsity_on, budget_shape,
               budget_combine,
               target_device, percentile, eval_every, amp, energy, country, warmup_epochs,
-              bound_alpha, gate_lr_mult, max_steps_per_epoch) -> None:
+              bound_alpha, gate_lr_mult, max_steps_per_epoch, trim, lam, gamma,
+              surrogate) -> None:
     """Co-train a dense encoder and its gated sub-network with VICReg (Krishna et al., 2023).
 
     With --target-latency, t_d is picked from the target device's profile and, when that device
@@ -466,7 +480,7 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, batch_size, lr,
     """
     from hwbench.measure.device import parse_device
     from hwbench.target import parse_device_targets, train_to_target
-    from hwbench.train import TrainConfig, validate
+    from hwbench.train import TrainConfig, budget_defaults, validate
 
     if t_d is not None and target_latency:
         raise UsageError("--t-d and --target-latency are mutually exclusive")
@@ -484,11 +498,12 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, batch_size, lr,
                       warmup_epochs=warmup_epochs, alpha=bound_alpha, gate_lr_mult=gate_lr_mult,
                       max_steps_per_epoch=max_steps_per_epoch, budget=budget,
                       sparsity_on=sparsity_on,
-                      budget_shape=budget_shape, budget_combine=budget_combine)
+                      budget_shape=budget_shape, budget_combine=budget_combine,
+                      **budget_defaults(budget, lam, surrogate), gamma=gamma)
     validate(cfg)
     with _TrainProgress() as bar:
         summary = train_to_target(cfg, percentile=percentile, say=bar.say,
-                                  progress=bar.update, targets=targets)
+                                  progress=bar.update, targets=targets, trim=trim)
     if not summary:  # a torchrun process other than rank 0: rank 0 reports
         return
     from hwbench.train import top1_se
@@ -520,7 +535,17 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, batch_size, lr,
                    f"{'MET' if v['met'] else 'MISSED'}")
         if not v["met"] and v.get("advice"):
             click.echo(f"  {v['advice']}")
-    if any(not v["met"] for v in checks):
+    t = summary.get("trim")
+    if t:
+        click.echo(f"  trimmed ({t['n_off']} of {t['candidates']} channels switched off): "
+                   f"measured {percentile} {t['measured_ms']:.3f} ms vs target "
+                   f"{t['target_ms']:.3f} ms ({100 * t['error']:+.1f}%) -> "
+                   f"{'MET' if t['met'] else 'MISSED'}" +
+                   (f"; kNN top-1 gated {t['knn_top1_gated']:.1f} %" if "knn_top1_gated" in t
+                    else "") + f"; {t['dir']}")
+        if not t["met"]:
+            sys.exit(4)
+    elif any(not v["met"] for v in checks):
         sys.exit(4)
 
 
@@ -599,6 +624,47 @@ def verify(pattern_path, checkpoint, target_latency, device, percentile, profile
         if res["advice"]:
             click.echo(res["advice"])
     if not res["met"]:
+        sys.exit(4)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--target-latency", required=True,
+              help="5ms, 500us, or 0.6x (of the profile's dense latency).")
+@click.option("--device", default="cpu", show_default=True,
+              help="This machine's device to measure on: cpu, cuda or cuda:N.")
+@click.option("--profile", "profile_path", default=None, type=click.Path(dir_okay=False),
+              help="This device's profile. [default: the matching one in profiles/]")
+@click.option("--percentile", default="p90", show_default=True,
+              type=click.Choice(["p50", "p90", "p99"]), help="Percentile the target bounds.")
+@click.option("--tolerance", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.05, show_default=True,
+              help="Land within target x [1 - tolerance, 1].")
+@click.option("--max-time", "max_time_s", type=click.FloatRange(min=0.1), default=4.0,
+              show_default=True, help="Seconds of timing per candidate.")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Trimmed run folder. [default: RUN_DIR/trim-<target>]")
+@click.option("--knn/--no-knn", default=True, show_default=True,
+              help="kNN top-1 of the trimmed network.")
+def trim(run_dir, target_latency, device, profile_path, percentile, tolerance, max_time_s, out,
+         knn) -> None:
+    """Switch off a trained network's least-used channels until its measured latency on this
+    device lands just under the target (hwbench.trim); exit 4 if the final measurement misses.
+    """
+    from hwbench.trim import trim_run
+    from hwbench.units import parse_target
+
+    parse_target(target_latency)
+    s = trim_run(run_dir, target_latency, device, profile_path, percentile, tolerance,
+                 max_time_s, out=out, knn=knn, say=click.echo)
+    click.echo(f"trimmed: {s['n_off']} of {s['candidates']} channels off; measured {percentile} "
+               f"{s['measured_ms']:.3f} ms vs target {s['target_ms']:.3f} ms "
+               f"({100 * s['error']:+.1f}%) -> {'MET' if s['met'] else 'MISSED'}; MACs ratio "
+               f"{s['macs_ratio']:.3f}" + (f"; kNN top-1 gated {s['knn_top1_gated']:.1f} %, "
+                                            f"dense {s['knn_top1_dense']:.1f} %"
+                                            if "knn_top1_gated" in s else ""))
+    click.echo(f"  written to {s['dir']} (checkpoint.pt, pattern.json, trim.json, verify.json)")
+    if not s["met"]:
         sys.exit(4)
 
 

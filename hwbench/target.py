@@ -151,8 +151,9 @@ def parse_device_targets(texts: list[str], default_device: str | None = None
 def train_to_target(cfg, target: float | str | None = None, target_device: str | None = None,
                     percentile: str = "p90", say: Callable[[str], None] = lambda s: None,
                     progress=None, verify_max_time_s: float = 10.0, quick: bool = True,
-                    energy_factory=None, targets: list[tuple[str | None, float | str]] | None = None
-                    ) -> dict:
+                    energy_factory=None,
+                    targets: list[tuple[str | None, float | str]] | None = None,
+                    trim: bool | None = None, trim_options: dict | None = None) -> dict:
     """The whole ``hwbench train``: pick ``t_d`` for each latency target (seconds, '5ms' or
     '0.65x' of the dense latency) on its device's profile, co-train, then measure the learned
     network on every target device that is this machine (``verify.json`` in the run directory;
@@ -246,4 +247,23 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
         if len(resolved) > 1:
             summary["verify_all"] = results
         atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
+    if trim is None:
+        trim = cfg.budget == "latency"
+    local = [(tp, target_s, where) for tp, target_s, where in resolved if tp.local]
+    if trim and local:
+        from hwbench.trim import trim_run
+
+        tp, target_s, where = local[0]
+        if len(local) > 1:
+            say(f"trimming to the first target on this machine ({where}); the others keep the "
+                "trained network")
+        device = where if not where.endswith(".json") else tp.profile["fingerprint"]["type"]
+        say(f"trimming the learned network to {target_s * 1e3:.3f} ms on "
+            f"{tp.profile['fingerprint']['name']} ...")
+        summary["trim"] = trim_run(summary["dir"], target_s, device, str(tp.path), percentile,
+                                   say=say, **(trim_options or {}))
+        atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
+    elif trim and resolved:
+        say("no target device is this machine: nothing to trim here (run `hwbench trim RUN_DIR "
+            "--target-latency T` on the target device)")
     return summary

@@ -46,17 +46,7 @@ def run_verify(pattern_path: str, target_s: float, device: str = "cpu",
         found = find_profile(here["name"], pattern.arch, pattern.stem, pattern.input_size,
                              cpu_count=here["cpu_count"] if dev.type == "cpu" else None)
         prof, profile_path = (found[1], str(found[0])) if found else (None, None)
-    pool = [x.to(dev).contiguous(memory_format=torch.channels_last)
-            for x in pattern_inputs(8, pattern.input_size, seed=21).split(1)]
-    engines = {"dynamic": build_engine(net, "dynamic", pattern, device=dev, tune_inputs=pool[0]),
-               "dense": build_engine(net, "dense", pattern, device=dev)}
-
-    def cyc(e):
-        it = itertools.cycle(pool)
-        return lambda: e(next(it))
-
-    samples = time_interleaved({k: cyc(e) for k, e in engines.items()}, device=dev,
-                               max_time_s=max_time_s, ci_target=0.02, min_runs=64)
+    samples, plan = time_network(net, pattern, dev, max_time_s, 64, percentile)
     measured = summarise(samples["dynamic"], 0.02).to_dict()
     measured["samples_ms"] = samples["dynamic"]
     predicted, suggestion = None, None
@@ -78,10 +68,31 @@ def run_verify(pattern_path: str, target_s: float, device: str = "cpu",
             "measured": measured, "predicted": predicted, "profile": profile_path,
             "dense_p50_ms": dense_p50, "latency_ratio_p50": measured["p50_ms"] / dense_p50,
             "macs_ratio": pattern_macs_ratio(pattern), "dynamic_share": share,
-            "mode": "dynamic", "plan": list(engines["dynamic"].plan),
+            "mode": "dynamic", "plan": plan,
             "suggested_t_d": suggestion, "advice": _advice(met, suggestion, pattern.t_d, share),
             "device": fingerprint(dev)["name"], "checkpoint": checkpoint,
             "pattern": pattern_path}
+
+
+def time_network(net, pattern, dev: torch.device, max_time_s: float = 10.0, min_runs: int = 64,
+                 percentile: str = "p90") -> tuple[dict[str, list[float]], list[str]]:
+    """The verify protocol: ``net`` compiled by the compact engine in ``dynamic`` mode at batch
+    1 (and the dense reference), timed per inference, interleaved, on 8 fixed inputs, until the
+    ``percentile``'s 95% CI is within 2% or ``max_time_s`` runs out. Raw samples (ms) per
+    engine, and the engine's plan per block."""
+    pool = [x.to(dev).contiguous(memory_format=torch.channels_last)
+            for x in pattern_inputs(8, pattern.input_size, seed=21).split(1)]
+    engines = {"dynamic": build_engine(net, "dynamic", pattern, device=dev, tune_inputs=pool[0]),
+               "dense": build_engine(net, "dense", pattern, device=dev)}
+
+    def cyc(e):
+        it = itertools.cycle(pool)
+        return lambda: e(next(it))
+
+    samples = time_interleaved({k: cyc(e) for k, e in engines.items()}, device=dev,
+                               max_time_s=max_time_s, ci_target=0.02, min_runs=min_runs,
+                               ci_quantile=int(percentile[1:]) / 100)
+    return samples, list(engines["dynamic"].plan)
 
 
 def pattern_macs_ratio(pattern) -> float:

@@ -172,3 +172,13 @@ def test_a_latency_budget_run_records_its_targets_and_predicted_latency(tmp_path
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["latency_ms_0"] > 0 and "sparsity" in row
     assert "verify" not in summary  # a profile of a "Test CPU": not this machine
+
+
+def test_a_latency_budget_has_its_own_measured_defaults_and_the_user_overrides_them():
+    from hwbench.train import LATENCY_DEFAULTS, PAPER_DEFAULTS, budget_defaults
+
+    assert budget_defaults("flops") == PAPER_DEFAULTS == {"lam": 5.0, "surrogate": "sigmoid"}
+    assert budget_defaults("latency") == LATENCY_DEFAULTS and LATENCY_DEFAULTS["lam"] == 50.0
+    assert budget_defaults("latency", lam=7.0, surrogate="linear") == \
+        {"lam": 7.0, "surrogate": "linear"}
+    assert budget_defaults("flops", lam=0.0)["lam"] == 0.0  # 0 is a value, not "unset"

@@ -82,13 +82,20 @@ class Stats:
 
 def median_ci(samples: np.ndarray | list[float], z: float = Z95) -> tuple[float, float]:
     """Distribution-free CI of the median from order statistics."""
+    return quantile_ci(samples, 0.5, z)
+
+
+def quantile_ci(samples: np.ndarray | list[float], q: float,
+                z: float = Z95) -> tuple[float, float]:
+    """Distribution-free CI of the ``q`` quantile from order statistics: the ranks
+    n*q -/+ z*sqrt(n*q*(1-q)) (the normal approximation of the binomial count below it)."""
     a = np.sort(np.asarray(samples, dtype=float))
     n = len(a)
     if n == 0:
         return math.nan, math.nan
-    half = z * math.sqrt(n) / 2
-    lo = max(0, int(math.floor(n / 2 - half)))
-    hi = min(n - 1, int(math.ceil(n / 2 + half)) - 1)
+    half = z * math.sqrt(n * q * (1.0 - q))
+    lo = max(0, int(math.floor(n * q - half)))
+    hi = min(n - 1, int(math.ceil(n * q + half)) - 1)
     return float(a[lo]), float(a[max(lo, hi)])
 
 

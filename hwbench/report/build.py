@@ -39,7 +39,9 @@ FIGURES = {
                           "dense p50) with +-5% and +-10% bands.", ["predictor"]),
     "target_vs_measured": ("Latency targets: FLOPs budget vs latency budget", "Each run with a "
                            "latency target: the learned network's measured latency against the "
-                           "target, by --budget, with the +-5% band and the gated kNN top-1.",
+                           "target, by --budget, with the +-5% band and the gated kNN top-1; "
+                           "hollow markers: the same network after hwbench trim (measured "
+                           "anew), so budgets compare in accuracy at about equal latency.",
                            ["targets"]),
 }
 

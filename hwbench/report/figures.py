@@ -309,20 +309,28 @@ def target_vs_measured(tgt: Table, pal: Palette):
     hi = float(max(df.target_ms.max(), df.measured_ms.max())) * 1.1
     _diagonal(ax, hi, (0.05,))
     markers = {"flops": "o", "latency": "*"}
-    for (device, setting, budget), d in df.groupby(["device", "setting", "budget"],
-                                                   dropna=False):
+    if "stage" not in df:
+        df["stage"] = "trained"
+    for (device, setting, budget, stage), d in df.groupby(["device", "setting", "budget",
+                                                          "stage"], dropna=False):
         e = d.error.abs()
-        ax.scatter(d.target_ms, d.measured_ms, color=pal[(device, setting)],
+        c = pal[(device, setting)]
+        ax.scatter(d.target_ms, d.measured_ms, color=c if stage == "trained" else "white",
                    marker=markers.get(budget, "s"), s=110 if budget == "latency" else 50,
-                   edgecolor="k", linewidth=0.3,
-                   label=f"{device}: --budget {budget} (n={len(d)}, "
+                   edgecolor=c if stage == "trimmed" else "k",
+                   linewidth=1.4 if stage == "trimmed" else 0.3,
+                   label=f"{device}: --budget {budget}, {stage} (n={len(d)}, "
                          f"{100 * (e <= 0.05).mean():.0f}% within 5%)")
+        # trimmed points of both budgets sit together on the diagonal: labels on either side
+        off, ha = ((-7, -10), "right") if (stage, budget) == ("trimmed", "flops") else \
+            ((6, -9), "left")
         for r in d.itertuples():
             if r.gated_top1_pct == r.gated_top1_pct and r.gated_top1_pct is not None:
                 ax.annotate(f"{r.gated_top1_pct:.1f}%", (r.target_ms, r.measured_ms),
-                            fontsize=7, xytext=(4, -8), textcoords="offset points")
+                            fontsize=7, xytext=off, textcoords="offset points", ha=ha)
     ax.set(xlabel="latency target (ms)", ylabel="measured latency of the learned network (ms)",
-           title="Target vs measured (verify; labels: gated kNN top-1)", xlim=(0, hi),
+           title="Target vs measured (verify; hollow: trimmed; labels: gated kNN top-1)",
+           xlim=(0, hi),
            ylim=(0, hi))
     _legend_outside(ax)
     return fig

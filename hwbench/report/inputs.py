@@ -60,6 +60,8 @@ class Run:
     verify: dict | None = None
     pattern: dict | None = None
     eval: dict | None = None
+    # hwbench trim's results inside the run (RUN/trim-<target>/): name, summary, verify
+    trims: list[dict] = field(default_factory=list)
 
     @property
     def t_d(self) -> float | None:
@@ -136,6 +138,10 @@ def load_run(path: Path) -> Run | str:
         run.pattern = pat
     if not metrics and run.summary is None:
         return "a run directory with no finished epoch (metrics.jsonl is empty)"
+    for t in sorted(path.glob("trim-*")):
+        summary, verify = _json(t / "summary.json"), _json(t / "verify.json")
+        if isinstance(summary, dict) and isinstance(verify, dict):
+            run.trims.append({"name": t.name, "summary": summary, "verify": verify})
     return run
 
 

@@ -54,7 +54,9 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
         "met": "measured <= target (empty: not verified)",
         "error": "measured / target - 1", "budget": "flops (the paper's MACs budget t_d) or "
                                                     "latency (trained against the profile)",
-        "gated_top1_pct": "the run's last gated kNN top-1 (%)"}),
+        "gated_top1_pct": "the run's last gated kNN top-1 (%)",
+        "stage": "trained (the network training produced) or trimmed (hwbench trim: least-used "
+                 "channels switched off until the measured latency lands under the target)"}),
     "macs_vs_latency": ("one measured pattern x mode", {
         "device": "device label", "setting": _SETTING, "mode": "dynamic or masked", "source":
         "sweep (uniform pattern at t_d), validation (random mixed pattern), learned (a trained "
@@ -213,7 +215,20 @@ def targets(inputs: Inputs) -> Table:
                          met=None if measured is None else bool(measured <= d["target_ms"]),
                          error=None if measured is None else measured / d["target_ms"] - 1,
                          budget=r.config.get("budget", "flops"),
-                         gated_top1_pct=r.evaluated.get(("knn_top1", "gated"))))
+                         gated_top1_pct=r.evaluated.get(("knn_top1", "gated")), stage="trained"))
+        for t in r.trims:
+            ts, tv = t["summary"], t["verify"]
+            tp = tv.get("percentile", pct)
+            got = (tv.get("measured") or {}).get(f"{tp}_ms")
+            rows.append(dict(run=f"{r.name}/{t['name']}", device=rows[-1]["device"],
+                             setting=rows[-1]["setting"], profile=tv.get("profile"),
+                             target_ms=tv["target_ms"], percentile=tp, t_d=r.t_d,
+                             predicted_ms=(tv.get("predicted") or {}).get(f"{tp}_ms"),
+                             measured_ms=got,
+                             met=None if got is None else bool(got <= tv["target_ms"]),
+                             error=None if got is None else got / tv["target_ms"] - 1,
+                             budget=r.config.get("budget", "flops"),
+                             gated_top1_pct=ts.get("knn_top1_gated"), stage="trimmed"))
     return Table("targets", _sorted(rows, ["device", "run"]))
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hwbench.measure.stats import Warn, drift, median_ci, outlier_mask, summarise
+from hwbench.measure.stats import Warn, drift, median_ci, outlier_mask, quantile_ci, summarise
 
 
 def test_median_ci_contains_the_median_and_shrinks_with_n():
@@ -13,6 +13,24 @@ def test_median_ci_contains_the_median_and_shrinks_with_n():
     assert (bhi - blo) < (hi - lo)
     # order-statistic ranks for n=100: 50 -+ 9.8 -> sorted[40] and sorted[59]
     assert median_ci(list(range(100))) == (40.0, 59.0)
+
+
+def test_quantile_ci_is_the_order_statistic_interval():
+    assert quantile_ci(list(range(100)), 0.5) == median_ci(list(range(100)))
+    assert quantile_ci(list(range(100)), 0.9) == (84.0, 95.0)  # ranks 90 -/+ 1.96 * 3
+    rng = np.random.default_rng(1)
+    x = rng.lognormal(0, 0.5, 4000)
+    lo, hi = quantile_ci(x, 0.9)
+    assert lo <= np.quantile(x, 0.9) <= hi
+
+
+def test_a_p90_stopping_rule_waits_for_the_tail():
+    from hwbench.measure.timer import _ci_met
+
+    rng = np.random.default_rng(0)
+    tight_body_wild_tail = list(np.r_[rng.normal(5, 0.01, 160), rng.uniform(5, 9, 40)])
+    assert _ci_met({"x": tight_body_wild_tail}, 0.02, 0.5)
+    assert not _ci_met({"x": tight_body_wild_tail}, 0.02, 0.9)
 
 
 def test_outliers_by_modified_z_score():

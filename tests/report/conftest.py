@@ -40,6 +40,10 @@ def report_inputs(tmp_path_factory):
     train_to_target(cfg, target_ms * 1e-3, str(est_path), verify_max_time_s=0.2,
                     energy_factory=_CC)
     run_eval(root / "runs" / "co" / "checkpoint.pt", linear=True, knn=True)
+    from hwbench.trim import trim_run
+
+    trim_run(root / "runs" / "co", target_ms * 1e-3, "cpu", str(est_path), max_time_s=0.2,
+             min_runs=16, verify_max_time_s=0.2, calib_samples=32)
 
     def stop_in_second_epoch(state):  # epoch 0 finished, never evaluated
         if state["epoch"] >= 1:

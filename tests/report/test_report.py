@@ -75,8 +75,9 @@ def test_tables_hold_the_expected_rows(report):
     assert sum(r["source"] == "validation" for r in pred) == 6
     assert sum(r["source"] == "learned" for r in pred) == 1
     for r in pred:
+        # the CSV keeps 6 significant digits: an error near 0 is compared absolutely
         assert float(r["error"]) == pytest.approx(
-            float(r["predicted_ratio"]) / float(r["measured_ratio"]) - 1)
+            float(r["predicted_ratio"]) / float(r["measured_ratio"]) - 1, abs=1e-5)
 
 
 def test_the_summary_picks_the_largest_t_d_meeting_the_run_target(report):
@@ -100,6 +101,20 @@ def test_the_summary_picks_the_largest_t_d_meeting_the_run_target(report):
     assert tg[0]["met"] == str(verify["met"]) and tg[0]["budget"] == "flops"
     assert float(tg[0]["error"]) == pytest.approx(
         verify["measured"]["p90_ms"] / target["target_ms"] - 1)
+
+
+def test_a_trimmed_network_is_a_second_point_of_its_run(report):
+    out, res, inp = report
+    trimmed = [r for r in rows(out, "targets") if r["stage"] == "trimmed"]
+    assert len(trimmed) == 1 and trimmed[0]["run"].startswith("co/trim-")
+    tdir = inp["runs"] / "co" / trimmed[0]["run"].split("/", 1)[1]
+    v = json.loads((tdir / "verify.json").read_text())
+    s = json.loads((tdir / "summary.json").read_text())
+    assert float(trimmed[0]["measured_ms"]) == pytest.approx(v["measured"]["p90_ms"])
+    assert float(trimmed[0]["error"]) == pytest.approx(v["measured"]["p90_ms"] / v["target_ms"]
+                                                       - 1)
+    assert float(trimmed[0]["gated_top1_pct"]) == pytest.approx(s["knn_top1_gated"])
+    assert trimmed[0]["budget"] == "flops" and res.figures["target_vs_measured"] == "drawn"
 
 
 def test_the_summary_reports_the_learned_network_of_a_run_at_the_chosen_t_d(report_inputs,
