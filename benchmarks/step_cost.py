@@ -6,8 +6,9 @@
 
 A step is what the training loop runs per batch: autocast forward of both views, the losses,
 backward, the LARS update (the data pipeline is excluded: it is the same for every method).
-Methods run on one shared model in a shuffled order every round (``time_interleaved``), so drift
-hits them alike; the first rounds are warm-up. Prints median ms per step with its 95% CI,
+Methods run on one shared model in a shuffled order every round
+(``hwbench.measure.protocol.measure``), so drift hits them alike; the first rounds are
+warm-up. Prints median ms per step with its 95% CI,
 images/s (two views per image) and the ratio to ``dense``; writes the raw samples to
 results/step_cost_<device>.json. Target: co / dense <= 1.10.
 """
@@ -28,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 from hwbench.data import info  # noqa: E402
 from hwbench.io import atomic_write_json  # noqa: E402
 from hwbench.measure.device import fingerprint, parse_device  # noqa: E402
+from hwbench.measure.protocol import Inputs, Protocol, measure  # noqa: E402
 from hwbench.measure.stats import summarise  # noqa: E402
-from hwbench.measure.timer import time_interleaved  # noqa: E402
 from hwbench.nets import create_net  # noqa: E402
 from hwbench.ssl.model import LARS, CoTrainStep, Objective, SSLModel, lars_param_groups  # noqa: E402
 from hwbench.train import amp_dtype  # noqa: E402
@@ -75,14 +76,18 @@ def main() -> None:
     methods = args.methods.split(",")
     steps = {m: make_step(model, m, v1, v2, opt, amp, device) for m in methods}
     t0 = time.time()
-    samples = time_interleaved(steps, device=device, warmup=3, min_warmup_s=0.0,
-                               min_runs=args.min_rounds, max_time_s=args.max_time)
+    protocol = Protocol(quantile=0.5, ci_target=None, min_runs=args.min_rounds,
+                        max_time_s=args.max_time, warmup=3, min_warmup_s=0.0)
+    # each step trains on its own fixed views: the one input slot is unused
+    res = measure({m: (lambda _x, f=f: f()) for m, f in steps.items()},
+                  Inputs([None], {"source": "random views, fixed per method"}), protocol,
+                  device, reference="dense" if "dense" in steps else None)
     fp = fingerprint(device)
     dtype = str(amp).replace("torch.", "") if amp else "fp32"
     print(f"{args.arch} {meta.stem} stem {meta.input_size} px, batch {args.batch_size}, {dtype} "
           f"autocast, channels-last · {fp['name']} ({fp['threads']} threads) · torch "
           f"{torch.__version__} · {time.time() - t0:.0f} s")
-    stats = {m: summarise(s) for m, s in samples.items()}
+    stats = {m: summarise(r["samples_ms"]) for m, r in res.results.items()}
     base = stats.get("dense")
     rows = []
     for m in methods:
@@ -100,7 +105,8 @@ def main() -> None:
     atomic_write_json(out, {"benchmark": "step_cost", "fingerprint": fp, "dtype": dtype,
                             "batch_size": args.batch_size, "arch": args.arch,
                             "dataset": args.dataset, "platform": platform.platform(),
-                            "results": rows, "samples_ms": samples})
+                            "results": rows,
+                            "samples_ms": {m: r["samples_ms"] for m, r in res.results.items()}})
     print(f"raw samples: {out}")
 
 

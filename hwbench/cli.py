@@ -479,7 +479,8 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, batch_size, lr,
     is this machine, the learned network is measured at the end (exit 4 if it missed).
     """
     from hwbench.measure.device import parse_device
-    from hwbench.target import parse_device_targets, train_to_target
+    from hwbench.pipeline import train_to_target
+    from hwbench.target import parse_device_targets
     from hwbench.train import TrainConfig, budget_defaults, validate
 
     if t_d is not None and target_latency:
@@ -529,24 +530,48 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, batch_size, lr,
                (f"; pattern {summary['pattern']}" if "pattern" in summary else ""))
     checks = summary.get("verify_all") or ([summary["verify"]] if "verify" in summary else [])
     for v in checks:
-        click.echo(f"  verify on {v['device']}: target {percentile} {v['target_ms']:.3f} ms · "
-                   f"predicted {v['predicted'][percentile + '_ms']:.3f} ms · measured p50 "
-                   f"{v['measured']['p50_ms']:.3f} / p90 {v['measured']['p90_ms']:.3f} ms -> "
-                   f"{'MET' if v['met'] else 'MISSED'}")
+        click.echo(f"  verify on {v['device']} (deployed network, {v['inputs']['n']} real "
+                   f"{v['inputs']['source']} images): {_verdict(v)}")
+        if v.get("profile_stale"):
+            click.echo(f"  {v['profile_stale']['note']}")
         if not v["met"] and v.get("advice"):
             click.echo(f"  {v['advice']}")
     t = summary.get("trim")
     if t:
-        click.echo(f"  trimmed ({t['n_off']} of {t['candidates']} channels switched off): "
-                   f"measured {percentile} {t['measured_ms']:.3f} ms vs target "
-                   f"{t['target_ms']:.3f} ms ({100 * t['error']:+.1f}%) -> "
-                   f"{'MET' if t['met'] else 'MISSED'}" +
-                   (f"; kNN top-1 gated {t['knn_top1_gated']:.1f} %" if "knn_top1_gated" in t
-                    else "") + f"; {t['dir']}")
+        click.echo(f"  trimmed ({t['n_off']} of {t['candidates']} channels switched off), "
+                   f"measured anew: {_trim_verdict(t)}" +
+                   (f"; kNN top-1 gated {t['knn_top1_gated']:.1f} % (compact engine)"
+                    if "knn_top1_gated" in t else "") + f"; {t['dir']}")
+        if not t["search_hit"]:
+            click.echo(f"  the search could not land: {t['search_reason']}")
         if not t["met"]:
             sys.exit(4)
     elif any(not v["met"] for v in checks):
         sys.exit(4)
+
+
+def _verdict(v: dict) -> str:
+    """One line: target, measured, score, and the decision (or why there is none)."""
+    pct = v["percentile"]
+    m = v["measured"]
+    rel = v["target"]["ratio"] is not None
+    line = (f"target {pct} {v['target']['ratio']:g}x of dense = {v['target_ms']:.3f} ms"
+            if rel else f"target {pct} {v['target_ms']:.3f} ms")
+    pred = v.get("predicted")
+    if pred:
+        line += f" · predicted {pred[pct + '_ms']:.3f} ms"
+    line += (f" · measured p50 {m['p50_ms']:.3f} / {pct} {m[pct + '_ms']:.3f} ms "
+             f"({v['ratio_to_dense']['value']:.3f}x dense) -> ")
+    if not v["valid"]:
+        return line + "NO DECISION (" + v["reason"] + ")"
+    return line + f"{'MET' if v['met'] else 'MISSED'} ({100 * (v['score'] - 1):+.1f}%)"
+
+
+def _trim_verdict(t: dict) -> str:
+    return (f"{t['measured_ms']:.3f} ms vs target {t['target_ms']:.3f} ms "
+            f"({100 * t['error']:+.1f}% in {t['target']['decided_on']}) -> "
+            + ("NO DECISION (measurement not valid)" if not t["valid"] else
+               "MET" if t["met"] else "MISSED"))
 
 
 class _TrainProgress:
@@ -590,7 +615,8 @@ class _TrainProgress:
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
               help="The run's checkpoint.pt; without it the pattern is realised on an "
                    "untrained network (same shapes, same gate statistics).")
-@click.option("--target-latency", required=True, help="e.g. 5ms, 0.005s, 500us.")
+@click.option("--target-latency", required=True,
+              help="e.g. 5ms, 0.005s, 500us, or 0.7x (of the dense network measured alongside).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--percentile", default="p90", show_default=True,
               type=click.Choice(["p50", "p90", "p99"]), help="Percentile the target bounds.")
@@ -603,24 +629,21 @@ def verify(pattern_path, checkpoint, target_latency, device, percentile, profile
            max_time_s, as_json) -> None:
     """Measure a learned network on this device: target vs predicted vs measured (exit 4: missed).
     """
-    from hwbench.units import parse_duration
+    from hwbench.units import LatencyTarget
     from hwbench.verify import run_verify
 
-    res = run_verify(pattern_path, parse_duration(target_latency), device, checkpoint,
-                     percentile, profile_path, max_time_s)
+    res = run_verify(pattern_path, LatencyTarget.parse(target_latency, percentile), device,
+                     checkpoint, percentile, profile_path, max_time_s)
     if as_json:
         click.echo(json.dumps(res, indent=2))
     else:
-        pred = res["predicted"]
-        click.echo(f"{res['device']} ({res['mode']} engine, batch 1): target {percentile} "
-                   f"{res['target_ms']:.3f} ms · predicted " +
-                   ("-" if pred is None else f"p50 {pred['p50_ms']:.3f} / p90 "
-                    f"{pred['p90_ms']:.3f} ms") +
-                   f" · measured p50 {res['measured']['p50_ms']:.3f} / p90 "
-                   f"{res['measured']['p90_ms']:.3f} ms -> {'MET' if res['met'] else 'MISSED'}")
+        click.echo(f"{res['device']} ({res['mode']} engine, batch 1, {res['inputs']['n']} "
+                   f"{res['inputs']['source']} images): {_verdict(res)}")
         click.echo(f"gated/dense: latency {res['latency_ratio_p50']:.3f} (p50) vs MACs "
                    f"{res['macs_ratio']:.3f}; {res['dynamic_share']:.0%} of the gated channels "
                    f"are data-dependent; engine plan {','.join(res['plan'])}")
+        if res.get("profile_stale"):
+            click.echo(res["profile_stale"]["note"])
         if res["advice"]:
             click.echo(res["advice"])
     if not res["met"]:
@@ -630,7 +653,7 @@ def verify(pattern_path, checkpoint, target_latency, device, percentile, profile
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--target-latency", required=True,
-              help="5ms, 500us, or 0.6x (of the profile's dense latency).")
+              help="5ms, 500us, or 0.6x (of the dense network measured alongside).")
 @click.option("--device", default="cpu", show_default=True,
               help="This machine's device to measure on: cpu, cuda or cuda:N.")
 @click.option("--profile", "profile_path", default=None, type=click.Path(dir_okay=False),
@@ -639,7 +662,8 @@ def verify(pattern_path, checkpoint, target_latency, device, percentile, profile
               type=click.Choice(["p50", "p90", "p99"]), help="Percentile the target bounds.")
 @click.option("--tolerance", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=0.05, show_default=True,
-              help="Land within target x [1 - tolerance, 1].")
+              help="Land within target x [1 - tolerance, 1], confirmed by repeated "
+                   "measurements.")
 @click.option("--max-time", "max_time_s", type=click.FloatRange(min=0.1), default=4.0,
               show_default=True, help="Seconds of timing per candidate.")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
@@ -651,18 +675,18 @@ def trim(run_dir, target_latency, device, profile_path, percentile, tolerance, m
     """Switch off a trained network's least-used channels until its measured latency on this
     device lands just under the target (hwbench.trim); exit 4 if the final measurement misses.
     """
-    from hwbench.trim import trim_run
+    from hwbench.pipeline import trim_run
     from hwbench.units import parse_target
 
     parse_target(target_latency)
     s = trim_run(run_dir, target_latency, device, profile_path, percentile, tolerance,
                  max_time_s, out=out, knn=knn, say=click.echo)
-    click.echo(f"trimmed: {s['n_off']} of {s['candidates']} channels off; measured {percentile} "
-               f"{s['measured_ms']:.3f} ms vs target {s['target_ms']:.3f} ms "
-               f"({100 * s['error']:+.1f}%) -> {'MET' if s['met'] else 'MISSED'}; MACs ratio "
-               f"{s['macs_ratio']:.3f}" + (f"; kNN top-1 gated {s['knn_top1_gated']:.1f} %, "
-                                            f"dense {s['knn_top1_dense']:.1f} %"
-                                            if "knn_top1_gated" in s else ""))
+    click.echo(f"trimmed: {s['n_off']} of {s['candidates']} channels off; measured anew: "
+               f"{_trim_verdict(s)}; MACs ratio {s['macs_ratio']:.3f}" +
+               (f"; kNN top-1 gated {s['knn_top1_gated']:.1f} % (compact engine), "
+                f"dense {s['knn_top1_dense']:.1f} %" if "knn_top1_gated" in s else ""))
+    if not s["search_hit"]:
+        click.echo(f"  the search could not land: {s['search_reason']}")
     click.echo(f"  written to {s['dir']} (checkpoint.pt, pattern.json, trim.json, verify.json)")
     if not s["met"]:
         sys.exit(4)

@@ -222,3 +222,38 @@ def eval_dataset(images: torch.Tensor, labels: torch.Tensor, name: str) -> Tenso
     mean = torch.tensor(meta.mean).view(1, 3, 1, 1)
     std = torch.tensor(meta.std).view(1, 3, 1, 1)
     return TensorDataset((x - mean) / std, labels)
+
+
+def balanced_indices(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` indices (or all, if fewer) drawn class by class in turn from seeded per-class
+    permutations: every class gets n / classes (+-1, until a class runs out). A fixed,
+    class-balanced sample: never the first ``n`` of a split sorted by class."""
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.unique(labels).tolist()
+    pools = [torch.nonzero(labels == c).flatten() for c in classes]
+    pools = [p[torch.randperm(len(p), generator=g)].tolist() for p in pools]
+    out: list[int] = []
+    depth = 0
+    while len(out) < min(n, len(labels)):
+        for p in pools:
+            if depth < len(p) and len(out) < n:
+                out.append(p[depth])
+        depth += 1
+    return torch.tensor(sorted(out), dtype=torch.long)
+
+
+def class_counts(labels: torch.Tensor) -> dict[str, int]:
+    values, counts = torch.unique(labels, return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(values, counts)}
+
+
+def sample_images(name: str, train: bool, n: int, sample_seed: int = 0,
+                  **load_kw) -> tuple[torch.Tensor, dict]:
+    """A fixed class-balanced sample of ``n`` normalised images of a split (timing inputs from
+    the test split, trim calibration from the training split) and its record:
+    ``{"source": "mnist5k:test", "n": 64, "class_counts": {...}, "seed": 0}``."""
+    x, y = load_tensors(name, train, **load_kw)
+    idx = balanced_indices(y, n, sample_seed)
+    images = eval_dataset(x[idx], y[idx], name).tensors[0]
+    return images, {"source": f"{name}:{'train' if train else 'test'}", "n": len(idx),
+                    "class_counts": class_counts(y[idx]), "seed": sample_seed}

@@ -105,3 +105,45 @@ def run_eval(checkpoint: str | Path, linear: bool = True, knn: bool = True,
     atomic_write_json(path, res)
     res["written"] = str(path)
     return res
+
+
+@torch.inference_mode()
+def engine_features(engine, images: torch.Tensor) -> torch.Tensor:
+    """(N, num_features) features of normalised ``images`` from a compact engine, one image per
+    call: the batch-1 function that was timed."""
+    return torch.cat([engine(x[None]).float().cpu() for x in images])
+
+
+def engine_knn(checkpoint: str | Path, pattern_path: str | Path, device: str = "cpu",
+               k: int = 20, temperature: float = 0.07) -> dict:
+    """kNN top-1 of a deployed network: the gated stream's features (train and test split)
+    from the compact engine in ``dynamic`` mode at batch 1, the function ``verify`` times; the
+    dense stream's from the eager network. Also the largest gap between the engine's and the
+    eager gated network's features on the test images (the two should be one function)."""
+    from hwbench.engine import build_engine
+    from hwbench.patterns import load_pattern
+
+    net, cfg, epoch = load_run(checkpoint)
+    dev = torch.device(device)
+    net = net.to(dev)
+    dataset = cfg["dataset"]
+    kw = dict(data_dir=cfg.get("data_dir"), n_synthetic=cfg.get("n_synthetic", 512),
+              seed=cfg.get("seed", 0))
+    train_xy, test_xy = load_tensors(dataset, True, **kw), load_tensors(dataset, False, **kw)
+    tr = eval_dataset(*train_xy, dataset).tensors[0]
+    te = eval_dataset(*test_xy, dataset).tensors[0]
+    engine = build_engine(net, "dynamic", load_pattern(pattern_path), device=dev,
+                          tune_inputs=list(te[:8].split(1)))
+    g_tr, g_te = engine_features(engine, tr), engine_features(engine, te)
+    eager = features(net, *test_xy, dataset, "gated", dev)
+    res = {"checkpoint": str(checkpoint), "pattern": str(pattern_path), "dataset": dataset,
+           "epoch": epoch, "knn_test_n": len(te),
+           "knn_top1_gated": knn_top1(g_tr, train_xy[1], g_te, test_xy[1], k, temperature),
+           "gated_source": "compact engine, dynamic mode, batch 1 (the timed network)",
+           "engine_vs_eager_max_abs_diff": float((g_te - eager).abs().max()),
+           "protocol": {"knn": {"k": k, "temperature": temperature, "metric": "cosine"}}}
+    if "dense" in streams_of(cfg["method"]):
+        d_tr = features(net, *train_xy, dataset, "dense", dev)
+        d_te = features(net, *test_xy, dataset, "dense", dev)
+        res["knn_top1_dense"] = knn_top1(d_tr, train_xy[1], d_te, test_xy[1], k, temperature)
+    return res

@@ -5,8 +5,9 @@ Phases (all timings of the compact engine; ``dynamic`` mode unless named):
    gate, every network timed piece by piece in context (``segment_times``); rounds interleave
    all grid networks and the dense reference, so drift hits every grid point alike;
 2. references and sweep: dense, masked and the prior pattern of every t_d, interleaved, each
-   until its median's 95% CI half-width is within ``ci_target`` or ``max_time`` runs out
-   (then it is marked INVALID);
+   through ``measure.protocol.measure``, each until its median's 95% CI half-width is within
+   ``ci_target`` or ``max_time`` runs out (then it is marked INVALID); inputs are synthetic:
+   a profile times priors and realised patterns, never a trained network;
 3. validation: random mixed patterns, measured end to end (with dense interleaved) and compared
    with the table's prediction;
 4. user patterns (``--patterns``), measured and predicted the same way;
@@ -17,7 +18,6 @@ Phases (all timings of the compact engine; ``dynamic`` mode unless named):
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import random
 import time
 from collections.abc import Callable
@@ -26,13 +26,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from hwbench.engine import build_engine, pattern_inputs, realise
+from hwbench.engine import build_engine, realise, synthetic_inputs
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
 from hwbench.measure.device import fingerprint, parse_device, torch_threads
 from hwbench.measure.energy import idle_power_w, select_meter
-from hwbench.measure.stats import Warn, drift, summarise
-from hwbench.measure.timer import time_interleaved, timer_overhead_ms
+from hwbench.measure.protocol import Inputs, Protocol, measure
+from hwbench.measure.stats import Warn
+from hwbench.measure.timer import timer_overhead_ms
 from hwbench.nets.geometry import arch_spec, check_stem, net_geometry
 from hwbench.patterns import GatePattern, LayerPattern, load_pattern, mixed_pattern, synthesise
 from hwbench.profiles import SCHEMA, Predictor
@@ -130,6 +131,12 @@ class Profiler:
                       "fp16": torch.float16}[cfg.dtype]
         self.progress = progress or (lambda phase, frac: None)
         self.warnings: list[dict] = []
+        # the profile decides on medians: the predictor is a p50 model, and p90/p99 come from
+        # the sweep's measured ratios; decisions on a p90 are verified by ``verify`` itself
+        self.protocol = Protocol(quantile=0.5, ci_target=cfg.ci_target, min_runs=cfg.min_runs,
+                                 max_time_s=cfg.max_time_s, warmup=cfg.warmup,
+                                 min_warmup_s=cfg.min_warmup_s, seed=cfg.seed)
+        self.pool = self._inputs(8, cfg.seed + 7)
         self.user_patterns = [(p, load_pattern(p)) for p in dict.fromkeys(cfg.patterns)]
         for path, pat in self.user_patterns:
             if (pat.arch, pat.stem, pat.input_size) != (cfg.arch, cfg.stem, cfg.input_size):
@@ -139,33 +146,20 @@ class Profiler:
     def _warn(self, code: Warn, where: str) -> None:
         self.warnings.append({"code": code.value, "where": where, "advice": code.advice})
 
-    def _inputs(self, n: int, seed: int) -> list[torch.Tensor]:
-        bsz = self.cfg.batch_size
-        xs = pattern_inputs(n * bsz, self.cfg.input_size, seed=seed).split(bsz)
-        return [x.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
-                for x in xs]
+    def _inputs(self, n: int, seed: int) -> Inputs:
+        """Synthetic inputs: a profile times priors and realised patterns, never a trained net."""
+        return synthetic_inputs(n, self.cfg.input_size, self.cfg.batch_size, seed).to(
+            self.device, self.dtype)
 
     def _engine(self, net, mode, pattern=None, **kw):
         return build_engine(net, mode, pattern, device=self.device, dtype=self.dtype,
                             batch_size=self.cfg.batch_size, **kw)
 
     def _measure(self, fns: dict, where: str) -> dict[str, dict]:
-        """Interleaved, CI-driven measurement; returns summaries with raw samples."""
-        cfg = self.cfg
-        first: dict[str, float] = {}
-        samples = time_interleaved(fns, device=self.device, warmup=cfg.warmup,
-                                   min_warmup_s=cfg.min_warmup_s, min_runs=cfg.min_runs,
-                                   max_time_s=cfg.max_time_s, ci_target=cfg.ci_target,
-                                   seed=cfg.seed, first_ms=first)
-        out = {}
-        for name, s in samples.items():
-            st = summarise(s, cfg.ci_target, first.get(name))
-            for w in st.warnings:
-                self._warn(Warn(w), f"{where}:{name}")
-            out[name] = {**st.to_dict(), "samples_ms": s}
-        if "dense" in samples and drift(samples["dense"]) > 0.10:
-            self._warn(Warn.DRIFT, where)
-        return out
+        """Interleaved, CI-driven measurement (``measure``); summaries with raw samples."""
+        m = measure(fns, self.pool, self.protocol, self.device, where=where)
+        self.warnings += m.warnings
+        return m.results
 
     def run(self) -> dict:
         with torch_threads(self.cfg.threads):
@@ -180,7 +174,7 @@ class Profiler:
               else _gpu_state(self.device)}
         overhead = timer_overhead_ms(self.device)
         base = realise(synthesise(cfg.arch, cfg.stem, cfg.input_size, 1.0), seed=cfg.seed)
-        x0 = self._inputs(1, cfg.seed + 1)[0]
+        x0 = self._inputs(1, cfg.seed + 1).batches[0]
 
         # 1. latency table
         self.progress("latency table", 0.0)
@@ -191,10 +185,8 @@ class Profiler:
         executes = ["kept" if p == "static" else "expected" for p in probe.plan]
         profile = {"schema": SCHEMA, "created": started.isoformat(timespec="seconds"),
                    "fingerprint": fp, "config": asdict(cfg),
-                   "protocol": {"warmup": cfg.warmup, "min_warmup_s": cfg.min_warmup_s,
-                                "min_runs": cfg.min_runs, "max_time_s": cfg.max_time_s,
-                                "ci_target": cfg.ci_target, "interleaved": True,
-                                "reference_probe": "dense",
+                   "protocol": {**self.protocol.to_dict(), "reference_probe": "dense",
+                                "inputs": self.pool.record,
                                 "timer_overhead_ms": overhead,
                                 "timing": "CUDA synchronise + perf_counter_ns"
                                 if self.device.type == "cuda" else "perf_counter_ns"},
@@ -204,12 +196,10 @@ class Profiler:
         # 2. references + sweep
         self.progress("sweep", 0.25)
         sweep_patterns = [synthesise(cfg.arch, cfg.stem, cfg.input_size, t) for t in cfg.t_d]
-        pool = self._inputs(8, cfg.seed + 7)
-        fns = {"dense": self._cycle(self._engine(base, "dense"), pool),
-               "masked": self._cycle(self._engine(base, "masked"), pool)}
+        pool = self.pool.batches
+        fns = {"dense": self._engine(base, "dense"), "masked": self._engine(base, "masked")}
         for t, pat in zip(cfg.t_d, sweep_patterns):
-            fns[f"t_d={t:g}"] = self._cycle(self._engine(base, "dynamic", pat, tune_inputs=x0),
-                                            pool)
+            fns[f"t_d={t:g}"] = self._engine(base, "dynamic", pat, tune_inputs=pool)
         res = self._measure(fns, "sweep")
         dense = res["dense"]
         profile["references"] = {"dense": res["dense"], "masked": res["masked"]}
@@ -265,11 +255,6 @@ class Profiler:
         self.progress("done", 1.0)
         return profile
 
-    @staticmethod
-    def _cycle(engine, pool):
-        it = itertools.cycle(pool)
-        return lambda: engine(next(it))
-
     def _table(self, net, x) -> dict:
         cfg = self.cfg
         fracs = [j / cfg.grid for j in range(cfg.grid + 1)]
@@ -314,10 +299,10 @@ class Profiler:
     def _measure_patterns(self, named: list, pool, base, where: str) -> dict:
         """Each pattern realised and run by the dynamic engine, with the dense probe (the same
         network as the sweep's) interleaved."""
-        fns = {"dense": self._cycle(self._engine(base, "dense"), pool)} if named else {}
+        fns = {"dense": self._engine(base, "dense")} if named else {}
         for name, pat in named:
             net = realise(pat, seed=self.cfg.seed)
-            fns[name] = self._cycle(self._engine(net, "dynamic", pat, tune_inputs=pool[0]), pool)
+            fns[name] = self._engine(net, "dynamic", pat, tune_inputs=pool)
         return self._measure(fns, where) if fns else {}
 
     @staticmethod
@@ -363,7 +348,7 @@ class Profiler:
             if not meter.measured:
                 self._warn(Warn.ENERGY_ESTIMATED, "energy")
             engines = [("dense", None, self._engine(base, "dense"))] + [
-                ("dynamic", p.t_d, self._engine(base, "dynamic", p, tune_inputs=pool[0]))
+                ("dynamic", p.t_d, self._engine(base, "dynamic", p, tune_inputs=pool))
                 for p in patterns]
             for mode, t_d, engine in engines:
                 meter.begin_window("e")

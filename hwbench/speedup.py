@@ -1,9 +1,9 @@
 """``hwbench speedup``: latency of every execution mode of one gate pattern, measured in one run.
 
 Protocol: the network is realised from the pattern (seeded), one engine per mode is built, and
-all modes are timed **interleaved** (``hwbench.measure.timer``) on the same cycle of inputs, so
-machine drift hits every mode alike. Each mode reports p50/p90 latency, its raw samples, its
-expected per-sample MACs, ``speedup`` = dense p50 / mode p50 and
+all modes are timed **interleaved** (``hwbench.measure.protocol.measure``) on the same cycle of
+synthetic inputs, so machine drift hits every mode alike. Each mode reports p50/p90 latency,
+its raw samples, its expected per-sample MACs, ``speedup`` = dense p50 / mode p50 and
 ``efficiency`` = speedup / (dense MACs / mode MACs): 1.0 means time falls exactly as MACs do.
 
 MACs per mode (expected per sample): dense = the dense network; masked = every conv at full
@@ -13,18 +13,16 @@ dynamic = the pattern's expected MACs (dynamic channels at their on-rate).
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from hwbench.engine import MODES, build_engine, pattern_inputs, realise
+from hwbench.engine import MODES, build_engine, realise, synthetic_inputs
 from hwbench.engine.compact import BATCH_STRATEGY
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
 from hwbench.measure.device import fingerprint, parse_device, torch_threads
-from hwbench.measure.stats import summarise
-from hwbench.measure.timer import time_interleaved
+from hwbench.measure.protocol import Inputs, Protocol, measure
 from hwbench.patterns import GatePattern, load_pattern
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -68,6 +66,7 @@ class SpeedupResult:
     dynamic_plan: list[str]
     pattern: dict
     config: dict
+    inputs: dict = field(default_factory=dict)  # which inputs were timed
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -108,27 +107,21 @@ def _run_speedup(cfg: SpeedupConfig, device, progress) -> SpeedupResult:
     dtype = DTYPES[cfg.dtype]
     net = realise(pattern, seed=cfg.seed)
     size, bsz = pattern.input_size, cfg.batch_size
-    pool = [x.to(device, dtype).contiguous(memory_format=torch.channels_last)
-            for x in pattern_inputs(cfg.inputs * bsz, size, seed=cfg.seed + 7).split(bsz)]
+    pool = synthetic_inputs(cfg.inputs, size, bsz, seed=cfg.seed + 7).to(device, dtype)
     engines = {m: build_engine(net, m, pattern, device=device, dtype=dtype, batch_size=bsz,
                                dynamic_policy=cfg.dynamic_policy, backend=cfg.backend,
-                               tune_inputs=pool[0]) for m in MODES}
-
-    def runner(engine):
-        it = itertools.cycle(pool)
-        return lambda: engine(next(it))
-
-    samples = time_interleaved({m: runner(e) for m, e in engines.items()}, device=device,
-                               warmup=cfg.warmup, min_runs=cfg.min_runs,
-                               max_time_s=cfg.max_time_s, seed=cfg.seed, progress=progress)
+                               tune_inputs=pool.batches) for m in MODES}
+    # a comparison of medians: no CI target, a fixed time (hyperfine's --min-runs/--runs)
+    protocol = Protocol(quantile=0.5, ci_target=None, min_runs=cfg.min_runs,
+                        max_time_s=cfg.max_time_s, warmup=cfg.warmup, seed=cfg.seed)
+    res = measure(engines, pool, protocol, device, progress=progress)
     macs = mode_macs(pattern)
-    dense_p50 = summarise(samples["dense"]).p50_ms
     modes = {}
     for m in MODES:
-        s = summarise(samples[m])
-        speedup = dense_p50 / s.p50_ms
-        modes[m] = ModeResult(s.p50_ms, s.p90_ms, s.n, macs[m], speedup,
-                              speedup / (macs["dense"] / macs[m]), samples[m])
+        r = res[m]
+        speedup = res.at("dense") / r["p50_ms"]
+        modes[m] = ModeResult(r["p50_ms"], r["p90_ms"], r["n"], macs[m], speedup,
+                              speedup / (macs["dense"] / macs[m]), r["samples_ms"])
     return SpeedupResult(
         flops_ratio=macs["dynamic"] / macs["dense"], modes=modes,
         device={**fingerprint(device, cfg.threads), "backend": engines["static"].backend},
@@ -136,13 +129,16 @@ def _run_speedup(cfg: SpeedupConfig, device, progress) -> SpeedupResult:
         dynamic_batch_strategy="per sample" if bsz == 1 else BATCH_STRATEGY,
         dynamic_plan=engines["dynamic"].plan,
         pattern={"path": cfg.pattern, "arch": pattern.arch, "stem": pattern.stem,
-                 "input_size": size, "t_d": pattern.t_d},
+                 "input_size": size, "t_d": pattern.t_d}, inputs=res.inputs,
         config=asdict(cfg))
 
 
 def layer_times(engines: dict, x: torch.Tensor, min_runs: int = 30) -> dict[str, list[float]]:
     """Median ms of the stem and of each block, per mode, each block on its own real input,
     modes interleaved. Where the time goes; the sum is a little below the end-to-end p50."""
+    protocol = Protocol(quantile=0.5, ci_target=None, min_runs=min_runs, max_time_s=0.0,
+                        warmup=3, min_warmup_s=0.0)
+    one = Inputs([x], {"source": "one batch, its activations per block"})
     inputs = {}
     with torch.inference_mode():
         for m, e in engines.items():
@@ -151,15 +147,13 @@ def layer_times(engines: dict, x: torch.Tensor, min_runs: int = 30) -> dict[str,
             for blk in e.blocks:
                 h = blk(h)
                 inputs[m].append(h)
-        out = {m: [] for m in engines}
-        stems = time_interleaved({m: (lambda e=e: e._stem(x)) for m, e in engines.items()},
-                                 warmup=3, min_warmup_s=0.0, min_runs=min_runs, max_time_s=0.0)
-        for m in engines:
-            out[m].append(summarise(stems[m]).p50_ms)
+        stems = measure({m: e._stem for m, e in engines.items()}, one, protocol, reference=None)
+        out = {m: [stems[m]["p50_ms"]] for m in engines}
         for i in range(len(next(iter(engines.values())).blocks)):
-            fns = {m: (lambda b=e.blocks[i], h=inputs[m][i]: b(h)) for m, e in engines.items()}
-            s = time_interleaved(fns, warmup=3, min_warmup_s=0.0, min_runs=min_runs,
-                                 max_time_s=0.0)
+            # each mode's block runs on that mode's own activation, not the shared input
+            fns = {m: (lambda _x, b=e.blocks[i], h=inputs[m][i]: b(h))
+                   for m, e in engines.items()}
+            s = measure(fns, one, protocol, reference=None)
             for m in engines:
-                out[m].append(summarise(s[m]).p50_ms)
+                out[m].append(s[m]["p50_ms"])
     return out

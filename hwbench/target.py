@@ -148,122 +148,54 @@ def parse_device_targets(texts: list[str], default_device: str | None = None
     return pairs
 
 
-def train_to_target(cfg, target: float | str | None = None, target_device: str | None = None,
-                    percentile: str = "p90", say: Callable[[str], None] = lambda s: None,
-                    progress=None, verify_max_time_s: float = 10.0, quick: bool = True,
-                    energy_factory=None,
-                    targets: list[tuple[str | None, float | str]] | None = None,
-                    trim: bool | None = None, trim_options: dict | None = None) -> dict:
-    """The whole ``hwbench train``: pick ``t_d`` for each latency target (seconds, '5ms' or
-    '0.65x' of the dense latency) on its device's profile, co-train, then measure the learned
-    network on every target device that is this machine (``verify.json`` in the run directory;
-    ``summary['verify']``).
-
-    ``targets``: (device, target) pairs, several devices at once; or ``target`` on
-    ``target_device``. With the paper's MACs budget (``cfg.budget == 'flops'``) ``t_d`` is the
-    smallest pick, so every target is met by the prior; with ``cfg.budget == 'latency'`` the
-    targets enter the loss (``hwbench.budget``) and ``t_d`` sets the bound. A resumed run keeps
-    the ``t_d`` and decision it started with."""
+def resolve_targets(cfg, targets: list[tuple[str | None, float | str]], percentile: str,
+                    quick: bool = True, say: Callable[[str], None] = lambda s: None) -> list:
+    """Each (device, target) pair's profile and ``LatencyTarget``, and ``cfg`` completed for
+    them: the run's name, ``t_d`` (the smallest pick, or the resumed run's) and, with
+    ``--budget latency``, the latency targets the loss reads. [(TargetProfile, LatencyTarget,
+    device)]"""
     import json
 
     from hwbench.data import info
-    from hwbench.io import atomic_write_json
-    from hwbench.train import Dist, run_dir, train, validate
+    from hwbench.train import run_dir
+    from hwbench.units import LatencyTarget
 
-    if targets is None:
-        targets = [(target_device, target)] if target is not None else []
-    if cfg.budget == "latency" and not targets:
-        raise UsageError("--budget latency needs --target-latency (the latency to train for)")
-    validate(cfg)
-    dist = Dist.from_env()
-    resolved = []  # (TargetProfile, seconds, where)
-    if targets:
-        meta = info(cfg.dataset)
-        if cfg.out is None and cfg.run_name is None:
-            cfg.run_name = target_run_name(cfg, targets[0][1]) + \
-                ("" if len(targets) == 1 else f"_{len(targets)}dev") + \
-                ("" if cfg.budget == "flops" else "_latbudget")
-        old_cfg = run_dir(cfg) / "config.json"
-        for where, text in targets:
-            where = where or cfg.device
-            # under torchrun every process must read the same profile: no per-process quick one
-            tp = resolve_profile(where, cfg.arch, meta.stem, meta.input_size,
-                                 quick=quick and dist.world == 1, say=say)
-            resolved.append((tp, resolve_target(text, tp, percentile), where))
-        if cfg.resume and old_cfg.exists():
-            old = json.loads(old_cfg.read_text())
-            cfg.t_d, cfg.decision = old["t_d"], old.get("decision", {})
-            cfg.latency_targets = tuple(old.get("latency_targets", ()))
-            say(f"resuming with t_d {cfg.t_d:g} as picked at the start of the run")
-        else:
-            decisions = []
-            for tp, target_s, _ in resolved:
-                t_d, decision = choose_t_d(tp, target_s, percentile)
-                decisions.append(decision)
-                say(f"t_d {t_d:g} picked for {target_s * 1e3:g} ms ({percentile}) on "
-                    f"{decision['device']} from {tp.path}: predicted "
-                    f"{decision['predicted_ms']:.3f} ms")
-            binding = min(decisions, key=lambda d: d["t_d"])
-            cfg.t_d = binding["t_d"]
-            cfg.decision = {**binding, "budget": cfg.budget}
-            if len(decisions) > 1:
-                cfg.decision["targets"] = decisions
-                say(f"t_d {cfg.t_d:g}: the smallest of the picks, so every target is met")
-            if cfg.budget == "latency":
-                from hwbench.budget import DeviceTarget
-                cfg.latency_targets = tuple(
-                    DeviceTarget(where, str(tp.path), target_s * 1e3, percentile).to_dict()
-                    for tp, target_s, where in resolved)
-                say("training against the predicted latency on " + ", ".join(
-                    f"{tp.profile['fingerprint']['name']} ({target_s * 1e3:g} ms {percentile})"
-                    for tp, target_s, _ in resolved) + f"; the bound keeps t_d {cfg.t_d:g}")
-    summary = train(cfg, progress, energy_factory=energy_factory)
-    if not dist.main or not resolved or "pattern" not in summary:
-        return summary
-    from hwbench.verify import run_verify
-
-    results = []
-    for tp, target_s, where in resolved:
-        if not tp.local:
-            say(f"target device {tp.profile['fingerprint']['name']} is not this machine: run "
-                f"`hwbench verify --pattern {summary['pattern']} --checkpoint "
-                f"{summary['dir']}/checkpoint.pt --target-latency {target_s * 1e3:g}ms` there")
-            continue
-        device = where if not where.endswith(".json") else tp.profile["fingerprint"]["type"]
-        say(f"verifying the learned network on {tp.profile['fingerprint']['name']} ...")
-        res = run_verify(summary["pattern"], target_s, device,
-                         str(Path(summary["dir"]) / "checkpoint.pt"), percentile, str(tp.path),
-                         verify_max_time_s)
-        # the first verified target keeps the single-target file name; others add their device
-        tag = Path(where).stem if where.endswith(".json") else where
-        name = "verify.json" if not results else \
-            f"verify-{re.sub(r'[^a-z0-9]+', '-', tag.lower()).strip('-')}.json"
-        atomic_write_json(Path(summary["dir"]) / name, res)
-        brief = {k: v for k, v in res.items() if k != "measured"}
-        brief["measured"] = {k: v for k, v in res["measured"].items() if k != "samples_ms"}
-        results.append(brief)
-    if results:
-        summary["verify"] = results[0]
-        if len(resolved) > 1:
-            summary["verify_all"] = results
-        atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
-    if trim is None:
-        trim = cfg.budget == "latency"
-    local = [(tp, target_s, where) for tp, target_s, where in resolved if tp.local]
-    if trim and local:
-        from hwbench.trim import trim_run
-
-        tp, target_s, where = local[0]
-        if len(local) > 1:
-            say(f"trimming to the first target on this machine ({where}); the others keep the "
-                "trained network")
-        device = where if not where.endswith(".json") else tp.profile["fingerprint"]["type"]
-        say(f"trimming the learned network to {target_s * 1e3:.3f} ms on "
-            f"{tp.profile['fingerprint']['name']} ...")
-        summary["trim"] = trim_run(summary["dir"], target_s, device, str(tp.path), percentile,
-                                   say=say, **(trim_options or {}))
-        atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
-    elif trim and resolved:
-        say("no target device is this machine: nothing to trim here (run `hwbench trim RUN_DIR "
-            "--target-latency T` on the target device)")
-    return summary
+    meta = info(cfg.dataset)
+    if cfg.out is None and cfg.run_name is None:
+        cfg.run_name = target_run_name(cfg, targets[0][1]) + \
+            ("" if len(targets) == 1 else f"_{len(targets)}dev") + \
+            ("" if cfg.budget == "flops" else "_latbudget")
+    old_cfg = run_dir(cfg) / "config.json"
+    resolved = []
+    for where, text in targets:
+        where = where or cfg.device
+        tp = resolve_profile(where, cfg.arch, meta.stem, meta.input_size, quick=quick, say=say)
+        resolved.append((tp, LatencyTarget.parse(text, percentile), where))
+    if cfg.resume and old_cfg.exists():
+        old = json.loads(old_cfg.read_text())
+        cfg.t_d, cfg.decision = old["t_d"], old.get("decision", {})
+        cfg.latency_targets = tuple(old.get("latency_targets", ()))
+        say(f"resuming with t_d {cfg.t_d:g} as picked at the start of the run")
+        return resolved
+    decisions = []
+    for tp, goal, _ in resolved:
+        target_s = resolve_target(goal.text, tp, percentile)
+        t_d, decision = choose_t_d(tp, target_s, percentile)
+        decisions.append({**decision, "target": goal.to_dict()})
+        say(f"t_d {t_d:g} picked for {goal.text} = {target_s * 1e3:.3g} ms ({percentile}) on "
+            f"{decision['device']} from {tp.path}: predicted {decision['predicted_ms']:.3f} ms")
+    binding = min(decisions, key=lambda d: d["t_d"])
+    cfg.t_d = binding["t_d"]
+    cfg.decision = {**binding, "budget": cfg.budget}
+    if len(decisions) > 1:
+        cfg.decision["targets"] = decisions
+        say(f"t_d {cfg.t_d:g}: the smallest of the picks, so every target is met")
+    if cfg.budget == "latency":
+        from hwbench.budget import DeviceTarget
+        cfg.latency_targets = tuple(
+            DeviceTarget(where, str(tp.path), resolve_target(goal.text, tp, percentile) * 1e3,
+                         percentile).to_dict() for tp, goal, where in resolved)
+        say("training against the predicted latency on " + ", ".join(
+            f"{tp.profile['fingerprint']['name']} ({goal.text} {percentile})"
+            for tp, goal, _ in resolved) + f"; the bound keeps t_d {cfg.t_d:g}")
+    return resolved

@@ -13,14 +13,16 @@ training sees 64 inputs at a time. Trimming fixes the rest by measurement:
 3. The first ``n`` channels of that ranking are switched off for good: their gate's output bias
    is set to a large negative value, so the network itself (masked, compact, any engine) never
    turns them on. The result is an ordinary checkpoint.
-4. ``n`` is searched on the device: the profile predicts a starting ``n``, then each candidate is
-   summarised, compiled by the compact engine (``dynamic`` mode, batch 1) and timed, interleaved
-   with the dense reference, and ``n`` moves by the measured/predicted ratio (bisection inside
-   the bracket) until the measured percentile lands in ``[target * (1 - tolerance),
-   target * (1 - tolerance / 5)]`` (aiming at ``target * (1 - tolerance / 2)``: the margin is for
-   the next measurement's noise).
+4. ``n`` is searched on the device in *scores*, measured / target in the target's own terms (the
+   ratio to the dense network measured alongside for a relative target, which cancels drift;
+   ms for an absolute one): the profile predicts a starting ``n``, each candidate is deployed
+   (``hwbench.deploy``), compiled by the compact engine (``dynamic`` mode, batch 1) and timed on
+   real images, and the next ``n`` aims the prediction, corrected by the pooled measured /
+   predicted ratio of the recent measurements, at ``1 - tolerance / 2``. A candidate is accepted
+   only once the pooled estimate is confirmed inside the band by repeated valid measurements
+   (``SearchRule``); otherwise the search says it could not land, with the spread it saw.
 
-Every candidate's raw samples are kept in ``trim.json``; the chosen network is then measured
+Every measurement's raw samples are kept in ``trim.json``; the chosen network is then measured
 again from scratch (``verify.json``), so the reported latency is not the search's best draw. The
 deployed pattern is the one summarised on the calibration images (training data), as a user
 without the test set would make it.
@@ -29,18 +31,16 @@ without the test set would make it.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from hwbench.errors import UsageError
+from hwbench.deploy import OFF_BIAS, set_channels
 from hwbench.patterns import GatePattern, summarise
 from hwbench.profiles import Predictor
-
-OFF_BIAS = -1.0e4  # a gate logit no input can lift above 0: the channel is off for good
 
 
 @dataclass
@@ -78,10 +78,11 @@ def ranking(pattern: GatePattern, predictor: Predictor | None = None) -> list[Ca
 
 def switch_off(net, cands: list[Candidate]) -> None:
     """Switch the candidates' channels off in ``net`` (in place): gate bias to ``OFF_BIAS``."""
-    blocks = [b for _, b in net.blocks()]
-    with torch.no_grad():
-        for c in cands:
-            blocks[c.block].gate.fc2.bias[c.channel] = OFF_BIAS
+    by_block: dict[int, list[int]] = {}
+    for c in cands:
+        by_block.setdefault(c.block, []).append(c.channel)
+    for block, channels in by_block.items():
+        set_channels(net, block, channels, OFF_BIAS)
 
 
 def trimmed_pattern(pattern: GatePattern, cands: list[Candidate]) -> GatePattern:
@@ -111,209 +112,163 @@ class TrimResult:
     candidates: int
     net: torch.nn.Module
     pattern: GatePattern  # summarised on the calibration images
-    measured_ms: float
-    predicted_ms: float | None
-    steps: list[dict]  # every candidate measured: n, predicted, measured summary, raw samples
-    hit: bool  # the search landed inside [target * (1 - tolerance), target]
+    score: float  # mean measured / target of the chosen candidate (<= 1 meets the target)
+    predicted: float | None  # its predicted score
+    steps: list[dict]  # every measurement: n, predicted and measured score, the summary
+    hit: bool  # the chosen candidate's confirmed score lies in the accepted band
+    spread: float  # largest (max - min) / mean of the scores of one repeatedly measured candidate
+    reason: str = ""  # why there is no hit
 
     def to_dict(self) -> dict:
-        return {"n_off": self.n_off, "candidates": self.candidates,
-                "measured_ms": self.measured_ms, "predicted_ms": self.predicted_ms,
-                "hit": self.hit, "steps": self.steps}
+        return {"n_off": self.n_off, "candidates": self.candidates, "score": self.score,
+                "predicted_score": self.predicted, "hit": self.hit, "spread": self.spread,
+                "reason": self.reason, "steps": self.steps}
 
 
-def search(net, calib: torch.Tensor, target_ms: float, device: torch.device,
+@dataclass(frozen=True)
+class SearchRule:
+    """When a candidate is accepted. Scores are measured / target (in the target's own terms: a
+    ratio to dense measured alongside for a relative target, ms for an absolute one).
+
+    The profile's prediction is corrected by ``k``, the geometric mean of measured/predicted
+    over the last ``window`` measurements (the search's measurements cluster around the answer,
+    so this pools several noisy draws instead of trusting one). The search aims the corrected
+    prediction at ``1 - tolerance / 2`` and accepts a candidate once it was measured, at least
+    ``repeats`` valid measurements are in the window, and the corrected estimate +- 2 standard
+    errors lies inside ``[1 - tolerance, 1]``. A device too noisy for that within
+    ``max_measurements`` gets no hit, and the result says so with the spread it saw."""
+
+    tolerance: float = 0.05
+    repeats: int = 4
+    window: int = 6
+    max_measurements: int = 12
+
+    @property
+    def aim(self) -> float:
+        return 1.0 - self.tolerance / 2
+
+    def accepts(self, estimate: float, se: float) -> bool:
+        return 1.0 - self.tolerance <= estimate * math.exp(-2 * se) and \
+            estimate * math.exp(2 * se) <= 1.0
+
+
+def search(net, calib: torch.Tensor, device: torch.device,
            measure: Callable[[torch.nn.Module, GatePattern], dict],
-           predictor: Predictor | None = None, percentile: str = "p90",
-           tolerance: float = 0.05, max_measurements: int = 8,
+           predict_score: Callable[[GatePattern], float],
+           predictor: Predictor | None = None, rule: SearchRule = SearchRule(),
            say: Callable[[str], None] = lambda s: None) -> TrimResult:
-    """Find the trim of ``net`` whose measured ``percentile`` latency lands in
-    ``[target_ms * (1 - tolerance), target_ms]``; ``measure(net, pattern)`` times a candidate
-    and returns a summary with ``{percentile}_ms`` (and ``samples_ms``). Accepted band:
-    ``[target * (1 - tolerance), target * (1 - tolerance / 5)]``.
+    """Find the trim of ``net`` whose score (``measure(net, pattern)`` returns a dict with
+    ``score`` = measured / target and ``valid``) is confirmed inside ``rule``'s band.
+    ``predict_score(pattern)``: the profile's predicted score; ``predictor`` ranks channels by
+    ms saved.
 
-    Without a hit after ``max_measurements``, the fastest candidate that meets the target (or,
-    if none does, the fastest measured) is returned with ``hit`` False."""
+    Without a confirmed hit after ``rule.max_measurements``, the measured candidate whose
+    estimate meets the target most closely (or, if none does, the fastest) is returned with
+    ``hit`` False and the reason."""
     net = net.eval()
     loader = DataLoader(calib, batch_size=256)
-
-    def summarise_net(m) -> GatePattern:
-        return summarise(m, loader, device)
-
-    base = summarise_net(net)
+    base = summarise(net, loader, device)
     cands = ranking(base, predictor)
-    lo_ms, hi_ms = target_ms * (1.0 - tolerance), target_ms * (1.0 - tolerance / 5)
-    aim = target_ms * (1.0 - tolerance / 2)
+    st = _SearchState(net, base, cands, loader, device, predict_score, rule)
+    n = st.n_for(rule.aim)
+    for _ in range(rule.max_measurements):
+        res = measure(*st.candidate(n))
+        st.record(n, res)
+        est, se, used = st.estimate(n)
+        say(f"  trim: {n} of {len(cands)} channels off -> measured {res['score']:.3f} x target"
+            f" (predicted {st.predicted(n):.3f}, corrected {est:.3f} +- {2 * se:.3f})"
+            + ("" if res.get("valid", True) else " [measurement not valid]"))
+        if used >= rule.repeats and rule.accepts(est, se):
+            return st.result(n, True)
+        nxt = st.n_for(rule.aim / st.correction()[0])
+        n = n if rule.accepts(est, 0.0) else nxt  # in the band: measure it again to confirm
+    return st.fallback()
 
-    def predict(n: int) -> float | None:
-        if predictor is None:
-            return None
-        return predictor.predict(trimmed_pattern(base, cands[:n]), percentile)
 
-    def net_with(n: int):
-        m = copy.deepcopy(net)
-        switch_off(m, cands[:n])
-        return m
+class _SearchState:
+    """What ``search`` has measured, and the corrected predictions it steers by."""
 
-    def n_for(ms: float, lo: int, hi: int) -> int:
-        """Smallest n in [lo, hi] whose prediction is at most ``ms`` (predictions fall with n)."""
-        a, b = lo, hi
+    def __init__(self, net, base, cands, loader, device, predict_score, rule: SearchRule):
+        self.net, self.base, self.cands = net, base, cands
+        self.loader, self.device, self.predict_score = loader, device, predict_score
+        self.rule = rule
+        self.built: dict[int, tuple] = {}
+        self.preds: dict[int, float] = {}
+        self.scores: dict[int, list[float]] = {}
+        self.steps: list[dict] = []
+        self.log_ratios: list[float] = []  # valid measurements only
+
+    def candidate(self, n: int) -> tuple:
+        if n not in self.built:
+            m = copy.deepcopy(self.net)
+            switch_off(m, self.cands[:n])
+            self.built[n] = (m, summarise(m, self.loader, self.device))
+        return self.built[n]
+
+    def predicted(self, n: int) -> float:
+        if n not in self.preds:
+            self.preds[n] = self.predict_score(trimmed_pattern(self.base, self.cands[:n]))
+        return self.preds[n]
+
+    def record(self, n: int, res: dict) -> None:
+        score, valid = float(res["score"]), bool(res.get("valid", True))
+        if valid:
+            self.scores.setdefault(n, []).append(score)
+            self.log_ratios.append(math.log(score / self.predicted(n)))
+        self.steps.append({"n_off": n, "predicted_score": self.predicted(n), "score": score,
+                           "valid": valid, "measured": res})
+
+    def correction(self) -> tuple[float, float, int]:
+        """(k, standard error of log k, measurements used) over the window."""
+        recent = self.log_ratios[-self.rule.window:]
+        if not recent:
+            return 1.0, math.inf, 0
+        mean = sum(recent) / len(recent)
+        if len(recent) < 2:
+            return math.exp(mean), math.inf, 1
+        var = sum((r - mean) ** 2 for r in recent) / (len(recent) - 1)
+        return math.exp(mean), math.sqrt(var / len(recent)), len(recent)
+
+    def estimate(self, n: int) -> tuple[float, float, int]:
+        k, se, used = self.correction()
+        return k * self.predicted(n), se, used
+
+    def n_for(self, score: float) -> int:
+        """Smallest n whose predicted score is at most ``score`` (predictions fall with n)."""
+        a, b = 0, len(self.cands)
         while a < b:
             mid = (a + b) // 2
-            if predict(mid) <= ms:
+            if self.predicted(mid) <= score:
                 b = mid
             else:
                 a = mid + 1
         return a
 
-    steps: list[dict] = []
-    tried: dict[int, tuple] = {}
-    lo, hi = 0, len(cands)  # measured: n <= lo too slow (unknown yet); n >= hi fast enough
-    n = n_for(aim, 0, len(cands)) if predictor else len(cands) // 2
-    for _ in range(max_measurements):
-        m = net_with(n)
-        pat = summarise_net(m)
-        res = measure(m, pat)
-        ms = float(res[f"{percentile}_ms"])
-        pred = predict(n)
-        tried[n] = (ms, m, pat, pred)
-        steps.append({"n_off": n, "predicted_ms": pred, "measured": res})
-        say(f"  trim: {n} of {len(cands)} channels off -> measured {percentile} {ms:.3f} ms"
-            + (f" (predicted {pred:.3f})" if pred is not None else "")
-            + f", target {target_ms:.3f}")
-        if lo_ms <= ms <= hi_ms:
-            break
-        if ms > hi_ms:
-            lo = max(lo, n + 1)
-        else:
-            hi = min(hi, n - 1) if n > 0 else 0
-        if lo > hi:
-            break
-        if predictor is not None and pred:
-            # aim the prediction, corrected by this candidate's measured/predicted ratio, at the
-            # middle of the band
-            guess = n_for(aim * pred / ms, lo, hi)
-        else:
-            guess = (lo + hi) // 2
-        if guess in tried or not lo <= guess <= hi:
-            guess = (lo + hi) // 2
-        if guess in tried:
-            break
-        n = guess
-    meets = {k: v for k, v in tried.items() if v[0] <= target_ms}
-    if meets:
-        best = max(meets, key=lambda k: meets[k][0])  # the slowest that meets: least trimmed
-    else:
-        best = min(tried, key=lambda k: tried[k][0])
-    ms, m, pat, pred = tried[best]
-    return TrimResult(best, len(cands), m, pat, ms, pred, steps, lo_ms <= ms <= hi_ms)
-
-
-def engine_timer(device: torch.device, max_time_s: float = 4.0,
-                 min_runs: int = 64, percentile: str = "p90"
-                 ) -> Callable[[torch.nn.Module, GatePattern], dict]:
-    """``measure`` for :func:`search`: the verify protocol (``hwbench.verify.time_network``),
-    shorter."""
-    from hwbench.measure.stats import summarise as summarise_samples
-    from hwbench.verify import time_network
-
-    def measure(net, pattern: GatePattern) -> dict:
-        samples, plan = time_network(net, pattern, device, max_time_s, min_runs, percentile)
-        out = summarise_samples(samples["dynamic"], 0.02).to_dict()
-        out["samples_ms"] = samples["dynamic"]
-        out["dense_p50_ms"] = summarise_samples(samples["dense"]).p50_ms
-        out["plan"] = plan
+    def spread(self) -> float:
+        """Largest (max - min) / mean over the repeated measurements of one candidate."""
+        out = 0.0
+        for xs in self.scores.values():
+            if len(xs) > 1:
+                out = max(out, (max(xs) - min(xs)) / (sum(xs) / len(xs)))
         return out
 
-    return measure
+    def result(self, n: int, hit: bool, reason: str = "") -> TrimResult:
+        m, pat = self.candidate(n)
+        est = self.estimate(n)[0] if self.log_ratios else math.nan
+        return TrimResult(n, len(self.cands), m, pat, est, self.predicted(n), self.steps, hit,
+                          self.spread(), reason)
 
-
-def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
-             profile_path: str | None = None, percentile: str = "p90",
-             tolerance: float = 0.05, max_time_s: float = 4.0, verify_max_time_s: float = 10.0,
-             calib_samples: int = 1024, out: str | Path | None = None, knn: bool = True,
-             min_runs: int = 64, say: Callable[[str], None] = lambda s: None) -> dict:
-    """Trim a training run's network to ``target`` on ``device`` (this machine) and write the
-    trimmed run to ``out`` (default ``RUN/trim-<target>``): checkpoint.pt, pattern.json,
-    trim.json (the search), verify.json (measured anew) and eval.json (kNN, both streams)."""
-    from hwbench.data import eval_dataset, load_tensors
-    from hwbench.evaluate import load_run, run_eval
-    from hwbench.io import atomic_write_json
-    from hwbench.measure.device import parse_device
-    from hwbench.target import resolve_profile, resolve_target
-    from hwbench.train import _save_checkpoint
-    from hwbench.verify import run_verify
-
-    run = Path(run_dir)
-    ckpt = run / "checkpoint.pt"
-    if not ckpt.exists():
-        raise UsageError(f"{run}: no checkpoint.pt (is it a training run directory?)")
-    if not 0 < tolerance < 1:
-        raise UsageError(f"--tolerance must be in (0, 1), got {tolerance:g}")
-    dev = parse_device(device)
-    net, cfg, _ = load_run(ckpt)
-    if cfg.get("method") == "dense":
-        raise UsageError(f"{run} trained the dense stream only: there are no gates to trim")
-    from hwbench.data import info
-
-    meta = info(cfg["dataset"])
-    tp = resolve_profile(profile_path or device, cfg["arch"], meta.stem, meta.input_size,
-                         quick=False)
-    if not tp.local:
-        raise UsageError(f"{tp.path} profiles {tp.profile['fingerprint']['name']}, not this "
-                         "machine: trimming measures, so run it on the target device")
-    target_s = resolve_target(target, tp, percentile)
-    tag = target if isinstance(target, str) else f"{target * 1e3:g}ms"
-    out = Path(out) if out else run / f"trim-{tag}"
-    kw = dict(data_dir=cfg.get("data_dir"), n_synthetic=cfg.get("n_synthetic", 512),
-              seed=cfg.get("seed", 0))
-    x, y = load_tensors(cfg["dataset"], True, **kw)
-    calib = eval_dataset(x[:calib_samples], y[:calib_samples], cfg["dataset"]).tensors[0]
-    say(f"trimming {run} to {target_s * 1e3:.3f} ms ({percentile}) on "
-        f"{tp.profile['fingerprint']['name']}, profile {tp.path}")
-    timer = engine_timer(dev, max_time_s, min_runs, percentile)
-    res = search(net.to(dev), calib, target_s * 1e3, dev, timer, Predictor(tp.profile),
-                 percentile, tolerance, say=say)
-    out.mkdir(parents=True, exist_ok=True)
-    # the trimmed checkpoint: the run's, with the trimmed gates (resume state dropped)
-    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-    state = {f"backbone.{k}": v.cpu() for k, v in res.net.state_dict().items()}
-    ck["model"] = {**ck["model"], **state}
-    ck["trim"] = {"from": str(ckpt), "target_ms": target_s * 1e3, "n_off": res.n_off}
-    for k in ("optimizer", "scaler"):
-        ck.pop(k, None)
-    _save_checkpoint(out / "checkpoint.pt", ck)
-    pattern = res.pattern
-    pattern.t_d = cfg.get("t_d")
-    pattern.extra.update(dataset=cfg["dataset"], run=f"{run.name}-trim-{tag}",
-                         summarised_on=f"{len(calib)} training images (calibration)")
-    pattern.save(out / "pattern.json")
-    record = {"schema": "hwbench/trim@1", "run": str(run), "target_ms": target_s * 1e3,
-              "percentile": percentile, "tolerance": tolerance, "profile": str(tp.path),
-              "device": tp.profile["fingerprint"]["name"], "calibration_images": len(calib),
-              "protocol": "compact engine, dynamic mode, batch 1, interleaved with dense; "
-                          f"{max_time_s:g} s per candidate", **res.to_dict()}
-    atomic_write_json(out / "trim.json", record)
-    say("measuring the trimmed network anew ...")
-    ver = run_verify(str(out / "pattern.json"), target_s, device, str(out / "checkpoint.pt"),
-                     percentile, str(tp.path), verify_max_time_s)
-    atomic_write_json(out / "verify.json", ver)
-    summary = {"dir": str(out), "target_ms": target_s * 1e3, "n_off": res.n_off,
-               "candidates": res.candidates, "search_hit": res.hit,
-               "search_measured_ms": res.measured_ms,
-               "measured_ms": ver["measured"][f"{percentile}_ms"],
-               "error": ver["measured"][f"{percentile}_ms"] / (target_s * 1e3) - 1.0,
-               "met": ver["met"], "within_tolerance": abs(
-                   ver["measured"][f"{percentile}_ms"] / (target_s * 1e3) - 1.0) <= tolerance,
-               "dense_p50_ms": ver["dense_p50_ms"],
-               "profile_dense_p50_ms": tp.profile["references"]["dense"]["p50_ms"],
-               "macs_ratio": ver["macs_ratio"],
-               "dynamic_share": ver["dynamic_share"], "steps": len(res.steps)}
-    if knn:
-        say("kNN top-1 of the trimmed network ...")
-        ev = run_eval(out / "checkpoint.pt", linear=False, knn=True, device=device,
-                      out=out / "eval.json")
-        summary.update({k: v for k, v in ev.items() if k.startswith("knn_top1")})
-    atomic_write_json(out / "summary.json", summary)
-    return summary
-
+    def fallback(self) -> TrimResult:
+        r = self.rule
+        why = (f"no candidate confirmed inside [{1 - r.tolerance:.3f}, 1] x target (corrected "
+               f"estimate +- 2 standard errors, >= {r.repeats} valid measurements) in "
+               f"{r.max_measurements} measurements; one candidate measured up to "
+               f"{self.spread():.1%} apart")
+        if not self.scores:
+            return self.result(next(iter(self.built)), False, "no valid measurement; " + why)
+        est = {n: self.estimate(n)[0] for n in self.scores}
+        meets = [n for n in est if est[n] <= 1.0]
+        best = max(meets, key=est.get) if meets else min(est, key=est.get)
+        if not meets:
+            why = "no candidate met the target: the fastest is returned; " + why
+        return self.result(best, False, why)

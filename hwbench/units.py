@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 from hwbench.errors import UsageError
 
@@ -41,3 +42,43 @@ def parse_target(text: str) -> tuple[float | None, float | None]:
     except UsageError:
         raise UsageError(f"cannot parse latency {text!r}: give a number and a unit (5ms, 0.005s, "
                          "500us) or a fraction of the dense latency (0.65x)") from None
+
+
+@dataclass(frozen=True)
+class LatencyTarget:
+    """A latency target at ``percentile``: absolute (``ms``) or relative (``ratio`` of the dense
+    network's latency at that percentile). A relative target is decided on the ratio to the
+    dense network measured alongside (interleaved), which cancels machine drift; an absolute
+    one in milliseconds."""
+
+    percentile: str = "p90"
+    ms: float | None = None
+    ratio: float | None = None
+
+    @classmethod
+    def parse(cls, target: float | str, percentile: str = "p90") -> LatencyTarget:
+        """Seconds (a float), a duration ('5ms') or a fraction ('0.7x')."""
+        if not isinstance(target, str):
+            return cls(percentile, ms=float(target) * 1e3)
+        seconds, factor = parse_target(target)
+        return cls(percentile, ms=seconds * 1e3) if seconds is not None else \
+            cls(percentile, ratio=factor)
+
+    @property
+    def text(self) -> str:
+        return f"{self.ratio:g}x" if self.ratio is not None else f"{self.ms:g}ms"
+
+    def ms_for(self, dense_ms: float) -> float:
+        """The target in ms when the dense network takes ``dense_ms`` at this percentile."""
+        return self.ratio * dense_ms if self.ratio is not None else self.ms
+
+    def score(self, measured_ms: float, dense_ms: float) -> float:
+        """Measured / target in the target's own terms: <= 1 meets it."""
+        if self.ratio is not None:
+            return measured_ms / dense_ms / self.ratio
+        return measured_ms / self.ms
+
+    def to_dict(self) -> dict:
+        return {"percentile": self.percentile, "ms": self.ms, "ratio": self.ratio,
+                "decided_on": "ratio to the dense network measured alongside"
+                if self.ratio is not None else "milliseconds"}

@@ -1,25 +1,35 @@
 """``hwbench verify``: measure a learned gate pattern on the deployment device.
 
-The network is the run's checkpoint (or, without one, the pattern realised on an untrained net),
-executed by the compact engine in ``dynamic`` mode at batch 1, timed per inference with the
-profile protocol (interleaved with the dense reference). Reports target vs predicted (from the
-matching profile, when there is one) vs measured, and whether the target was met.
+The network is the run's deployed checkpoint (or, without one, the pattern realised on an
+untrained net), executed by the compact engine in ``dynamic`` mode at batch 1, timed per
+inference through the one measurement path (``measure``), interleaved with the dense reference,
+until the decided percentile's 95% CI is within 2% (or the time runs out: then the measurement
+is not valid and nothing is decided on it). A trained network is timed on real images: a fixed,
+class-balanced sample of its data set's test split, cycled, with the engine's plan tuned on the
+same images; a realised pattern on synthetic ones. Every result names its inputs.
+
+Decisions: a relative target (``0.7x``) is decided on the ratio to the dense network measured
+alongside, an absolute one in ms. When the dense reference measured now differs from the
+profile's by more than 10%, the result says the profile is stale, by how much, and what an
+absolute target means as a ratio.
 """
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
-from hwbench.engine import build_engine, pattern_inputs, realise
+from hwbench.engine import build_engine, realise, synthetic_inputs
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
 from hwbench.measure.device import fingerprint, parse_device
-from hwbench.measure.stats import summarise
-from hwbench.measure.timer import time_interleaved
+from hwbench.measure.protocol import Inputs, Measurement, Protocol, measure
+from hwbench.measure.stats import quantile_of
 from hwbench.patterns import load_pattern
-from hwbench.profiles import Predictor, Unattainable, find_profile, load_profile, pick_t_d
+from hwbench.profiles import Predictor, Unattainable, load_profile, pick_t_d
+from hwbench.units import LatencyTarget
+
+TIMING_IMAGES = 64  # distinct real images a trained network is timed on
+STALE = 0.10  # the profile's dense reference this far from the one measured now: stale
 
 
 def load_backbone(checkpoint: str, arch: str, stem: str):
@@ -29,70 +39,117 @@ def load_backbone(checkpoint: str, arch: str, stem: str):
     if (cfg.get("arch"), net.stem) != (arch, stem):
         raise UsageError(f"{checkpoint} is a {cfg.get('arch')}/{net.stem} checkpoint; the pattern "
                          f"is {arch}/{stem}")
-    return net
+    return net, cfg
 
 
-def run_verify(pattern_path: str, target_s: float, device: str = "cpu",
+def timing_inputs(cfg: dict | None, input_size: int, n: int = TIMING_IMAGES) -> Inputs:
+    """Real images for a trained run (``cfg``: its config): a class-balanced sample of its
+    data set's test split; synthetic ones for a realised pattern (``cfg`` None)."""
+    if cfg is None:
+        return synthetic_inputs(n, input_size, seed=21)
+    from hwbench.data import sample_images
+
+    images, record = sample_images(cfg["dataset"], False, n, data_dir=cfg.get("data_dir"),
+                                   n_synthetic=cfg.get("n_synthetic", 512),
+                                   seed=cfg.get("seed", 0))
+    return Inputs(list(images.split(1)), record)
+
+
+def time_network(net, pattern, inputs: Inputs, dev: torch.device, percentile: str = "p90",
+                 max_time_s: float = 10.0, min_runs: int = 64) -> tuple[Measurement, list[str]]:
+    """The verify protocol: ``net`` compiled by the compact engine in ``dynamic`` mode at batch
+    1 with its plan tuned on ``inputs``, and the dense reference, timed per inference,
+    interleaved, cycling ``inputs``, until the ``percentile``'s 95% CI is within 2% or
+    ``max_time_s`` runs out. The measurement (raw samples kept) and the engine's plan."""
+    inputs = inputs.to(dev)
+    engines = {"dynamic": build_engine(net, "dynamic", pattern, device=dev,
+                                       tune_inputs=inputs.batches),
+               "dense": build_engine(net, "dense", pattern, device=dev)}
+    protocol = Protocol(quantile=quantile_of(percentile), ci_target=0.02, min_runs=min_runs,
+                        max_time_s=max_time_s)
+    return measure(engines, inputs, protocol, dev, where="verify"), list(engines["dynamic"].plan)
+
+
+def decide(m: Measurement, target: LatencyTarget, profile: dict | None) -> dict:
+    """Whether ``m`` meets ``target``: only on a valid measurement of the decided percentile
+    (both the network's and, for a relative target, the dense reference's)."""
+    pct = target.percentile
+    gated, dense = m.at("dynamic"), m.at("dense")
+    ratio = m.ratio("dynamic", "dense")
+    needs = ["dynamic"] + (["dense"] if target.ratio is not None else [])
+    invalid = [k for k in needs if not m[k]["valid"]]
+    score = target.score(gated, dense)
+    out = {"target_ms": target.ms_for(dense), "target": target.to_dict(), "score": score,
+           "ratio_to_dense": ratio, "valid": not invalid, "met": not invalid and score <= 1.0}
+    if invalid:
+        out["reason"] = (f"no valid {pct} for {', '.join(invalid)}: its 95% CI did not reach 2% "
+                         "(or does not exist at this sample count) within --max-time; nothing "
+                         "is decided on it")
+    ref = (profile or {}).get("references", {}).get("dense", {}).get(f"{pct}_ms")
+    if ref:
+        off = dense / ref - 1.0
+        out["profile_dense_ms"] = ref
+        if abs(off) > STALE:
+            out["profile_stale"] = {
+                "dense_now_vs_profile": off,
+                "note": f"the profile is stale: dense {pct} measures {dense:.3f} ms now, "
+                        f"{off:+.0%} from the profile's {ref:.3f} ms"
+                        + (f"; the {target.ms:g} ms target is {target.ms / dense:.3f}x of "
+                           f"the dense {pct} now ({target.ms / ref:.3f}x when profiled)"
+                           if target.ms is not None else "")}
+    return out
+
+
+def run_verify(pattern_path: str, target: float | str | LatencyTarget, device: str = "cpu",
                checkpoint: str | None = None, percentile: str = "p90",
-               profile_path: str | None = None, max_time_s: float = 10.0) -> dict:
+               profile_path: str | None = None, max_time_s: float = 10.0,
+               inputs: Inputs | None = None) -> dict:
+    """Measure ``pattern_path``'s network (its checkpoint, or the pattern realised) against
+    ``target`` (seconds, '5ms', '0.7x' or a ``LatencyTarget``) on ``device``."""
+    if not isinstance(target, LatencyTarget):
+        target = LatencyTarget.parse(target, percentile)
     dev = parse_device(device)
     pattern = load_pattern(pattern_path)
-    net = load_backbone(checkpoint, pattern.arch, pattern.stem) if checkpoint else \
-        realise(pattern)
-    if profile_path:
-        prof = load_profile(profile_path)
-    else:
-        here = fingerprint(dev)
-        found = find_profile(here["name"], pattern.arch, pattern.stem, pattern.input_size,
-                             cpu_count=here["cpu_count"] if dev.type == "cpu" else None)
+    net, cfg = load_backbone(checkpoint, pattern.arch, pattern.stem) if checkpoint else \
+        (realise(pattern), None)
+    prof = load_profile(profile_path) if profile_path else None
+    if prof is None and not profile_path:
+        from hwbench.locate import local_profile
+
+        found = local_profile(dev, pattern.arch, pattern.stem, pattern.input_size)
         prof, profile_path = (found[1], str(found[0])) if found else (None, None)
-    samples, plan = time_network(net, pattern, dev, max_time_s, 64, percentile)
-    measured = summarise(samples["dynamic"], 0.02).to_dict()
-    measured["samples_ms"] = samples["dynamic"]
-    predicted, suggestion = None, None
+    inputs = inputs or timing_inputs(cfg, pattern.input_size)
+    m, plan = time_network(net, pattern, inputs, dev, target.percentile, max_time_s)
+    decision = decide(m, target, prof)
+    predicted = None
     if prof is not None:
         pred = Predictor(prof)
         pred.check(pattern, pattern_path)
-        predicted = {p: pred.predict(pattern, p) for p in ("p50", "p90", "p99")}
-        predicted = {f"{k}_ms": v for k, v in predicted.items()}
-    met = measured[f"{percentile}_ms"] <= target_s * 1e3
-    if not met and prof is not None:
-        try:
-            suggestion = pick_t_d(prof, target_s, percentile).t_d
-        except Unattainable:
-            suggestion = None
-    dense_p50 = summarise(samples["dense"]).p50_ms
+        predicted = {f"{p}_ms": pred.predict(pattern, p) for p in ("p50", "p90", "p99")}
     gated = sum(lp.channels for lp in pattern.layers)
     share = sum(lp.dynamic for lp in pattern.layers) / gated
-    return {"target_ms": target_s * 1e3, "percentile": percentile, "met": met,
-            "measured": measured, "predicted": predicted, "profile": profile_path,
-            "dense_p50_ms": dense_p50, "latency_ratio_p50": measured["p50_ms"] / dense_p50,
+    suggestion = _suggest(decision, prof, target, m.at("dense"))
+    return {"percentile": target.percentile, **decision,
+            "measured": m["dynamic"], "dense": m["dense"], "inputs": m.inputs,
+            "protocol": m.protocol, "warnings": m.warnings, "predicted": predicted,
+            "profile": profile_path, "dense_p50_ms": m["dense"]["p50_ms"],
+            "latency_ratio_p50": m["dynamic"]["p50_ms"] / m["dense"]["p50_ms"],
             "macs_ratio": pattern_macs_ratio(pattern), "dynamic_share": share,
-            "mode": "dynamic", "plan": plan,
-            "suggested_t_d": suggestion, "advice": _advice(met, suggestion, pattern.t_d, share),
+            "mode": "dynamic", "plan": plan, "suggested_t_d": suggestion,
+            "advice": _advice(decision["met"] or not decision["valid"], suggestion, pattern.t_d,
+                              share),
             "device": fingerprint(dev)["name"], "checkpoint": checkpoint,
             "pattern": pattern_path}
 
 
-def time_network(net, pattern, dev: torch.device, max_time_s: float = 10.0, min_runs: int = 64,
-                 percentile: str = "p90") -> tuple[dict[str, list[float]], list[str]]:
-    """The verify protocol: ``net`` compiled by the compact engine in ``dynamic`` mode at batch
-    1 (and the dense reference), timed per inference, interleaved, on 8 fixed inputs, until the
-    ``percentile``'s 95% CI is within 2% or ``max_time_s`` runs out. Raw samples (ms) per
-    engine, and the engine's plan per block."""
-    pool = [x.to(dev).contiguous(memory_format=torch.channels_last)
-            for x in pattern_inputs(8, pattern.input_size, seed=21).split(1)]
-    engines = {"dynamic": build_engine(net, "dynamic", pattern, device=dev, tune_inputs=pool[0]),
-               "dense": build_engine(net, "dense", pattern, device=dev)}
-
-    def cyc(e):
-        it = itertools.cycle(pool)
-        return lambda: e(next(it))
-
-    samples = time_interleaved({k: cyc(e) for k, e in engines.items()}, device=dev,
-                               max_time_s=max_time_s, ci_target=0.02, min_runs=min_runs,
-                               ci_quantile=int(percentile[1:]) / 100)
-    return samples, list(engines["dynamic"].plan)
+def _suggest(decision: dict, prof: dict | None, target: LatencyTarget,
+             dense_ms: float) -> float | None:
+    if decision["met"] or not decision["valid"] or prof is None:
+        return None
+    try:
+        return pick_t_d(prof, target.ms_for(dense_ms) * 1e-3, target.percentile).t_d
+    except Unattainable:
+        return None
 
 
 def pattern_macs_ratio(pattern) -> float:

@@ -153,7 +153,7 @@ def test_a_latency_budget_run_records_its_targets_and_predicted_latency(tmp_path
     import json
 
     from hwbench.io import atomic_write_json
-    from hwbench.target import train_to_target
+    from hwbench.pipeline import train_to_target
     from hwbench.train import TrainConfig
 
     prof_path = atomic_write_json(tmp_path / "p.json", curved_profile(3))

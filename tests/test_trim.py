@@ -162,7 +162,7 @@ def test_trim_run_writes_a_trimmed_run_measured_anew(tiny_run, tmp_path):
 
 
 def test_a_latency_budget_run_on_this_machine_is_trimmed_by_default(tmp_path, monkeypatch):
-    from hwbench.target import train_to_target
+    from hwbench.pipeline import train_to_target
     from hwbench.train import TrainConfig
     from tests.test_target import local_profile
 

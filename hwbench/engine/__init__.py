@@ -8,10 +8,12 @@ from hwbench.engine.compact import (
     build_engine,
     channel_groups,
 )
+from hwbench.engine.inputs import pattern_inputs, synthetic_inputs
 from hwbench.engine.kernels import BACKENDS, mkldnn_available, resolve_backend
-from hwbench.engine.realise import pattern_inputs, realise
+from hwbench.engine.realise import realise
 
 __all__ = [
     "BACKENDS", "BATCH_STRATEGY", "MODES", "ChannelGroups", "CompactEngine", "build_engine",
     "channel_groups", "mkldnn_available", "pattern_inputs", "realise", "resolve_backend",
+    "synthetic_inputs",
 ]

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from hwbench.engine.fold import fold_bn
+from hwbench.engine.inputs import pattern_inputs
 from hwbench.engine.kernels import Conv, resolve_backend, run_conv
 from hwbench.errors import UsageError
 from hwbench.measure.device import ieee_fp32
@@ -383,7 +384,7 @@ class CompactEngine:
                  backend: str = "auto", device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, input_size: int | None = None,
                  batch_size: int = 1, dynamic_policy: str = "auto",
-                 tune_inputs: torch.Tensor | None = None):
+                 tune_inputs: torch.Tensor | list[torch.Tensor] | None = None):
         if dynamic_policy not in DYNAMIC_POLICIES:
             raise UsageError(f"unknown dynamic policy {dynamic_policy!r}; known: "
                              f"{', '.join(DYNAMIC_POLICIES)}")
@@ -416,29 +417,33 @@ class CompactEngine:
             choices.append(made)
         self.plan: list[str] = []
         if any(len(c) > 1 for c in choices):
-            x = tune_inputs if tune_inputs is not None else _tune_inputs(batch_size, size)
-            self._tune(choices, x)
+            if tune_inputs is None:
+                xs = [pattern_inputs(batch_size, size, seed=12345)]
+            elif isinstance(tune_inputs, torch.Tensor):
+                xs = [tune_inputs]
+            else:
+                xs = list(tune_inputs)
+            self._tune(choices, xs)
         else:
             self.blocks = [next(iter(c.values())) for c in choices]
             self.plan = [next(iter(c)) for c in choices]
 
     @torch.inference_mode()
-    def _tune(self, choices: list[dict], x: torch.Tensor) -> None:
-        """Per block, time each candidate on this block's real input; keep the fastest."""
-        from hwbench.measure.timer import time_interleaved
+    def _tune(self, choices: list[dict], xs: list[torch.Tensor]) -> None:
+        """Per block, time each candidate on this block's real inputs (the activations of
+        ``xs`` so far, cycled; ``measure`` under the ``TUNING`` protocol); keep the fastest."""
+        from hwbench.measure.protocol import TUNING, Inputs, measure
 
-        h = self._stem(x)
+        hs = [self._stem(x) for x in xs]
         for cands in choices:
             if len(cands) > 1:
-                samples = time_interleaved({k: (lambda f=f, h=h: f(h)) for k, f in cands.items()},
-                                           device=self.device, warmup=3, min_warmup_s=0.0,
-                                           min_runs=15, max_time_s=0.0)
-                best = min(samples, key=lambda k: sorted(samples[k])[len(samples[k]) // 2])
+                m = measure(cands, Inputs(hs), TUNING, self.device, reference=None)
+                best = min(m.results, key=lambda k: m.results[k]["p50_ms"])
             else:
                 best = next(iter(cands))
             self.plan.append(best)
             self.blocks.append(cands[best])
-            h = cands[best](h)
+            hs = [cands[best](h) for h in hs]
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, self.dtype, memory_format=torch.channels_last)
@@ -487,12 +492,6 @@ class CompactEngine:
                 if on:
                     blk.executed = 0
         return counts
-
-
-def _tune_inputs(batch_size: int, size: int) -> torch.Tensor:
-    from hwbench.engine.realise import pattern_inputs
-
-    return pattern_inputs(batch_size, size, seed=12345)
 
 
 def build_engine(net: GatedResNet, mode: str, pattern: GatePattern | None = None,

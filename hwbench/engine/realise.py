@@ -18,19 +18,10 @@ from __future__ import annotations
 import torch
 
 from hwbench.engine.compact import channel_groups
+from hwbench.engine.inputs import pattern_inputs
 from hwbench.nets import create_net
 from hwbench.nets.resnet import GatedResNet
 from hwbench.patterns import GatePattern
-
-
-def pattern_inputs(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    """(n, 3, size, size) synthetic images whose per-sample colour and contrast vary, so that
-    pooled features (and so dynamic gates) differ from sample to sample."""
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(n, 3, size, size, generator=g)
-    scale = 0.5 + torch.rand(n, 3, 1, 1, generator=g)
-    offset = torch.randn(n, 3, 1, 1, generator=g)
-    return noise * scale + offset
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
-"""Timers and energy meters behind small window APIs; statistics of raw samples."""
+"""Timers and energy meters behind small window APIs; statistics of raw samples; the one
+measurement path (``measure``)."""
 
+from hwbench.measure.protocol import Inputs, Measurement, Protocol, measure
 from hwbench.measure.stats import Stats, summarise
-from hwbench.measure.timer import time_interleaved
 
-__all__ = ["Stats", "summarise", "time_interleaved"]
+__all__ = ["Inputs", "Measurement", "Protocol", "Stats", "measure", "summarise"]

@@ -1,8 +1,14 @@
 """Statistics of raw latency samples and the closed set of measurement warnings.
 
 Everything here is derived from raw samples, which are always kept alongside.
-- CI of the median: distribution-free, from binomial order statistics (ranks
-  n/2 -+ z * sqrt(n) / 2), so no normality is assumed.
+- CI of a quantile: distribution-free, from order statistics with *exact* binomial ranks
+  (``quantile_ci``): the interval [x_(l), x_(u)] covers the true q-quantile with probability
+  ``P(l <= B < u)``, B ~ Binomial(n, q), for any continuous distribution; l and u are the
+  innermost ranks whose tails each hold at most (1 - level) / 2. Where no such rank exists at
+  this n (a p99 from 200 samples: P(B = n) = 0.99**200 = 13% > 2.5%), there is no interval and
+  the quantile cannot be declared measured: ``(nan, nan)``, never a clamp to the extremes.
+- Validity (``summarise``): a summary is ``valid`` for the quantile it was asked to decide on
+  when that quantile's CI exists and its relative half-width meets ``ci_target``.
 - Outliers: modified z-score 0.6745 * (x - median) / MAD, |z| > 3.5 (Iglewicz & Hoaglin).
 """
 
@@ -13,8 +19,9 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 
 import numpy as np
+from scipy.stats import binom
 
-Z95 = 1.959964
+LEVEL = 0.95
 OUTLIER_Z = 3.5
 
 
@@ -36,8 +43,10 @@ class Warn(str, Enum):
 
 
 _ADVICE = {
-    Warn.CI_NOT_MET: "the median's 95% CI is wider than the target: raise --max-time, close other "
-                     "programs, or pin the process to idle cores; the result is INVALID",
+    Warn.CI_NOT_MET: "the decided quantile's 95% CI is wider than the target, or does not "
+                     "exist at this sample count (a p90 needs >= 36 samples, a p99 >= 368): "
+                     "raise --max-time, close other programs, or pin the process to idle "
+                     "cores; the result is INVALID",
     Warn.HIGH_CV: "samples vary by more than 10% (stdev/mean): the machine is noisy; results "
                   "are kept but compare medians only",
     Warn.OUTLIERS: "more than 5% of samples are outliers (modified z-score > 3.5): something "
@@ -57,7 +66,8 @@ _ADVICE = {
 
 @dataclass
 class Stats:
-    """Summary of latency samples in milliseconds."""
+    """Summary of latency samples in milliseconds. ``quantile`` is the one decided on: the CI
+    fields, ``valid`` and ``CI_NOT_MET`` are that quantile's (NaN CI: none exists at this n)."""
 
     n: int
     p50_ms: float
@@ -68,9 +78,10 @@ class Stats:
     iqr_ms: float
     min_ms: float
     max_ms: float
+    quantile: float
     ci95_lo_ms: float
     ci95_hi_ms: float
-    ci95_rel_halfwidth: float  # (hi - lo) / 2 / median
+    ci95_rel_halfwidth: float  # (hi - lo) / 2 / (the quantile's estimate); inf without a CI
     cv: float
     outliers: int
     warnings: list[str] = field(default_factory=list)
@@ -79,24 +90,55 @@ class Stats:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def at(self, q: float) -> float:
+        """The estimate of quantile ``q`` (0.5, 0.9 or 0.99) in ms."""
+        return {0.5: self.p50_ms, 0.9: self.p90_ms, 0.99: self.p99_ms}[q]
 
-def median_ci(samples: np.ndarray | list[float], z: float = Z95) -> tuple[float, float]:
-    """Distribution-free CI of the median from order statistics."""
-    return quantile_ci(samples, 0.5, z)
+
+def quantile_of(percentile: str) -> float:
+    """'p90' -> 0.9 (p50, p90, p99)."""
+    return {"p50": 0.5, "p90": 0.9, "p99": 0.99}[percentile]
+
+
+def ci_ranks(n: int, q: float, level: float = LEVEL) -> tuple[int, int] | None:
+    """0-based ranks (lo, hi) of the exact order-statistic CI of the ``q`` quantile from ``n``
+    samples, or None where no two-sided interval at ``level`` exists. Coverage is
+    ``binom.cdf(hi, n, q) - binom.cdf(lo, n, q)`` >= level (1-based ranks lo + 1, hi + 1)."""
+    if n < 1 or not 0 < q < 1:
+        return None
+    tail = (1.0 - level) / 2.0
+    cdf = binom.cdf(np.arange(n + 1), n, q)  # cdf[k] = P(B <= k)
+    # x_(l) (1-based) lies above the quantile iff B < l: need P(B <= l - 1) <= tail
+    lows = np.flatnonzero(cdf[:n] <= tail)  # candidates l - 1 = 0 .. n - 1
+    # x_(u) lies below the quantile iff B >= u: need P(B <= u - 1) >= 1 - tail
+    highs = np.flatnonzero(cdf[:n] >= 1.0 - tail)
+    if len(lows) == 0 or len(highs) == 0:
+        return None
+    return int(lows[-1]), int(highs[0])
 
 
 def quantile_ci(samples: np.ndarray | list[float], q: float,
-                z: float = Z95) -> tuple[float, float]:
-    """Distribution-free CI of the ``q`` quantile from order statistics: the ranks
-    n*q -/+ z*sqrt(n*q*(1-q)) (the normal approximation of the binomial count below it)."""
+                level: float = LEVEL) -> tuple[float, float]:
+    """Distribution-free CI of the ``q`` quantile: order statistics at exact binomial ranks
+    (``ci_ranks``). ``(nan, nan)`` where none exists at this sample size."""
     a = np.sort(np.asarray(samples, dtype=float))
-    n = len(a)
-    if n == 0:
+    ranks = ci_ranks(len(a), q, level)
+    if ranks is None:
         return math.nan, math.nan
-    half = z * math.sqrt(n * q * (1.0 - q))
-    lo = max(0, int(math.floor(n * q - half)))
-    hi = min(n - 1, int(math.ceil(n * q + half)) - 1)
-    return float(a[lo]), float(a[max(lo, hi)])
+    return float(a[ranks[0]]), float(a[ranks[1]])
+
+
+def median_ci(samples: np.ndarray | list[float], level: float = LEVEL) -> tuple[float, float]:
+    return quantile_ci(samples, 0.5, level)
+
+
+def ci_rel_halfwidth(samples: np.ndarray | list[float], q: float) -> float:
+    """(hi - lo) / 2 / estimate of the ``q`` quantile's CI; inf where no CI exists."""
+    lo, hi = quantile_ci(samples, q)
+    est = float(np.quantile(np.asarray(samples, dtype=float), q)) if len(samples) else 0.0
+    if math.isnan(lo) or est <= 0:
+        return math.inf
+    return (hi - lo) / 2.0 / est
 
 
 def outlier_mask(samples: np.ndarray | list[float], z: float = OUTLIER_Z) -> np.ndarray:
@@ -109,21 +151,22 @@ def outlier_mask(samples: np.ndarray | list[float], z: float = OUTLIER_Z) -> np.
 
 
 def summarise(samples: list[float], ci_target: float | None = None,
-              first_ms: float | None = None) -> Stats:
-    """Summaries and sample-level warnings. ``ci_target`` (e.g. 0.02): relative CI half-width
-    the median must reach, else CI_NOT_MET and ``valid=False``. ``first_ms``: the first call's
-    latency (for SLOW_FIRST_RUN)."""
+              first_ms: float | None = None, quantile: float = 0.5) -> Stats:
+    """Summaries and sample-level warnings, decided on ``quantile`` (0.5, 0.9 or 0.99).
+    ``ci_target`` (e.g. 0.02): relative CI half-width that quantile must reach, else
+    CI_NOT_MET and ``valid=False``; without a CI at this n the summary is never valid.
+    ``first_ms``: the first call's latency (for SLOW_FIRST_RUN)."""
     a = np.asarray(samples, dtype=float)
     p50, p90, p99, q1, q3 = np.percentile(a, [50, 90, 99, 25, 75])
-    lo, hi = median_ci(a)
+    lo, hi = quantile_ci(a, quantile)
     mean = float(a.mean())
     stdev = float(a.std(ddof=1)) if len(a) > 1 else 0.0
-    rel = (hi - lo) / 2 / p50 if p50 > 0 else math.inf
+    rel = ci_rel_halfwidth(a, quantile)
     n_out = int(outlier_mask(a).sum())
     s = Stats(len(a), float(p50), float(p90), float(p99), mean, stdev, float(q3 - q1),
-              float(a.min()), float(a.max()), lo, hi, float(rel),
+              float(a.min()), float(a.max()), quantile, lo, hi, float(rel),
               stdev / mean if mean > 0 else 0.0, n_out)
-    if ci_target is not None and rel > ci_target:
+    if math.isnan(lo) or (ci_target is not None and rel > ci_target):
         s.warnings.append(Warn.CI_NOT_MET.value)
         s.valid = False
     if s.cv > 0.10:

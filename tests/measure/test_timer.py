@@ -4,27 +4,71 @@ import torch
 
 from hwbench.errors import UsageError
 from hwbench.measure.device import fingerprint, parse_device
+from hwbench.measure.protocol import Inputs, Protocol, measure
 from hwbench.measure.stats import summarise
-from hwbench.measure.timer import time_interleaved
+from hwbench.measure.timer import sample_interleaved
 
 
-def test_interleaved_rounds_call_every_function_once_per_round_in_varying_order():
+def test_interleaved_rounds_call_every_function_once_per_round_on_the_same_input():
     calls = []
-    fns = {k: (lambda k=k: calls.append(k)) for k in "abcd"}
-    samples = time_interleaved(fns, warmup=2, min_warmup_s=0.0, min_runs=20, max_time_s=0.0)
+    fns = {k: (lambda x, k=k: calls.append((k, x))) for k in "abcd"}
+    samples = sample_interleaved(fns, [10, 11, 12], warmup=2, min_warmup_s=0.0, min_runs=20,
+                                 max_time_s=0.0)
     assert {k: len(v) for k, v in samples.items()} == dict.fromkeys("abcd", 20)
-    assert calls[:8] == list("abcdabcd")  # warm-up, in order
+    assert [k for k, _ in calls[:8]] == list("abcdabcd")  # warm-up, in order
     rounds = [calls[8 + 4 * i: 12 + 4 * i] for i in range(20)]
-    assert all(sorted(r) == list("abcd") for r in rounds)
-    assert len({tuple(r) for r in rounds}) > 1  # the order is shuffled between rounds
+    assert all(sorted(k for k, _ in r) == list("abcd") for r in rounds)
+    assert all({x for _, x in r} == {10 + i % 3} for i, r in enumerate(rounds))  # paired, cycled
+    assert len({tuple(k for k, _ in r) for r in rounds}) > 1  # the order is shuffled
     assert all(s >= 0 for v in samples.values() for s in v)
 
 
 def test_max_runs_caps_and_progress_reports_rounds():
     seen = []
-    samples = time_interleaved({"a": lambda: None}, warmup=0, min_warmup_s=0.0, min_runs=5,
-                               max_time_s=1e9, max_runs=7, progress=seen.append)
+    samples = sample_interleaved({"a": lambda x: None}, [0], warmup=0, min_warmup_s=0.0,
+                                 min_runs=5, max_time_s=1e9, max_runs=7, progress=seen.append)
     assert len(samples["a"]) == 7 and seen == list(range(1, 8))
+
+
+def _fake_clock(monkeypatch, durations_ms):
+    """A clock that each call advances by the next duration: exact, repeatable samples."""
+    from hwbench.measure import timer
+
+    now = [0]
+    it = iter(durations_ms)
+    monkeypatch.setattr(timer.time, "perf_counter_ns", lambda: now[0])
+
+    def call(_x):
+        now[0] += int(next(it) * 1e6)
+
+    return call
+
+
+def test_the_stopping_rule_waits_for_the_decided_quantile(monkeypatch):
+    # a steady body with a 10% tail 40% slower: the median settles at once, the p90 cannot
+    # (it sits on the edge of the tail), so a p90 rule runs to max_runs
+    durs = [5.0 if i % 10 else 7.0 for i in range(100_000)]
+    fn = _fake_clock(monkeypatch, durs)
+    med = sample_interleaved({"a": fn}, [0], warmup=0, min_warmup_s=0.0, min_runs=16,
+                             max_time_s=1e9, ci_target=0.02, quantile=0.5, max_runs=400)
+    assert len(med["a"]) == 16
+    fn = _fake_clock(monkeypatch, durs)
+    p90 = sample_interleaved({"a": fn}, [0], warmup=0, min_warmup_s=0.0, min_runs=16,
+                             max_time_s=1e9, ci_target=0.02, quantile=0.9, max_runs=400)
+    assert len(p90["a"]) == 400
+
+
+def test_measure_summarises_the_decided_quantile_and_names_its_inputs(monkeypatch):
+    durs = [5.0 if i % 10 else 7.0 for i in range(10_000)]
+    fn = _fake_clock(monkeypatch, durs)
+    inputs = Inputs([0, 1], {"source": "test", "n": 2})
+    m = measure({"a": fn}, inputs, Protocol(quantile=0.9, ci_target=0.02, min_runs=64,
+                                            max_time_s=0.0, warmup=0, min_warmup_s=0.0),
+                reference=None)
+    r = m["a"]
+    assert r["quantile"] == 0.9 and not r["valid"] and "CI_NOT_MET" in r["warnings"]
+    assert len(r["samples_ms"]) == r["n"] and m.inputs == {"source": "test", "n": 2}
+    assert m.protocol["quantile"] == 0.9 and m.warnings[0]["code"] == "CI_NOT_MET"
 
 
 def test_summary_of_known_samples():
@@ -72,16 +116,12 @@ def test_cuda_samples_are_bracketed_by_synchronisations(monkeypatch):
     assert events == ["call"]
 
 
-def test_ci_target_stops_early_on_steady_samples():
-    import itertools
-
+def test_timer_overhead_is_the_clock_cost_of_an_empty_call(monkeypatch):
     from hwbench.measure import timer
 
-    ticks = itertools.count()
-    samples = time_interleaved({"a": lambda: next(ticks)}, warmup=0, min_warmup_s=0.0,
-                               min_runs=16, max_time_s=1e9, ci_target=10.0, max_runs=10_000)
-    assert len(samples["a"]) == 16  # the (generous) CI target holds at the first check
-    assert timer.timer_overhead_ms(n=10) >= 0
+    reads = iter(range(0, 10**9, 250))  # each clock read costs 250 ns
+    monkeypatch.setattr(timer.time, "perf_counter_ns", lambda: next(reads))
+    assert timer.timer_overhead_ms(n=5) == pytest.approx(250e-6)
 
 
 def test_torch_threads_restores_the_thread_count():

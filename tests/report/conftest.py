@@ -22,7 +22,7 @@ def report_inputs(tmp_path_factory):
     NVML counter (batch 2); runs/: a verified co-trained run with eval.json and training energy,
     and a run interrupted before any evaluation."""
     from hwbench.evaluate import run_eval
-    from hwbench.target import train_to_target
+    from hwbench.pipeline import train_to_target
     from hwbench.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("report-inputs")
@@ -40,7 +40,7 @@ def report_inputs(tmp_path_factory):
     train_to_target(cfg, target_ms * 1e-3, str(est_path), verify_max_time_s=0.2,
                     energy_factory=_CC)
     run_eval(root / "runs" / "co" / "checkpoint.pt", linear=True, knn=True)
-    from hwbench.trim import trim_run
+    from hwbench.pipeline import trim_run
 
     trim_run(root / "runs" / "co", target_ms * 1e-3, "cpu", str(est_path), max_time_s=0.2,
              min_runs=16, verify_max_time_s=0.2, calib_samples=32)

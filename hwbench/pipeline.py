@@ -1,0 +1,301 @@
+"""The train -> deploy -> verify -> trim pipeline behind ``hwbench train --target-latency`` and
+``hwbench trim``. Only the CLI imports this module; each step is a library module of its own
+(``target``: which t_d; ``train``; ``deploy``: one deployed network; ``verify``: measure it;
+``trim``: the search), and this one only strings them together and writes the run's files.
+
+Files a target run gets (``RUN/``): the training run's own, ``deployed/`` (checkpoint.pt with the
+pattern's decided channels closed, pattern.json summarised on a class-balanced sample of the
+training split), ``verify.json`` (the deployed network timed on real test images), and, when
+trimmed, ``trim-<target>/`` (checkpoint.pt, pattern.json, trim.json, verify.json, eval.json).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from hwbench.errors import UsageError
+from hwbench.io import atomic_torch_save, atomic_write_json
+
+CALIB_IMAGES = 1024  # class-balanced training images the deployed pattern is summarised on
+
+
+def check_out_dir(path: str | Path) -> Path:
+    """A folder the run can write into, checked before any work: not a file, and its nearest
+    existing ancestor writable."""
+    import os
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path} exists and is not a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise UsageError(f"cannot write under {probe}: permission denied")
+    return path
+
+
+def save_network(src_ckpt: Path, net, dst: Path, **extra) -> Path:
+    """``src_ckpt`` with ``net``'s backbone weights (resume state dropped), atomically."""
+    ck = torch.load(src_ckpt, map_location="cpu", weights_only=False)
+    ck["model"] = {**ck["model"],
+                   **{f"backbone.{k}": v.cpu() for k, v in net.state_dict().items()}}
+    for k in ("optimizer", "scaler"):
+        ck.pop(k, None)
+    ck.update(extra)
+    return atomic_torch_save(dst, ck)
+
+
+def _data_kw(cfg: dict) -> dict:
+    return dict(data_dir=cfg.get("data_dir"), n_synthetic=cfg.get("n_synthetic", 512),
+                seed=cfg.get("seed", 0))
+
+
+def deploy_run(run_dir: str | Path, device: str = "cpu", calib_images: int = CALIB_IMAGES,
+               out: str | Path | None = None) -> dict:
+    """Close the decided channels of a trained run's network (``hwbench.deploy``) and write it
+    to ``out`` (default ``RUN/deployed``): checkpoint.pt and pattern.json."""
+    from hwbench.data import sample_images
+    from hwbench.deploy import deploy
+    from hwbench.evaluate import load_run
+
+    run = Path(run_dir)
+    net, cfg, _ = load_run(run / "checkpoint.pt")
+    calib, record = sample_images(cfg["dataset"], True, calib_images, **_data_kw(cfg))
+    pattern = deploy(net, calib, torch.device(device), dataset=cfg["dataset"],
+                     run=f"{run.name}-deployed")
+    pattern.t_d = cfg.get("t_d")
+    pattern.extra["summarised_on"] = record
+    out = Path(out) if out else run / "deployed"
+    save_network(run / "checkpoint.pt", net, out / "checkpoint.pt", deployed=record)
+    pattern.save(out / "pattern.json")
+    return {"dir": str(out), "checkpoint": str(out / "checkpoint.pt"),
+            "pattern": str(out / "pattern.json"), "calibration": record}
+
+
+def evaluate_deployed(checkpoint: str | Path, pattern_path: str | Path, device: str,
+                      out: Path) -> dict:
+    """kNN top-1 of a deployed network: the gated stream from the compact engine that was timed
+    (``evaluate.engine_knn``), the dense stream from the eager network."""
+    from hwbench.evaluate import engine_knn
+
+    res = engine_knn(checkpoint, pattern_path, device)
+    atomic_write_json(out, res)
+    return res
+
+
+def verify_local(summary: dict, resolved: list, say: Callable[[str], None],
+                 verify_max_time_s: float) -> list[dict]:
+    """Deploy the trained run once and verify it on every target device that is this machine
+    (``verify.json``, then ``verify-<device>.json``); others get the command to run there."""
+    from hwbench.verify import run_verify
+
+    results, deployed = [], None
+    for tp, target, where in resolved:
+        if not tp.local:
+            say(f"target device {tp.profile['fingerprint']['name']} is not this machine: run "
+                f"`hwbench verify --pattern {summary['dir']}/deployed/pattern.json --checkpoint "
+                f"{summary['dir']}/deployed/checkpoint.pt --target-latency {target.text}` there")
+            continue
+        device = where if not where.endswith(".json") else tp.profile["fingerprint"]["type"]
+        if deployed is None:
+            deployed = deploy_run(summary["dir"], device)
+            summary["deployed"] = deployed
+        say(f"verifying the deployed network on {tp.profile['fingerprint']['name']} (real "
+            f"{deployed['calibration']['source'].split(':')[0]} test images) ...")
+        res = run_verify(deployed["pattern"], target, device, deployed["checkpoint"],
+                         target.percentile, str(tp.path), verify_max_time_s)
+        tag = Path(where).stem if where.endswith(".json") else where
+        name = "verify.json" if not results else \
+            f"verify-{re.sub(r'[^a-z0-9]+', '-', tag.lower()).strip('-')}.json"
+        atomic_write_json(Path(summary["dir"]) / name, res)
+        if res.get("profile_stale"):
+            say("  " + res["profile_stale"]["note"])
+        results.append({k: v for k, v in res.items() if k not in ("measured", "dense")}
+                       | {"measured": _brief(res["measured"])})
+    return results
+
+
+def _brief(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k != "samples_ms"}
+
+
+def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
+             profile_path: str | None = None, percentile: str = "p90",
+             tolerance: float = 0.05, max_time_s: float = 4.0, verify_max_time_s: float = 10.0,
+             calib_samples: int = CALIB_IMAGES, out: str | Path | None = None, knn: bool = True,
+             min_runs: int = 64, say: Callable[[str], None] = lambda s: None) -> dict:
+    """Trim a training run's network to ``target`` on ``device`` (this machine) and write the
+    trimmed run to ``out`` (default ``RUN/trim-<target>``): checkpoint.pt, pattern.json,
+    trim.json (the search), verify.json (measured anew) and eval.json (kNN of the timed
+    network)."""
+    from hwbench.data import info, sample_images
+    from hwbench.deploy import deploy
+    from hwbench.evaluate import load_run
+    from hwbench.measure.device import parse_device
+    from hwbench.target import resolve_profile
+    from hwbench.trim import SearchRule, search
+    from hwbench.units import LatencyTarget
+    from hwbench.verify import run_verify, timing_inputs
+
+    run = Path(run_dir)
+    ckpt = run / "checkpoint.pt"
+    if not ckpt.exists():
+        raise UsageError(f"{run}: no checkpoint.pt (is it a training run directory?)")
+    if not 0 < tolerance < 1:
+        raise UsageError(f"--tolerance must be in (0, 1), got {tolerance:g}")
+    goal = LatencyTarget.parse(target, percentile)
+    out = check_out_dir(Path(out) if out else run / f"trim-{goal.text}")
+    dev = parse_device(device)
+    net, cfg, _ = load_run(ckpt)
+    if cfg.get("method") == "dense":
+        raise UsageError(f"{run} trained the dense stream only: there are no gates to trim")
+    meta = info(cfg["dataset"])
+    tp = resolve_profile(profile_path or device, cfg["arch"], meta.stem, meta.input_size,
+                         quick=False)
+    if not tp.local:
+        raise UsageError(f"{tp.path} profiles {tp.profile['fingerprint']['name']}, not this "
+                         "machine: trimming measures, so run it on the target device")
+    calib, calib_record = sample_images(cfg["dataset"], True, calib_samples, **_data_kw(cfg))
+    deploy(net, calib, dev)
+    inputs = timing_inputs(cfg, meta.input_size)
+    say(f"trimming {run} to {goal.text} ({percentile}) on "
+        f"{tp.profile['fingerprint']['name']}, profile {tp.path}")
+    res = search(net.to(dev), calib, dev, _candidate_timer(goal, inputs, dev, max_time_s,
+                                                           min_runs),
+                 _score_predictor(goal, tp.profile), _predictor(tp.profile),
+                 SearchRule(tolerance=tolerance), say=say)
+    if not res.hit:
+        say(f"  trim could not land: {res.reason}")
+    save_network(ckpt, res.net, out / "checkpoint.pt",
+                 trim={"from": str(ckpt), "target": goal.to_dict(), "n_off": res.n_off})
+    pattern = res.pattern
+    pattern.t_d = cfg.get("t_d")
+    pattern.extra.update(dataset=cfg["dataset"], run=f"{run.name}-trim-{goal.text}",
+                         summarised_on=calib_record)
+    pattern.save(out / "pattern.json")
+    atomic_write_json(out / "trim.json", {
+        "schema": "hwbench/trim@2", "run": str(run), "target": goal.to_dict(),
+        "tolerance": tolerance, "profile": str(tp.path),
+        "device": tp.profile["fingerprint"]["name"], "calibration": calib_record,
+        "inputs": inputs.record,
+        "protocol": f"deployed candidates, compact engine, dynamic mode, batch 1, interleaved "
+                    f"with dense, {max_time_s:g} s per measurement", **res.to_dict()})
+    say("measuring the trimmed network anew ...")
+    ver = run_verify(str(out / "pattern.json"), goal, device, str(out / "checkpoint.pt"),
+                     percentile, str(tp.path), verify_max_time_s, inputs=inputs)
+    atomic_write_json(out / "verify.json", ver)
+    summary = _trim_summary(out, goal, res, ver, tolerance)
+    if knn:
+        say("kNN top-1 of the trimmed network (gated: the compact engine that was timed) ...")
+        ev = evaluate_deployed(out / "checkpoint.pt", out / "pattern.json", device,
+                               out / "eval.json")
+        summary.update({k: v for k, v in ev.items() if k.startswith("knn_top1")})
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _predictor(profile: dict):
+    from hwbench.profiles import Predictor
+
+    return Predictor(profile)
+
+
+def _score_predictor(goal, profile: dict):
+    """The profile's predicted score of a pattern: its predicted latency over the target, with a
+    relative target read against the profile's own dense reference."""
+    pred = _predictor(profile)
+    dense = profile.get("references", {}).get("dense", {}).get(f"{goal.percentile}_ms")
+    if goal.ratio is not None and not dense:
+        raise UsageError(f"the profile has no dense {goal.percentile} reference for a relative "
+                         "target")
+    return lambda pattern: goal.score(pred.predict(pattern, goal.percentile), dense or 1.0)
+
+
+def _candidate_timer(goal, inputs, dev, max_time_s: float, min_runs: int):
+    """``measure`` for ``trim.search``: the verify protocol (real inputs, the decided
+    percentile's CI), shorter; the score is decided as ``verify`` decides it."""
+    from hwbench.verify import decide, time_network
+
+    def timer(net, pattern) -> dict:
+        m, plan = time_network(net, pattern, inputs, dev, goal.percentile, max_time_s, min_runs)
+        d = decide(m, goal, None)
+        return {"score": d["score"], "valid": d["valid"], "ratio_to_dense": d["ratio_to_dense"],
+                "measured": m["dynamic"], "dense": m["dense"], "plan": plan}
+
+    return timer
+
+
+def _trim_summary(out: Path, goal, res, ver: dict, tolerance: float) -> dict:
+    pct = goal.percentile
+    measured, target_ms = ver["measured"][f"{pct}_ms"], ver["target_ms"]
+    return {"dir": str(out), "target": goal.to_dict(), "target_ms": target_ms,
+            "n_off": res.n_off, "candidates": res.candidates, "search_hit": res.hit,
+            "search_score": res.score, "search_spread": res.spread,
+            "search_reason": res.reason, "measured_ms": measured, "score": ver["score"],
+            "error": ver["score"] - 1.0, "valid": ver["valid"], "met": ver["met"],
+            "within_tolerance": ver["valid"] and abs(ver["score"] - 1.0) <= tolerance,
+            "dense_ms": ver["dense"][f"{pct}_ms"],
+            "profile_dense_ms": ver.get("profile_dense_ms"),
+            "profile_stale": ver.get("profile_stale"), "macs_ratio": ver["macs_ratio"],
+            "dynamic_share": ver["dynamic_share"], "steps": len(res.steps)}
+
+
+def train_to_target(cfg, target: float | str | None = None, target_device: str | None = None,
+                    percentile: str = "p90", say: Callable[[str], None] = lambda s: None,
+                    progress=None, verify_max_time_s: float = 10.0, quick: bool = True,
+                    energy_factory=None,
+                    targets: list[tuple[str | None, float | str]] | None = None,
+                    trim: bool | None = None, trim_options: dict | None = None) -> dict:
+    """The whole ``hwbench train``: pick ``t_d`` for each latency target (seconds, '5ms' or
+    '0.65x' of the dense latency) on its device's profile, co-train, deploy, then measure the
+    deployed network on every target device that is this machine (``verify.json``) and, with
+    ``trim`` (default: on with ``--budget latency``), trim it to the first such target.
+
+    ``targets``: (device, target) pairs, several devices at once; or ``target`` on
+    ``target_device``. With the paper's MACs budget (``cfg.budget == 'flops'``) ``t_d`` is the
+    smallest pick, so every target is met by the prior; with ``cfg.budget == 'latency'`` the
+    targets enter the loss (``hwbench.budget``) and ``t_d`` sets the bound. A resumed run keeps
+    the ``t_d`` and decision it started with."""
+    from hwbench.target import resolve_targets
+    from hwbench.train import Dist, train, validate
+
+    if targets is None:
+        targets = [(target_device, target)] if target is not None else []
+    if cfg.budget == "latency" and not targets:
+        raise UsageError("--budget latency needs --target-latency (the latency to train for)")
+    validate(cfg)
+    dist = Dist.from_env()
+    resolved = resolve_targets(cfg, targets, percentile, quick=quick and dist.world == 1,
+                               say=say) if targets else []
+    summary = train(cfg, progress, energy_factory=energy_factory)
+    if not dist.main or not resolved or "pattern" not in summary:
+        return summary
+    results = verify_local(summary, resolved, say, verify_max_time_s)
+    if results:
+        summary["verify"] = results[0]
+        if len(resolved) > 1:
+            summary["verify_all"] = results
+        atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
+    if trim is None:
+        trim = cfg.budget == "latency"
+    local = [r for r in resolved if r[0].local]
+    if trim and local:
+        tp, goal, where = local[0]
+        if len(local) > 1:
+            say(f"trimming to the first target on this machine ({where}); the others keep the "
+                "trained network")
+        device = where if not where.endswith(".json") else tp.profile["fingerprint"]["type"]
+        say(f"trimming the learned network to {goal.text} ({goal.percentile}) on "
+            f"{tp.profile['fingerprint']['name']} ...")
+        summary["trim"] = trim_run(summary["dir"], goal.text, device, str(tp.path),
+                                   goal.percentile, say=say, **(trim_options or {}))
+        atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
+    elif trim and resolved:
+        say("no target device is this machine: nothing to trim here (run `hwbench trim RUN_DIR "
+            "--target-latency T` on the target device)")
+    return summary
