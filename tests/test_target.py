@@ -11,7 +11,8 @@ from hwbench.io import atomic_write_json
 from hwbench.measure.device import fingerprint, parse_device
 from hwbench.patterns import synthesise
 from hwbench.profiles import Predictor, find_profile, save_profile
-from hwbench.target import choose_t_d, resolve_profile, train_to_target
+from hwbench.pipeline import train_to_target
+from hwbench.target import choose_t_d, resolve_profile
 from hwbench.train import TrainConfig
 from tests.test_profiles import synthetic_profile
 

@@ -54,7 +54,8 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
         "met": "verify's decision: measured <= target on a valid measurement of the percentile "
                "(a relative target: as a ratio to the dense network measured alongside; "
                "empty: not verified, or no valid measurement)",
-        "error": "measured / target - 1, in the target's own terms (ratio or ms)", "budget": "flops (the paper's MACs budget t_d) or "
+        "error": "measured / target - 1, in the target's own terms (ratio or ms)",
+        "budget": "flops (the paper's MACs budget t_d) or "
                                                     "latency (trained against the profile)",
         "gated_top1_pct": "the run's last gated kNN top-1 (%)",
         "stage": "trained (the network training produced) or trimmed (hwbench trim: least-used "
