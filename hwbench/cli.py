@@ -193,12 +193,14 @@ def env(device_spec, as_json) -> None:
         [torch.device(d["device"]) for d in devices]
     energy = {str(d): [s.__dict__ for s in detect_sources(d)] for d in targets}
     info = {"hwbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "cuda_available": torch.cuda.is_available(), "devices": devices, "energy": energy}
+            "zeus": _dist_version("zeus"), "cuda_available": torch.cuda.is_available(),
+            "devices": devices, "energy": energy}
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
     click.echo(f"hwbench {__version__} · torch {torch.__version__} · python "
-               f"{platform.python_version()} · CUDA {'yes' if torch.cuda.is_available() else 'no'}")
+               f"{platform.python_version()} · zeus {info['zeus'] or 'not installed'} · CUDA "
+               f"{'yes' if torch.cuda.is_available() else 'no'}")
     for d in devices:
         extra = ", ".join(f"{k} {v}" for k, v in d.items() if k not in ("device", "name"))
         click.echo(f"  {d['device']:7s} {d['name']} ({extra})")
@@ -207,6 +209,15 @@ def env(device_spec, as_json) -> None:
         for src in sources:
             mark = "yes" if src["available"] else "no "
             click.echo(f"  {dev:7s} {src['method']:20s} {mark}  {src['reason']}")
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
 
 
 def _t_d_list(ctx, param, value):

@@ -6,7 +6,6 @@ import json
 import pytest
 
 from hwbench.errors import UsageError
-from hwbench.measure.energy import NvmlCounterMeter
 from hwbench.nets.geometry import net_geometry
 from hwbench.patterns import mixed_pattern, synthesise
 from hwbench.profiler import ProfileConfig, run_profile
@@ -22,7 +21,7 @@ from hwbench.profiles import (
 )
 from tests.conftest import one_line_error
 from tests.conftest import run_cli as run
-from tests.measure.test_energy import FakeNvml
+from tests.measure.test_energy import gpu_meter
 
 FP = {"type": "cpu", "name": "Test CPU", "threads": 2, "arch": "resnet18", "stem": "cifar",
       "input_size": 32, "batch_size": 1, "dtype": "fp32"}
@@ -125,7 +124,7 @@ TINY = dict(input_size=16, t_d=(0.5, 1.0), max_time_s=0.05, min_runs=8, warmup=1
 
 
 def test_a_small_real_profile_has_every_part_and_exact_energy_arithmetic():
-    prof = run_profile(ProfileConfig(**TINY), meter=NvmlCounterMeter(FakeNvml(), 0))
+    prof = run_profile(ProfileConfig(**TINY), meter=gpu_meter())
     assert prof["schema"] == SCHEMA and prof["fingerprint"]["input_size"] == 16
     assert [s["t_d"] for s in prof["sweep"]] == [0.5, 1.0]
     for s in prof["sweep"]:
@@ -137,7 +136,7 @@ def test_a_small_real_profile_has_every_part_and_exact_energy_arithmetic():
     assert len(prof["table"]["blocks"]) == 8 and prof["table"]["blocks"][0]["grid"][0] == 0
     e = prof["energy"]
     assert e["method"] == "nvml-counter" and e["measured"] is True
-    # the fake counter steps 1500 mJ per read: every window holds exactly 1.5 J
+    # the fake Zeus counter steps 1500 mJ per read: every window holds exactly 1.5 J
     assert e["idle_w"] == pytest.approx(1.5 / 1.0, rel=0.05)
     for pt in e["points"]:
         assert pt["energy_j_total"] == pytest.approx(1.5 / pt["inferences"])

@@ -1,22 +1,29 @@
 """Energy meters behind one small window API: ``begin_window(key)`` / ``end_window(key)``.
 
-Sources, best first, and the ``method`` label each number carries:
-- ``nvml-counter``: the GPU's total-energy counter (mJ, Volta and newer), read at both ends.
-- ``nvml-power``: GPU power (mW) polled every 20 ms on a thread and integrated (older GPUs).
-- ``rapl``: Intel/AMD RAPL package counters under /sys/class/powercap (uJ, with wrap-around).
+Measured energy comes from Zeus (``zeus.monitor.ZeusMonitor``), which reads the hardware
+counters; hwbench picks the source, brackets each window with a device sync and labels the
+number. Sources, best first, and the ``method`` label each number carries:
+- ``nvml-counter``: the GPU's total-energy counter (Volta and newer), read by Zeus at both ends.
+- ``nvml-power``: GPUs older than Volta have no such counter: Zeus polls their power (W) in a
+  helper process and integrates it over the window.
+- ``rapl``: the CPU packages' RAPL counters (uJ); Zeus counts the counters' wrap-arounds.
 - ``codecarbon-estimate``: codecarbon's power MODEL (TDP/load tables), an estimate, not a
-  measurement; ``measured`` is False.
+  measurement; ``measured`` is False. The fallback where Zeus has nothing to read.
 - ``none``: no energy source.
 Both ends of a window synchronise the device (``sync``) so the window holds the work. Counters
 update every 20-100 ms: windows should last >= 1 s (``ENERGY_WINDOW_SHORT`` otherwise).
+Zeus is imported only when a source is probed or opened: importing its monitor takes ~1.3 s
+(it pulls in scikit-learn), which every CPU-only command would otherwise pay at start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
-import threading
+import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -25,7 +32,6 @@ import torch
 from hwbench.errors import UsageError
 
 METHODS = ("nvml-counter", "nvml-power", "rapl", "codecarbon-estimate", "none")
-RAPL_ROOT = "/sys/class/powercap"
 
 
 @dataclass
@@ -70,72 +76,58 @@ class EnergyMeter:
         pass
 
 
-class NvmlCounterMeter(EnergyMeter):
-    method, measured = "nvml-counter", True
+class ZeusMeter(EnergyMeter):
+    """One device's energy (J) per window, from a ``ZeusMonitor`` that watches only that device.
 
-    def __init__(self, nvml, index: int = 0, sync=None):
+    ``gpu``: a Zeus GPU index, which is torch's index (Zeus renumbers through
+    CUDA_VISIBLE_DEVICES as CUDA does); ``cpus``: Zeus CPU indices (RAPL packages), summed.
+    ``method`` is the label the numbers carry. The duration (s) is hwbench's monotonic clock,
+    as for every meter; Zeus stamps its windows with ``time.time()``, which steps with NTP.
+    """
+
+    measured = True
+
+    def __init__(self, monitor, method: str, gpu: int | None = None,
+                 cpus: list[int] | None = None, sync=None):
         super().__init__(sync)
-        self.nvml, self.handle = nvml, nvml.nvmlDeviceGetHandleByIndex(index)
+        if (gpu is None) == (cpus is None):
+            raise ValueError("a ZeusMeter reads one GPU or a list of CPU packages")
+        self.monitor, self.method, self.gpu, self.cpus = monitor, method, gpu, cpus
 
-    def _read(self) -> int:
-        return self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)  # mJ
+    def begin_window(self, key: str) -> None:
+        super().begin_window(key)  # syncs the device: Zeus need not sync it again
+        self.monitor.begin_window(key, sync_execution=False)
 
-    def _energy(self, start, end, duration_s) -> float:
-        return (end - start) / 1000.0
+    def end_window(self, key: str) -> EnergyWindow:
+        self._sync()
+        with warnings.catch_warnings():
+            # Zeus warns when a GPU counter did not move; such a window is reported as None
+            # here and flagged by the profiler (ENERGY_WINDOW_SHORT), so it would only repeat.
+            warnings.filterwarnings("ignore", message=".*measured as zero")
+            try:
+                m = self.monitor.end_window(key, sync_execution=False)
+            except KeyError:
+                # zeus 0.16, GPUs without the counter: a window that caught no power sample
+                # looks up an instant power reading that Zeus did not take.
+                m = None
+        t0, _ = self._open.pop(key)
+        dt = time.perf_counter() - t0
+        return EnergyWindow(key, dt, None if m is None else self._joules(m), self.method, True)
 
-
-class NvmlPowerMeter(EnergyMeter):
-    """Integrates polled power (trapezoids); for GPUs without the energy counter."""
-
-    method, measured = "nvml-power", True
-
-    def __init__(self, nvml, index: int = 0, sync=None, interval_s: float = 0.02):
-        super().__init__(sync)
-        self.nvml, self.handle, self.interval_s = nvml, nvml.nvmlDeviceGetHandleByIndex(index), \
-            interval_s
-        self._samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._samples.append((time.perf_counter(),
-                                  self.nvml.nvmlDeviceGetPowerUsage(self.handle) / 1000.0))
-            self._stop.wait(self.interval_s)
-
-    def _read(self) -> float:
-        return time.perf_counter()
-
-    def _energy(self, start, end, duration_s) -> float | None:
-        pts = [(t, w) for t, w in list(self._samples) if start <= t <= end]
-        if len(pts) < 2:
+    def _joules(self, m) -> float | None:
+        if self.gpu is not None:
+            j = m.gpu_energy.get(self.gpu)
+            # A GPU never draws 0 W: 0 J means its counter had not ticked yet (a window shorter
+            # than the update period) or no power sample fell inside the window.
+            return float(j) if j else None
+        if m.cpu_energy is None:
             return None
-        return sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in zip(pts, pts[1:]))
+        return float(sum(m.cpu_energy[i] for i in self.cpus))
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=1)
-
-
-class RaplMeter(EnergyMeter):
-    """Sum of the RAPL package zones (``intel-rapl:N``), handling counter wrap-around."""
-
-    method, measured = "rapl", True
-
-    def __init__(self, zones: list[str], sync=None):
-        super().__init__(sync)
-        self.zones = zones
-        self.ranges = [int(open(os.path.join(z, "max_energy_range_uj")).read()) for z in zones]
-
-    def _read(self) -> list[int]:
-        return [int(open(os.path.join(z, "energy_uj")).read()) for z in self.zones]
-
-    def _energy(self, start, end, duration_s) -> float:
-        total = 0
-        for s, e, rng in zip(start, end, self.ranges):
-            total += e - s if e >= s else e + rng - s
-        return total / 1e6
+        poller = getattr(self.monitor, "power_monitor", None)  # pre-Volta GPUs only
+        if poller is not None:
+            poller.stop()
 
 
 class CodecarbonMeter(EnergyMeter):
@@ -150,6 +142,7 @@ class CodecarbonMeter(EnergyMeter):
         self._trackers: dict[str, object] = {}
 
     def _default_factory(self):
+        _settle_amdsmi()
         from codecarbon import OfflineEmissionsTracker
 
         _quiet_codecarbon()
@@ -180,11 +173,70 @@ class SourceStatus:
     reason: str
 
 
-def _nvml():
-    import pynvml  # from the nvidia-ml-py package
+# ---- where Zeus reads: GPU index mapping, RAPL zones ------------------------------------------
 
-    pynvml.nvmlInit()
-    return pynvml
+def nvml_index(torch_index: int, visible: str | None) -> int:
+    """The NVML index of torch's ``cuda:torch_index`` under ``CUDA_VISIBLE_DEVICES=visible``.
+
+    CUDA renumbers the GPUs it is shown from 0, in the order listed; NVML numbers every GPU of
+    the machine. Zeus maps its GPU indices the same way, but only from integer lists: GPU-UUID
+    and MIG entries are refused here with the fix rather than failing inside Zeus.
+    """
+    if visible is None:
+        return torch_index
+    if visible.strip() == "":
+        raise UsageError("CUDA_VISIBLE_DEVICES is empty: no GPU is visible to this process")
+    entries = [e.strip() for e in visible.split(",")]
+    odd = [e for e in entries if not e.isdigit()]
+    if odd:
+        raise UsageError(f"CUDA_VISIBLE_DEVICES={visible!r} names GPUs by {odd[0]!r}; Zeus maps "
+                         "only integer GPU indices to NVML: list the GPUs by index "
+                         "(`nvidia-smi -L` shows them), e.g. CUDA_VISIBLE_DEVICES=2,5")
+    if torch_index >= len(entries):
+        raise UsageError(f"cuda:{torch_index} is not among the {len(entries)} GPU(s) that "
+                         f"CUDA_VISIBLE_DEVICES={visible!r} makes visible")
+    return int(entries[torch_index])
+
+
+def _settle_amdsmi() -> None:
+    """Import AMD SMI's bindings once, quietly, before zeus or codecarbon does.
+
+    zeus requires the ``amdsmi`` package; where ROCm's libamd_smi.so is missing (any machine
+    without AMD GPUs) its import prints two lines to stdout, which would corrupt ``--json``
+    output, and raises KeyError, which codecarbon reports as a misconfigured AMD GPU. Marking
+    it absent makes their later imports a plain ImportError: "no AMD GPU", silently.
+    """
+    if "amdsmi" in sys.modules:
+        return
+    with contextlib.redirect_stdout(None):
+        try:
+            import amdsmi  # noqa: F401
+        except Exception:
+            sys.modules["amdsmi"] = None  # later imports raise ImportError
+
+
+def _zeus_gpus():
+    _settle_amdsmi()
+    from zeus.device.gpu import get_gpus
+
+    return get_gpus()
+
+
+def _zeus_monitor(gpu_indices: list[int], cpu_indices: list[int]):
+    _settle_amdsmi()
+    from zeus.monitor import ZeusMonitor
+
+    return ZeusMonitor(gpu_indices=gpu_indices, cpu_indices=cpu_indices)
+
+
+def _zeus_rapl_dir() -> str:
+    """The powercap folder Zeus reads (it prefers the host's, then a container's mount)."""
+    _settle_amdsmi()
+    from zeus.device.cpu.rapl import CONTAINER_RAPL_DIR, RAPL_DIR
+
+    if not os.path.exists(RAPL_DIR) and os.path.exists(CONTAINER_RAPL_DIR):
+        return CONTAINER_RAPL_DIR
+    return RAPL_DIR
 
 
 def _readable(path: str) -> bool:
@@ -196,10 +248,12 @@ def _readable(path: str) -> bool:
         return False
 
 
-def rapl_zones(root: str = RAPL_ROOT, can_read=_readable) -> tuple[list[str], str]:
-    """Readable RAPL package zones, and why there are none when there are none."""
-    zones = sorted(z for z in glob.glob(os.path.join(root, "intel-rapl:*"))
-                   if z.count(":") == 1)
+def rapl_zones(root: str, can_read=_readable) -> tuple[list[str], str]:
+    """Readable top-level RAPL zones under ``root``, in Zeus' CPU order (by zone number), and
+    why there are none when there are none."""
+    zones = sorted((z for z in glob.glob(os.path.join(root, "intel-rapl:*"))
+                    if z.count(":") == 1 and z.rsplit(":", 1)[1].isdigit()),
+                   key=lambda z: int(z.rsplit(":", 1)[1]))
     if not zones:
         return [], f"no RAPL zones under {root} (no powercap driver, a VM, or not x86)"
     unreadable = [os.path.join(z, "energy_uj") for z in zones
@@ -210,58 +264,148 @@ def rapl_zones(root: str = RAPL_ROOT, can_read=_readable) -> tuple[list[str], st
     return zones, "readable"
 
 
-def detect_sources(device: torch.device, nvml_loader=_nvml,
-                   rapl_root: str = RAPL_ROOT) -> list[SourceStatus]:
-    """What could measure energy on ``device`` here, and why not where not."""
-    out = []
-    if device.type == "cuda":
+def rapl_packages(zones: list[str]) -> list[int]:
+    """Positions (Zeus CPU indices) of the package zones: ``psys`` (the whole platform, which
+    already contains the packages) is left out so no energy is counted twice."""
+    def name(z: str) -> str:
         try:
-            nvml = nvml_loader()
-            h = nvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-            try:
-                nvml.nvmlDeviceGetTotalEnergyConsumption(h)
-                out.append(SourceStatus("nvml-counter", True, "total-energy counter readable"))
-            except Exception as exc:  # NVMLError_NotSupported on pre-Volta GPUs
-                out.append(SourceStatus("nvml-counter", False, f"not supported: {exc}"))
-            out.append(SourceStatus("nvml-power", True, "power readings (polled)"))
-        except Exception as exc:
-            out.append(SourceStatus("nvml-counter", False, f"NVML unavailable: {exc}"))
-            out.append(SourceStatus("nvml-power", False, f"NVML unavailable: {exc}"))
-    else:
-        zones, reason = rapl_zones(rapl_root)
-        out.append(SourceStatus("rapl", bool(zones), reason))
+            with open(os.path.join(z, "name"), encoding="utf-8") as fh:
+                return fh.read().strip()
+        except OSError:
+            return ""
+
+    return [i for i, z in enumerate(zones) if name(z) != "psys"]
+
+
+# ---- which sources are here, and the meter for one ----------------------------------------
+
+def _bare_uuid(uuid: str) -> str:
+    return uuid.strip().lower().removeprefix("gpu-")
+
+
+def _torch_uuid(index: int) -> str | None:
+    try:
+        return str(torch.cuda.get_device_properties(index).uuid)
+    except Exception:  # no CUDA here, or a torch without the field: nothing to compare
+        return None
+
+
+def _nvml_uuid(gpus, index: int) -> str | None:
+    try:
+        import pynvml  # from the nvidia-ml-py package, which Zeus uses
+
+        uuid = pynvml.nvmlDeviceGetUUID(gpus.gpus[index].handle)
+        return uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+    except Exception:
+        return None
+
+
+def _order_mismatch(gpus, index: int, phys: int) -> str | None:
+    """Why Zeus' GPU ``index`` is not torch's ``cuda:index``, or None. CUDA numbers GPUs fastest
+    first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, NVML always by PCI bus: on a machine with mixed
+    GPUs an index can name different GPUs, and the energy would be another GPU's."""
+    t, n = _torch_uuid(index), _nvml_uuid(gpus, index)
+    if t is None or n is None or _bare_uuid(t) == _bare_uuid(n):
+        return None
+    return (f"cuda:{index} is GPU {_bare_uuid(t)} to torch but NVML GPU {phys} (what Zeus would "
+            f"read) is {_bare_uuid(n)}: run with CUDA_DEVICE_ORDER=PCI_BUS_ID")
+
+
+def _gpu_sources(device: torch.device, gpus_loader) -> list[SourceStatus]:
+    index = device.index or 0
+
+    def neither(why: str) -> list[SourceStatus]:
+        return [SourceStatus("nvml-counter", False, why), SourceStatus("nvml-power", False, why)]
+
+    try:
+        phys = nvml_index(index, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        gpus = gpus_loader()
+    except UsageError as exc:
+        return neither(str(exc))
+    except Exception as exc:  # zeus missing, no NVML / AMD SMI, a driver error
+        return neither(f"Zeus cannot open the GPUs: {exc}")
+    if type(gpus).__name__.startswith("AMD"):
+        return neither("Zeus found AMD GPUs (AMD SMI); hwbench labels NVIDIA (NVML) energy only")
+    if index >= len(gpus):
+        return neither(f"cuda:{index} is not among the {len(gpus)} GPU(s) Zeus sees")
+    why = _order_mismatch(gpus, index, phys)
+    if why:
+        return neither(why)
+    where = f"cuda:{index} is NVML GPU {phys}"
+    try:
+        counter = bool(gpus.supports_get_total_energy_consumption(index))
+    except Exception as exc:
+        return neither(f"{where}; Zeus cannot query it: {exc}")
+    if counter:
+        return [SourceStatus("nvml-counter", True, f"total-energy counter, read by Zeus ({where})"),
+                SourceStatus("nvml-power", False, f"{where}, which has the energy counter: Zeus "
+                                                  "reads it instead of polling power")]
+    return [SourceStatus("nvml-counter", False, f"{where}, older than Volta: no energy counter"),
+            SourceStatus("nvml-power", True, f"power polled and integrated by Zeus ({where})")]
+
+
+def _codecarbon_source() -> SourceStatus:
+    _settle_amdsmi()
     try:
         import codecarbon  # noqa: F401
 
-        out.append(SourceStatus("codecarbon-estimate", True,
-                                "codecarbon installed (a power model: estimates, not measures)"))
+        return SourceStatus("codecarbon-estimate", True,
+                            "codecarbon installed (a power model: estimates, not measures)")
     except ImportError:
-        out.append(SourceStatus("codecarbon-estimate", False, "codecarbon not installed"))
+        return SourceStatus("codecarbon-estimate", False, "codecarbon not installed")
+
+
+def detect_sources(device: torch.device, gpus_loader=_zeus_gpus,
+                   rapl_root: str | None = None) -> list[SourceStatus]:
+    """What could measure energy on ``device`` here, and why not where not. ``gpus_loader``
+    (Zeus' GPU list) and ``rapl_root`` (default: where Zeus reads RAPL) are for tests."""
+    out = []
+    if device.type == "cuda":
+        out += _gpu_sources(device, gpus_loader)
+    else:
+        try:
+            zones, reason = rapl_zones(rapl_root or _zeus_rapl_dir())
+        except ImportError as exc:
+            zones, reason = [], f"zeus is not installed ({exc})"
+        out.append(SourceStatus("rapl", bool(zones), reason))
+    out.append(_codecarbon_source())
     return out
 
 
-def select_meter(device: torch.device, prefer: str | None = None, nvml_loader=_nvml,
-                 rapl_root: str = RAPL_ROOT) -> EnergyMeter:
+def _open_meter(method: str, device: torch.device, sync, rapl_root: str | None,
+                monitor_factory) -> EnergyMeter:
+    if method == "codecarbon-estimate":
+        return CodecarbonMeter(sync)
+    if method == "rapl":
+        cpus = rapl_packages(rapl_zones(rapl_root or _zeus_rapl_dir())[0])
+        return ZeusMeter(monitor_factory(gpu_indices=[], cpu_indices=cpus), method, cpus=cpus,
+                         sync=sync)
+    gpu = device.index or 0  # torch's index: Zeus applies CUDA_VISIBLE_DEVICES itself
+    return ZeusMeter(monitor_factory(gpu_indices=[gpu], cpu_indices=[]), method, gpu=gpu,
+                     sync=sync)
+
+
+def select_meter(device: torch.device, prefer: str | None = None, gpus_loader=_zeus_gpus,
+                 rapl_root: str | None = None, monitor_factory=_zeus_monitor) -> EnergyMeter:
     """The best available meter for ``device``, or the one asked for (a clear error if absent).
-    ``prefer='none'`` gives the null meter."""
+    ``prefer='none'`` gives the null meter. ``monitor_factory`` replaces Zeus in tests."""
     if prefer is not None and prefer not in METHODS:
         raise UsageError(f"unknown energy method {prefer!r}; known: {', '.join(METHODS)}")
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
     if prefer == "none":
         return EnergyMeter(sync)
-    status = {s.method: s for s in detect_sources(device, nvml_loader, rapl_root)}
+    status = {s.method: s for s in detect_sources(device, gpus_loader, rapl_root)}
     order = [prefer] if prefer else ["nvml-counter", "nvml-power", "rapl",
                                      "codecarbon-estimate"]
     for method in order:
         s = status.get(method)
         if s is None or not s.available:
             continue
-        if method.startswith("nvml"):
-            cls = NvmlCounterMeter if method == "nvml-counter" else NvmlPowerMeter
-            return cls(nvml_loader(), device.index or 0, sync)
-        if method == "rapl":
-            return RaplMeter(rapl_zones(rapl_root)[0], sync)
-        return CodecarbonMeter(sync)
+        try:
+            return _open_meter(method, device, sync, rapl_root, monitor_factory)
+        except Exception as exc:  # seen a moment ago, refused now: say so, never fall back
+            raise UsageError(f"energy method {method!r} was detected but could not be opened: "
+                             f"{exc}; use --no-energy to profile without energy") from exc
     if prefer:
         why = status[prefer].reason if prefer in status else f"not applicable to {device.type}"
         raise UsageError(f"energy method {prefer!r} is not available: {why}")
@@ -325,6 +469,7 @@ class TrainingEnergy:
         self._t0 = 0.0
 
     def _default_factory(self):
+        _settle_amdsmi()
         from codecarbon import OfflineEmissionsTracker
 
         _quiet_codecarbon()

@@ -4,10 +4,10 @@ with fake energy sources so the numbers are exact and nothing depends on this ma
 import pytest
 import torch
 
-from hwbench.measure.energy import CodecarbonMeter, NvmlCounterMeter
+from hwbench.measure.energy import CodecarbonMeter
 from hwbench.profiler import ProfileConfig, run_profile
 from hwbench.profiles import profile_filename, save_profile
-from tests.measure.test_energy import _CC, FakeNvml
+from tests.measure.test_energy import _CC, gpu_meter
 
 TINY_PROFILE = dict(input_size=32, t_d=(0.3, 0.6, 1.0), max_time_s=0.05, min_runs=8, warmup=1,
                     min_warmup_s=0.0, grid=4, table_rounds=2, validation=3, calibration=2,
@@ -31,7 +31,7 @@ def report_inputs(tmp_path_factory):
                       meter=CodecarbonMeter(factory=_CC))
     est_path = save_profile(est, root / "profiles" / profile_filename(est["fingerprint"]))
     meas = run_profile(ProfileConfig(**TINY_PROFILE, threads=threads, batch_size=2),
-                       meter=NvmlCounterMeter(FakeNvml(), 0))
+                       meter=gpu_meter())
     save_profile(meas, root / "profiles" / profile_filename(meas["fingerprint"]))
     # just above the prediction for the sweep's t_d 0.6: the picker chooses exactly 0.6
     target_ms = next(s["predicted_p90_ms"] for s in est["sweep"] if s["t_d"] == 0.6) * 1.0005
