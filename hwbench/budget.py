@@ -25,45 +25,35 @@ from torch import nn
 
 from hwbench.errors import UsageError
 from hwbench.patterns import GatePattern
-from hwbench.profiles import PERCENTILES, Predictor
-
-
-def interp(x: torch.Tensor, grid: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Piecewise-linear ``values(grid)`` at ``x`` (scalar tensor), differentiable in ``x``; the
-    end segments extend linearly (the grid spans 0..channels, so x never leaves it)."""
-    i = torch.searchsorted(grid, x.detach().reshape(1), right=True).clamp(1, len(grid) - 1)[0]
-    x0, x1, y0, y1 = grid[i - 1], grid[i], values[i - 1], values[i]
-    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+from hwbench.profiles import PERCENTILES, BlockTable, Predictor
 
 
 class LatencyEstimate(nn.Module):
-    """Predicted latency (ms) of the gated network on one profiled device, from its masks."""
+    """Predicted latency (ms) of the gated network on one profiled device, from its masks: the
+    profile's ``Predictor`` (one implementation), fed the gates' masks, its tables held as
+    buffers so they move with the model."""
 
     def __init__(self, profile: dict, percentile: str = "p90"):
         super().__init__()
         if percentile not in PERCENTILES:
             raise UsageError(f"unknown percentile {percentile!r}; use p50, p90 or p99")
-        pred = Predictor(profile)
-        self.arch, self.stem, self.input_size = pred.arch, pred.stem, pred.input_size
-        self.names, self.executes = pred.names, pred.executes
-        self.percentile = percentile
-        self.factor = pred.scale * pred.ratios[percentile]
-        self.fixed_ms = pred.fixed_ms
-        for i, b in enumerate(pred.blocks):
-            self.register_buffer(f"grid{i}", torch.as_tensor(b.grid, dtype=torch.float64))
-            self.register_buffer(f"plain{i}", torch.as_tensor(b.plain, dtype=torch.float64))
-            self.register_buffer(f"gated{i}", torch.as_tensor(b.gated, dtype=torch.float64))
+        self.pred = Predictor(profile)
+        self.arch, self.stem = self.pred.arch, self.pred.stem
+        self.input_size, self.names = self.pred.input_size, self.pred.names
+        self.executes, self.percentile = self.pred.executes, percentile
+        self.factor = self.pred.scale * self.pred.ratios[percentile]
+        for i, b in enumerate(self.pred.blocks):
+            self.register_buffer(f"grid{i}", b.grid.clone())
+            self.register_buffer(f"plain{i}", b.plain.clone())
+            self.register_buffer(f"gated{i}", b.gated.clone())
 
-    def table(self, i: int, gated: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return getattr(self, f"grid{i}"), getattr(self, f"{'gated' if gated else 'plain'}{i}")
+    def tables(self) -> list[BlockTable]:
+        return [BlockTable(getattr(self, f"grid{i}"), getattr(self, f"plain{i}"),
+                           getattr(self, f"gated{i}")) for i in range(len(self.names))]
 
     def ms(self, channels: list[torch.Tensor], gated: list[bool]) -> torch.Tensor:
         """Latency (ms) for executed channel counts per block."""
-        total = torch.zeros((), dtype=torch.float64, device=channels[0].device)
-        for i, (k, g) in enumerate(zip(channels, gated)):
-            grid, values = self.table(i, g)
-            total = total + interp(k.to(torch.float64), grid, values)
-        return self.factor * (self.fixed_ms + total)
+        return self.factor * self.pred.table_sum(channels, gated, self.tables())
 
     def channels_from_masks(self, masks: list[torch.Tensor]) -> tuple[list, list[bool]]:
         """(executed channels per block, whether the block has dynamic channels) from a gated
@@ -87,12 +77,8 @@ class LatencyEstimate(nn.Module):
 
     def of_pattern(self, pattern: GatePattern) -> float:
         """The same estimate for a pattern file (equals ``Predictor.predict``)."""
-        ks, gated = [], []
-        for lp, how in zip(pattern.layers, self.executes):
-            k = lp.always_on + lp.dynamic * (lp.dynamic_on_rate if how == "expected" else 1.0)
-            ks.append(torch.tensor(float(k), dtype=torch.float64))
-            gated.append(lp.dynamic > 0)
-        return float(self.ms(ks, gated))
+        with torch.no_grad():
+            return float(self.ms(*self.pred.executed(pattern)))
 
 
 @dataclass

@@ -282,6 +282,10 @@ def profile(device, arch, stem, input_size, batch_size, dtype, threads, t_d, pat
                         t_d=t_d or ProfileConfig.t_d, patterns=tuple(patterns), energy=energy,
                         max_time_s=max_time_s, min_runs=min_runs, warmup=warmup,
                         validation=validation)
+    from hwbench.io import check_writable
+
+    if out:
+        check_writable(out)  # a bad --out fails now, not after minutes of measuring
     profiler = Profiler(cfg)  # validates everything before any measuring
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -513,6 +517,10 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, batch_size, lr,
                       budget_shape=budget_shape, budget_combine=budget_combine,
                       **budget_defaults(budget, lam, surrogate), gamma=gamma)
     validate(cfg)
+    if out:
+        from hwbench.io import check_writable
+
+        check_writable(out, folder=True)  # before any profile, training or measuring
     with _TrainProgress() as bar:
         summary = train_to_target(cfg, percentile=percentile, say=bar.say,
                                   progress=bar.update, targets=targets, trim=trim)
@@ -719,9 +727,12 @@ def eval_cmd(checkpoint, linear, knn, device, data_dir, out, as_json) -> None:
     """Top-1 of a run's dense and gated features (kNN, linear probe), its measured MACs ratio and
     per-layer on-ratios."""
     from hwbench.evaluate import run_eval
+    from hwbench.io import check_writable
     from hwbench.measure.device import parse_device
 
     parse_device(device)
+    if out:
+        check_writable(out)
     res = run_eval(checkpoint, linear=linear, knn=knn, device=device, data_dir=data_dir, out=out)
     if as_json:
         click.echo(json.dumps(res, indent=2))
@@ -755,10 +766,12 @@ def eval_cmd(checkpoint, linear, knn, device, data_dir, out, as_json) -> None:
 def report(inputs, out, energy_only, targets, percentile, title) -> None:
     """Figures, tidy CSVs and a self-contained HTML report from device profiles and training
     runs. INPUTS: profile files, run directories, or folders holding them."""
+    from hwbench.io import check_writable
     from hwbench.report import build_report
     from hwbench.units import parse_duration
 
     tgt = [(parse_duration(t), percentile) for t in targets]
+    check_writable(out, folder=True)
     res = build_report(list(inputs), out, energy_only=energy_only, targets=tgt, title=title)
     click.echo(f"report of {res.inputs[0]} profile(s) and {res.inputs[1]} run(s): "
                f"{res.out / 'report.html'}")

@@ -69,11 +69,8 @@ def pattern_report(pattern: GatePattern) -> MacsReport:
     """Per-layer expected MACs of a pattern: always-on channels count fully, dynamic ones at their
     on-rate (and, for a Bottleneck's on^2 term, with their Bernoulli variance)."""
     g = pattern.geometry()
-    layers = []
-    for b, lp in zip(g.blocks, pattern.layers):
-        macs = float(b.gated_macs(lp.expected_on(), lp.expected_on_sq()))
-        layers.append(LayerMacs(b.name, b.width, lp.expected_on(), b.dense_macs(), macs,
-                                b.gate_macs()))
+    layers = [LayerMacs(b.name, b.width, lp.expected_on(), b.dense_macs(), macs, b.gate_macs())
+              for b, lp, macs in zip(g.blocks, pattern.layers, pattern.layer_macs())]
     gated = g.stem_macs + sum(lm.macs for lm in layers)
     return MacsReport(pattern.arch, pattern.stem, pattern.input_size, g.stem_macs,
                       g.dense_macs(), layers, gated, pattern.t_d)

@@ -47,3 +47,22 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Fail before any work when ``path`` (a file, or a ``folder``) cannot be written: the wrong
+    kind of thing is already there, or its nearest existing ancestor is not a writable folder.
+    Raises ``UsageError`` (one line, exit 2)."""
+    from hwbench.errors import UsageError
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise UsageError(f"{path} exists and is {'not ' if folder else ''}a folder")
+    probe = path.parent if not folder else path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot write {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {path}: {probe} is not writable")
+    return path

@@ -77,6 +77,18 @@ class GatePattern:
     def geometry(self) -> NetGeometry:
         return net_geometry(self.arch, self.stem, self.input_size)
 
+    def layer_macs(self) -> list[float]:
+        """Expected per-sample MACs of each gated block (convs + gate): always-on channels
+        count fully, dynamic ones at their on-rate (a Bottleneck's on^2 term with its variance).
+        ``hwbench.flops`` reports them; this is where they are computed."""
+        return [float(b.gated_macs(lp.expected_on(), lp.expected_on_sq()))
+                for b, lp in zip(self.geometry().blocks, self.layers)]
+
+    def macs_ratio(self) -> float:
+        """Expected gated MACs (stem and gates included) / dense MACs."""
+        g = self.geometry()
+        return (g.stem_macs + sum(self.layer_macs())) / g.dense_macs()
+
     def kept_channels(self) -> list[int]:
         """Per layer, the channels a static engine keeps (always-on + dynamic)."""
         return [lp.always_on + lp.dynamic for lp in self.layers]
@@ -315,14 +327,11 @@ def mixed_pattern(arch: str, stem: str, input_size: int, t_d: float, seed: int =
         return GatePattern(arch, stem, input_size, layers, float(t_d),
                            extra={"source": f"mixed_pattern(seed={seed})"})
 
-    from hwbench.flops import pattern_report  # local: flops imports this module
-
     lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        if pattern_report(build(mid)).ratio < t_d:
+        if build(mid).macs_ratio() < t_d:
             lo = mid
         else:
             hi = mid
-    best = min((build(lo), build(hi)), key=lambda p: abs(pattern_report(p).ratio - t_d))
-    return best
+    return min((build(lo), build(hi)), key=lambda p: abs(p.macs_ratio() - t_d))

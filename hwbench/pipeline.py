@@ -18,25 +18,9 @@ from pathlib import Path
 import torch
 
 from hwbench.errors import UsageError
-from hwbench.io import atomic_torch_save, atomic_write_json
+from hwbench.io import atomic_torch_save, atomic_write_json, check_writable
 
 CALIB_IMAGES = 1024  # class-balanced training images the deployed pattern is summarised on
-
-
-def check_out_dir(path: str | Path) -> Path:
-    """A folder the run can write into, checked before any work: not a file, and its nearest
-    existing ancestor writable."""
-    import os
-
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{path} exists and is not a folder")
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise UsageError(f"cannot write under {probe}: permission denied")
-    return path
 
 
 def save_network(src_ckpt: Path, net, dst: Path, **extra) -> Path:
@@ -149,7 +133,7 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
     if not 0 < tolerance < 1:
         raise UsageError(f"--tolerance must be in (0, 1), got {tolerance:g}")
     goal = LatencyTarget.parse(target, percentile)
-    out = check_out_dir(Path(out) if out else run / f"trim-{goal.text}")
+    out = check_writable(Path(out) if out else run / f"trim-{goal.text}", folder=True)
     dev = parse_device(device)
     net, cfg, _ = load_run(ckpt)
     if cfg.get("method") == "dense":

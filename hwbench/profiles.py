@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
 
 from hwbench.errors import HwbenchError, UsageError
 from hwbench.io import atomic_write_json
@@ -79,15 +79,29 @@ def profile_filename(fp: dict) -> str:
             f"_b{fp['batch_size']}_{fp['dtype']}.json")
 
 
+def interp(x: torch.Tensor, grid: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear ``values(grid)`` at ``x`` (scalar tensor), differentiable in ``x``; the
+    end segments extend linearly (the grid spans 0..channels, so x never leaves it)."""
+    i = torch.searchsorted(grid, x.detach().reshape(1), right=True).clamp(1, len(grid) - 1)[0]
+    x0, x1, y0, y1 = grid[i - 1], grid[i], values[i - 1], values[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
 @dataclass
-class _BlockTable:
-    grid: np.ndarray
-    plain: np.ndarray
-    gated: np.ndarray
+class BlockTable:
+    """One block's measured latency (ms) at ``grid`` kept channels, without/with a gate."""
+
+    grid: torch.Tensor
+    plain: torch.Tensor
+    gated: torch.Tensor
 
 
 class Predictor:
-    """Latency of a pattern on the profiled device, from the table alone (no network runs)."""
+    """Latency of a pattern on the profiled device, from the table alone (no network runs).
+
+    One implementation serves the CLI (``hwbench predict``, ``pick``, ``trim``) and training
+    (``budget.LatencyEstimate``): ``table_sum`` is written in torch and is differentiable in the
+    channel counts; for a pattern it is evaluated without gradients."""
 
     def __init__(self, profile: dict):
         fp = profile["fingerprint"]
@@ -95,11 +109,13 @@ class Predictor:
         t = profile["table"]
         self.fixed_ms = float(t["stem_ms"]) + float(t["head_ms"])
         self.names = [b["name"] for b in t["blocks"]]
-        self.blocks = [_BlockTable(np.asarray(b["grid"], float), np.asarray(b["plain_ms"], float),
-                                   np.asarray(b["gated_ms"], float)) for b in t["blocks"]]
-        for b in self.blocks:
-            if not (len(b.grid) == len(b.plain) == len(b.gated)) or np.any(np.diff(b.grid) <= 0):
+        self.blocks = []
+        for b in t["blocks"]:
+            grid, plain, gated = (torch.as_tensor(b[k], dtype=torch.float64)
+                                  for k in ("grid", "plain_ms", "gated_ms"))
+            if not (len(grid) == len(plain) == len(gated)) or bool((grid.diff() <= 0).any()):
                 raise ValueError("grid and latencies must have equal lengths, grid increasing")
+            self.blocks.append(BlockTable(grid, plain, gated))
         self.executes = list(profile["dynamic_executes"])
         self.scale = float(profile.get("calibration", {}).get("scale", 1.0))
         self.ratios = {k: float(v) for k, v in profile["percentile_ratios"].items()}
@@ -112,9 +128,31 @@ class Predictor:
             raise UsageError(f"{source} is for {theirs[0]}/{theirs[1]}/{theirs[2]}px, the profile "
                              f"for {mine[0]}/{mine[1]}/{mine[2]}px")
 
+    def table_sum(self, channels: list[torch.Tensor], gated: list[bool],
+                  tables: list[BlockTable] | None = None) -> torch.Tensor:
+        """stem + head + sum over blocks of the table at the executed channel counts (ms,
+        before calibration); ``tables``: the same tables on another device."""
+        tables = tables or self.blocks
+        total = torch.zeros((), dtype=torch.float64, device=tables[0].grid.device)
+        for b, k, g in zip(tables, channels, gated):
+            total = total + interp(k.to(torch.float64), b.grid, b.gated if g else b.plain)
+        return self.fixed_ms + total
+
     def block_ms(self, i: int, channels: float, gated: bool) -> float:
         b = self.blocks[i]
-        return float(np.interp(channels, b.grid, b.gated if gated else b.plain))
+        with torch.no_grad():
+            return float(interp(torch.tensor(float(channels), dtype=torch.float64), b.grid,
+                                b.gated if gated else b.plain))
+
+    def executed(self, pattern: GatePattern) -> tuple[list[torch.Tensor], list[bool]]:
+        """Per block, the channels the compact engine executes for ``pattern``: the expected
+        number on where it skips off dynamic channels, every kept one where it masks them."""
+        ks, gated = [], []
+        for lp, how in zip(pattern.layers, self.executes):
+            k = lp.always_on + lp.dynamic * (lp.dynamic_on_rate if how == "expected" else 1.0)
+            ks.append(torch.tensor(float(k), dtype=torch.float64))
+            gated.append(lp.dynamic > 0)
+        return ks, gated
 
     def p50_ms(self, pattern: GatePattern) -> float:
         return self.scale * self.table_ms(pattern)
@@ -122,14 +160,8 @@ class Predictor:
     def table_ms(self, pattern: GatePattern) -> float:
         """The table's sum for ``pattern``, before calibration."""
         self.check(pattern)
-        total = self.fixed_ms
-        for i, lp in enumerate(pattern.layers):
-            if self.executes[i] == "expected":  # the engine skips off dynamic channels here
-                k = lp.always_on + lp.dynamic * lp.dynamic_on_rate
-            else:  # it computes every kept channel and masks the dynamic ones
-                k = lp.always_on + lp.dynamic
-            total += self.block_ms(i, k, gated=lp.dynamic > 0)
-        return total
+        with torch.no_grad():
+            return float(self.table_sum(*self.executed(pattern)))
 
     def predict(self, pattern: GatePattern, percentile: str = "p50") -> float:
         if percentile not in PERCENTILES:

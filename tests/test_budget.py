@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from hwbench.budget import LatencyBudget, LatencyEstimate, interp
+from hwbench.budget import LatencyBudget, LatencyEstimate
 from hwbench.engine import pattern_inputs, realise
 from hwbench.errors import UsageError
 from hwbench.nets import create_net
 from hwbench.patterns import mixed_pattern, summarise, synthesise
-from hwbench.profiles import Predictor
+from hwbench.profiles import Predictor, interp
 from hwbench.target import parse_device_targets
 from tests.conftest import one_line_error, run_cli
 from tests.test_profiles import synthetic_profile

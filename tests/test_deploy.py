@@ -31,6 +31,7 @@ def held_out(n=48):
     return images
 
 
+@torch.no_grad()
 def engine_vs_eager(net, pattern, x):
     eager = net.forward_gated(x).features
     worst = 0.0

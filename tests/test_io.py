@@ -27,3 +27,28 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         atomic_write_text(path, "new")
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+
+
+def test_bad_output_paths_fail_before_any_work(tmp_path):
+    from tests.conftest import one_line_error, run_cli
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run_cli("profile", "--out", blocker / "p.json", "--max-time", "0.1")
+    assert "is a file, not a folder" in one_line_error(r)
+    r = run_cli("profile", "--out", tmp_path, "--max-time", "0.1")
+    assert "is a folder" in one_line_error(r)
+    r = run_cli("train", "--dataset", "synthetic", "--out", blocker, "--epochs", "1")
+    assert "is not a folder" in one_line_error(r)
+    r = run_cli("report", str(tmp_path), "--out", blocker)
+    assert "is not a folder" in one_line_error(r)
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    try:
+        if not os.access(ro, os.W_OK):  # root can write anywhere: nothing to test then
+            assert "not writable" in one_line_error(run_cli("profile", "--out", ro / "p.json"))
+    finally:
+        os.chmod(ro, 0o700)

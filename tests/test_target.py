@@ -10,8 +10,8 @@ from hwbench.errors import HwbenchError, UsageError
 from hwbench.io import atomic_write_json
 from hwbench.measure.device import fingerprint, parse_device
 from hwbench.patterns import synthesise
-from hwbench.profiles import Predictor, find_profile, save_profile
 from hwbench.pipeline import train_to_target
+from hwbench.profiles import Predictor, find_profile, save_profile
 from hwbench.target import choose_t_d, resolve_profile
 from hwbench.train import TrainConfig
 from tests.test_profiles import synthetic_profile

@@ -74,9 +74,10 @@ def test_no_valid_measurement_no_decision_and_a_stale_profile_is_said():
     prof = {"references": {"dense": {"p90_ms": 6.0}}}
     d = decide(fake_measurement(4.9, 7.0), LatencyTarget.parse("5ms"), prof)
     stale = d["profile_stale"]
-    assert stale["dense_now_vs_profile"] == pytest.approx(7.0 / 6.0 - 1, rel=0.01)
-    assert "0.714x of the dense p90 now" in stale["note"] and "0.833x when profiled" in \
-        stale["note"]
+    dense_now = d["ratio_to_dense"]["value"] and fake_measurement(4.9, 7.0).at("dense")
+    assert stale["dense_now_vs_profile"] == pytest.approx(dense_now / 6.0 - 1)
+    assert f"{5 / dense_now:.3f}x of the dense p90 now" in stale["note"]
+    assert "0.833x when profiled" in stale["note"]
     assert "profile_stale" not in decide(fake_measurement(4.9, 6.3), LatencyTarget.parse("5ms"),
                                          prof)
 
