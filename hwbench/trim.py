@@ -130,17 +130,17 @@ class SearchRule:
     """When a candidate is accepted. Scores are measured / target (in the target's own terms: a
     ratio to dense measured alongside for a relative target, ms for an absolute one).
 
-    The profile's prediction is corrected by ``k``, the geometric mean of measured/predicted
-    over the last ``window`` measurements (the search's measurements cluster around the answer,
-    so this pools several noisy draws instead of trusting one). The search aims the corrected
-    prediction at ``1 - tolerance / 2`` and accepts a candidate once it was measured, at least
-    ``repeats`` valid measurements are in the window, and the corrected estimate +- 2 standard
-    errors lies inside ``[1 - tolerance, 1]``. A device too noisy for that within
+    Steering: the profile's prediction corrected by ``k``, the geometric mean of measured /
+    predicted over the last ``window`` measurements (a device the profile misjudges unevenly
+    per block needs a correction that follows the search), aimed at ``1 - tolerance / 2``.
+    Confirming: a candidate whose estimate lies in ``[1 - tolerance, 1]`` is measured again
+    rather than left; it is accepted once it has ``repeats`` valid measurements whose mean +- 2
+    standard errors lies inside that band. A device too noisy for that within
     ``max_measurements`` gets no hit, and the result says so with the spread it saw."""
 
     tolerance: float = 0.05
-    repeats: int = 4
-    window: int = 6
+    repeats: int = 3
+    window: int = 3
     max_measurements: int = 12
 
     @property
@@ -174,14 +174,14 @@ def search(net, calib: torch.Tensor, device: torch.device,
     for _ in range(rule.max_measurements):
         res = measure(*st.candidate(n))
         st.record(n, res)
-        est, se, used = st.estimate(n)
+        est, se = st.estimate(n)
         say(f"  trim: {n} of {len(cands)} channels off -> measured {res['score']:.3f} x target"
-            f" (predicted {st.predicted(n):.3f}, corrected {est:.3f} +- {2 * se:.3f})"
+            f" (predicted {st.predicted(n):.3f}; estimate {est:.3f} +- {2 * se:.3f})"
             + ("" if res.get("valid", True) else " [measurement not valid]"))
-        if used >= rule.repeats and rule.accepts(est, se):
+        if len(st.scores.get(n, ())) >= rule.repeats and rule.accepts(est, se):
             return st.result(n, True)
-        nxt = st.n_for(rule.aim / st.correction()[0])
-        n = n if rule.accepts(est, 0.0) else nxt  # in the band: measure it again to confirm
+        if not rule.accepts(est, 0.0):  # outside the band: move; inside: measure it again
+            n = st.n_for(rule.aim / st.correction())
     return st.fallback()
 
 
@@ -218,20 +218,20 @@ class _SearchState:
         self.steps.append({"n_off": n, "predicted_score": self.predicted(n), "score": score,
                            "valid": valid, "measured": res})
 
-    def correction(self) -> tuple[float, float, int]:
-        """(k, standard error of log k, measurements used) over the window."""
+    def correction(self) -> float:
+        """Measured / predicted, geometric mean over the last ``window`` valid measurements."""
         recent = self.log_ratios[-self.rule.window:]
-        if not recent:
-            return 1.0, math.inf, 0
-        mean = sum(recent) / len(recent)
-        if len(recent) < 2:
-            return math.exp(mean), math.inf, 1
-        var = sum((r - mean) ** 2 for r in recent) / (len(recent) - 1)
-        return math.exp(mean), math.sqrt(var / len(recent)), len(recent)
+        return math.exp(sum(recent) / len(recent)) if recent else 1.0
 
-    def estimate(self, n: int) -> tuple[float, float, int]:
-        k, se, used = self.correction()
-        return k * self.predicted(n), se, used
+    def estimate(self, n: int) -> tuple[float, float]:
+        """(score, standard error of its log): the mean of ``n``'s own valid measurements once
+        it has two, else the corrected prediction (standard error unknown: inf)."""
+        xs = [math.log(x) for x in self.scores.get(n, ())]
+        if len(xs) < 2:
+            return self.correction() * self.predicted(n), math.inf
+        mean = sum(xs) / len(xs)
+        var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
+        return math.exp(mean), math.sqrt(var / len(xs))
 
     def n_for(self, score: float) -> int:
         """Smallest n whose predicted score is at most ``score`` (predictions fall with n)."""
@@ -254,19 +254,19 @@ class _SearchState:
 
     def result(self, n: int, hit: bool, reason: str = "") -> TrimResult:
         m, pat = self.candidate(n)
-        est = self.estimate(n)[0] if self.log_ratios else math.nan
+        est = self.estimate(n)[0] if self.scores.get(n) else math.nan
         return TrimResult(n, len(self.cands), m, pat, est, self.predicted(n), self.steps, hit,
                           self.spread(), reason)
 
     def fallback(self) -> TrimResult:
         r = self.rule
-        why = (f"no candidate confirmed inside [{1 - r.tolerance:.3f}, 1] x target (corrected "
-               f"estimate +- 2 standard errors, >= {r.repeats} valid measurements) in "
+        why = (f"no candidate confirmed inside [{1 - r.tolerance:.3f}, 1] x target (mean of "
+               f">= {r.repeats} valid measurements +- 2 standard errors) in "
                f"{r.max_measurements} measurements; one candidate measured up to "
                f"{self.spread():.1%} apart")
         if not self.scores:
             return self.result(next(iter(self.built)), False, "no valid measurement; " + why)
-        est = {n: self.estimate(n)[0] for n in self.scores}
+        est = {n: self.estimate(n)[0] for n in self.scores if self.scores[n]}
         meets = [n for n in est if est[n] <= 1.0]
         best = max(meets, key=est.get) if meets else min(est, key=est.get)
         if not meets:
