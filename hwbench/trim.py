@@ -239,8 +239,8 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
     from hwbench.data import eval_dataset, load_tensors
     from hwbench.evaluate import load_run, run_eval
     from hwbench.io import atomic_write_json
-    from hwbench.measure.device import parse_device
-    from hwbench.target import resolve_profile, resolve_target
+    from hwbench.locate import is_local, profile_threads, resolve_profile, resolve_target
+    from hwbench.measure.device import parse_device, torch_threads
     from hwbench.train import _save_checkpoint
     from hwbench.verify import run_verify
 
@@ -259,9 +259,9 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
     meta = info(cfg["dataset"])
     tp = resolve_profile(profile_path or device, cfg["arch"], meta.stem, meta.input_size,
                          quick=False)
-    if not tp.local:
+    if not is_local(tp.profile["fingerprint"], dev):
         raise UsageError(f"{tp.path} profiles {tp.profile['fingerprint']['name']}, not this "
-                         "machine: trimming measures, so run it on the target device")
+                         f"machine's {device}: trimming measures, so run it on the target device")
     target_s = resolve_target(target, tp, percentile)
     tag = target if isinstance(target, str) else f"{target * 1e3:g}ms"
     out = Path(out) if out else run / f"trim-{tag}"
@@ -272,8 +272,9 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
     say(f"trimming {run} to {target_s * 1e3:.3f} ms ({percentile}) on "
         f"{tp.profile['fingerprint']['name']}, profile {tp.path}")
     timer = engine_timer(dev, max_time_s, min_runs, percentile)
-    res = search(net.to(dev), calib, target_s * 1e3, dev, timer, Predictor(tp.profile),
-                 percentile, tolerance, say=say)
+    with torch_threads(profile_threads(tp.profile)):  # the profile's conditions
+        res = search(net.to(dev), calib, target_s * 1e3, dev, timer, Predictor(tp.profile),
+                     percentile, tolerance, say=say)
     out.mkdir(parents=True, exist_ok=True)
     # the trimmed checkpoint: the run's, with the trimmed gates (resume state dropped)
     ck = torch.load(ckpt, map_location="cpu", weights_only=False)

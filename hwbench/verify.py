@@ -15,11 +15,12 @@ import torch
 from hwbench.engine import build_engine, pattern_inputs, realise
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
-from hwbench.measure.device import fingerprint, parse_device
+from hwbench.locate import measuring_profile, profile_threads
+from hwbench.measure.device import fingerprint, parse_device, torch_threads
 from hwbench.measure.stats import summarise
 from hwbench.measure.timer import time_interleaved
 from hwbench.patterns import load_pattern
-from hwbench.profiles import Predictor, Unattainable, find_profile, load_profile, pick_t_d
+from hwbench.profiles import Predictor, Unattainable, pick_t_d
 
 
 def load_backbone(checkpoint: str, arch: str, stem: str):
@@ -34,19 +35,18 @@ def load_backbone(checkpoint: str, arch: str, stem: str):
 
 def run_verify(pattern_path: str, target_s: float, device: str = "cpu",
                checkpoint: str | None = None, percentile: str = "p90",
-               profile_path: str | None = None, max_time_s: float = 10.0) -> dict:
+               profile_path: str | None = None, max_time_s: float = 10.0,
+               allow_foreign: bool = False) -> dict:
+    """``allow_foreign``: compare with a profile of another device (refused otherwise: its
+    prediction says nothing about this one). Measures at the profile's CPU thread count."""
     dev = parse_device(device)
     pattern = load_pattern(pattern_path)
+    prof, profile_path = measuring_profile(dev, pattern.arch, pattern.stem, pattern.input_size,
+                                           profile_path, allow_foreign)
     net = load_backbone(checkpoint, pattern.arch, pattern.stem) if checkpoint else \
         realise(pattern)
-    if profile_path:
-        prof = load_profile(profile_path)
-    else:
-        here = fingerprint(dev)
-        found = find_profile(here["name"], pattern.arch, pattern.stem, pattern.input_size,
-                             cpu_count=here["cpu_count"] if dev.type == "cpu" else None)
-        prof, profile_path = (found[1], str(found[0])) if found else (None, None)
-    samples, plan = time_network(net, pattern, dev, max_time_s, 64, percentile)
+    with torch_threads(profile_threads(prof)):
+        samples, plan = time_network(net, pattern, dev, max_time_s, 64, percentile)
     measured = summarise(samples["dynamic"], 0.02).to_dict()
     measured["samples_ms"] = samples["dynamic"]
     predicted, suggestion = None, None

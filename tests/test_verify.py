@@ -7,7 +7,7 @@ from hwbench.io import atomic_write_json
 from hwbench.patterns import mixed_pattern
 from hwbench.train import TrainConfig, train
 from tests.conftest import one_line_error, run_cli
-from tests.test_profiles import synthetic_profile
+from tests.test_locate import local_profile
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def trained(tmp_path_factory):
 
 def test_verify_met_and_missed_with_a_checkpoint(trained, tmp_path):
     pattern, ckpt = trained
-    prof = atomic_write_json(tmp_path / "p.json", synthetic_profile())
+    prof = atomic_write_json(tmp_path / "p.json", local_profile())
     r = run_cli("verify", "--pattern", pattern, "--checkpoint", ckpt, "--target-latency", "10s",
                 "--profile", prof, "--max-time", "0.2", "--json")
     assert r.exit_code == 0, r.output
