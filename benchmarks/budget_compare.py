@@ -38,9 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from hwbench.io import atomic_write_json  # noqa: E402
 from hwbench.measure.device import fingerprint, parse_device  # noqa: E402
-from hwbench.pipeline import train_to_target  # noqa: E402
+from hwbench.pipeline import train_to_target, trim_run  # noqa: E402
 from hwbench.train import TrainConfig, budget_defaults  # noqa: E402
-from hwbench.pipeline import trim_run  # noqa: E402
 
 TOLERANCE = 0.05
 

@@ -643,16 +643,20 @@ class _TrainProgress:
               help="Profile for the prediction. [default: the matching one in profiles/]")
 @click.option("--max-time", "max_time_s", type=click.FloatRange(min=0.1), default=10.0,
               show_default=True, help="Seconds of measuring at most.")
+@click.option("--allow-foreign-profile", "allow_foreign", is_flag=True,
+              help="Accept a --profile of another device (its prediction is then not about "
+                   "this one).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def verify(pattern_path, checkpoint, target_latency, device, percentile, profile_path,
-           max_time_s, as_json) -> None:
+           max_time_s, allow_foreign, as_json) -> None:
     """Measure a learned network on this device: target vs predicted vs measured (exit 4: missed).
     """
     from hwbench.units import LatencyTarget
     from hwbench.verify import run_verify
 
     res = run_verify(pattern_path, LatencyTarget.parse(target_latency, percentile), device,
-                     checkpoint, percentile, profile_path, max_time_s)
+                     checkpoint, percentile, profile_path, max_time_s,
+                     allow_foreign=allow_foreign)
     if as_json:
         click.echo(json.dumps(res, indent=2))
     else:

@@ -85,7 +85,7 @@ def verify_local(summary: dict, resolved: list, say: Callable[[str], None],
                 f"`hwbench verify --pattern {summary['dir']}/deployed/pattern.json --checkpoint "
                 f"{summary['dir']}/deployed/checkpoint.pt --target-latency {target.text}` there")
             continue
-        device = where if not where.endswith(".json") else tp.profile["fingerprint"]["type"]
+        device = tp.device
         if deployed is None:
             deployed = deploy_run(summary["dir"], device)
             summary["deployed"] = deployed
@@ -120,8 +120,8 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
     from hwbench.data import info, sample_images
     from hwbench.deploy import deploy
     from hwbench.evaluate import load_run
-    from hwbench.measure.device import parse_device
-    from hwbench.target import resolve_profile
+    from hwbench.locate import is_local, profile_threads, resolve_profile
+    from hwbench.measure.device import parse_device, torch_threads
     from hwbench.trim import SearchRule, search
     from hwbench.units import LatencyTarget
     from hwbench.verify import run_verify, timing_inputs
@@ -141,18 +141,19 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
     meta = info(cfg["dataset"])
     tp = resolve_profile(profile_path or device, cfg["arch"], meta.stem, meta.input_size,
                          quick=False)
-    if not tp.local:
+    if not is_local(tp.profile["fingerprint"], dev):
         raise UsageError(f"{tp.path} profiles {tp.profile['fingerprint']['name']}, not this "
-                         "machine: trimming measures, so run it on the target device")
+                         f"machine's {device}: trimming measures, so run it on the target device")
     calib, calib_record = sample_images(cfg["dataset"], True, calib_samples, **_data_kw(cfg))
     deploy(net, calib, dev)
     inputs = timing_inputs(cfg, meta.input_size)
     say(f"trimming {run} to {goal.text} ({percentile}) on "
         f"{tp.profile['fingerprint']['name']}, profile {tp.path}")
-    res = search(net.to(dev), calib, dev, _candidate_timer(goal, inputs, dev, max_time_s,
-                                                           min_runs),
-                 _score_predictor(goal, tp.profile), _predictor(tp.profile),
-                 SearchRule(tolerance=tolerance), say=say)
+    with torch_threads(profile_threads(tp.profile)):  # the profile's conditions
+        res = search(net.to(dev), calib, dev,
+                     _candidate_timer(goal, inputs, dev, max_time_s, min_runs),
+                     _score_predictor(goal, tp.profile), _predictor(tp.profile),
+                     SearchRule(tolerance=tolerance), say=say)
     if not res.hit:
         say(f"  trim could not land: {res.reason}")
     save_network(ckpt, res.net, out / "checkpoint.pt",
@@ -273,7 +274,7 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
         if len(local) > 1:
             say(f"trimming to the first target on this machine ({where}); the others keep the "
                 "trained network")
-        device = where if not where.endswith(".json") else tp.profile["fingerprint"]["type"]
+        device = tp.device
         say(f"trimming the learned network to {goal.text} ({goal.percentile}) on "
             f"{tp.profile['fingerprint']['name']} ...")
         summary["trim"] = trim_run(summary["dir"], goal.text, device, str(tp.path),

@@ -215,31 +215,3 @@ def pick_t_d(profile: dict, target_s: float, percentile: str = "p90",
         if dense is not None:
             note += f" (dense measured {percentile} {dense:.3f} ms)"
     return Pick(t_d, ms, target_ms, percentile, note)
-
-
-def find_profile(name: str, arch: str, stem: str, input_size: int, batch_size: int = 1,
-                 folder: str | Path = "profiles",
-                 threads: int | None = None,
-                 cpu_count: int | None = None) -> tuple[Path, dict] | None:
-    """The newest readable profile in ``folder`` for these conditions (device name from the
-    fingerprint; CPU thread and core counts too when given: virtual machines share generic CPU
-    names), or None."""
-    want = (name, arch, stem, int(input_size), int(batch_size))
-    found = None
-    def version(path: Path) -> tuple[str, int]:  # x.json < x-v2.json < x-v10.json
-        m = re.fullmatch(r"(.*)-v(\d+)", path.stem)
-        return (m.group(1), int(m.group(2))) if m else (path.stem, 1)
-
-    for path in sorted(Path(folder).glob("*.json"), key=version):
-        try:
-            prof = load_profile(path)
-        except HwbenchError:
-            continue
-        f = prof["fingerprint"]
-        if threads is not None and int(f.get("threads", threads)) != threads:
-            continue
-        if cpu_count is not None and int(f.get("cpu_count", cpu_count)) != cpu_count:
-            continue
-        if (f["name"], f["arch"], f["stem"], int(f["input_size"]), int(f["batch_size"])) == want:
-            found = (path, prof)
-    return found

@@ -1,94 +1,19 @@
-"""Latency targets for training: which profile describes the target device, which ``t_d`` meets
-the target there, and whether the trained network really does (``hwbench verify``).
+"""Latency targets for training: which ``t_d`` meets the target on the target device's profile,
+and whether the trained network really does (``hwbench verify``).
 
 The device that trains is often not the one that deploys, so the target device is either this
 machine (``cpu``, ``cuda``, ``cuda:N``: the matching profile in ``profiles/``, or a quick profile
-measured now when none matches) or a profile file from any machine.
+measured now when none matches) or a profile file from any machine (``hwbench.locate``).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-
-import torch
 
 from hwbench.errors import UsageError
-from hwbench.measure.device import fingerprint, parse_device, same_machine
-from hwbench.profiles import find_profile, load_profile, pick_t_d, profile_filename, save_profile
-
-# A quick profile: the latency table and the sweep, fewer timing rounds, no validation phase.
-QUICK = dict(validation=0, calibration=4, table_rounds=7, max_time_s=15.0, energy=False)
-
-
-@dataclass
-class TargetProfile:
-    path: Path
-    profile: dict
-    local: bool  # the target device is this machine (so the result can be measured here)
-    measured_now: bool = False  # a quick profile was run for this request
-
-
-def _threads(dev: torch.device) -> int | None:
-    return torch.get_num_threads() if dev.type == "cpu" else None
-
-
-def _cores(dev: torch.device) -> int | None:
-    return os.cpu_count() if dev.type == "cpu" else None
-
-
-def resolve_profile(target: str, arch: str, stem: str, input_size: int,
-                    folder: str | Path = "profiles", quick: bool = True,
-                    say: Callable[[str], None] = lambda s: None,
-                    profile_fn=None) -> TargetProfile:
-    """The profile for ``target`` (``cpu``/``cuda[:N]`` or a ``.json`` file), checked against the
-    network that will be trained. ``quick``: profile this machine now when nothing matches."""
-    if target.endswith(".json"):
-        prof = load_profile(target)
-        tp = TargetProfile(Path(target), prof, local=False)
-    else:
-        dev = parse_device(target)
-        name = fingerprint(dev)["name"]
-        found = find_profile(name, arch, stem, input_size, folder=folder,
-                             threads=_threads(dev), cpu_count=_cores(dev))
-        if found is not None:
-            tp = TargetProfile(found[0], found[1], local=True)
-        elif not quick:
-            raise UsageError(f"no profile in {folder}/ for {name} / {arch} / {stem} / "
-                             f"{input_size}px / batch 1: run `hwbench profile --device {target} "
-                             f"--arch {arch} --stem {stem} --input-size {input_size}` first, or "
-                             "pass --target-device PROFILE.json")
-        else:
-            say(f"no profile in {folder}/ matches {name} / {arch} / {stem} / {input_size}px / "
-                f"batch 1: running a quick profile of this {dev.type} first (~1-3 min; "
-                "`hwbench profile` makes a full one)")
-            prof = (profile_fn or _quick_profile)(target, arch, stem, input_size)
-            path = save_profile(prof, Path(folder) / profile_filename(prof["fingerprint"]))
-            say(f"quick profile written to {path}")
-            tp = TargetProfile(path, prof, local=True, measured_now=True)
-    f = tp.profile["fingerprint"]
-    if (f["arch"], f["stem"], int(f["input_size"])) != (arch, stem, int(input_size)):
-        raise UsageError(f"{tp.path} profiles {f['arch']}/{f['stem']}/{f['input_size']}px; "
-                         f"this run trains {arch}/{stem}/{input_size}px")
-    if tp.local is False:
-        # a file may still describe this machine: then the result can be verified here
-        try:
-            tp.local = same_machine(fingerprint(parse_device(f.get("device", f["type"]))), f)
-        except UsageError:
-            tp.local = False
-    return tp
-
-
-def _quick_profile(device: str, arch: str, stem: str, input_size: int) -> dict:
-    from hwbench.profiler import ProfileConfig, run_profile
-
-    prof = run_profile(ProfileConfig(device=device, arch=arch, stem=stem,
-                                     input_size=input_size, **QUICK))
-    prof["quick"] = True
-    return prof
+from hwbench.locate import TargetProfile, resolve_profile, resolve_target
+from hwbench.profiles import pick_t_d
 
 
 def choose_t_d(tp: TargetProfile, target_s: float, percentile: str = "p90") -> tuple[float, dict]:
@@ -96,22 +21,6 @@ def choose_t_d(tp: TargetProfile, target_s: float, percentile: str = "p90") -> t
     pick = pick_t_d(tp.profile, target_s, percentile)
     return pick.t_d, {"profile": str(tp.path), "device": tp.profile["fingerprint"]["name"],
                       "quick_profile": tp.measured_now, "local": tp.local, **pick.to_dict()}
-
-
-def resolve_target(target: float | str, tp: TargetProfile, percentile: str = "p90") -> float:
-    """Seconds for ``target``: seconds already, a duration ('5ms') or a fraction of the profiled
-    dense latency at ``percentile`` ('0.65x')."""
-    from hwbench.units import parse_target
-
-    if not isinstance(target, str):
-        return float(target)
-    seconds, factor = parse_target(target)
-    if seconds is not None:
-        return seconds
-    dense = tp.profile.get("references", {}).get("dense", {}).get(f"{percentile}_ms")
-    if dense is None:
-        raise UsageError(f"{tp.path} has no dense {percentile} reference for a relative target")
-    return factor * dense * 1e-3
 
 
 def target_run_name(cfg, target: float | str) -> str:

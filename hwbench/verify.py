@@ -21,11 +21,12 @@ import torch
 from hwbench.engine import build_engine, realise, synthetic_inputs
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
-from hwbench.measure.device import fingerprint, parse_device
+from hwbench.locate import measuring_profile, profile_threads
+from hwbench.measure.device import fingerprint, parse_device, torch_threads
 from hwbench.measure.protocol import Inputs, Measurement, Protocol, measure
 from hwbench.measure.stats import quantile_of
 from hwbench.patterns import load_pattern
-from hwbench.profiles import Predictor, Unattainable, load_profile, pick_t_d
+from hwbench.profiles import Predictor, Unattainable, pick_t_d
 from hwbench.units import LatencyTarget
 
 TIMING_IMAGES = 64  # distinct real images a trained network is timed on
@@ -103,23 +104,22 @@ def decide(m: Measurement, target: LatencyTarget, profile: dict | None) -> dict:
 def run_verify(pattern_path: str, target: float | str | LatencyTarget, device: str = "cpu",
                checkpoint: str | None = None, percentile: str = "p90",
                profile_path: str | None = None, max_time_s: float = 10.0,
-               inputs: Inputs | None = None) -> dict:
+               inputs: Inputs | None = None, allow_foreign: bool = False) -> dict:
     """Measure ``pattern_path``'s network (its checkpoint, or the pattern realised) against
-    ``target`` (seconds, '5ms', '0.7x' or a ``LatencyTarget``) on ``device``."""
+    ``target`` (seconds, '5ms', '0.7x' or a ``LatencyTarget``) on ``device``, at the profile's
+    CPU thread count. ``allow_foreign``: compare with a profile of another device (refused
+    otherwise: its prediction says nothing about this one)."""
     if not isinstance(target, LatencyTarget):
         target = LatencyTarget.parse(target, percentile)
     dev = parse_device(device)
     pattern = load_pattern(pattern_path)
+    prof, profile_path = measuring_profile(dev, pattern.arch, pattern.stem, pattern.input_size,
+                                           profile_path, allow_foreign)
     net, cfg = load_backbone(checkpoint, pattern.arch, pattern.stem) if checkpoint else \
         (realise(pattern), None)
-    prof = load_profile(profile_path) if profile_path else None
-    if prof is None and not profile_path:
-        from hwbench.locate import local_profile
-
-        found = local_profile(dev, pattern.arch, pattern.stem, pattern.input_size)
-        prof, profile_path = (found[1], str(found[0])) if found else (None, None)
     inputs = inputs or timing_inputs(cfg, pattern.input_size)
-    m, plan = time_network(net, pattern, inputs, dev, target.percentile, max_time_s)
+    with torch_threads(profile_threads(prof)):
+        m, plan = time_network(net, pattern, inputs, dev, target.percentile, max_time_s)
     decision = decide(m, target, prof)
     predicted = None
     if prof is not None:

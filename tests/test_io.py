@@ -37,7 +37,7 @@ def test_bad_output_paths_fail_before_any_work(tmp_path):
     r = run_cli("profile", "--out", blocker / "p.json", "--max-time", "0.1")
     assert "is a file, not a folder" in one_line_error(r)
     r = run_cli("profile", "--out", tmp_path, "--max-time", "0.1")
-    assert "is a folder" in one_line_error(r)
+    assert "is a directory" in one_line_error(r)  # click says so first
     r = run_cli("train", "--dataset", "synthetic", "--out", blocker, "--epochs", "1")
     assert "is not a folder" in one_line_error(r)
     r = run_cli("report", str(tmp_path), "--out", blocker)

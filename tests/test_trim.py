@@ -189,7 +189,7 @@ def test_trim_run_needs_this_machines_profile(tiny_run, tmp_path):
 
 
 def test_trim_run_writes_a_trimmed_run_measured_anew(tiny_run, tmp_path):
-    from tests.test_target import local_profile
+    from tests.test_locate import local_profile
 
     prof = atomic_write_json(tmp_path / "here.json", local_profile())
     said = []
@@ -222,7 +222,7 @@ def test_trim_run_writes_a_trimmed_run_measured_anew(tiny_run, tmp_path):
 def test_a_latency_budget_run_on_this_machine_is_trimmed_by_default(tmp_path, monkeypatch):
     from hwbench.pipeline import train_to_target
     from hwbench.train import TrainConfig
-    from tests.test_target import local_profile
+    from tests.test_locate import local_profile
 
     monkeypatch.chdir(tmp_path)
     prof = atomic_write_json(tmp_path / "profiles" / "here.json", local_profile())

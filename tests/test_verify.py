@@ -8,7 +8,7 @@ from hwbench.io import atomic_write_json
 from hwbench.patterns import mixed_pattern
 from hwbench.train import TrainConfig, train
 from tests.conftest import one_line_error, run_cli
-from tests.test_profiles import synthetic_profile
+from tests.test_locate import local_profile
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_no_valid_measurement_no_decision_and_a_stale_profile_is_said():
 
 def test_verify_a_checkpoint_on_real_test_images(trained, tmp_path):
     pattern, ckpt = trained
-    prof = atomic_write_json(tmp_path / "p.json", synthetic_profile())
+    prof = atomic_write_json(tmp_path / "p.json", local_profile())
     r = run_cli("verify", "--pattern", pattern, "--checkpoint", ckpt, "--target-latency", "10s",
                 "--profile", prof, "--max-time", "0.5", "--json")
     d = json.loads(r.output)

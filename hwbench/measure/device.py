@@ -39,15 +39,6 @@ def ieee_fp32(device: torch.device | str) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
-def same_machine(a: dict, b: dict) -> bool:
-    """Whether two fingerprints describe the same device: type and name, and for CPUs the core
-    count too (virtual machines often report one generic name, 'Intel(R) Xeon(R) Processor',
-    for very different hosts)."""
-    if (a.get("type"), a.get("name")) != (b.get("type"), b.get("name")):
-        return False
-    return a.get("type") != "cpu" or a.get("cpu_count") == b.get("cpu_count")
-
-
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -59,15 +50,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def gpu_uuid(index: int) -> str | None:
+    """The CUDA device's UUID as text (tells two boards of one model apart); None where torch
+    does not report it (older torch)."""
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    return None if uuid is None else str(uuid)
+
+
 def fingerprint(device: torch.device, threads: int | None = None) -> dict:
-    """Who measured: device name, cores/threads used, driver/CUDA, library versions."""
+    """Who measured: device name (and UUID for a GPU), cores/threads used, driver/CUDA, library
+    versions."""
     fp = {"type": device.type, "torch": torch.__version__, "hwbench": __version__,
           "python": platform.python_version(), "cpu": cpu_model(),
           "cpu_count": os.cpu_count(), "threads": threads or torch.get_num_threads()}
     if device.type == "cuda":
         idx = device.index if device.index is not None else torch.cuda.current_device()
-        fp.update(name=torch.cuda.get_device_name(idx), cuda=torch.version.cuda,
-                  cudnn=torch.backends.cudnn.version(),
+        fp.update(name=torch.cuda.get_device_name(idx), uuid=gpu_uuid(idx),
+                  cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                   tf32=bool(torch.backends.cudnn.allow_tf32
                             or torch.backends.cuda.matmul.allow_tf32))
     else:

@@ -1,10 +1,10 @@
-"""What a fingerprint and a device name promise: fp32 is IEEE fp32, and two CPUs are the same
-machine only when their core counts agree too."""
+"""What a device name promises: fp32 is IEEE fp32 (which fingerprints are the same machine:
+tests/test_locate.py)."""
 
 import pytest
 import torch
 
-from hwbench.measure.device import ieee_fp32, same_machine
+from hwbench.measure.device import ieee_fp32
 
 
 @pytest.fixture
@@ -34,13 +34,3 @@ def test_an_engine_built_for_cuda_turns_tf32_off_before_it_touches_the_device(tf
     except (RuntimeError, AssertionError):  # no CUDA here: the flag is set before the move
         pass
     assert not torch.backends.cudnn.allow_tf32
-
-
-def test_same_machine_needs_the_core_count_for_cpus_only():
-    vm = {"type": "cpu", "name": "Intel(R) Xeon(R) Processor", "cpu_count": 2}
-    host = {**vm, "cpu_count": 16}
-    assert same_machine(vm, dict(vm)) and not same_machine(vm, host)
-    gpu = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}
-    assert same_machine({**gpu, "cpu_count": 16}, {**gpu, "cpu_count": 64})
-    assert not same_machine(gpu, {**gpu, "name": "NVIDIA H200"})
-    assert not same_machine(vm, {**vm, "type": "cuda"})
