@@ -40,8 +40,8 @@ def test_bad_output_paths_fail_before_any_work(tmp_path):
     assert "is a directory" in one_line_error(r)  # click says so first
     r = run_cli("train", "--dataset", "synthetic", "--out", blocker, "--epochs", "1")
     assert "is not a folder" in one_line_error(r)
-    r = run_cli("report", str(tmp_path), "--out", blocker)
-    assert "is not a folder" in one_line_error(r)
+    r = run_cli("report", str(tmp_path), "--out", blocker / "sub")
+    assert "is a file, not a folder" in one_line_error(r)
     import os
 
     ro = tmp_path / "ro"
