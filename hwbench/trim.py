@@ -135,7 +135,8 @@ class SearchRule:
     per block needs a correction that follows the search), aimed at ``1 - tolerance / 2``.
     Confirming: a candidate whose estimate lies in ``[1 - tolerance, 1]`` is measured again
     rather than left; it is accepted once it has ``repeats`` valid measurements whose mean +- 2
-    standard errors lies inside that band. A device too noisy for that within
+    standard errors lies inside that band, and re-aimed from its own mean when that interval
+    crosses an edge. A device too noisy for that within
     ``max_measurements`` gets no hit, and the result says so with the spread it saw."""
 
     tolerance: float = 0.05
@@ -178,9 +179,12 @@ def search(net, calib: torch.Tensor, device: torch.device,
         say(f"  trim: {n} of {len(cands)} channels off -> measured {res['score']:.3f} x target"
             f" (predicted {st.predicted(n):.3f}; estimate {est:.3f} +- {2 * se:.3f})"
             + ("" if res.get("valid", True) else " [measurement not valid]"))
-        if len(st.scores.get(n, ())) >= rule.repeats and rule.accepts(est, se):
+        confirmed = len(st.scores.get(n, ())) >= rule.repeats
+        if confirmed and rule.accepts(est, se):
             return st.result(n, True)
-        if not rule.accepts(est, 0.0):  # outside the band: move; inside: measure it again
+        if confirmed:  # known well enough, but too close to an edge: re-aim from it
+            n = st.n_for(rule.aim / (est / st.predicted(n)))
+        elif not rule.accepts(est, 0.0):  # outside the band: move; inside: measure it again
             n = st.n_for(rule.aim / st.correction())
     return st.fallback()
 
