@@ -217,7 +217,7 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
                 say("training against the predicted latency on " + ", ".join(
                     f"{tp.profile['fingerprint']['name']} ({target_s * 1e3:g} ms {percentile})"
                     for tp, target_s, _ in resolved) + f"; the bound keeps t_d {cfg.t_d:g}")
-    summary = train(cfg, progress, energy_factory=energy_factory)
+    summary = train(cfg, progress, energy_factory=energy_factory, say=say)
     if not dist.main or not resolved or "pattern" not in summary:
         return summary
     from hwbench.verify import run_verify
