@@ -664,7 +664,8 @@ def _plan_line(plan: dict) -> str:
             f"{plan['step_s']:.3f} s, a kNN evaluation {plan['eval_s']:.1f} s, a checkpoint "
             f"{plan['save_s']:.2f} s, and {plan['spent_s']:.1f} s went to loading and "
             f"measuring -> {plan['epochs']} epochs x {plan['steps_per_epoch']} steps "
-            f"({plan['evaluations']} evaluations; limited by {plan['limited_by']}), predicted "
+            f"({plan['evaluations']} kNN evaluation{'' if plan['evaluations'] == 1 else 's'}; "
+            f"limited by {plan['limited_by']}), predicted "
             f"{plan['predicted_s']:.0f} s, {plan['margin']:.0%} of the budget kept in reserve")
 
 
