@@ -417,12 +417,18 @@ def pick(profile_path, target_latency, percentile, as_json) -> None:
 @click.option("--method", default="co", show_default=True,
               type=click.Choice(["co", "dense", "gated"]),
               help="co: the paper (gated view 1, dense view 2); dense: VICReg; gated: gated only.")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Training epochs.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Training epochs; with --time-budget, the most it may choose. [default: 10; "
+                   "with --time-budget, as many as fit]")
+@click.option("--time-budget", default=None, help="Wall-clock time for the whole training "
+              "(steps, kNN evaluations, final pattern), e.g. 90s, 12min, 1.5h: this machine's "
+              "step and evaluation times are measured first and the epochs sized to fit (10% "
+              "kept in reserve).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True,
               help="Images per step (two views each).")
-@click.option("--lr", type=float, default=0.3, show_default=True,
-              help="Base learning rate (x batch/256), LARS, warm-up + cosine.")
+@click.option("--lr", type=float, default=None,
+              help="Base learning rate (x batch/256), LARS, warm-up + cosine. [default: 0.3, the "
+                   "paper's; 0.05 for --time-budget runs of fewer than 2000 steps]")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds data order, "
               "augmentations, initialisation and gate noise.")
 @click.option("--device", default="cpu", show_default=True, help="Where training runs.")
@@ -482,8 +488,8 @@ def pick(profile_path, target_latency, percentile, as_json) -> None:
                    "--budget latency read: the sigmoid's (vanishes for saturated gates) or its "
                    "slope at 0 everywhere, stopped at the gate's input. [default: sigmoid]")
 @click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None, hidden=True)
-def train_cmd(dataset, data_dir, download, arch, method, epochs, batch_size, lr, seed, device,
-              out, resume, t_d, target_latency, budget, sparsity_on, budget_shape,
+def train_cmd(dataset, data_dir, download, arch, method, epochs, time_budget, batch_size, lr,
+              seed, device, out, resume, t_d, target_latency, budget, sparsity_on, budget_shape,
               budget_combine,
               target_device, percentile, eval_every, amp, energy, country, warmup_epochs,
               bound_alpha, gate_lr_mult, max_steps_per_epoch, trim, lam, gamma,
@@ -496,7 +502,8 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, batch_size, lr,
     from hwbench.measure.device import parse_device
     from hwbench.pipeline import train_to_target
     from hwbench.target import parse_device_targets
-    from hwbench.train import TrainConfig, budget_defaults, validate
+    from hwbench.train import BUDGET_MAX_EPOCHS, TrainConfig, budget_defaults, validate
+    from hwbench.units import parse_wall_time
 
     if t_d is not None and target_latency:
         raise UsageError("--t-d and --target-latency are mutually exclusive")
@@ -505,6 +512,9 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, batch_size, lr,
     if budget == "latency" and not target_latency:
         raise UsageError("--budget latency needs --target-latency (the latency to train for)")
     parse_device(device)
+    budget_s = None if time_budget is None else parse_wall_time(time_budget, "--time-budget")
+    if epochs is None:
+        epochs = 10 if budget_s is None else BUDGET_MAX_EPOCHS
     # bad values, duplicate devices: fail before anything runs
     targets = parse_device_targets(list(target_latency), target_device)
     cfg = TrainConfig(dataset=dataset, data_dir=data_dir, download=download, arch=arch,
@@ -515,7 +525,8 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, batch_size, lr,
                       max_steps_per_epoch=max_steps_per_epoch, budget=budget,
                       sparsity_on=sparsity_on,
                       budget_shape=budget_shape, budget_combine=budget_combine,
-                      **budget_defaults(budget, lam, surrogate), gamma=gamma)
+                      **budget_defaults(budget, lam, surrogate), gamma=gamma,
+                      time_budget_s=budget_s)
     validate(cfg)
     if out:
         from hwbench.io import check_writable
@@ -545,6 +556,11 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, batch_size, lr,
         e = summary["energy"]
         click.echo(f"  training energy: {e['energy_kwh'] * 1e3:.3f} Wh ({e['label']}, codecarbon"
                    f"; {e['emissions_kg_co2e'] * 1e3:.2f} g CO2e, {country})")
+    tb = summary.get("time_budget")
+    if tb:
+        click.echo(f"  time budget {tb['budget_s']:g} s: this launch took {tb['elapsed_s']:.0f} s "
+                   f"({tb['epochs']} epochs x {tb['steps_per_epoch']} steps, predicted "
+                   f"{tb['predicted_s']:.0f} s)")
     click.echo(f"  run dir {summary['dir']}" +
                (f"; pattern {summary['pattern']}" if "pattern" in summary else ""))
     checks = summary.get("verify_all") or ([summary["verify"]] if "verify" in summary else [])

@@ -257,7 +257,7 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
     dist = Dist.from_env()
     resolved = resolve_targets(cfg, targets, percentile, quick=quick and dist.world == 1,
                                say=say) if targets else []
-    summary = train(cfg, progress, energy_factory=energy_factory)
+    summary = train(cfg, progress, energy_factory=energy_factory, say=say)
     if not dist.main or not resolved or "pattern" not in summary:
         return summary
     results = verify_local(summary, resolved, say, verify_max_time_s)

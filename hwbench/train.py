@@ -9,6 +9,10 @@ is also saved as ``models/<run-name>.json``.
 
 Reproducibility: every epoch reseeds torch/numpy/random from (seed, epoch, rank), and the data
 order from (seed, epoch), so ``resume=True`` continues exactly as an uninterrupted run would.
+Time budget (``time_budget_s``): real steps, a checkpoint and a kNN evaluation are timed on this
+machine and undone, and the epochs (``plan_epochs``) and learning rate (``choose_lr``) sized to
+fit; the run is then the one those epochs would give. ``summary['warnings']``: streams whose
+final kNN top-1 fell below the randomly initialised network's.
 Speed: channels-last activations and autocast (``amp``: bf16 on CPUs with native bf16 and on
 GPUs that support it, fp16 + gradient scaling on older GPUs); the losses run in fp32.
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP (SyncBatchNorm
@@ -18,15 +22,18 @@ of every global batch, VICReg sees the gathered global batch, and rank 0 alone w
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
 import math
 import os
 import random
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +62,7 @@ ENERGY = "energy.json"
 RESUME_KEYS = ("arch", "dataset", "method", "t_d", "epochs", "batch_size", "seed", "lr",
                "warmup_epochs", "alpha", "lam", "gamma", "gate_lr_mult", "proj_dims", "amp",
                "budget", "latency_targets", "budget_shape", "budget_combine", "sparsity_on",
-               "surrogate")
+               "surrogate", "time_budget_s")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -67,9 +74,9 @@ class TrainConfig:
     arch: str = "resnet18"
     method: str = "co"
     t_d: float = 0.5
-    epochs: int = 10
+    epochs: int = 10  # with time_budget_s: the most the budget may choose
     batch_size: int = 128  # global: split over the processes under DDP
-    lr: float = 0.3  # base learning rate, scaled by batch_size / 256
+    lr: float | None = None  # base learning rate, scaled by batch_size / 256; None: choose_lr
     weight_decay: float = 1e-4
     eta: float = 0.02
     warmup_epochs: int = 1
@@ -104,6 +111,11 @@ class TrainConfig:
     latency_targets: tuple = ()
     budget_shape: str = "two-sided"
     budget_combine: str = "max"
+    # wall-clock seconds for the whole train() call (steps, kNN evaluations, final pattern):
+    # epochs (and, where one epoch does not fit, max_steps_per_epoch) are sized to it
+    time_budget_s: float | None = None
+    time_budget: dict = field(default_factory=dict)  # what was measured and chosen for it
+    lr_reason: str = ""  # how lr was chosen
 
 
 # --budget latency's own defaults, measured (README, "Training against device latency"): with
@@ -161,6 +173,9 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError(f"--budget must be flops or latency, got {cfg.budget!r}")
     if cfg.budget == "latency" and cfg.method == "dense":
         raise UsageError("--budget latency trains gates: use --method co or gated")
+    if cfg.time_budget_s is not None and not (math.isfinite(cfg.time_budget_s)
+                                              and cfg.time_budget_s > 0):
+        raise UsageError(f"--time-budget must be a positive duration, got {cfg.time_budget_s} s")
     if cfg.amp not in AMP_MODES:
         raise UsageError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg.amp!r}")
     amp_dtype(cfg.amp, torch.device(cfg.device))  # fp16 without CUDA fails here, before any work
@@ -172,28 +187,56 @@ def run_dir(cfg: TrainConfig) -> Path:
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device`` (None: fp32). ``auto`` takes bf16 where the
-    hardware runs it natively (CPUs with AVX512-BF16/AMX, GPUs from Ampere), fp16 on older GPUs,
-    and fp32 on other CPUs (emulated bf16 is slower than fp32)."""
+    """The autocast dtype for ``amp`` on ``device`` (None: fp32); see ``amp_choice``."""
+    return amp_choice(amp, device)[0]
+
+
+def amp_choice(amp: str, device: torch.device,
+               cpuinfo: str | None = None) -> tuple[torch.dtype | None, str]:
+    """The autocast dtype for ``amp`` on ``device`` (None: fp32) and why. ``auto`` takes bf16
+    where the hardware runs it natively (CPUs whose ``cpuinfo`` flags name AVX512-BF16 or AMX,
+    GPUs from Ampere), fp16 on older GPUs, and fp32 on other CPUs. ``cpuinfo``: the text of
+    /proc/cpuinfo (read when None; tests pass their own)."""
     if amp == "off":
-        return None
+        return None, "--amp off"
     if amp == "fp16":
         if device.type != "cuda":
             raise UsageError("--amp fp16 needs a CUDA device (use bf16 on CPUs)")
-        return torch.float16
+        return torch.float16, "--amp fp16"
     if amp == "bf16":
-        return torch.bfloat16
+        return torch.bfloat16, "--amp bf16"
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if _cpu_bf16_native() else None
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "--amp auto: the GPU runs bf16 natively"
+        return torch.float16, "--amp auto: the GPU has no bf16: fp16 with gradient scaling"
+    native, why = cpu_bf16_native(cpuinfo)
+    return (torch.bfloat16 if native else None), f"--amp auto: {why}"
 
 
-def _cpu_bf16_native() -> bool:
-    """oneDNN's own test for native bf16 (AVX512-BF16 or AMX) on this CPU."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_native(cpuinfo: str | None = None,
+                    path: str | os.PathLike = "/proc/cpuinfo") -> tuple[bool, str]:
+    """Whether this CPU computes bf16 natively, and why: one of ``BF16_CPU_FLAGS`` in every
+    x86 ``flags`` line of ``cpuinfo`` (the text; read from ``path`` when None). Without them
+    bf16 is emulated, slower than fp32 (3x, measured on an AVX-512 CPU: oneDNN's own test,
+    ``_is_mkldnn_bf16_supported``, says yes to any AVX-512 CPU). Other CPUs (no x86 flags
+    lines) and an unreadable file count as not native."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            return False, f"cannot read {path} ({exc.__class__.__name__})"
+    flag_sets = [set(line.split(":", 1)[1].split()) for line in cpuinfo.splitlines()
+                 if ":" in line and line.split(":", 1)[0].strip() == "flags"]
+    if not flag_sets:
+        return False, "no x86 CPU flags in cpuinfo, so no known native bf16"
+    native = [f for f in BF16_CPU_FLAGS if f in set.intersection(*flag_sets)]
+    if native:
+        return True, f"the CPU runs bf16 natively ({', '.join(native)})"
+    return False, ("the CPU has neither avx512_bf16 nor amx_bf16: bf16 would be emulated, "
+                   "slower than fp32")
 
 
 def _seed_everything(seed: int) -> None:
@@ -216,6 +259,73 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     if step < warm:
         return peak * (step + 1) / warm
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+PAPER_LR = 0.3
+# measured on mnist5k (README, "Co-training"): with lr 0.3 the features collapse within ~400
+# steps (kNN 58 % after 4 epochs); lr 0.05 improved the dense kNN by 4.1 points in 13 epochs
+SHORT_RUN_LR, SHORT_RUN_STEPS = 0.05, 2000
+
+
+def choose_lr(lr: float | None, steps: int | None, budgeted: bool) -> tuple[float, str]:
+    """The base learning rate and why: ``lr`` where given; else 0.05 for a ``--time-budget``
+    run of fewer than 2000 steps in all, and the paper's 0.3 otherwise."""
+    if lr is not None:
+        return lr, "given (--lr)"
+    if budgeted and steps is not None and steps < SHORT_RUN_STEPS:
+        return SHORT_RUN_LR, (f"a --time-budget run of {steps} steps (< {SHORT_RUN_STEPS}): the "
+                              f"paper's {PAPER_LR:g} collapsed the features of short runs "
+                              "(README)")
+    return PAPER_LR, "the paper's" + (f": a --time-budget run of {steps} steps "
+                                      f"(>= {SHORT_RUN_STEPS})" if budgeted and steps else "")
+
+
+BUDGET_MARGIN = 0.10  # of the time budget, left for what the plan does not model
+BUDGET_MAX_EPOCHS = 1000  # a --time-budget run without --epochs: in practice, as many as fit
+
+
+def plan_epochs(budget_s: float, step_s: float, eval_s: float, steps_per_epoch: int,
+                eval_every: int, max_epochs: int, *, spent_s: float = 0.0,
+                save_s: float = 0.0, final_s: float = 0.0,
+                margin: float = BUDGET_MARGIN) -> dict:
+    """How many epochs fit a time budget (all times in seconds).
+
+    A run of E epochs of S steps costs E * (S * step_s + save_s) (steps and a checkpoint per
+    epoch) + ceil(E / eval_every) * eval_s (a kNN evaluation every ``eval_every`` epochs and
+    after the last) + final_s (the pattern summary), on top of ``spent_s`` (loading, the
+    initial evaluation, the measuring). The plan is the most epochs, at most ``max_epochs``,
+    whose total is within (1 - margin) x budget_s; where not one epoch fits, one epoch of as
+    many steps as fit. UsageError where not even one step does."""
+    usable = budget_s * (1 - margin) - spent_s
+
+    def cost(epochs: int, steps: int) -> float:
+        return (epochs * (steps * step_s + save_s) + math.ceil(epochs / eval_every) * eval_s
+                + final_s)
+
+    lo, hi = 0, max_epochs  # cost rises with epochs: the largest that fits, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost(mid, steps_per_epoch) <= usable else (lo, mid - 1)
+    epochs, steps = lo, steps_per_epoch
+    if epochs == 0:
+        epochs = 1
+        steps = min(steps_per_epoch,
+                    math.floor((usable - save_s - eval_s - final_s) / step_s) if step_s > 0
+                    else steps_per_epoch)
+        while steps >= 1 and cost(1, steps) > usable:  # floor's rounding, the other way
+            steps -= 1
+        if steps < 1:
+            raise UsageError(
+                f"--time-budget {budget_s:g} s is too short for this run: after {spent_s:.1f} s "
+                f"of loading and measuring, one step ({step_s:.3f} s), one kNN evaluation "
+                f"({eval_s:.1f} s) and the rest ({save_s + final_s:.1f} s) do not fit in "
+                f"{1 - margin:.0%} of it")
+    limited_by = "--epochs" if epochs == max_epochs and steps == steps_per_epoch else "budget"
+    return {"budget_s": budget_s, "margin": margin, "spent_s": spent_s, "step_s": step_s,
+            "eval_s": eval_s, "save_s": save_s, "final_s": final_s, "max_epochs": max_epochs,
+            "epochs": epochs, "steps_per_epoch": steps, "steps": epochs * steps,
+            "evaluations": math.ceil(epochs / eval_every), "limited_by": limited_by,
+            "predicted_s": spent_s + cost(epochs, steps)}
 
 
 @dataclass
@@ -324,12 +434,16 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
 
 
 def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
-          energy_factory=None) -> dict:
+          energy_factory=None, say: Callable[[str], None] | None = None) -> dict:
     """Co-train per ``cfg``; returns the summary (also written to the run directory).
 
     ``progress`` is called after every step with epoch, step, steps, epochs, the loss terms,
-    images/s and the ETA in seconds. ``energy_factory`` replaces codecarbon (tests).
+    images/s and the ETA in seconds. ``energy_factory`` replaces codecarbon (tests). ``say``
+    takes one-line messages for the user: the precision, the ``--time-budget`` plan and the
+    learning rate chosen, and warnings (also in ``summary['warnings']``).
     """
+    t_start = time.perf_counter()
+    cfg = replace(cfg)  # resolved below (lr, a time budget's epochs): the caller's stays as is
     validate(cfg)
     dist = Dist.from_env()
     device = torch.device(cfg.device)
@@ -339,52 +453,138 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
         raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by the {dist.world} "
                          "processes")
     out = run_dir(cfg)
-    ckpt_path = out / CHECKPOINT
     own_group = dist.world > 1 and not torch.distributed.is_initialized()
     if own_group:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             torch.cuda.set_device(device)
+    run = _Run(cfg, dist, device, out, out / CHECKPOINT, say or (lambda line: None), progress,
+               t_start)
     try:
-        return _train(cfg, dist, device, out, ckpt_path, progress, energy_factory)
+        return _train(run, energy_factory)
     finally:
         if own_group:
             torch.distributed.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, dist: Dist, device: torch.device, out: Path, ckpt_path: Path,
-           progress, energy_factory) -> dict:
-    if cfg.resume and not ckpt_path.exists():
-        raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
-    if not cfg.resume and ckpt_path.exists():
+@dataclass
+class _Run:
+    """One launch of a training run: what its stages (_train) share."""
+
+    cfg: TrainConfig
+    dist: Dist
+    device: torch.device
+    out: Path
+    ckpt_path: Path
+    say: Callable[[str], None]
+    progress: Callable[[dict], None] | None
+    t_start: float  # time.perf_counter() when train() began (the time budget's clock)
+    ck: dict | None = None  # the checkpoint a resumed run continues
+    train_xy: tuple = ()
+    test_xy: tuple = ()
+    amp: torch.dtype | None = None
+    amp_reason: str = ""
+    fmt: torch.memory_format = torch.contiguous_format
+    model: SSLModel | None = None
+    objective: torch.nn.Module | None = None
+    opt: LARS | None = None
+    scaler: torch.amp.GradScaler | None = None
+    data: TwoViews | None = None
+    steps_per_epoch: int = 0
+    start_epoch: int = 0
+    history: list = field(default_factory=list)
+    initial: dict = field(default_factory=dict)
+    segments: list = field(default_factory=list)  # earlier launches' energy
+    eval_s: float | None = None  # seconds the initial kNN evaluation took
+
+
+def _train(run: _Run, energy_factory) -> dict:
+    _open_checkpoint(run)
+    _setup(run)
+    _resume_state(run)
+    if run.dist.main and run.cfg.eval_initial and not run.initial:
+        t0 = time.perf_counter()
+        run.initial = evaluate(run.model, run.cfg, run.train_xy, run.test_xy, run.device)
+        run.eval_s = time.perf_counter() - t0
+    _fit_budget(run)
+    if run.dist.main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run.out / "config.json", {
+            **asdict(run.cfg), "world_size": run.dist.world,
+            "amp_dtype": str(run.amp).replace("torch.", "") if run.amp else "fp32",
+            "amp_reason": run.amp_reason})
+    run.dist.barrier()
+    meter = None
+    if run.dist.main and run.cfg.energy:
+        from hwbench.measure.energy import TrainingEnergy
+
+        meter = TrainingEnergy(run.out, run.cfg.country, energy_factory)
+        meter.start()
+    try:
+        _epochs(run)
+    finally:
+        if meter is not None:
+            _save_energy(run, meter.stop())
+    return _finish(run)
+
+
+def _open_checkpoint(run: _Run) -> None:
+    """Refuse a run that would overwrite another or resume nothing; load a resumed run's
+    checkpoint and check that this launch continues it (a ``--time-budget`` run keeps the
+    epochs, steps and learning rate its first launch chose)."""
+    cfg, out, path = run.cfg, run.out, run.ckpt_path
+    if cfg.resume and not path.exists():
+        raise UsageError(f"--resume: no checkpoint at {path}")
+    if not cfg.resume and path.exists():
         raise UsageError(f"{out} already holds a run: pass --resume to continue it, or --out "
                          "elsewhere")
-    ck = None
-    if cfg.resume:
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        old = ck["config"]
-        for key in RESUME_KEYS:
-            if old.get(key) != getattr(cfg, key):
-                raise UsageError(f"--resume: {ckpt_path} was run with {key}={old.get(key)!r}, "
-                                 f"not {getattr(cfg, key)!r}")
+    if not cfg.resume:
+        return
+    run.ck = torch.load(path, map_location="cpu", weights_only=False)
+    old = run.ck["config"]
+    if old.get("time_budget") and cfg.time_budget_s == old.get("time_budget_s"):
+        run.cfg = cfg = replace(cfg, epochs=old["epochs"], time_budget=old["time_budget"],
+                                max_steps_per_epoch=old["max_steps_per_epoch"],
+                                **({"lr": old["lr"], "lr_reason": old.get("lr_reason", "")}
+                                   if cfg.lr is None else {}))
+        run.say(f"resuming with {cfg.epochs} epochs, as --time-budget "
+                f"{cfg.time_budget_s:g} s chose at the start of the run")
+    elif old.get("time_budget_s") is not None:
+        raise UsageError(f"--resume: {path} was sized by --time-budget "
+                         f"{old['time_budget_s']:g} s: resume it with that --time-budget")
+    if cfg.lr is None or not cfg.lr_reason:  # not adopted: as a new run without a budget
+        lr, why = choose_lr(cfg.lr, None, False)
+        run.cfg = cfg = replace(cfg, lr=lr, lr_reason=why)
+    for key in RESUME_KEYS:
+        if old.get(key) != getattr(cfg, key):
+            raise UsageError(f"--resume: {path} was run with {key}={old.get(key)!r}, "
+                             f"not {getattr(cfg, key)!r}")
+
+
+def _setup(run: _Run) -> None:
+    """Data, model (a resumed run's weights), objective (DDP-wrapped under torchrun),
+    optimiser, gradient scaler, precision and steps per epoch."""
+    cfg, device = run.cfg, run.device
     meta = info(cfg.dataset)
     kw = dict(data_dir=cfg.data_dir, download=cfg.download, n_synthetic=cfg.n_synthetic,
               seed=cfg.seed)
-    train_xy = load_tensors(cfg.dataset, True, **kw)
-    test_xy = load_tensors(cfg.dataset, False, **kw)
-    amp = amp_dtype(cfg.amp, device)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    run.train_xy = load_tensors(cfg.dataset, True, **kw)
+    run.test_xy = load_tensors(cfg.dataset, False, **kw)
+    run.amp, run.amp_reason = amp_choice(cfg.amp, device)
+    run.say(f"precision: {str(run.amp).replace('torch.', '') if run.amp else 'fp32'} "
+            f"({run.amp_reason})")
+    run.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     _seed_everything(cfg.seed)
     model = SSLModel(create_net(cfg.arch, stem=meta.stem), tuple(cfg.proj_dims))
     for _, block in model.backbone.blocks():
         block.gate.surrogate = cfg.surrogate
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-    model = model.to(device, memory_format=fmt)
+    if run.ck is not None:
+        model.load_state_dict(run.ck["model"])
+    model = model.to(device, memory_format=run.fmt)
     objective = Objective(model, CoTrainStep(cfg.method, cfg.t_d, cfg.lam, cfg.gamma,
                                              latency=latency_budget(cfg),
                                              sparsity_on=cfg.sparsity_on).to(device))
-    if dist.world > 1:
+    if run.dist.world > 1:
         if device.type == "cuda":
             objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(objective)
             model = objective.model
@@ -392,125 +592,301 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, out: Path, ckpt_p
             objective, device_ids=[device.index] if device.type == "cuda" else None,
             # co uses both streams' BatchNorms; dense and gated leave the other stream's unused
             find_unused_parameters=cfg.method != "co")
-    opt = LARS(lars_param_groups(model, cfg.gate_lr_mult), lr=0.0, weight_decay=cfg.weight_decay,
-               eta=cfg.eta)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    data = TwoViews(*train_xy, ssl_transform(cfg.dataset))
-    steps_per_epoch = len(data) // cfg.batch_size
+    run.model, run.objective = model, objective
+    run.opt = LARS(lars_param_groups(model, cfg.gate_lr_mult), lr=0.0,
+                   weight_decay=cfg.weight_decay, eta=cfg.eta)
+    run.scaler = torch.amp.GradScaler(device.type, enabled=run.amp == torch.float16)
+    run.data = TwoViews(*run.train_xy, ssl_transform(cfg.dataset))
+    run.steps_per_epoch = len(run.data) // cfg.batch_size
     if cfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    if steps_per_epoch < 1:
-        raise UsageError(f"--batch-size {cfg.batch_size} exceeds the {len(data)} training images")
-    start_epoch, history, initial, segments = 0, [], {}, []
-    if ck is not None:
-        try:
-            opt.load_state_dict(ck["optimizer"])
-        except ValueError as exc:  # e.g. a checkpoint from an older hwbench's parameter groups
-            raise UsageError(f"--resume: {ckpt_path}'s optimiser state does not fit this "
-                             f"version's ({exc})") from None
-        if ck.get("scaler") and scaler.is_enabled():
-            scaler.load_state_dict(ck["scaler"])
-        start_epoch, history = ck["epoch"] + 1, ck["history"]
-        initial = ck.get("initial", {})
-        if (out / ENERGY).exists():  # the earlier launches' energy: a resumed run adds to it
-            segments = json.loads((out / ENERGY).read_text())["segments"]
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "config.json", {**asdict(cfg), "world_size": dist.world,
-                                                "amp_dtype": str(amp).replace("torch.", "")
-                                                if amp else "fp32"})
-        if cfg.eval_initial and not initial:
-            initial = evaluate(model, cfg, train_xy, test_xy, device)
-    dist.barrier()
-    meter = None
-    if dist.main and cfg.energy:
-        from hwbench.measure.energy import TrainingEnergy
+        run.steps_per_epoch = min(run.steps_per_epoch, cfg.max_steps_per_epoch)
+    if run.steps_per_epoch < 1:
+        raise UsageError(f"--batch-size {cfg.batch_size} exceeds the {len(run.data)} training "
+                         "images")
 
-        meter = TrainingEnergy(out, cfg.country, energy_factory)
-        meter.start()
-    per_rank = cfg.batch_size // dist.world
-    total_steps = (cfg.epochs - start_epoch) * steps_per_epoch
-    done, t_run = 0, time.perf_counter()
-    model.train()
+
+def _resume_state(run: _Run) -> None:
+    """A resumed run's optimiser, scaler, epoch, history, initial kNN and energy so far."""
+    ck = run.ck
+    if ck is None:
+        return
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            p = anneal_p(epoch, cfg.alpha)
-            _seed_everything(cfg.seed * 100_003 + epoch * 1_009 + dist.rank)
-            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(
-                cfg.seed * 1000 + epoch))
-            sums: dict[str, float] = {}
-            t0 = time.perf_counter()
-            for s in range(steps_per_epoch):
-                batch = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-                idx = batch[dist.rank * per_rank:(dist.rank + 1) * per_rank].tolist()
-                items = [data[i] for i in idx]
-                v1 = torch.stack([it[0] for it in items]).to(device, memory_format=fmt)
-                v2 = torch.stack([it[1] for it in items]).to(device, memory_format=fmt)
-                for g in opt.param_groups:
-                    g["lr"] = g["lr_mult"] * lr_at(cfg, epoch * steps_per_epoch + s,
-                                                   steps_per_epoch)
-                with torch.autocast(device.type, dtype=amp or torch.float32,
-                                    enabled=amp is not None):
-                    loss, terms = objective(v1, v2, p)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                done += 1
-                if progress and dist.main:
-                    elapsed = time.perf_counter() - t_run
-                    progress({"epoch": epoch, "epochs": cfg.epochs, "step": s + 1,
-                              "steps": steps_per_epoch, **terms,
-                              "images_per_s": (s + 1) * cfg.batch_size / (time.perf_counter()
-                                                                          - t0),
-                              "eta_s": elapsed / done * (total_steps - done)})
-            dt = time.perf_counter() - t0
-            row = {"epoch": epoch, "p": p, "lr": opt.param_groups[0]["lr"], "seconds": dt,
-                   "images_per_s": steps_per_epoch * cfg.batch_size / dt,
-                   **{k: v / steps_per_epoch for k, v in sums.items()}}
-            if dist.main:
-                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                    row.update(evaluate(model, cfg, train_xy, test_xy, device))
-                history.append(row)
-                # rewritten whole from the history, like the checkpoint: an interrupted write
-                # never leaves a duplicate or half line for the resumed run to append to
-                atomic_write_text(out / "metrics.jsonl",
-                                  "".join(json.dumps(r) + "\n" for r in history))
-                _write_metrics_csv(out / "metrics.csv", history)
-                _save_checkpoint(ckpt_path, {
-                    "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
-                    "initial": initial, "config": asdict(cfg)})
-            dist.barrier()
-    finally:
-        if meter is not None:
-            from hwbench.measure.energy import total_energy
+        run.opt.load_state_dict(ck["optimizer"])
+    except ValueError as exc:  # e.g. a checkpoint from an older hwbench's parameter groups
+        raise UsageError(f"--resume: {run.ckpt_path}'s optimiser state does not fit this "
+                         f"version's ({exc})") from None
+    if ck.get("scaler") and run.scaler.is_enabled():
+        run.scaler.load_state_dict(ck["scaler"])
+    run.start_epoch, run.history = ck["epoch"] + 1, ck["history"]
+    run.initial = ck.get("initial", {})
+    if (run.out / ENERGY).exists():  # the earlier launches' energy: a resumed run adds to it
+        run.segments = json.loads((run.out / ENERGY).read_text())["segments"]
 
-            segments.append(meter.stop())
-            atomic_write_json(out / ENERGY, {
-                "schema": "hwbench/training-energy@1", "segments": segments,
-                "total": total_energy(segments),
-                "note": "codecarbon: 'measured' components come from hardware counters (RAPL, "
-                        "NVML); 'estimated' ones from its power model"})
-    divergence = _param_divergence(model) if dist.world > 1 else 0.0
+
+def _fit_budget(run: _Run) -> None:
+    """Size a new ``--time-budget`` run to this machine: time real steps, a checkpoint and a
+    kNN evaluation, choose epochs (``plan_epochs``), then the learning rate for that many
+    steps. Other runs only get their learning rate."""
+    cfg = run.cfg
+    budgeted = cfg.time_budget_s is not None and run.ck is None
+    if budgeted:
+        step_s, save_s = _measure_step(run)
+        plan = None
+        if run.dist.main:
+            eval_s = run.eval_s if run.eval_s is not None else _estimate_eval_s(run)
+            try:
+                plan = plan_epochs(cfg.time_budget_s, step_s, eval_s, run.steps_per_epoch,
+                                   cfg.eval_every, cfg.epochs,
+                                   spent_s=time.perf_counter() - run.t_start, save_s=save_s,
+                                   final_s=_final_s(run, eval_s))
+            except UsageError as exc:  # every process must learn of it, not rank 0 alone
+                plan = {"error": str(exc)}
+        if run.dist.world > 1:  # every process trains rank 0's plan
+            box = [plan]
+            torch.distributed.broadcast_object_list(box, src=0)
+            plan = box[0]
+        if "error" in plan:
+            raise UsageError(plan["error"])
+        if plan["steps_per_epoch"] < run.steps_per_epoch:
+            cfg = replace(cfg, max_steps_per_epoch=plan["steps_per_epoch"])
+        run.cfg = cfg = replace(cfg, epochs=plan["epochs"], time_budget=plan)
+        run.steps_per_epoch = plan["steps_per_epoch"]
+        run.say(_plan_line(plan))
+    if run.ck is None:  # a resumed run's was settled with its checkpoint (_open_checkpoint)
+        lr, why = choose_lr(cfg.lr, cfg.epochs * run.steps_per_epoch, budgeted)
+        run.cfg = replace(cfg, lr=lr, lr_reason=why)
+        if budgeted and cfg.lr is None:
+            run.say(f"learning rate {lr:g}: {why}")
+
+
+def _plan_line(plan: dict) -> str:
+    return (f"time budget {plan['budget_s']:g} s: on this machine a step takes "
+            f"{plan['step_s']:.3f} s, a kNN evaluation {plan['eval_s']:.1f} s, a checkpoint "
+            f"{plan['save_s']:.2f} s, and {plan['spent_s']:.1f} s went to loading and "
+            f"measuring -> {plan['epochs']} epochs x {plan['steps_per_epoch']} steps "
+            f"({plan['evaluations']} kNN evaluation{'' if plan['evaluations'] == 1 else 's'}; "
+            f"limited by {plan['limited_by']}), predicted "
+            f"{plan['predicted_s']:.0f} s, {plan['margin']:.0%} of the budget kept in reserve")
+
+
+def _measure_step(run: _Run, warmup: int = 2, timed: int = 3) -> tuple[float, float]:
+    """Seconds per training step (the mean of ``timed`` real steps after ``warmup``) and per
+    checkpoint (rank 0; 0 elsewhere), on this machine. The steps are undone (_undone): the
+    run then trains exactly as one started with the chosen epochs."""
+    n = warmup + timed
+    # any rate times the same: the paper's where the budget is yet to choose one
+    cfg = replace(run.cfg, lr=PAPER_LR if run.cfg.lr is None else run.cfg.lr)
+    order = _epoch_order(cfg, len(run.data), 0)
+    p = anneal_p(0, cfg.alpha)
+    save_s = 0.0
+    with _undone(run):
+        run.model.train()
+        for s in range(n):
+            if s == warmup:
+                _sync(run.device)
+                t0 = time.perf_counter()
+            _step(run, order, 0, s % run.steps_per_epoch, p, cfg)
+        _sync(run.device)
+        step_s = (time.perf_counter() - t0) / timed
+        if run.dist.main:
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                _save_checkpoint(Path(tmp) / CHECKPOINT, _payload(run, 0))
+                save_s = time.perf_counter() - t0
+    return step_s, save_s
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def _undone(run: _Run):
+    """Put back on exit what a training step changes: weights, BatchNorm statistics,
+    gradients, optimiser and scaler state, and every RNG."""
+    weights = copy.deepcopy(run.objective.state_dict())
+    opt_state = copy.deepcopy(run.opt.state_dict())
+    scaler_state = copy.deepcopy(run.scaler.state_dict()) if run.scaler.is_enabled() else None
+    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate(),
+           torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None)
+    try:
+        yield
+    finally:
+        run.objective.load_state_dict(weights)
+        run.opt.load_state_dict(opt_state)
+        run.opt.zero_grad(set_to_none=True)
+        if scaler_state is not None:
+            run.scaler.load_state_dict(scaler_state)
+        torch.set_rng_state(rng[0])
+        np.random.set_state(rng[1])
+        random.setstate(rng[2])
+        if rng[3] is not None:
+            torch.cuda.set_rng_state(rng[3], run.device)
+
+
+def _eval_images(cfg: TrainConfig, n_train: int, n_test: int) -> int:
+    """Images a kNN evaluation runs through the network: both splits per stream, and the
+    test split again for the gated MACs ratio."""
+    return len(streams_of(cfg.method)) * (n_train + n_test) + (n_test if cfg.method != "dense"
+                                                               else 0)
+
+
+def _estimate_eval_s(run: _Run, n: int = 512) -> float:
+    """Seconds a kNN evaluation takes, from a timed one on the first ``n`` images of each
+    split, scaled by the images (for runs without the initial evaluation)."""
+    (x, y), (xt, yt) = run.train_xy, run.test_xy
+    part_tr, part_te = (x[:n], y[:n]), (xt[:n], yt[:n])
+    t0 = time.perf_counter()
+    evaluate(run.model, run.cfg, part_tr, part_te, run.device)
+    dt = time.perf_counter() - t0
+    return dt * (_eval_images(run.cfg, len(y), len(yt))
+                 / _eval_images(run.cfg, len(part_tr[1]), len(part_te[1])))
+
+
+def _final_s(run: _Run, eval_s: float) -> float:
+    """Seconds the final pattern summary takes: one gated pass over the test split, costed
+    per image like the kNN evaluation."""
+    if run.cfg.method == "dense":
+        return 0.0
+    n_train, n_test = len(run.train_xy[1]), len(run.test_xy[1])
+    return eval_s * n_test / _eval_images(run.cfg, n_train, n_test)
+
+
+def _epoch_order(cfg: TrainConfig, n: int, epoch: int) -> torch.Tensor:
+    """The epoch's data order: from (seed, epoch) alone, whatever ran before."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+
+
+def _step(run: _Run, order: torch.Tensor, epoch: int, s: int, p: float,
+          cfg: TrainConfig | None = None) -> dict:
+    """Training step ``s`` of ``epoch``: this process's share of the batch, the learning rate
+    of ``cfg``'s schedule (the run's by default), one optimiser step; returns the loss terms."""
+    cfg = cfg or run.cfg
+    per_rank = cfg.batch_size // run.dist.world
+    batch = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+    idx = batch[run.dist.rank * per_rank:(run.dist.rank + 1) * per_rank].tolist()
+    items = [run.data[i] for i in idx]
+    v1 = torch.stack([it[0] for it in items]).to(run.device, memory_format=run.fmt)
+    v2 = torch.stack([it[1] for it in items]).to(run.device, memory_format=run.fmt)
+    for g in run.opt.param_groups:
+        g["lr"] = g["lr_mult"] * lr_at(cfg, epoch * run.steps_per_epoch + s, run.steps_per_epoch)
+    with torch.autocast(run.device.type, dtype=run.amp or torch.float32,
+                        enabled=run.amp is not None):
+        loss, terms = run.objective(v1, v2, p)
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    return terms
+
+
+def _epochs(run: _Run) -> None:
+    """The remaining epochs, each reseeded from (seed, epoch, rank), evaluated on its cadence,
+    logged and checkpointed."""
+    cfg, spe = run.cfg, run.steps_per_epoch
+    clock = {"done": 0, "total": (cfg.epochs - run.start_epoch) * spe,
+             "t_run": time.perf_counter()}
+    run.model.train()
+    for epoch in range(run.start_epoch, cfg.epochs):
+        p = anneal_p(epoch, cfg.alpha)
+        _seed_everything(cfg.seed * 100_003 + epoch * 1_009 + run.dist.rank)
+        order = _epoch_order(cfg, len(run.data), epoch)
+        sums: dict[str, float] = {}
+        t0 = time.perf_counter()
+        for s in range(spe):
+            terms = _step(run, order, epoch, s, p)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            clock["done"] += 1
+            if run.progress and run.dist.main:
+                elapsed = time.perf_counter() - clock["t_run"]
+                run.progress({"epoch": epoch, "epochs": cfg.epochs, "step": s + 1, "steps": spe,
+                              **terms, "images_per_s": (s + 1) * cfg.batch_size
+                              / (time.perf_counter() - t0),
+                              "eta_s": elapsed / clock["done"] * (clock["total"] - clock["done"])})
+        dt = time.perf_counter() - t0
+        row = {"epoch": epoch, "p": p, "lr": run.opt.param_groups[0]["lr"], "seconds": dt,
+               "images_per_s": spe * cfg.batch_size / dt,
+               **{k: v / spe for k, v in sums.items()}}
+        if run.dist.main:
+            _end_epoch(run, epoch, row)
+        run.dist.barrier()
+
+
+def _payload(run: _Run, epoch: int) -> dict:
+    return {"model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
+            "scaler": run.scaler.state_dict(), "epoch": epoch, "history": run.history,
+            "initial": run.initial, "config": asdict(run.cfg)}
+
+
+def _end_epoch(run: _Run, epoch: int, row: dict) -> None:
+    """Rank 0: the epoch's kNN evaluation (on its cadence), metrics and checkpoint."""
+    cfg = run.cfg
+    if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        row.update(evaluate(run.model, cfg, run.train_xy, run.test_xy, run.device))
+    run.history.append(row)
+    # rewritten whole from the history, like the checkpoint: an interrupted write never leaves
+    # a duplicate or half line for the resumed run to append to
+    atomic_write_text(run.out / "metrics.jsonl",
+                      "".join(json.dumps(r) + "\n" for r in run.history))
+    _write_metrics_csv(run.out / "metrics.csv", run.history)
+    _save_checkpoint(run.ckpt_path, _payload(run, epoch))
+
+
+def _save_energy(run: _Run, segment: dict) -> None:
+    from hwbench.measure.energy import total_energy
+
+    run.segments.append(segment)
+    atomic_write_json(run.out / ENERGY, {
+        "schema": "hwbench/training-energy@1", "segments": run.segments,
+        "total": total_energy(run.segments),
+        "note": "codecarbon: 'measured' components come from hardware counters (RAPL, "
+                "NVML); 'estimated' ones from its power model"})
+
+
+def feature_warnings(initial: dict, final: dict) -> list[str]:
+    """A warning for each stream whose final kNN top-1 is below the randomly initialised
+    network's: training made its features worse (too short a run, too high a rate)."""
+    warnings = []
+    n = final.get("knn_test_n", 0)
+    for stream in ("dense", "gated"):
+        key = f"knn_top1_{stream}"
+        if key in final and key in initial and final[key] < initial[key]:
+            warnings.append(
+                f"WARNING: the {stream} stream's final kNN top-1 ({final[key]:.2f} % "
+                f"± {top1_se(final[key], n):.2f}) is below the randomly initialised network's "
+                f"({initial[key]:.2f} %): training made its features worse; train longer or "
+                "with a lower --lr")
+    return warnings
+
+
+def _finish(run: _Run) -> dict:
+    """After the last epoch: warnings, summary.json and (gated runs) the learned pattern."""
+    dist, cfg, out = run.dist, run.cfg, run.out
+    divergence = _param_divergence(run.model) if dist.world > 1 else 0.0
     if not dist.main:
         return {}
     name = out.name
-    summary = {"run": name, "dir": str(out), "config": asdict(cfg), "initial": initial,
-               "final": history[-1], "world_size": dist.world}
+    summary = {"run": name, "dir": str(out), "config": asdict(cfg), "initial": run.initial,
+               "final": run.history[-1], "world_size": dist.world,
+               "warnings": feature_warnings(run.initial, run.history[-1])}
+    for line in summary["warnings"]:
+        run.say(line)
     if dist.world > 1:
         summary["ddp_max_param_divergence"] = divergence
     if (out / ENERGY).exists():
         summary["energy"] = json.loads((out / ENERGY).read_text())["total"]
     if cfg.method != "dense":
-        test_x = eval_dataset(*test_xy, cfg.dataset)
-        pattern = summarise(model.backbone, DataLoader(test_x, batch_size=256), device,
+        test_x = eval_dataset(*run.test_xy, cfg.dataset)
+        pattern = summarise(run.model.backbone, DataLoader(test_x, batch_size=256), run.device,
                             dataset=cfg.dataset, t_d=cfg.t_d, run=name)
         pattern.t_d = cfg.t_d
         pattern.save(out / "pattern.json")
         pattern.save(Path(cfg.models_dir) / f"{name}.json")
         summary["pattern"] = str(Path(cfg.models_dir) / f"{name}.json")
+    if cfg.time_budget:  # this launch's wall time against the plan
+        summary["time_budget"] = {**cfg.time_budget,
+                                  "elapsed_s": time.perf_counter() - run.t_start}
     atomic_write_json(out / "summary.json", summary)
     return summary

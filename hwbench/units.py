@@ -82,3 +82,19 @@ class LatencyTarget:
         return {"percentile": self.percentile, "ms": self.ms, "ratio": self.ratio,
                 "decided_on": "ratio to the dense network measured alongside"
                 if self.ratio is not None else "milliseconds"}
+
+_WALL_SCALE = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0}
+_WALL = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(s|sec|min|h)\s*$")
+
+
+def parse_wall_time(text: str, option: str = "--time-budget") -> float:
+    """A positive wall-clock duration with a unit (s, min, h: '90s', '12min', '1.5h') ->
+    seconds; a one-line error naming ``option`` otherwise."""
+    m = _WALL.match(str(text))
+    if not m:
+        raise UsageError(f"cannot parse {option} {text!r}: give a number and a unit, e.g. 90s, "
+                         "12min or 1.5h")
+    value = float(m.group(1)) * _WALL_SCALE[m.group(2)]
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{option} must be positive, got {text!r}")
+    return value

@@ -66,3 +66,37 @@ def test_help_describes_every_option():
     assert r.exit_code == 0
     for opt in ("--arch", "--stem", "--input-size", "--pattern", "--t-d", "--json"):
         assert opt in r.output
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("soon", "cannot parse --time-budget 'soon'"),
+    ("12", "cannot parse --time-budget '12'"),  # a unit is needed
+    ("12 minutes", "e.g. 90s, 12min or 1.5h"),
+    ("0min", "--time-budget must be positive"),
+    ("-5s", "cannot parse --time-budget"),
+])
+def test_train_time_budget_bad_text_is_one_line(tmp_path, text, needle):
+    r = run("train", "--dataset", "digits", "--time-budget", text, "--out", tmp_path / "r")
+    assert needle in one_line_error(r)
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_time_budget_sizes_a_digits_run_end_to_end(tmp_path):
+    # dense, one epoch at most: a digits kNN evaluation (1,797 images through a ResNet-18) is
+    # most of this test's time, and a budgeted run evaluates at the start and at the end
+    r = run("train", "--dataset", "digits", "--method", "dense", "--time-budget", "10min",
+            "--epochs", "1", "--batch-size", "16", "--max-steps-per-epoch", "2", "--no-energy",
+            "--out", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    plan = cfg["time_budget"]
+    assert cfg["time_budget_s"] == plan["budget_s"] == 600.0
+    assert cfg["epochs"] == plan["epochs"] == plan["max_epochs"] == 1
+    assert 1 <= plan["steps_per_epoch"] <= 2 and plan["predicted_s"] <= 0.9 * 600
+    assert plan["eval_s"] > 0 and plan["step_s"] > 0 and plan["final_s"] == 0  # dense: no pattern
+    assert cfg["lr"] == 0.05 and "--time-budget run of" in cfg["lr_reason"]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["time_budget"]["epochs"] == 1 and isinstance(summary["warnings"], list)
+    assert "time budget 600 s: on this machine a step takes" in r.output
+    assert "learning rate 0.05" in r.output and "this launch took" in r.output

@@ -111,10 +111,188 @@ def test_amp_resolution(monkeypatch):
     assert tr.amp_dtype("off", cpu) is None and tr.amp_dtype("bf16", cpu) == torch.bfloat16
     with pytest.raises(UsageError, match="fp16 needs a CUDA"):
         tr.amp_dtype("fp16", cpu)
-    monkeypatch.setattr(tr, "_cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(tr, "cpu_bf16_native", lambda cpuinfo=None: (False, "emulated"))
     assert tr.amp_dtype("auto", cpu) is None
-    monkeypatch.setattr(tr, "_cpu_bf16_native", lambda: True)
+    monkeypatch.setattr(tr, "cpu_bf16_native", lambda cpuinfo=None: (True, "native"))
     assert tr.amp_dtype("auto", cpu) == torch.bfloat16
+    assert tr.amp_dtype("off", cpu) is None  # an explicit mode wins over the CPU
+
+
+def _cpuinfo(*flag_lines: str) -> str:
+    """/proc/cpuinfo as Linux writes it on x86: one stanza per logical CPU, with the 'vmx flags'
+    and 'bugs' lines that are not the 'flags' line."""
+    return "".join(
+        f"processor\t: {i}\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)\n"
+        f"flags\t\t: {flags}\nvmx flags\t: vnmi preemption_timer invvpid ept_x_only\n"
+        "bugs\t\t: spectre_v1 spectre_v2 spec_store_bypass\nbogomips\t: 4200.00\n\n"
+        for i, flags in enumerate(flag_lines))
+
+
+SKYLAKE = ("fpu vme de pse tsc msr sse sse2 ht syscall nx lm avx avx2 fma bmi1 bmi2 avx512f "
+           "avx512dq avx512cd avx512bw avx512vl avx512_vnni xsaveopt")
+
+
+@pytest.mark.parametrize("cpuinfo,native", [
+    (_cpuinfo(SKYLAKE, SKYLAKE), False),  # AVX-512 alone: bf16 is emulated
+    (_cpuinfo(SKYLAKE + " avx512_bf16", SKYLAKE + " avx512_bf16"), True),
+    (_cpuinfo(SKYLAKE + " amx_bf16 amx_tile amx_int8", SKYLAKE + " amx_bf16 amx_tile amx_int8"),
+     True),
+    (_cpuinfo(SKYLAKE + " avx512_bf16", SKYLAKE), False),  # not on every CPU
+    # aarch64: a 'Features' line (its bf16 is not the x86 flags this reads), no 'flags' line
+    ("processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 "
+     "crc32 atomics fphp asimdhp cpuid asimdrdm bf16 i8mm\nCPU implementer\t: 0x41\n\n", False),
+    ("", False),
+])
+def test_auto_takes_bf16_on_cpus_with_native_bf16_flags_only(cpuinfo, native):
+    from hwbench.train import amp_choice, cpu_bf16_native
+
+    got, why = cpu_bf16_native(cpuinfo)
+    assert got is native and why
+    dtype, reason = amp_choice("auto", torch.device("cpu"), cpuinfo=cpuinfo)
+    assert dtype == (torch.bfloat16 if native else None) and why in reason
+
+
+def test_an_unreadable_cpuinfo_means_fp32(tmp_path):
+    from hwbench.train import cpu_bf16_native
+
+    native, why = cpu_bf16_native(path=tmp_path / "cpuinfo")
+    assert native is False and str(tmp_path / "cpuinfo") in why
+    (tmp_path / "dir").mkdir()
+    assert cpu_bf16_native(path=tmp_path / "dir")[0] is False
+    (tmp_path / "x").write_text(_cpuinfo(SKYLAKE + " amx_bf16"))
+    assert cpu_bf16_native(path=tmp_path / "x")[0] is True
+
+
+def test_plan_epochs_fits_the_budget_at_the_boundary():
+    from hwbench.train import plan_epochs
+
+    kw = dict(step_s=1.0, eval_s=10.0, steps_per_epoch=10, eval_every=2, max_epochs=100,
+              spent_s=5.0, save_s=0.5, final_s=3.0, margin=0.1)
+    # 4 epochs: 4 x (10 x 1 + 0.5) + 2 evaluations x 10 + 3 = 65 s, 70 s with the 5 spent
+    enough = plan_epochs(70 / 0.9 * (1 + 1e-9), **kw)
+    assert (enough["epochs"], enough["steps_per_epoch"]) == (4, 10)
+    assert enough["predicted_s"] == pytest.approx(70.0) and enough["evaluations"] == 2
+    assert enough["predicted_s"] <= 0.9 * enough["budget_s"] and enough["limited_by"] == "budget"
+    short = plan_epochs(70 / 0.9 * (1 - 1e-9), **kw)
+    assert (short["epochs"], short["steps_per_epoch"]) == (3, 10)
+    assert short["predicted_s"] == pytest.approx(5 + 3 * 10.5 + 2 * 10 + 3)
+    # the cadence counts: evaluating every epoch, 3 epochs cost 69.5 s and 4 would cost 90
+    assert plan_epochs(70 / 0.9 * (1 + 1e-9), **{**kw, "eval_every": 1})["epochs"] == 3
+    capped = plan_epochs(1e6, **{**kw, "max_epochs": 7})
+    assert capped["epochs"] == 7 and capped["limited_by"] == "--epochs"
+
+
+def test_plan_epochs_shortens_the_one_epoch_that_does_not_fit():
+    from hwbench.train import plan_epochs
+
+    kw = dict(step_s=1.0, eval_s=10.0, steps_per_epoch=100, eval_every=5, max_epochs=10,
+              spent_s=5.0, save_s=0.5, final_s=3.0, margin=0.1)
+    # 90 usable - 5 spent - 0.5 - 10 - 3 = 71.5 s of steps
+    plan = plan_epochs(100.0, **kw)
+    assert (plan["epochs"], plan["steps_per_epoch"], plan["steps"]) == (1, 71, 71)
+    assert plan["predicted_s"] <= 90.0 < plan["predicted_s"] + kw["step_s"]
+    one = 5.0 + 0.5 + 10.0 + 3.0 + 1.0  # spent, checkpoint, evaluation, pattern, one step
+    assert plan_epochs(one / 0.9 * (1 + 1e-9), **kw)["steps_per_epoch"] == 1
+    with pytest.raises(UsageError, match="too short"):
+        plan_epochs(one / 0.9 * (1 - 1e-9), **kw)
+
+
+def test_short_budgeted_runs_default_to_a_lower_learning_rate():
+    from hwbench.train import choose_lr
+
+    assert choose_lr(None, 1999, True)[0] == 0.05 and "1999 steps" in choose_lr(None, 1999, True)[1]
+    assert choose_lr(None, 2000, True)[0] == 0.3
+    assert choose_lr(None, 400, False)[0] == 0.3  # no budget: the paper's
+    assert choose_lr(0.2, 400, True) == (0.2, "given (--lr)")
+
+
+def test_a_time_budget_run_trains_as_its_chosen_epochs_would_and_resumes_them(tmp_path):
+    full = TrainConfig(**TINY, epochs=2, lr=0.05, out=str(tmp_path / "full"),
+                       models_dir=str(tmp_path / "m"))
+    train(full)
+    # a budget that fits many more: --epochs (2) is the maximum; 4 steps -> lr 0.05
+    budget = dict(TINY, time_budget_s=3600.0, out=str(tmp_path / "b"),
+                  models_dir=str(tmp_path / "m"))
+    said = []
+
+    def interrupt(state):
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**budget, epochs=2), progress=interrupt, say=said.append)
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    plan = cfg["time_budget"]
+    assert (cfg["epochs"], plan["epochs"], plan["steps_per_epoch"]) == (2, 2, 2)
+    assert plan["step_s"] > 0 and plan["eval_s"] > 0 and plan["save_s"] > 0
+    assert plan["predicted_s"] <= 0.9 * 3600 and plan["limited_by"] == "--epochs"
+    assert cfg["lr"] == 0.05 and "4 steps" in cfg["lr_reason"]
+    assert cfg["amp_dtype"] in ("bfloat16", "fp32") and "--amp auto" in cfg["amp_reason"]
+    assert any(line.startswith("time budget 3600 s") for line in said)
+    with pytest.raises(UsageError, match="resume it with that --time-budget"):
+        train(TrainConfig(**{**budget, "time_budget_s": 60.0}, resume=True))
+    said.clear()
+    # resumed without --epochs (the CLI's maximum) and without --lr: the chosen ones are kept
+    summary = train(TrainConfig(**budget, epochs=1000, resume=True), say=said.append)
+    assert not any(line.startswith("time budget") for line in said)  # not measured again
+    assert any("resuming with 2 epochs" in line for line in said)
+    assert summary["config"]["time_budget"] == plan and summary["time_budget"]["elapsed_s"] > 0
+
+    def rows(d):
+        return [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+
+    assert [r["loss"] for r in rows("b")] == [r["loss"] for r in rows("full")]
+    a = torch.load(tmp_path / "full" / CHECKPOINT, weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_budget_too_short_for_one_epoch_trains_fewer_steps(tmp_path, monkeypatch):
+    from hwbench import train as tr
+
+    real = tr.plan_epochs
+    seen = {}
+
+    def one_step(*args, **kwargs):  # the budget's arithmetic on this machine's real timings
+        plan = real(*args, **kwargs)
+        seen.update(plan)
+        return {**plan, "epochs": 1, "steps_per_epoch": 1, "steps": 1}
+
+    monkeypatch.setattr(tr, "plan_epochs", one_step)
+    summary = train(TrainConfig(**TINY, epochs=3, time_budget_s=600.0, out=str(tmp_path / "r"),
+                                models_dir=str(tmp_path / "m")))
+    cfg = summary["config"]
+    assert seen["steps_per_epoch"] == 2  # TINY's two steps per epoch fitted...
+    assert (cfg["epochs"], cfg["max_steps_per_epoch"]) == (1, 1)  # ...the plan's one is run
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("final,warned", [
+    ({"dense": 60.0, "gated": 39.9}, ["gated"]),
+    ({"dense": 49.9, "gated": 40.1}, ["dense"]),
+    ({"dense": 50.1, "gated": 40.0}, []),  # equal is not below
+])
+def test_features_worse_than_random_are_flagged(tmp_path, monkeypatch, final, warned):
+    from hwbench import train as tr
+
+    calls = []
+
+    def fake_evaluate(model, cfg, train_xy, test_xy, device):
+        top1 = {"dense": 50.0, "gated": 40.0} if not calls else final
+        calls.append(top1)
+        return {"knn_top1_dense": top1["dense"], "knn_top1_gated": top1["gated"],
+                "knn_test_n": len(test_xy[1]), "eval_macs_ratio": 0.52}
+
+    monkeypatch.setattr(tr, "evaluate", fake_evaluate)
+    said = []
+    summary = train(TrainConfig(**TINY, epochs=1, out=str(tmp_path / "r"),
+                                models_dir=str(tmp_path / "m")), say=said.append)
+    assert len(calls) == 2  # initial and final
+    on_disk = json.loads((tmp_path / "r" / "summary.json").read_text())["warnings"]
+    assert on_disk == summary["warnings"]
+    assert [w.split(" stream")[0].split()[-1] for w in on_disk] == warned
+    for w in on_disk:
+        assert w.startswith("WARNING:") and "randomly initialised" in w and w in said
 
 
 def test_resume_refuses_a_different_configuration(tmp_path):
