@@ -61,9 +61,11 @@ else record_env > "$WORK/env.txt" 2>&1 &
 fi
 ENV_PID=$!
 
-# pytest-timeout (there on the device machine) turns one hung check into one failure
+# pytest-timeout (there on the device machine, loaded by its entry point) turns one hung check
+# into one failure instead of a run stopped at the limit
 TMO=()
-$PY -c "import pytest_timeout" 2>/dev/null && TMO=(-p pytest_timeout --timeout 300)
+[ -z "${PYTEST_DISABLE_PLUGIN_AUTOLOAD:-}" ] && $PY -c "import pytest_timeout" 2>/dev/null \
+  && TMO=(--timeout 300)
 KARGS=()
 [ -n "$K" ] && KARGS=(-k "$K")
 T0=$SECONDS
