@@ -6,6 +6,17 @@ from torch import nn
 from hwbench.cli import cli
 
 
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests (tests/gpu, run by scripts/gpu_check.sh) are opt-in: unless ``-m`` names
+    ``gpu``, they are deselected, so ``make test`` / ``pytest -q`` never runs them."""
+    if "gpu" in (config.option.markexpr or ""):
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
