@@ -703,7 +703,7 @@ def verify(pattern_path, checkpoint, target_latency, device, percentile, profile
               default=0.05, show_default=True,
               help="Land within target x [1 - tolerance, 1], confirmed by repeated "
                    "measurements.")
-@click.option("--max-time", "max_time_s", type=click.FloatRange(min=0.1), default=4.0,
+@click.option("--max-time", "max_time_s", type=click.FloatRange(min=0.1), default=6.0,
               show_default=True, help="Seconds of timing per candidate.")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Trimmed run folder. [default: RUN_DIR/trim-<target>]")

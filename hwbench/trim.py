@@ -135,18 +135,23 @@ class SearchRule:
     per block needs a correction that follows the search), aimed at ``1 - tolerance / 2``.
     Confirming: a candidate whose estimate lies in ``[1 - tolerance, 1]`` is measured again
     rather than left; it is accepted once it has ``repeats`` valid measurements whose mean +- 2
-    standard errors lies inside that band, and re-aimed from its own mean when that interval
-    crosses an edge. A device too noisy for that within
+    standard errors lies inside that band; a confirmed candidate whose mean is central (inside
+    ``[1 - 0.8 tolerance, 1 - 0.2 tolerance]``) is measured again until its interval fits, one
+    nearer an edge is re-aimed from its own mean. A device too noisy for that within
     ``max_measurements`` gets no hit, and the result says so with the spread it saw."""
 
     tolerance: float = 0.05
     repeats: int = 3
     window: int = 3
-    max_measurements: int = 12
+    max_measurements: int = 14
 
     @property
     def aim(self) -> float:
         return 1.0 - self.tolerance / 2
+
+    def central(self, estimate: float) -> bool:
+        """Well inside the band: more measurements of this candidate will confirm it."""
+        return 1.0 - self.tolerance * 0.8 <= estimate <= 1.0 - self.tolerance * 0.2
 
     def accepts(self, estimate: float, se: float) -> bool:
         return 1.0 - self.tolerance <= estimate * math.exp(-2 * se) and \
@@ -182,9 +187,9 @@ def search(net, calib: torch.Tensor, device: torch.device,
         confirmed = len(st.scores.get(n, ())) >= rule.repeats
         if confirmed and rule.accepts(est, se):
             return st.result(n, True)
-        if confirmed:  # known well enough, but too close to an edge: re-aim from it
+        if confirmed and not rule.central(est):  # known, but near an edge: re-aim from it
             n = st.n_for(rule.aim / (est / st.predicted(n)))
-        elif not rule.accepts(est, 0.0):  # outside the band: move; inside: measure it again
+        elif not confirmed and not rule.accepts(est, 0.0):  # outside: move; inside: again
             n = st.n_for(rule.aim / st.correction())
     return st.fallback()
 
@@ -200,7 +205,7 @@ class _SearchState:
         self.preds: dict[int, float] = {}
         self.scores: dict[int, list[float]] = {}
         self.steps: list[dict] = []
-        self.log_ratios: list[float] = []  # valid measurements only
+        self.log_ratios: list[float] = []  # log(measured / predicted), every measurement
 
     def candidate(self, n: int) -> tuple:
         if n not in self.built:
@@ -216,14 +221,16 @@ class _SearchState:
 
     def record(self, n: int, res: dict) -> None:
         score, valid = float(res["score"]), bool(res.get("valid", True))
+        # every measurement steers (a noisy one still points the right way); only valid ones
+        # can confirm a candidate
+        self.log_ratios.append(math.log(score / self.predicted(n)))
         if valid:
             self.scores.setdefault(n, []).append(score)
-            self.log_ratios.append(math.log(score / self.predicted(n)))
         self.steps.append({"n_off": n, "predicted_score": self.predicted(n), "score": score,
                            "valid": valid, "measured": res})
 
     def correction(self) -> float:
-        """Measured / predicted, geometric mean over the last ``window`` valid measurements."""
+        """Measured / predicted, geometric mean over the last ``window`` measurements."""
         recent = self.log_ratios[-self.rule.window:]
         return math.exp(sum(recent) / len(recent)) if recent else 1.0
 

@@ -57,16 +57,17 @@ def timing_inputs(cfg: dict | None, input_size: int, n: int = TIMING_IMAGES) -> 
 
 
 def time_network(net, pattern, inputs: Inputs, dev: torch.device, percentile: str = "p90",
-                 max_time_s: float = 10.0, min_runs: int = 64) -> tuple[Measurement, list[str]]:
+                 max_time_s: float = 10.0, min_runs: int = 64,
+                 ci_target: float = 0.02) -> tuple[Measurement, list[str]]:
     """The verify protocol: ``net`` compiled by the compact engine in ``dynamic`` mode at batch
     1 with its plan tuned on ``inputs``, and the dense reference, timed per inference,
-    interleaved, cycling ``inputs``, until the ``percentile``'s 95% CI is within 2% or
-    ``max_time_s`` runs out. The measurement (raw samples kept) and the engine's plan."""
+    interleaved, cycling ``inputs``, until the ``percentile``'s 95% CI is within ``ci_target``
+    or ``max_time_s`` runs out. The measurement (raw samples kept) and the engine's plan."""
     inputs = inputs.to(dev)
     engines = {"dynamic": build_engine(net, "dynamic", pattern, device=dev,
                                        tune_inputs=inputs.batches),
                "dense": build_engine(net, "dense", pattern, device=dev)}
-    protocol = Protocol(quantile=quantile_of(percentile), ci_target=0.02, min_runs=min_runs,
+    protocol = Protocol(quantile=quantile_of(percentile), ci_target=ci_target, min_runs=min_runs,
                         max_time_s=max_time_s)
     return measure(engines, inputs, protocol, dev, where="verify"), list(engines["dynamic"].plan)
 
@@ -83,7 +84,9 @@ def decide(m: Measurement, target: LatencyTarget, profile: dict | None) -> dict:
     out = {"target_ms": target.ms_for(dense), "target": target.to_dict(), "score": score,
            "ratio_to_dense": ratio, "valid": not invalid, "met": not invalid and score <= 1.0}
     if invalid:
-        out["reason"] = (f"no valid {pct} for {', '.join(invalid)}: its 95% CI did not reach 2% "
+        ci = m.protocol.get("ci_target") or 0
+        out["reason"] = (f"no valid {pct} for {', '.join(invalid)}: its 95% CI did not reach "
+                         f"{ci:.0%} "
                          "(or does not exist at this sample count) within --max-time; nothing "
                          "is decided on it")
     ref = (profile or {}).get("references", {}).get("dense", {}).get(f"{pct}_ms")
