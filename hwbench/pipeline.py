@@ -76,9 +76,11 @@ def evaluate_deployed(checkpoint: str | Path, pattern_path: str | Path, device: 
 
 
 def verify_local(summary: dict, resolved: list, say: Callable[[str], None],
-                 verify_max_time_s: float) -> list[dict]:
+                 verify_max_time_s: float, evaluate: bool = True) -> list[dict]:
     """Deploy the trained run once and verify it on every target device that is this machine
-    (``verify.json``, then ``verify-<device>.json``); others get the command to run there."""
+    (``verify.json``, then ``verify-<device>.json``); others get the command to run there.
+    ``evaluate``: the deployed network's kNN top-1 (``deployed/eval.json``; skipped when trim
+    will replace it)."""
     from hwbench.verify import run_verify
 
     results, deployed = [], None
@@ -102,6 +104,11 @@ def verify_local(summary: dict, resolved: list, say: Callable[[str], None],
         atomic_write_json(Path(summary["dir"]) / name, res)
         if res.get("profile_stale"):
             say("  " + res["profile_stale"]["note"])
+        if evaluate and "eval" not in deployed:
+            say("kNN top-1 of the deployed network (gated: the compact engine that was timed) ...")
+            deployed["eval"] = {k: v for k, v in evaluate_deployed(
+                deployed["checkpoint"], deployed["pattern"], device,
+                Path(deployed["dir"]) / "eval.json").items() if k.startswith("knn")}
         results.append({k: v for k, v in res.items() if k not in ("measured", "dense")}
                        | {"measured": _brief(res["measured"])})
     return results
@@ -265,15 +272,16 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
     summary = train(cfg, progress, energy_factory=energy_factory, say=say)
     if not dist.main or not resolved or "pattern" not in summary:
         return summary
-    results = verify_local(summary, resolved, say, verify_max_time_s)
+    if trim is None:
+        trim = cfg.budget == "latency"
+    local = [r for r in resolved if r[0].local]
+    results = verify_local(summary, resolved, say, verify_max_time_s,
+                           evaluate=not (trim and local))
     if results:
         summary["verify"] = results[0]
         if len(resolved) > 1:
             summary["verify_all"] = results
         atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
-    if trim is None:
-        trim = cfg.budget == "latency"
-    local = [r for r in resolved if r[0].local]
     if trim and local:
         tp, goal, where = local[0]
         if len(local) > 1:

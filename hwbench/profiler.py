@@ -166,32 +166,11 @@ class Profiler:
             return self._run()
 
     def _run(self) -> dict:
-        cfg, threads = self.cfg, self.cfg.threads
+        cfg = self.cfg
         started = dt.datetime.now(dt.timezone.utc)
-        fp = {**fingerprint(self.device, threads), "dtype": cfg.dtype,
-              "batch_size": cfg.batch_size, "input_size": cfg.input_size, "arch": cfg.arch,
-              "stem": cfg.stem, "clock": _cpu_clock() if self.device.type == "cpu"
-              else _gpu_state(self.device)}
-        overhead = timer_overhead_ms(self.device)
         base = realise(synthesise(cfg.arch, cfg.stem, cfg.input_size, 1.0), seed=cfg.seed)
-        x0 = self._inputs(1, cfg.seed + 1).batches[0]
-
-        # 1. latency table
-        self.progress("latency table", 0.0)
-        table = self._table(base, x0)
-        plan_probe = mixed_pattern(cfg.arch, cfg.stem, cfg.input_size, 0.5, seed=cfg.seed + 3)
-        probe = self._engine(realise(plan_probe, seed=cfg.seed), "dynamic", plan_probe,
-                             tune_inputs=x0)
-        executes = ["kept" if p == "static" else "expected" for p in probe.plan]
-        profile = {"schema": SCHEMA, "created": started.isoformat(timespec="seconds"),
-                   "fingerprint": fp, "config": asdict(cfg),
-                   "protocol": {**self.protocol.to_dict(), "reference_probe": "dense",
-                                "inputs": self.pool.record,
-                                "timer_overhead_ms": overhead,
-                                "timing": "CUDA synchronise + perf_counter_ns"
-                                if self.device.type == "cuda" else "perf_counter_ns"},
-                   "table": table, "dynamic_plan": probe.plan, "dynamic_executes": executes,
-                   "percentile_ratios": {"p90": 1.0, "p99": 1.0}}
+        overhead = timer_overhead_ms(self.device)
+        profile = self._header(base, started, overhead)
 
         # 2. references + sweep
         self.progress("sweep", 0.25)
@@ -254,6 +233,30 @@ class Profiler:
         profile["duration_s"] = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
         self.progress("done", 1.0)
         return profile
+
+    def _header(self, base, started, overhead: float) -> dict:
+        """Phase 1 and what the profile says of itself: fingerprint, protocol, latency table,
+        the dynamic engine's plan on a probe pattern."""
+        cfg = self.cfg
+        fp = {**fingerprint(self.device, cfg.threads), "dtype": cfg.dtype,
+              "batch_size": cfg.batch_size, "input_size": cfg.input_size, "arch": cfg.arch,
+              "stem": cfg.stem, "clock": _cpu_clock() if self.device.type == "cpu"
+              else _gpu_state(self.device)}
+        x0 = self._inputs(1, cfg.seed + 1).batches[0]
+        self.progress("latency table", 0.0)
+        table = self._table(base, x0)
+        plan_probe = mixed_pattern(cfg.arch, cfg.stem, cfg.input_size, 0.5, seed=cfg.seed + 3)
+        probe = self._engine(realise(plan_probe, seed=cfg.seed), "dynamic", plan_probe,
+                             tune_inputs=x0)
+        executes = ["kept" if p == "static" else "expected" for p in probe.plan]
+        return {"schema": SCHEMA, "created": started.isoformat(timespec="seconds"),
+                "fingerprint": fp, "config": asdict(cfg),
+                "protocol": {**self.protocol.to_dict(), "reference_probe": "dense",
+                             "inputs": self.pool.record, "timer_overhead_ms": overhead,
+                             "timing": "CUDA synchronise + perf_counter_ns"
+                             if self.device.type == "cuda" else "perf_counter_ns"},
+                "table": table, "dynamic_plan": probe.plan, "dynamic_executes": executes,
+                "percentile_ratios": {"p90": 1.0, "p99": 1.0}}
 
     def _table(self, net, x) -> dict:
         cfg = self.cfg

@@ -72,7 +72,7 @@ def build_report(paths: list[str | Path], out: str | Path, energy_only: bool = F
         res.files.append(atomic_write_text(out / "tables" / f"{name}.csv", t.csv()))
     res.files.append(atomic_write_text(out / "tables" / "README.md", columns_readme(tables)))
 
-    from hwbench.report import figures as figs  # matplotlib only when a report is drawn
+    import hwbench.report.figures as figs  # matplotlib only when a report is drawn
     pngs: dict[str, bytes] = {}
     for name, fig in figs.draw_all(tables, energy_only).items():
         if fig is None:
