@@ -488,11 +488,12 @@ def pick(profile_path, target_latency, percentile, as_json) -> None:
                    "--budget latency read: the sigmoid's (vanishes for saturated gates) or its "
                    "slope at 0 everywhere, stopped at the gate's input. [default: sigmoid]")
 @click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None, hidden=True)
+@click.option("--n-synthetic", type=click.IntRange(min=8), default=512, hidden=True)
 def train_cmd(dataset, data_dir, download, arch, method, epochs, time_budget, batch_size, lr,
               seed, device, out, resume, t_d, target_latency, budget, sparsity_on, budget_shape,
               budget_combine,
               target_device, percentile, eval_every, amp, energy, country, warmup_epochs,
-              bound_alpha, gate_lr_mult, max_steps_per_epoch, trim, lam, gamma,
+              bound_alpha, gate_lr_mult, max_steps_per_epoch, n_synthetic, trim, lam, gamma,
               surrogate) -> None:
     """Co-train a dense encoder and its gated sub-network with VICReg (Krishna et al., 2023).
 
@@ -522,7 +523,8 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, time_budget, ba
                       device=device, out=out, resume=resume, eval_every=eval_every,
                       t_d=0.5 if t_d is None else t_d, amp=amp, energy=energy, country=country,
                       warmup_epochs=warmup_epochs, alpha=bound_alpha, gate_lr_mult=gate_lr_mult,
-                      max_steps_per_epoch=max_steps_per_epoch, budget=budget,
+                      max_steps_per_epoch=max_steps_per_epoch, n_synthetic=n_synthetic,
+                      budget=budget,
                       sparsity_on=sparsity_on,
                       budget_shape=budget_shape, budget_combine=budget_combine,
                       **budget_defaults(budget, lam, surrogate), gamma=gamma,

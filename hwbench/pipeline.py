@@ -19,6 +19,7 @@ import torch
 
 from hwbench.errors import UsageError
 from hwbench.io import atomic_torch_save, atomic_write_json, check_writable
+from hwbench.trim import SearchRule
 
 CALIB_IMAGES = 1024  # class-balanced training images the deployed pattern is summarised on
 # A trim candidate's p90 needs a 95% CI within 3% (the final verify: 2%): the search confirms a
@@ -122,7 +123,8 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
              profile_path: str | None = None, percentile: str = "p90",
              tolerance: float = 0.05, max_time_s: float = 6.0, verify_max_time_s: float = 20.0,
              calib_samples: int = CALIB_IMAGES, out: str | Path | None = None, knn: bool = True,
-             min_runs: int = 64, say: Callable[[str], None] = lambda s: None) -> dict:
+             min_runs: int = 64, max_measurements: int = SearchRule.max_measurements,
+             say: Callable[[str], None] = lambda s: None) -> dict:
     """Trim a training run's network to ``target`` on ``device`` (this machine) and write the
     trimmed run to ``out`` (default ``RUN/trim-<target>``): checkpoint.pt, pattern.json,
     trim.json (the search), verify.json (measured anew) and eval.json (kNN of the timed
@@ -132,7 +134,7 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
     from hwbench.evaluate import load_run
     from hwbench.locate import is_local, profile_threads, resolve_profile
     from hwbench.measure.device import parse_device, torch_threads
-    from hwbench.trim import SearchRule, search
+    from hwbench.trim import search
     from hwbench.units import LatencyTarget
     from hwbench.verify import run_verify, timing_inputs
 
@@ -163,7 +165,8 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
         res = search(net.to(dev), calib, dev,
                      _candidate_timer(goal, inputs, dev, max_time_s, min_runs),
                      _score_predictor(goal, tp.profile), _predictor(tp.profile),
-                     SearchRule(tolerance=tolerance), say=say)
+                     SearchRule(tolerance=tolerance, max_measurements=max_measurements),
+                     say=say)
     if not res.hit:
         say(f"  trim could not land: {res.reason}")
     save_network(ckpt, res.net, out / "checkpoint.pt",

@@ -43,7 +43,9 @@ def test_train_to_target_on_this_machine_picks_trains_and_verifies(tmp_path, mon
     assert len(v["measured"]["samples_ms"]) >= 64
     # met is the measurement against the target, not a copied flag
     assert v["target_ms"] == pytest.approx(target_ms)
-    assert v["met"] is (v["measured"]["p90_ms"] <= v["target_ms"]) and v["device"] == HERE["name"]
+    # met only on a valid p90 (0.3 s may not give one), then by the measured p90 vs the target
+    assert v["met"] is (v["valid"] and v["measured"]["p90_ms"] <= v["target_ms"])
+    assert v["device"] == HERE["name"] and v["inputs"]["source"] == "synthetic:test"
     assert summary["verify"]["measured"]["n"] == len(v["measured"]["samples_ms"])
     assert "samples_ms" not in summary["verify"]["measured"]
     assert any("verifying" in s for s in said)

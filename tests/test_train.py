@@ -363,12 +363,13 @@ def test_train_cli_picks_t_d_from_a_profile(tmp_path, monkeypatch):
     prof = synthetic_profile()
     path = atomic_write_json(tmp_path / "prof.json", prof)
     target_ms = Predictor(prof).predict(synthesise("resnet18", "cifar", 32, 0.35), "p90") * 1.001
-    r = _cli("train", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "256",
+    r = _cli("train", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "32",
+             "--n-synthetic", "64",
              "--target-latency", f"{target_ms:.4f}ms", "--target-device", path,
-             "--out", tmp_path / "run")
+             "--out", tmp_path / "run", "--no-energy")
     assert r.exit_code == 0, r.output
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["t_d"] == pytest.approx(0.35) and cfg["decision"]["profile"] == str(path)
     assert "t_d 0.35 picked" in r.output
-    assert "kNN top-1 dense" in r.output and "standard error on 512 test images" in r.output
+    assert "kNN top-1 dense" in r.output and "standard error on 64 test images" in r.output
     assert (tmp_path / "models" / "run.json").exists()

@@ -16,7 +16,7 @@ def test_torchrun_two_processes_gloo_trains_in_sync_and_rank0_alone_writes(tmp_p
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "hwbench", "train", "--dataset", "synthetic", "--epochs", "2", "--method", method,
            "--batch-size", "16", "--max-steps-per-epoch", "2", "--eval-every", "2",
-           "--no-energy", "--out", str(run)]
+           "--no-energy", "--n-synthetic", "64", "--out", str(run)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -194,7 +194,8 @@ def test_trim_run_writes_a_trimmed_run_measured_anew(tiny_run, tmp_path):
     prof = atomic_write_json(tmp_path / "here.json", local_profile())
     said = []
     s = trim_run(tiny_run, "0.9x", "cpu", str(prof), max_time_s=0.2, min_runs=40,
-                 verify_max_time_s=0.3, knn=False, calib_samples=32, say=said.append)
+                 verify_max_time_s=0.3, knn=False, calib_samples=32, max_measurements=3,
+                 say=said.append)
     out = tiny_run / "trim-0.9x"
     assert s["dir"] == str(out)
     for f in ("checkpoint.pt", "pattern.json", "trim.json", "verify.json", "summary.json"):
@@ -227,6 +228,7 @@ def test_a_latency_budget_run_on_this_machine_is_trimmed_by_default(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     prof = atomic_write_json(tmp_path / "profiles" / "here.json", local_profile())
     fast = {"max_time_s": 0.2, "min_runs": 40, "verify_max_time_s": 0.3, "knn": False,
+            "max_measurements": 3,
             "calib_samples": 32}
 
     def cfg(name, budget):

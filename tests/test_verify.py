@@ -101,10 +101,12 @@ def test_verify_a_checkpoint_on_real_test_images(trained, tmp_path):
 
 def test_verify_without_checkpoint_realises_the_pattern(tmp_path):
     pattern = mixed_pattern("resnet18", "cifar", 16, 0.4, seed=1).save(tmp_path / "p.json")
-    r = run_cli("verify", "--pattern", pattern, "--target-latency", "10s", "--max-time", "0.2",
+    r = run_cli("verify", "--pattern", pattern, "--target-latency", "10s", "--max-time", "0.5",
                 "--json")
-    assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["predicted"] is None  # no 16-px profile exists
+    d = json.loads(r.output)
+    assert d["predicted"] is None  # no 16-px profile exists
+    assert d["inputs"]["source"] == "synthetic" and d["checkpoint"] is None
+    assert (r.exit_code == 0) == (d["valid"] and d["met"]), r.output
 
 
 def test_verify_bad_input(trained, tmp_path):

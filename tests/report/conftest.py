@@ -9,7 +9,7 @@ from hwbench.profiler import ProfileConfig, run_profile
 from hwbench.profiles import profile_filename, save_profile
 from tests.measure.test_energy import _CC, gpu_meter
 
-TINY_PROFILE = dict(input_size=32, t_d=(0.3, 0.6, 1.0), max_time_s=0.05, min_runs=8, warmup=1,
+TINY_PROFILE = dict(input_size=32, t_d=(0.3, 0.6, 1.0), max_time_s=0.05, min_runs=32, warmup=1,
                     min_warmup_s=0.0, grid=4, table_rounds=2, validation=3, calibration=2,
                     energy_window_s=0.05)
 TINY_RUN = dict(dataset="synthetic", n_synthetic=32, batch_size=16, proj_dims=(32, 32, 16),
@@ -43,7 +43,7 @@ def report_inputs(tmp_path_factory):
     from hwbench.pipeline import trim_run
 
     trim_run(root / "runs" / "co", target_ms * 1e-3, "cpu", str(est_path), max_time_s=0.2,
-             min_runs=16, verify_max_time_s=0.2, calib_samples=32)
+             min_runs=16, verify_max_time_s=0.2, calib_samples=32, max_measurements=3)
 
     def stop_in_second_epoch(state):  # epoch 0 finished, never evaluated
         if state["epoch"] >= 1:
