@@ -263,9 +263,12 @@ def _t_d_list(ctx, param, value):
               help="Warm-up calls per pattern (and at least 1 s in all).")
 @click.option("--validation", type=click.IntRange(min=0), default=20, show_default=True,
               help="Random patterns measured against the predictor.")
+@click.option("--grid", type=click.IntRange(min=1), default=32, hidden=True)
+@click.option("--table-rounds", type=click.IntRange(min=1), default=15, hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def profile(device, arch, stem, input_size, batch_size, dtype, threads, t_d, patterns, out,
-            energy, max_time_s, min_runs, warmup, validation, as_json) -> None:
+            energy, max_time_s, min_runs, warmup, validation, grid, table_rounds,
+            as_json) -> None:
     """Measure latency, energy and MACs of gate patterns here; write a device profile.
 
     Latencies are of the compact engine in dynamic mode (dense and masked stored as references),
@@ -281,7 +284,7 @@ def profile(device, arch, stem, input_size, batch_size, dtype, threads, t_d, pat
                         batch_size=batch_size, dtype=dtype, threads=threads,
                         t_d=t_d or ProfileConfig.t_d, patterns=tuple(patterns), energy=energy,
                         max_time_s=max_time_s, min_runs=min_runs, warmup=warmup,
-                        validation=validation)
+                        validation=validation, grid=grid, table_rounds=table_rounds)
     from hwbench.io import check_writable
 
     if out:

@@ -158,6 +158,7 @@ def cli_profile(tmp_path_factory):
     mine = mixed_pattern("resnet18", "cifar", 16, 0.6, seed=9).save(folder / "mine.json")
     r = run("profile", "--input-size", "16", "--t-d", "0.3,1.0", "--max-time", "0.1",
             "--min-runs", "8", "--warmup", "0", "--validation", "2", "--no-energy",
+            "--grid", "4", "--table-rounds", "3",
             "--patterns", mine, "--patterns", mine, "--out", out)
     assert r.exit_code == 0, r.output
     return out, r.output

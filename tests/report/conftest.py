@@ -10,7 +10,7 @@ from hwbench.profiles import profile_filename, save_profile
 from tests.measure.test_energy import _CC, gpu_meter
 
 TINY_PROFILE = dict(input_size=32, t_d=(0.3, 0.6, 1.0), max_time_s=0.05, min_runs=32, warmup=1,
-                    min_warmup_s=0.0, grid=4, table_rounds=2, validation=3, calibration=2,
+                    min_warmup_s=0.0, grid=4, table_rounds=2, validation=3, calibration=1,
                     energy_window_s=0.05)
 TINY_RUN = dict(dataset="synthetic", n_synthetic=32, batch_size=16, proj_dims=(32, 32, 16),
                 max_steps_per_epoch=1, eval_every=1)
