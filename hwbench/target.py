@@ -1,5 +1,6 @@
 """Latency targets for training: which ``t_d`` meets the target on the target device's profile,
-and whether the trained network really does (``hwbench verify``).
+the run's name, and the targets the latency budget trains against (measuring whether the trained
+network meets them is ``hwbench.pipeline``'s, through ``hwbench.verify``).
 
 The device that trains is often not the one that deploys, so the target device is either this
 machine (``cpu``, ``cuda``, ``cuda:N``: the matching profile in ``profiles/``, or a quick profile

@@ -12,16 +12,22 @@ _SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
 _RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(s|ms|us|µs)\s*$")
 
 
+def _scaled(text: str, pattern: re.Pattern, scale: dict[str, float], what: str,
+            examples: str) -> float:
+    """A positive number with one of ``scale``'s units -> seconds; one-line errors."""
+    m = pattern.match(str(text))
+    if not m:
+        raise UsageError(f"cannot parse {what} {text!r}: give a number and a unit, e.g. "
+                         f"{examples}")
+    value = float(m.group(1)) * scale[m.group(2)]
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{what} must be positive, got {text!r}")
+    return value
+
+
 def parse_duration(text: str) -> float:
     """A positive duration with a unit (s, ms, us) -> seconds; a clear error otherwise."""
-    m = _RE.match(str(text))
-    if not m:
-        raise UsageError(f"cannot parse latency {text!r}: give a number and a unit, "
-                         "e.g. 5ms, 5 ms, 0.005s or 500us")
-    value = float(m.group(1)) * _SCALE[m.group(2)]
-    if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"latency must be positive, got {text!r}")
-    return value
+    return _scaled(text, _RE, _SCALE, "latency", "5ms, 5 ms, 0.005s or 500us")
 
 
 _REL = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*$")
@@ -90,11 +96,4 @@ _WALL = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(s|sec|min|h)\s*$")
 def parse_wall_time(text: str, option: str = "--time-budget") -> float:
     """A positive wall-clock duration with a unit (s, min, h: '90s', '12min', '1.5h') ->
     seconds; a one-line error naming ``option`` otherwise."""
-    m = _WALL.match(str(text))
-    if not m:
-        raise UsageError(f"cannot parse {option} {text!r}: give a number and a unit, e.g. 90s, "
-                         "12min or 1.5h")
-    value = float(m.group(1)) * _WALL_SCALE[m.group(2)]
-    if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"{option} must be positive, got {text!r}")
-    return value
+    return _scaled(text, _WALL, _WALL_SCALE, option, "90s, 12min or 1.5h")
