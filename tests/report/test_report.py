@@ -102,7 +102,7 @@ def test_the_summary_picks_the_largest_t_d_meeting_the_run_target(report, tmp_pa
     best = max(t for t, v in p90.items() if v <= reach)
     row = at(reach)
     assert float(row["t_d"]) == best >= 0.6
-    assert float(row["measured_ms"]) == pytest.approx(p90[best])
+    assert float(row["measured_ms"]) == pytest.approx(p90[best], rel=1e-5)  # CSV rounding
     assert "estimated" in row["energy_source"]
     assert at(none)["t_d"] == "" and at(none)["measured_ms"] == ""
     tg = rows(out, "targets")
