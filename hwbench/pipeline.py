@@ -293,7 +293,8 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
         device = tp.device
         say(f"trimming the learned network to {goal.text} ({goal.percentile}) on "
             f"{tp.profile['fingerprint']['name']} ...")
-        summary["trim"] = trim_run(summary["dir"], goal.text, device, str(tp.path),
+        exact = goal.text if goal.ratio is not None else goal.ms * 1e-3
+        summary["trim"] = trim_run(summary["dir"], exact, device, str(tp.path),
                                    goal.percentile, say=say, **(trim_options or {}))
         atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
     elif trim and resolved:

@@ -89,7 +89,7 @@ def resolve_targets(cfg, targets: list[tuple[str | None, float | str]], percenti
         return resolved
     decisions = []
     for tp, goal, _ in resolved:
-        target_s = resolve_target(goal.text, tp, percentile)
+        target_s = _seconds(goal, tp, percentile)
         t_d, decision = choose_t_d(tp, target_s, percentile)
         decisions.append({**decision, "target": goal.to_dict()})
         say(f"t_d {t_d:g} picked for {goal.text} = {target_s * 1e3:.3g} ms ({percentile}) on "
@@ -103,9 +103,15 @@ def resolve_targets(cfg, targets: list[tuple[str | None, float | str]], percenti
     if cfg.budget == "latency":
         from hwbench.budget import DeviceTarget
         cfg.latency_targets = tuple(
-            DeviceTarget(where, str(tp.path), resolve_target(goal.text, tp, percentile) * 1e3,
+            DeviceTarget(where, str(tp.path), _seconds(goal, tp, percentile) * 1e3,
                          percentile).to_dict() for tp, goal, where in resolved)
         say("training against the predicted latency on " + ", ".join(
             f"{tp.profile['fingerprint']['name']} ({goal.text} {percentile})"
             for tp, goal, _ in resolved) + f"; the bound keeps t_d {cfg.t_d:g}")
     return resolved
+
+
+def _seconds(goal, tp: TargetProfile, percentile: str) -> float:
+    """The target in seconds on ``tp``'s profile (exact for an absolute one: no text round
+    trip)."""
+    return goal.ms * 1e-3 if goal.ms is not None else resolve_target(goal.text, tp, percentile)
