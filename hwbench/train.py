@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 
 from hwbench.data import TwoViews, eval_dataset, info, load_tensors, ssl_transform
 from hwbench.errors import UsageError
-from hwbench.io import atomic_write_json, atomic_write_text
+from hwbench.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from hwbench.nets import create_net
 from hwbench.patterns import summarise
 from hwbench.ssl.losses import anneal_p
@@ -243,12 +243,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-
-
-def _save_checkpoint(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
 
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -691,7 +685,7 @@ def _measure_step(run: _Run, warmup: int = 2, timed: int = 3) -> tuple[float, fl
         if run.dist.main:
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                _save_checkpoint(Path(tmp) / CHECKPOINT, _payload(run, 0))
+                atomic_torch_save(Path(tmp) / CHECKPOINT, _payload(run, 0))
                 save_s = time.perf_counter() - t0
     return step_s, save_s
 
@@ -831,7 +825,7 @@ def _end_epoch(run: _Run, epoch: int, row: dict) -> None:
     atomic_write_text(run.out / "metrics.jsonl",
                       "".join(json.dumps(r) + "\n" for r in run.history))
     _write_metrics_csv(run.out / "metrics.csv", run.history)
-    _save_checkpoint(run.ckpt_path, _payload(run, epoch))
+    atomic_torch_save(run.ckpt_path, _payload(run, epoch))
 
 
 def _save_energy(run: _Run, segment: dict) -> None:

@@ -87,10 +87,6 @@ class Measurement:
         return {"value": self.at(name) / self.at(reference), "lo": lo_a / hi_b,
                 "hi": hi_a / lo_b, "valid": bool(a["valid"] and b["valid"])}
 
-    def to_dict(self) -> dict:
-        return {"results": self.results, "protocol": self.protocol, "inputs": self.inputs,
-                "warnings": self.warnings}
-
 
 def measure(engines: Mapping[str, Callable[[torch.Tensor], object]], inputs: Inputs,
             protocol: Protocol = Protocol(), device: str | torch.device = "cpu",
