@@ -87,10 +87,10 @@ def test_the_summary_picks_the_largest_t_d_meeting_the_run_target(report, tmp_pa
     summary = [r for r in rows(out, "summary") if r["setting"] == "resnet18 cifar 32px b1"]
     assert len(summary) == 1 and float(summary[0]["target_ms"]) == pytest.approx(
         target["target_ms"])
-    # two targets whose answers are fixed by the measured sweep: just above t_d 0.6's p90 (the
-    # largest t_d at or under it wins), and below the fastest p90 (nothing meets it)
+    # two targets whose answers are fixed by the measured sweep: just above the run's t_d's p90
+    # (the largest t_d at or under it wins), and below the fastest p90 (nothing meets it)
     p90 = {s["t_d"]: s["measured"]["p90_ms"] for s in prof["sweep"]}
-    reach, none = p90[0.6] * 1.0001, min(p90.values()) * 0.5
+    reach, none = p90[inp["t_d"]] * 1.0001, min(p90.values()) * 0.5
     build_report([inp["estimated"]], tmp_path, targets=[(reach * 1e-3, "p90"),
                                                         (none * 1e-3, "p90")])
     got = rows(tmp_path, "summary")
@@ -101,7 +101,7 @@ def test_the_summary_picks_the_largest_t_d_meeting_the_run_target(report, tmp_pa
 
     best = max(t for t, v in p90.items() if v <= reach)
     row = at(reach)
-    assert float(row["t_d"]) == best >= 0.6
+    assert float(row["t_d"]) == best == inp["t_d"]
     assert float(row["measured_ms"]) == pytest.approx(p90[best], rel=1e-5)  # CSV rounding
     assert "estimated" in row["energy_source"]
     assert at(none)["t_d"] == "" and at(none)["measured_ms"] == ""
@@ -132,17 +132,19 @@ def test_the_summary_reports_the_learned_network_of_a_run_at_the_chosen_t_d(repo
                                                                           tmp_path):
     prof = json.loads(report_inputs["estimated"].read_text())
     conf = json.loads((report_inputs["runs"] / "co" / "config.json").read_text())
-    assert conf["t_d"] == 0.6  # the fixture's target makes pick choose the sweep's 0.6
+    t_d = report_inputs["t_d"]
+    assert conf["t_d"] == t_d  # the fixture's target makes pick choose this swept t_d
     p90 = {s["t_d"]: s["measured"]["p90_ms"] for s in prof["sweep"]}
-    assert p90[1.0] > p90[0.6]  # so a target just above p90[0.6] picks 0.6 in the summary
+    # so a target just above p90[t_d] picks t_d in the summary
+    assert all(v > p90[t_d] for t, v in p90.items() if t > t_d)
     build_report([report_inputs["estimated"], report_inputs["runs"] / "co"], tmp_path,
-                 targets=[(p90[0.6] * 1.0001e-3, "p90")])
+                 targets=[(p90[t_d] * 1.0001e-3, "p90")])
     row = next(r for r in rows(tmp_path, "summary")
-               if float(r["target_ms"]) == pytest.approx(p90[0.6] * 1.0001))
+               if float(r["target_ms"]) == pytest.approx(p90[t_d] * 1.0001))
     verify = json.loads((report_inputs["runs"] / "co" / "verify.json").read_text())
-    assert float(row["t_d"]) == 0.6 and row["top1_source"].startswith("co ")
+    assert float(row["t_d"]) == t_d and row["top1_source"].startswith("co ")
     assert float(row["learned_ms"]) == pytest.approx(verify["measured"]["p90_ms"])
-    assert row["learned_met"] == str(verify["measured"]["p90_ms"] <= p90[0.6] * 1.0001)
+    assert row["learned_met"] == str(verify["measured"]["p90_ms"] <= p90[t_d] * 1.0001)
 
 
 def test_the_report_states_what_is_measured_and_what_is_estimated(report):
