@@ -56,19 +56,33 @@ def cli() -> None:
               help="A gate-pattern JSON file (models/*.json): report its expected gated MACs.")
 @click.option("--t-d", "t_d", type=float, default=None,
               help="Target MACs ratio in (0, 1]: report the prior pattern synthesised for it.")
+@click.option("--gate", default="channel", show_default=True,
+              help="With --t-d: the gate kind of the prior, channel or width:G (each input keeps "
+                   "a prefix of its block's channels, in steps of G).")
+@click.option("--save-pattern", default=None, type=click.Path(dir_okay=False),
+              help="With --t-d: write the synthesised prior pattern file here (for speedup, "
+                   "profile --patterns, predict).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def flops(arch, stem, input_size, pattern_path, t_d, as_json) -> None:
+def flops(arch, stem, input_size, pattern_path, t_d, gate, save_pattern, as_json) -> None:
     """Exact MACs of the dense network, and of a gate pattern (--pattern or --t-d).
 
     Counted as in the paper: every conv (stem, blocks, downsample) plus, in the gated network,
-    the gates' 1x1 convs; BN, ReLU, pooling and the head are not counted.
+    the gates' 1x1 convs; BN, ReLU, pooling and the head are not counted. A width-gated
+    pattern's MACs are exact from its per-layer histograms of kept widths.
     """
     from hwbench.flops import dense_report, pattern_report
+    from hwbench.io import check_writable
+    from hwbench.nets.gate import parse_gate
     from hwbench.nets.geometry import arch_spec
     from hwbench.patterns import load_pattern, synthesise
 
+    gate_spec = parse_gate(gate)
     if pattern_path is not None and t_d is not None:
         raise UsageError("--pattern and --t-d are mutually exclusive")
+    if save_pattern is not None:
+        if t_d is None:
+            raise UsageError("--save-pattern writes the prior of --t-d: give --t-d")
+        check_writable(save_pattern)
     if pattern_path is not None:
         pattern = load_pattern(pattern_path)
         given = {"--arch": (arch, pattern.arch), "--stem": (stem, pattern.stem),
@@ -85,7 +99,10 @@ def flops(arch, stem, input_size, pattern_path, t_d, as_json) -> None:
         if t_d is not None:
             if not 0 < t_d <= 1:
                 raise UsageError(f"--t-d must be in (0, 1], got {t_d}")
-            report = pattern_report(synthesise(arch, stem, input_size, t_d))
+            prior = synthesise(arch, stem, input_size, t_d, gate_spec)
+            report = pattern_report(prior)
+            if save_pattern is not None:
+                click.echo(f"wrote {prior.save(save_pattern)}", err=True)
         else:
             report = dense_report(arch, stem, input_size)
     if as_json:

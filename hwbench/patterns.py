@@ -18,11 +18,12 @@ import torch
 
 from hwbench.errors import HwbenchError, PatternError
 from hwbench.io import atomic_write_json
+from hwbench.nets.gate import CHANNEL, GateSpec, parse_gate
 from hwbench.nets.geometry import ARCHS, STEMS, NetGeometry, net_geometry
 
 SCHEMA = "hwbench/gate-pattern@1"
 _LAYER_INTS = ("channels", "always_on", "always_off", "dynamic")
-_KNOWN_TOP = {"schema", "arch", "stem", "input_size", "t_d", "layers"}
+_KNOWN_TOP = {"schema", "arch", "stem", "input_size", "t_d", "layers", "gate"}
 
 
 @dataclass
@@ -38,15 +39,41 @@ class LayerPattern:
     on_idx: list[int] | None = None
     dynamic_idx: list[int] | None = None
     dynamic_rates: list[float] | None = None
+    # width gates: width_hist[k] = share of inputs keeping channels [0, k * step) (sums to 1)
+    width_hist: list[float] | None = None
+    step: int = 1
+
+    @classmethod
+    def from_width_hist(cls, name: str, channels: int, step: int,
+                        hist: list[float]) -> LayerPattern:
+        """A width-gated layer from its histogram of kept groups: channels every input keeps
+        are always on, those no input keeps always off, the prefix between them dynamic."""
+        total = float(sum(hist))
+        hist = [float(h) / total for h in hist]
+        ks = [k for k, h in enumerate(hist) if h > 0]
+        on, top = ks[0] * step, ks[-1] * step
+        mean = sum(h * k * step for k, h in enumerate(hist))
+        dyn = top - on
+        return cls(name, channels, on, channels - top, dyn, (mean - on) / dyn if dyn else 0.0,
+                   width_hist=hist, step=step)
+
+    def widths(self) -> list[tuple[int, float]]:
+        """(kept channels, share of inputs) for each width that occurs (width gates only)."""
+        return [(k * self.step, h) for k, h in enumerate(self.width_hist or []) if h > 0]
 
     def expected_on(self) -> float:
         """E[channels on] per sample."""
+        if self.width_hist is not None:
+            return float(sum(w * h for w, h in self.widths()))
         if self.dynamic_rates is not None:
             return self.always_on + float(sum(self.dynamic_rates))
         return self.always_on + self.dynamic * self.dynamic_on_rate
 
     def expected_on_sq(self) -> float:
-        """E[(channels on)^2] per sample, dynamic channels taken as independent Bernoullis."""
+        """E[(channels on)^2] per sample: exact from a width histogram; else dynamic channels
+        taken as independent Bernoullis."""
+        if self.width_hist is not None:
+            return float(sum(w * w * h for w, h in self.widths()))
         if self.dynamic_rates is not None:
             var = float(sum(r * (1.0 - r) for r in self.dynamic_rates))
         else:
@@ -59,7 +86,7 @@ class LayerPattern:
             "always_off": self.always_off, "dynamic": self.dynamic,
             "dynamic_on_rate": self.dynamic_on_rate,
         }
-        for key in ("on_idx", "dynamic_idx", "dynamic_rates"):
+        for key in ("on_idx", "dynamic_idx", "dynamic_rates", "width_hist"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
         return d
@@ -73,6 +100,7 @@ class GatePattern:
     layers: list[LayerPattern]
     t_d: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # other top-level keys: source, dataset
+    gate: GateSpec = CHANNEL
 
     def geometry(self) -> NetGeometry:
         return net_geometry(self.arch, self.stem, self.input_size)
@@ -98,6 +126,8 @@ class GatePattern:
                              "input_size": self.input_size}
         if self.t_d is not None:
             d["t_d"] = self.t_d
+        if self.gate.kind != "channel":
+            d["gate"] = self.gate.to_dict()
         d.update(self.extra)
         d["layers"] = [lp.to_dict() for lp in self.layers]
         return d
@@ -168,10 +198,50 @@ def _parse(obj: Any, src: str) -> GatePattern:
     if len(layers_raw) != len(geom.blocks):
         fail("layers", f"{arch} has {len(geom.blocks)} gated blocks, the file lists "
                        f"{len(layers_raw)}")
+    gate = _parse_gate_field(obj.get("gate"), geom, fail)
     layers = [_parse_layer(raw, i, b.name, b.width, fail)
               for i, (raw, b) in enumerate(zip(layers_raw, geom.blocks))]
+    if gate.kind == "width":
+        layers = [_width_layer(lp, raw, i, gate.step, fail)
+                  for i, (lp, raw) in enumerate(zip(layers, layers_raw))]
+    elif any("width_hist" in raw for raw in layers_raw):
+        fail("gate", "width_hist needs \"gate\": {\"kind\": \"width\", \"step\": G}")
     extra = {k: v for k, v in obj.items() if k not in _KNOWN_TOP}
-    return GatePattern(arch, stem, size, layers, None if t_d is None else float(t_d), extra)
+    return GatePattern(arch, stem, size, layers, None if t_d is None else float(t_d), extra,
+                       gate)
+
+
+def _parse_gate_field(raw: Any, geom: NetGeometry, fail) -> GateSpec:
+    if raw is None:
+        return CHANNEL
+    if not isinstance(raw, dict) or raw.get("kind") not in ("channel", "width") or not (
+            _is_int(raw.get("step")) and raw["step"] >= 1):
+        fail("gate", f"expected {{\"kind\": \"channel\" | \"width\", \"step\": G}}, got {raw!r}")
+    try:
+        return parse_gate(raw).check_widths([b.width for b in geom.blocks])
+    except HwbenchError as exc:
+        fail("gate.step", str(exc))
+
+
+def _width_layer(lp: LayerPattern, raw: dict, i: int, step: int, fail) -> LayerPattern:
+    """A width-gated layer: its histogram is the truth; the counts must agree with it."""
+    at = f"layers[{i}]"
+    hist, n = raw.get("width_hist"), lp.channels // step
+    if (not isinstance(hist, list) or len(hist) != n + 1
+            or not all(_is_num(h) and h >= 0 for h in hist)
+            or abs(sum(hist) - 1.0) > 1e-6):
+        fail(f"{at}.width_hist", f"expected {n + 1} shares (inputs keeping 0, {step}, ... "
+                                 f"{lp.channels} channels) summing to 1")
+    want = LayerPattern.from_width_hist(lp.name, lp.channels, step, hist)
+    got = (lp.always_on, lp.always_off, lp.dynamic)
+    if got != (want.always_on, want.always_off, want.dynamic):
+        fail(f"{at}.always_on", f"always_on/always_off/dynamic {got} disagree with width_hist "
+                                f"{(want.always_on, want.always_off, want.dynamic)}")
+    for key, lo in (("on_idx", 0), ("dynamic_idx", want.always_on)):
+        idx = getattr(lp, key)
+        if idx is not None and idx != list(range(lo, lo + len(idx))):
+            fail(f"{at}.{key}", "a width gate keeps a prefix: expected consecutive indices")
+    return want
 
 
 def _parse_layer(raw: Any, i: int, name: str, width: int, fail) -> LayerPattern:
@@ -229,13 +299,16 @@ def summarise(net, loader: Iterable, device: str | torch.device | None = None,
     """Run the gated stream (eval mode: hard, noise-free gates) over ``loader`` and group channels.
 
     A channel on for every sample is always-on, off for every sample always-off, otherwise
-    dynamic; ``dynamic_rates`` are the per-channel on-frequencies of the dynamic ones. ``loader``
-    yields image tensors (B, 3, H, W) or tuples whose first item is one.
+    dynamic; ``dynamic_rates`` are the per-channel on-frequencies of the dynamic ones. A
+    width-gated network's layers also get ``width_hist``, the share of samples keeping each
+    width. ``loader`` yields image tensors (B, 3, H, W) or tuples whose first item is one.
     """
     was_training = net.training
     net.eval()
     device = device or next(net.parameters()).device
+    gate = getattr(net, "gate_spec", CHANNEL)
     counts: list[torch.Tensor] | None = None
+    hists: list[torch.Tensor] | None = None
     n, size = 0, None
     try:
         for b, x in enumerate(_input_batches(loader)):
@@ -248,39 +321,51 @@ def summarise(net, loader: Iterable, device: str | torch.device | None = None,
             out = net.forward_gated(x.to(device))
             sums = [m.sum(dim=0).double().cpu() for m in out.masks]
             counts = sums if counts is None else [c + s for c, s in zip(counts, sums)]
+            if gate.kind == "width":
+                hs = [torch.bincount((m.sum(dim=1) / gate.step).round().long().cpu(),
+                                     minlength=m.shape[1] // gate.step + 1).double()
+                      for m in out.masks]
+                hists = hs if hists is None else [h + g for h, g in zip(hists, hs)]
             n += x.shape[0]
     finally:
         net.train(was_training)
     if counts is None:
         raise PatternError("summarise", None, "the data loader yielded no samples")
-    layers = []
-    for name, c in zip(net.block_names, counts):
-        rates = c / n
-        on = (c == n).nonzero().flatten().tolist()
-        dyn = ((c > 0) & (c < n)).nonzero().flatten().tolist()
-        dyn_rates = [float(rates[j]) for j in dyn]
-        layers.append(LayerPattern(
-            name=name, channels=len(c), always_on=len(on), always_off=len(c) - len(on) - len(dyn),
-            dynamic=len(dyn), dynamic_on_rate=(sum(dyn_rates) / len(dyn)) if dyn else 0.0,
-            on_idx=on, dynamic_idx=dyn, dynamic_rates=dyn_rates,
-        ))
+    layers = [_summary_layer(name, c, n) for name, c in zip(net.block_names, counts)]
+    if hists is not None:
+        layers = [LayerPattern.from_width_hist(lp.name, lp.channels, gate.step,
+                                               (h / n).tolist()) for lp, h in zip(layers, hists)]
     extra.setdefault("source", "summarise")
     extra.setdefault("samples", n)
-    return GatePattern(net.arch, net.stem, size, layers, extra=extra)
+    return GatePattern(net.arch, net.stem, size, layers, extra=extra, gate=gate)
 
 
-def synthesise(arch: str, stem: str, input_size: int, t_d: float) -> GatePattern:
+def _summary_layer(name: str, c: torch.Tensor, n: int) -> LayerPattern:
+    rates = c / n
+    on = (c == n).nonzero().flatten().tolist()
+    dyn = ((c > 0) & (c < n)).nonzero().flatten().tolist()
+    dyn_rates = [float(rates[j]) for j in dyn]
+    return LayerPattern(
+        name=name, channels=len(c), always_on=len(on), always_off=len(c) - len(on) - len(dyn),
+        dynamic=len(dyn), dynamic_on_rate=(sum(dyn_rates) / len(dyn)) if dyn else 0.0,
+        on_idx=on, dynamic_idx=dyn, dynamic_rates=dyn_rates)
+
+
+def synthesise(arch: str, stem: str, input_size: int, t_d: float,
+               gate: GateSpec | str = CHANNEL) -> GatePattern:
     """The prior pattern for budget ``t_d``: one always-on fraction f in every gated layer, the
     rest always-off, no dynamic channels, f chosen so that the gated MACs ratio (gates included)
-    is as close to ``t_d`` as integer channel counts allow.
+    is as close to ``t_d`` as integer channel counts allow. With width gates the counts are
+    multiples of the step and each layer's histogram is the one width.
     """
     if not _is_num(t_d) or not 0 < t_d <= 1:
         raise PatternError("synthesise", "t_d", f"expected a number in (0, 1], got {t_d!r}")
     geom = net_geometry(arch, stem, input_size)
-    dense = geom.dense_macs()
+    gate = parse_gate(gate).check_widths([b.width for b in geom.blocks])
+    dense, g = geom.dense_macs(), gate.step if gate.kind == "width" else 1
 
     def counts(f: float) -> list[int]:
-        return [min(b.width, math.floor(f * b.width + 0.5)) for b in geom.blocks]
+        return [g * min(b.width // g, math.floor(f * b.width / g + 0.5)) for b in geom.blocks]
 
     def ratio(ons: list[int]) -> float:
         return (geom.stem_macs + sum(b.gated_macs(k) for b, k in zip(geom.blocks, ons))) / dense
@@ -290,26 +375,36 @@ def synthesise(arch: str, stem: str, input_size: int, t_d: float) -> GatePattern
         raise PatternError("synthesise", "t_d", f"{t_d} is below {floor_ratio:.4f}, the smallest "
                            f"gated MACs ratio of {arch}/{stem}/{input_size}px (stem, downsample "
                            "and gate MACs always run)")
-    # Every distinct count vector arises at some f = k / width; try them all (a few hundred).
-    fractions = sorted({k / b.width for b in geom.blocks for k in range(b.width + 1)})
+    # Every distinct count vector arises at some f = k / groups; try them all (a few hundred).
+    fractions = sorted({k * g / b.width for b in geom.blocks for k in range(b.width // g + 1)})
     best = min(fractions, key=lambda f: (abs(ratio(counts(f)) - t_d), -f))
-    layers = [LayerPattern(b.name, b.width, k, b.width - k, 0, 0.0)
-              for b, k in zip(geom.blocks, counts(best))]
+    if gate.kind == "width":
+        layers = [LayerPattern.from_width_hist(
+            b.name, b.width, g, [float(j == k // g) for j in range(b.width // g + 1)])
+            for b, k in zip(geom.blocks, counts(best))]
+    else:
+        layers = [LayerPattern(b.name, b.width, k, b.width - k, 0, 0.0)
+                  for b, k in zip(geom.blocks, counts(best))]
     return GatePattern(arch, stem, input_size, layers, float(t_d),
-                       extra={"source": "synthesise", "always_on_fraction": best})
+                       extra={"source": "synthesise", "always_on_fraction": best}, gate=gate)
 
 
 def mixed_pattern(arch: str, stem: str, input_size: int, t_d: float, seed: int = 0,
                   dynamic: tuple[float, float] = (0.2, 0.4),
-                  rate: tuple[float, float] = (0.3, 0.7)) -> GatePattern:
+                  rate: tuple[float, float] = (0.3, 0.7),
+                  gate: GateSpec | str = CHANNEL) -> GatePattern:
     """A pattern of the kind the paper learns: per layer, a random share of dynamic channels
     (``dynamic`` range, as a fraction of the layer) with a random on-rate (``rate`` range), the
     rest split between always-on and always-off so that the expected MACs ratio is ``t_d`` (one
     always-on fraction for all layers, solved by bisection). Seeded: same arguments, same pattern.
+    With width gates the dynamic span is in groups and an input keeps always-on + Binomial(span,
+    rate) groups: a histogram whose mean on-rate is ``rate``.
     """
     if not _is_num(t_d) or not 0 < t_d <= 1:
         raise PatternError("mixed_pattern", "t_d", f"expected a number in (0, 1], got {t_d!r}")
     geom = net_geometry(arch, stem, input_size)
+    gate = parse_gate(gate).check_widths([b.width for b in geom.blocks])
+    g = gate.step if gate.kind == "width" else 1
     gen = torch.Generator().manual_seed(seed)
 
     def uniform(lo_hi: tuple[float, float]) -> float:
@@ -318,14 +413,20 @@ def mixed_pattern(arch: str, stem: str, input_size: int, t_d: float, seed: int =
 
     shape = [(uniform(dynamic), uniform(rate)) for _ in geom.blocks]
 
+    def layer(b, dfrac: float, r: float, f: float) -> LayerPattern:
+        n = b.width // g
+        d = min(n, round(dfrac * n))
+        a = min(n - d, round(f * n))
+        if gate.kind == "channel":
+            return LayerPattern(b.name, b.width, a, b.width - a - d, d, round(r, 4))
+        pmf = [math.comb(d, j) * r ** j * (1 - r) ** (d - j) for j in range(d + 1)]
+        return LayerPattern.from_width_hist(b.name, b.width, g,
+                                            [0.0] * a + pmf + [0.0] * (n - a - d))
+
     def build(f: float) -> GatePattern:
-        layers = []
-        for b, (dfrac, r) in zip(geom.blocks, shape):
-            d = min(b.width, round(dfrac * b.width))
-            a = min(b.width - d, round(f * b.width))
-            layers.append(LayerPattern(b.name, b.width, a, b.width - a - d, d, round(r, 4)))
-        return GatePattern(arch, stem, input_size, layers, float(t_d),
-                           extra={"source": f"mixed_pattern(seed={seed})"})
+        return GatePattern(arch, stem, input_size,
+                           [layer(b, dfrac, r, f) for b, (dfrac, r) in zip(geom.blocks, shape)],
+                           float(t_d), extra={"source": f"mixed_pattern(seed={seed})"}, gate=gate)
 
     lo, hi = 0.0, 1.0
     for _ in range(40):

@@ -25,11 +25,28 @@ def create_net(name: str, **kwargs) -> GatedResNet:
     """Build a registered gated network, e.g. ``create_net("resnet18", stem="cifar")``.
 
     Keyword arguments: ``stem`` ("cifar" | "imagenet"), ``widths`` (per-block gated widths, for a
-    physically slimmed copy), ``gate_temperature``.
+    physically slimmed copy), ``gate_temperature``, ``gate`` ("channel" | "width:G" | GateSpec).
     """
     if name not in _REGISTRY:
         raise UsageError(f"unknown network {name!r}; registered: {', '.join(list_nets())}")
     return _REGISTRY[name](**kwargs)
+
+
+def width_mult_widths(arch: str, mult: float, step: int = 16) -> list[int]:
+    """Every block's intermediate width times ``mult``, rounded to a multiple of ``step`` (at
+    least one step): the thinner dense network of ``--width-mult``."""
+    import math
+
+    if not (isinstance(mult, (int, float)) and math.isfinite(mult) and 0 < mult <= 1):
+        raise UsageError(f"--width-mult {mult!r}: expected a number in (0, 1]")
+    return [max(step, int(round(b.width * mult / step)) * step)
+            for b in net_geometry(arch, "cifar", 32).blocks]
+
+
+def net_from_config(cfg: dict, stem: str) -> GatedResNet:
+    """The network a run's config describes: its arch, gate kind and (``--width-mult``) widths."""
+    return create_net(cfg["arch"], stem=stem, widths=cfg.get("widths") or None,
+                      gate=cfg.get("gate") or "channel")
 
 
 @register_net
@@ -52,5 +69,6 @@ def resnet50(**kwargs) -> GatedResNet:
 
 __all__ = [
     "GATE_TEMPERATURE", "STEMS", "STREAMS", "ChannelGate", "GatedForward", "GatedResNet",
-    "NetGeometry", "create_net", "gumbel_sigmoid_st", "list_nets", "net_geometry", "register_net",
+    "NetGeometry", "create_net", "gumbel_sigmoid_st", "list_nets", "net_from_config",
+    "net_geometry", "register_net", "width_mult_widths",
 ]

@@ -3,14 +3,21 @@
 avg-pool(block input) -> 1x1 conv (C_in -> C_in/4) -> BN -> ReLU -> 1x1 conv (-> gated width)
 -> Gumbel-sigmoid (temperature 2/3), hard threshold at 0.5 with a straight-through gradient in
 training; in eval the hard threshold is taken on the logits (logit >= 0), with no noise.
+
+``--gate width:G`` (``GateSpec``) keeps the same head, noise and temperature but outputs one
+logit per group of G channels and nests the decisions, so each input keeps a prefix of its
+block's channels (``nested_st``): what an engine can run without gathering weights.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwbench.errors import UsageError
 from hwbench.nets.geometry import GATE_REDUCTION
 
 GATE_TEMPERATURE = 2.0 / 3.0
@@ -52,6 +59,77 @@ def deterministic_st(logits: torch.Tensor, temperature: float = GATE_TEMPERATURE
     return hard + (soft - soft.detach())
 
 
+GATE_KINDS = ("channel", "width")
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """How a block's gate decides: ``channel`` (the paper's: any subset of channels, per input)
+    or ``width`` with step G (a prefix ``[0, k*G)`` per input: nested decisions over C/G groups,
+    so a kept set is a contiguous slice of the weights, cheap to run)."""
+
+    kind: str = "channel"
+    step: int = 1
+
+    @property
+    def text(self) -> str:
+        return "channel" if self.kind == "channel" else f"width:{self.step}"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "step": self.step}
+
+    def groups(self, channels: int) -> int:
+        """Decisions a block of ``channels`` takes: one per channel, or one per G channels."""
+        return channels if self.kind == "channel" else channels // self.step
+
+    def check_widths(self, widths) -> GateSpec:
+        bad = sorted({int(w) for w in widths if int(w) % self.step})
+        if bad:
+            raise UsageError(f"--gate {self.text}: every gated width must be a multiple of "
+                             f"{self.step}, and these are not: {', '.join(map(str, bad))}")
+        return self
+
+
+CHANNEL = GateSpec()
+
+
+def parse_gate(text) -> GateSpec:
+    """``channel`` | ``width:G`` (G a positive integer) -> GateSpec; a dict from a pattern file
+    or checkpoint ({"kind", "step"}) too. Anything else: a one-line UsageError."""
+    if isinstance(text, GateSpec):
+        return text
+    if text is None:
+        return CHANNEL
+    if isinstance(text, dict):
+        text = "channel" if text.get("kind") == "channel" else f"width:{text.get('step')}"
+    kind, sep, step = str(text).strip().partition(":")
+    if kind == "channel" and not sep:
+        return CHANNEL
+    if kind == "width" and sep and step.isdigit() and int(step) >= 1:
+        return GateSpec("width", int(step))
+    raise UsageError(f"--gate {text!r}: use 'channel' or 'width:G' with G a positive integer "
+                     "(e.g. width:16)")
+
+
+def nested_st(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Nested group decisions (B, n): group j is on only if groups 0..j are (the cumulative
+    product of the hard decisions). Straight-through: the backward pass is the gradient of the
+    cumulative product of the *soft* values, which reaches every group (the hard product's
+    gradient is zero past the first group that is off)."""
+    soft_cum = torch.cumprod(soft, dim=1)
+    return torch.cumprod(hard.detach(), dim=1) + (soft_cum - soft_cum.detach())
+
+
+def expand_groups(mask: torch.Tensor, step: int) -> torch.Tensor:
+    """(B, n) group mask -> (B, n * step) channel mask."""
+    return mask if step == 1 else mask.repeat_interleave(step, dim=1)
+
+
+def kept_groups(logits: torch.Tensor) -> torch.Tensor:
+    """(B, n) width-gate logits -> (B,) groups kept at deployment (noise-free, nested)."""
+    return torch.cumprod((logits >= 0).to(torch.int32), dim=1).sum(dim=1)
+
+
 class ChannelGate(nn.Module):
     """Decides per sample which of ``gated_channels`` intermediate channels are computed.
 
@@ -60,16 +138,17 @@ class ChannelGate(nn.Module):
     """
 
     def __init__(self, in_channels: int, gated_channels: int,
-                 temperature: float = GATE_TEMPERATURE):
+                 temperature: float = GATE_TEMPERATURE, spec: GateSpec = CHANNEL):
         super().__init__()
         hidden = max(1, in_channels // GATE_REDUCTION)
-        self.temperature = temperature
+        self.temperature, self.spec = temperature, spec.check_widths([gated_channels])
+        outputs = spec.groups(gated_channels)
         self.fc1 = nn.Conv2d(in_channels, hidden, kernel_size=1, bias=False)
         self.bn = nn.BatchNorm2d(hidden)
         self.relu = nn.ReLU(inplace=True)
         # The reference has no bias here; hwbench adds one (initialised to 0, so the network
         # starts identical) because a bias is what lets a pattern file be realised without training.
-        self.fc2 = nn.Conv2d(hidden, gated_channels, kernel_size=1, bias=True)
+        self.fc2 = nn.Conv2d(hidden, outputs, kernel_size=1, bias=True)
         nn.init.zeros_(self.fc2.bias)
         self.deployed: torch.Tensor | None = None
         self.surrogate = "sigmoid"  # the deployed decisions' gradient (deterministic_st)
@@ -87,8 +166,21 @@ class ChannelGate(nn.Module):
         z = F.batch_norm(z, None, None, self.bn.weight, self.bn.bias, True, 0.0, self.bn.eps)
         return self.fc2(F.relu(z)).flatten(1)
 
+    def _nested(self, z: torch.Tensor, surrogate: str = "sigmoid") -> torch.Tensor:
+        """Width gates: the (B, channels) mask of nested decisions 1[z >= 0] on group logits
+        ``z`` (noise already added), straight-through with the cumulative product of
+        sigmoid(z / T) (its gradient the sigmoid's, or the constant 1 / (4 T) for ``linear``)."""
+        soft = torch.sigmoid(z / self.temperature)
+        if surrogate == "linear":
+            lin = z / (4.0 * self.temperature)
+            soft = soft.detach() + (lin - lin.detach())
+        hard = (z >= 0).to(z.dtype)
+        return expand_groups(nested_st(hard, soft), self.spec.step)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.logits(x)
+        if self.spec.kind == "width":
+            return self._forward_width(x, logits)
         # the last pass's noise-free decisions (straight-through in training), for budgets on
         # the deployed network (hwbench.budget); read through GatedForward.deployed_masks
         if self.training:
@@ -103,3 +195,17 @@ class ChannelGate(nn.Module):
             return gumbel_sigmoid_st(logits, self.temperature)
         self.deployed = (logits >= 0).to(logits.dtype)
         return self.deployed
+
+    def _forward_width(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The same decisions as ``forward``, over groups and nested: the same logistic
+        noise and temperature in training, 1[logit >= 0] deployed."""
+        if not self.training:
+            self.deployed = self._nested(logits)
+            return self.deployed
+        if self.surrogate == "linear":
+            self.deployed = self._nested(self._logits_gate_only(x), "linear")
+        else:
+            self.deployed = self._nested(logits)
+        u = torch.rand_like(logits)
+        noise = torch.log(u + 1e-8) - torch.log1p(-u + 1e-8)
+        return self._nested(logits + noise)

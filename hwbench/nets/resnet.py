@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from hwbench.nets.gate import GATE_TEMPERATURE, ChannelGate
+from hwbench.nets.gate import CHANNEL, GATE_TEMPERATURE, ChannelGate, GateSpec, parse_gate
 from hwbench.nets.geometry import ArchSpec, BlockGeometry, NetGeometry, check_stem, net_geometry
 
 Stream = Literal["dense", "gated"]
@@ -51,7 +51,7 @@ class _Downsample(nn.Module):
 class GatedBasicBlock(nn.Module):
     """conv3x3 -> BN -> ReLU -> [mask] -> conv3x3 -> BN -> (+ shortcut) -> ReLU."""
 
-    def __init__(self, geom: BlockGeometry, temperature: float):
+    def __init__(self, geom: BlockGeometry, temperature: float, spec: GateSpec = CHANNEL):
         super().__init__()
         c_in, w, c_out, s = geom.in_channels, geom.width, geom.out_channels, geom.stride
         self.conv1 = nn.Conv2d(c_in, w, 3, stride=s, padding=1, bias=False)
@@ -60,7 +60,7 @@ class GatedBasicBlock(nn.Module):
         self.bn2 = DualBatchNorm2d(c_out)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _Downsample(c_in, c_out, s) if geom.has_downsample else None
-        self.gate = ChannelGate(c_in, w, temperature)
+        self.gate = ChannelGate(c_in, w, temperature, spec)
 
     def forward(self, x: torch.Tensor, stream: Stream) -> tuple[torch.Tensor, torch.Tensor | None]:
         mask = self.gate(x) if stream == "gated" else None
@@ -79,7 +79,7 @@ class GatedBottleneck(nn.Module):
     all three convs (as an output of the first two and an input of the last two).
     """
 
-    def __init__(self, geom: BlockGeometry, temperature: float):
+    def __init__(self, geom: BlockGeometry, temperature: float, spec: GateSpec = CHANNEL):
         super().__init__()
         c_in, w, c_out, s = geom.in_channels, geom.width, geom.out_channels, geom.stride
         self.conv1 = nn.Conv2d(c_in, w, 1, bias=False)
@@ -90,7 +90,7 @@ class GatedBottleneck(nn.Module):
         self.bn3 = DualBatchNorm2d(c_out)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _Downsample(c_in, c_out, s) if geom.has_downsample else None
-        self.gate = ChannelGate(c_in, w, temperature)
+        self.gate = ChannelGate(c_in, w, temperature, spec)
 
     def forward(self, x: torch.Tensor, stream: Stream) -> tuple[torch.Tensor, torch.Tensor | None]:
         mask = self.gate(x) if stream == "gated" else None
@@ -143,8 +143,9 @@ class GatedResNet(nn.Module):
     """A ResNet backbone (no classifier head) with a channel gate in every residual block."""
 
     def __init__(self, spec: ArchSpec, stem: str = "cifar", widths: list[int] | None = None,
-                 gate_temperature: float = GATE_TEMPERATURE):
+                 gate_temperature: float = GATE_TEMPERATURE, gate: GateSpec | str = CHANNEL):
         super().__init__()
+        self.gate_spec = parse_gate(gate)
         self.spec, self.stem = spec, check_stem(stem)
         self.widths = None if widths is None else [int(w) for w in widths]
         self.num_features = spec.num_features
@@ -161,7 +162,7 @@ class GatedResNet(nn.Module):
         block_cls = GatedBasicBlock if spec.block == "basic" else GatedBottleneck
         self.block_names: list[str] = [b.name for b in ref.blocks]
         for stage in range(1, 5):
-            blocks = [block_cls(b, gate_temperature) for b in ref.blocks
+            blocks = [block_cls(b, gate_temperature, self.gate_spec) for b in ref.blocks
                       if b.name.startswith(f"layer{stage}.")]
             self.add_module(f"layer{stage}", nn.ModuleList(blocks))
         self._geometry_cache: dict[tuple[int, int], NetGeometry] = {}
