@@ -49,7 +49,7 @@ class LayerPattern:
         """A width-gated layer from its histogram of kept groups: channels every input keeps
         are always on, those no input keeps always off, the prefix between them dynamic."""
         total = float(sum(hist))
-        hist = [float(h) / total for h in hist]
+        hist = [float(h) / (total if abs(total - 1.0) > 1e-9 else 1.0) for h in hist]
         ks = [k for k, h in enumerate(hist) if h > 0]
         on, top = ks[0] * step, ks[-1] * step
         mean = sum(h * k * step for k, h in enumerate(hist))
@@ -103,7 +103,7 @@ class GatePattern:
     gate: GateSpec = CHANNEL
 
     def geometry(self) -> NetGeometry:
-        return net_geometry(self.arch, self.stem, self.input_size)
+        return net_geometry(self.arch, self.stem, self.input_size, gate_step=self.gate.step)
 
     def layer_macs(self) -> list[float]:
         """Expected per-sample MACs of each gated block (convs + gate): always-on channels
@@ -360,9 +360,10 @@ def synthesise(arch: str, stem: str, input_size: int, t_d: float,
     """
     if not _is_num(t_d) or not 0 < t_d <= 1:
         raise PatternError("synthesise", "t_d", f"expected a number in (0, 1], got {t_d!r}")
-    geom = net_geometry(arch, stem, input_size)
-    gate = parse_gate(gate).check_widths([b.width for b in geom.blocks])
-    dense, g = geom.dense_macs(), gate.step if gate.kind == "width" else 1
+    gate = parse_gate(gate)
+    geom = net_geometry(arch, stem, input_size, gate_step=gate.step)
+    gate.check_widths([b.width for b in geom.blocks])
+    dense, g = geom.dense_macs(), gate.step
 
     def counts(f: float) -> list[int]:
         return [g * min(b.width // g, math.floor(f * b.width / g + 0.5)) for b in geom.blocks]
@@ -402,9 +403,10 @@ def mixed_pattern(arch: str, stem: str, input_size: int, t_d: float, seed: int =
     """
     if not _is_num(t_d) or not 0 < t_d <= 1:
         raise PatternError("mixed_pattern", "t_d", f"expected a number in (0, 1], got {t_d!r}")
-    geom = net_geometry(arch, stem, input_size)
-    gate = parse_gate(gate).check_widths([b.width for b in geom.blocks])
-    g = gate.step if gate.kind == "width" else 1
+    gate = parse_gate(gate)
+    geom = net_geometry(arch, stem, input_size, gate_step=gate.step)
+    gate.check_widths([b.width for b in geom.blocks])
+    g = gate.step
     gen = torch.Generator().manual_seed(seed)
 
     def uniform(lo_hi: tuple[float, float]) -> float:

@@ -5,6 +5,7 @@ from torch import nn
 
 from hwbench.flops import dense_report, format_macs, pattern_macs, pattern_report
 from hwbench.nets import create_net, list_nets
+from hwbench.nets.gate import parse_gate
 from hwbench.nets.geometry import net_geometry
 from hwbench.patterns import synthesise
 
@@ -108,3 +109,51 @@ def test_format_macs():
     assert format_macs(703_560_448) == "703.56M"
     assert format_macs(1_813_561_344) == "1.81G"
     assert format_macs(2048) == "2.05K"
+
+
+def _slim_macs(name: str, widths: list[int], step: int) -> int:
+    """ptflops' MACs of the dense stream slimmed to ``widths``, plus the width gates' own MACs
+    (in_ch * hidden + hidden * groups; the gated stream masks at full width, so ptflops cannot
+    see the skipping there)."""
+    g = net_geometry(name, "cifar", 32, gate_step=step)
+    gates = sum(b.in_channels * b.gate_hidden + b.gate_hidden * (b.width // step)
+                for b in g.blocks)
+    return ptflops_macs(create_net(name, stem="cifar", widths=widths), 32) + gates
+
+
+def test_width_pattern_macs_are_exact_at_every_width_and_for_a_mixture():
+    from hwbench.patterns import GatePattern, LayerPattern
+
+    geom = net_geometry("resnet18", "cifar", 32)
+
+    def pattern(hists):
+        layers = [LayerPattern.from_width_hist(b.name, b.width, 16, h)
+                  for b, h in zip(geom.blocks, hists)]
+        return GatePattern("resnet18", "cifar", 32, layers, gate=parse_gate("width:16"))
+
+    def one_hot(n, k):
+        return [float(j == k) for j in range(n + 1)]
+
+    ns = [b.width // 16 for b in geom.blocks]
+    lo = [max(1, n // 4) for n in ns]  # two widths per block, different per block
+    hi = [n - 1 for n in ns]
+    macs_lo = _slim_macs("resnet18", [16 * k for k in lo], 16)
+    macs_hi = _slim_macs("resnet18", [16 * k for k in hi], 16)
+    assert pattern_macs(pattern([one_hot(n, k) for n, k in zip(ns, lo)])) == macs_lo
+    assert pattern_macs(pattern([one_hot(n, k) for n, k in zip(ns, hi)])) == macs_hi
+    mix = pattern([[0.3 * (j == a) + 0.7 * (j == b) for j in range(n + 1)]
+                   for n, a, b in zip(ns, lo, hi)])
+    assert pattern_macs(mix) == pytest.approx(0.3 * macs_lo + 0.7 * macs_hi, rel=1e-12)
+
+
+def test_width_gated_forward_macs_count_the_smaller_gate():
+    torch.manual_seed(5)
+    net = create_net("resnet18", stem="cifar", gate="width:16").eval()
+    with torch.no_grad():
+        for _, block in net.blocks():
+            block.gate.fc2.bias[0] = 1e3  # the first group on: no block of width 0
+    out = net.forward_gated(torch.randn(2, 3, 32, 32))
+    for i in range(2):
+        widths = [int(m[i].sum()) for m in out.masks]
+        assert any(w < m.shape[1] for w, m in zip(widths, out.masks))
+        assert out.macs[i].item() == _slim_macs("resnet18", widths, 16)

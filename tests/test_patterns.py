@@ -139,3 +139,71 @@ def test_summarise_accepts_labelled_batches_and_rejects_empty_loaders():
     assert p.extra["samples"] == 4
     with pytest.raises(PatternError, match="no samples"):
         summarise(net, [])
+
+
+# ---- width patterns ----
+
+from hwbench.patterns import mixed_pattern  # noqa: E402
+
+
+def _width_dict():
+    return mixed_pattern("resnet18", "cifar", 32, 0.5, seed=2, gate="width:16").to_dict()
+
+
+def test_width_patterns_round_trip_and_derive_their_counts_from_the_histogram(tmp_path):
+    p = mixed_pattern("resnet18", "cifar", 32, 0.5, seed=2, gate="width:16")
+    assert p.to_dict()["gate"] == {"kind": "width", "step": 16}
+    assert load_pattern(p.save(tmp_path / "w.json")) == p
+    for lp in p.layers:
+        ws = [w for w, _ in lp.widths()]
+        assert lp.always_on == min(ws) and lp.channels - lp.always_off == max(ws)
+        assert len(ws) > 1 and all(w % 16 == 0 for w in ws)
+    assert p.macs_ratio() == pytest.approx(0.5, abs=0.01)
+    # a channel pattern is written exactly as before: no gate key
+    assert "gate" not in synthesise("resnet18", "cifar", 32, 0.5).to_dict()
+
+
+WIDTH_BAD = [
+    ("layers[0].width_hist", lambda d: d["layers"][0]["width_hist"].pop()),
+    ("layers[0].width_hist", lambda d: d["layers"][0].update(
+        width_hist=[0.5] + d["layers"][0]["width_hist"][1:])),  # no longer sums to 1
+    ("layers[1].always_on", lambda d: d["layers"][1].update(
+        always_on=d["layers"][1]["always_on"] + 16,
+        always_off=d["layers"][1]["always_off"] - 16)),
+    ("gate", lambda d: d.update(gate={"kind": "width"})),
+    ("gate.step", lambda d: d.update(gate={"kind": "width", "step": 48})),
+    ("gate", lambda d: d.pop("gate")),  # width_hist without a width gate
+]
+
+
+@pytest.mark.parametrize("field,mutate", WIDTH_BAD)
+def test_bad_width_patterns_name_the_field(tmp_path, field, mutate):
+    d = _width_dict()
+    mutate(d)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(PatternError) as err:
+        load_pattern(path)
+    assert err.value.field == field and "\n" not in str(err.value)
+
+
+def test_summarise_a_width_gated_network_gives_the_histogram_of_its_decisions():
+    torch.manual_seed(6)
+    net = create_net("resnet18", stem="cifar", gate="width:16").eval()
+    x = torch.randn(24, 3, 16, 16) * torch.rand(24, 1, 1, 1) * 4
+    p = summarise(net, [x[:10], x[10:]])
+    masks = net.forward_gated(x).masks
+    assert p.gate.kind == "width" and p.extra["samples"] == 24
+    for lp, m in zip(p.layers, masks):
+        kept = (m.sum(dim=1) / 16).long()
+        want = torch.bincount(kept, minlength=lp.channels // 16 + 1).double() / 24
+        assert lp.width_hist == pytest.approx(want.tolist())
+        assert lp.expected_on() == pytest.approx(float(m.sum(dim=1).mean().detach()))
+    assert p.macs_ratio() == pytest.approx(float(net.forward_gated(x).macs_ratio.mean().detach()))
+
+
+def test_synthesised_width_priors_keep_whole_groups():
+    p = synthesise("resnet18", "cifar", 32, 0.45, gate="width:16")
+    assert all(k % 16 == 0 for k in p.kept_channels())
+    assert all(len(lp.widths()) == 1 and lp.dynamic == 0 for lp in p.layers)
+    assert p.macs_ratio() == pytest.approx(0.45, abs=0.03)

@@ -79,6 +79,7 @@ class BlockGeometry:
     in_hw: tuple[int, int]
     out_hw: tuple[int, int]
     has_downsample: bool
+    gate_step: int = 1  # a width gate decides per group of gate_step channels
 
     @property
     def gate_hidden(self) -> int:
@@ -91,8 +92,10 @@ class BlockGeometry:
         return self.in_channels * self.out_channels * self.out_hw[0] * self.out_hw[1]
 
     def gate_macs(self) -> int:
-        """MACs of the gate's two 1x1 convs on the pooled (1x1) input."""
-        return self.in_channels * self.gate_hidden + self.gate_hidden * self.width
+        """MACs of the gate's two 1x1 convs on the pooled (1x1) input (a width gate's second conv
+        has one output per group)."""
+        outputs = self.width // self.gate_step
+        return self.in_channels * self.gate_hidden + self.gate_hidden * outputs
 
     def conv_macs(self, on, on_sq=None):
         """MACs of the block's convs (downsample included) with ``on`` gated channels on.
@@ -172,8 +175,10 @@ def net_geometry(
     stem: str,
     input_size: int | tuple[int, int],
     widths: list[int] | tuple[int, ...] | None = None,
+    gate_step: int = 1,
 ) -> NetGeometry:
-    """Every block's shapes for ``arch`` at ``input_size`` px; ``widths`` overrides gated widths."""
+    """Every block's shapes for ``arch`` at ``input_size`` px; ``widths`` overrides gated widths;
+    ``gate_step``: a width gate's group size (its MACs), 1 for channel gates."""
     spec = arch_spec(arch)
     hw = _as_hw(input_size)
     stem_macs, cur = stem_geometry(stem, hw)
@@ -197,6 +202,7 @@ def net_geometry(
                     in_hw=cur,
                     out_hw=out_hw,
                     has_downsample=(stride != 1 or in_ch != out_ch),
+                    gate_step=gate_step,
                 )
             )
             in_ch, cur = out_ch, out_hw

@@ -191,7 +191,8 @@ class GatedResNet(nn.Module):
         """Shapes and MAC counts of this network at an input of ``input_hw`` pixels."""
         hw = (int(input_hw[0]), int(input_hw[1]))
         if hw not in self._geometry_cache:
-            self._geometry_cache[hw] = net_geometry(self.arch, self.stem, hw, self.widths)
+            self._geometry_cache[hw] = net_geometry(self.arch, self.stem, hw, self.widths,
+                                                    self.gate_spec.step)
         return self._geometry_cache[hw]
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:

@@ -83,3 +83,76 @@ def test_the_linear_surrogate_moves_the_gate_and_leaves_the_features_alone():
     lin.deployed.sum().backward()
     assert x.grad is None  # nothing reaches the features
     assert lin.fc2.weight.grad.abs().sum() > 0 and lin.fc1.weight.grad.abs().sum() > 0
+
+
+# ---- width gates (--gate width:G) ----
+
+from hwbench.errors import UsageError  # noqa: E402
+from hwbench.nets.gate import GateSpec, kept_groups, nested_st, parse_gate  # noqa: E402
+
+
+def _is_prefix(mask: torch.Tensor) -> bool:
+    """Every row non-increasing along the channels: a prefix of ones, then zeros."""
+    return bool((mask.diff(dim=1) <= 0).all())
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_width_gate_decisions_are_nested_prefixes_of_whole_groups(training):
+    torch.manual_seed(0)
+    gate = ChannelGate(32, 64, spec=GateSpec("width", 16)).train(training)
+    with torch.no_grad():
+        gate.fc2.weight.mul_(20.0)
+        gate.fc2.bias.copy_(torch.tensor([1.0, -0.2, 0.5, -1.0]))  # a middle group could be on
+    x = torch.randn(256, 32, 4, 4) + 3.0 * torch.randn(256, 32, 1, 1)
+    mask = gate(x).detach()
+    assert mask.shape == (256, 64) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert _is_prefix(mask)
+    groups = mask.view(256, 4, 16)
+    assert bool((groups == groups[:, :, :1]).all())  # whole groups
+    kept = mask.sum(dim=1) / 16
+    assert len(kept.unique()) >= 3  # the decisions vary per input
+    if not training:
+        assert torch.equal(kept.long(), kept_groups(gate.logits(x)).long())
+
+
+def test_nested_gradient_reaches_every_group_even_past_the_first_off_one():
+    logits = torch.tensor([[-3.0, 2.0, 1.0, 0.5]], requires_grad=True)
+    soft = torch.sigmoid(logits)
+    hard = (logits >= 0).float()
+    out = nested_st(hard, soft)
+    assert out.tolist() == [[0.0, 0.0, 0.0, 0.0]]  # group 0 off: all off
+    (out * torch.tensor([[1.0, 2.0, 3.0, 4.0]])).sum().backward()
+    assert bool((logits.grad.abs() > 1e-6).all())
+    # the hard cumulative product alone would give group 3 no gradient
+    h = hard.clone().requires_grad_(True)
+    torch.cumprod(h, dim=1).sum().backward()
+    assert h.grad[0, 3] == 0
+
+
+def test_width_gate_gradient_reaches_every_logit_row_through_the_network():
+    from hwbench.nets import create_net
+
+    torch.manual_seed(3)
+    net = create_net("resnet18", stem="cifar", gate="width:16").train()
+    out = net.forward_gated(torch.randn(8, 3, 32, 32))
+    (out.features.pow(2).mean() + out.macs_ratio.mean()).backward()
+    for name, block in net.blocks():
+        rows = block.gate.fc2.weight.grad.flatten(1).abs().sum(dim=1)
+        assert rows.shape[0] == block.conv1.out_channels // 16, name
+        assert bool((rows > 0).all()), name
+
+
+@pytest.mark.parametrize("text", ["width", "width:0", "width:-4", "width:x", "chanel", "width:1.5",
+                                  "channel:4"])
+def test_bad_gate_values_are_one_line_usage_errors(text):
+    with pytest.raises(UsageError) as err:
+        parse_gate(text)
+    assert "\n" not in str(err.value) and "width:G" in str(err.value)
+
+
+def test_gate_step_must_divide_every_width():
+    from hwbench.nets import create_net
+
+    assert parse_gate("width:16") == GateSpec("width", 16) and parse_gate("channel").step == 1
+    with pytest.raises(UsageError, match="multiple of 48"):
+        create_net("resnet18", stem="cifar", gate="width:48")
