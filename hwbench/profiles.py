@@ -84,8 +84,8 @@ def interp(x: torch.Tensor, grid: torch.Tensor, values: torch.Tensor) -> torch.T
     """Piecewise-linear ``values(grid)`` at ``x`` (a tensor of any shape, elementwise),
     differentiable in ``x``; the end segments extend linearly (the grid spans 0..channels, so
     x never leaves it)."""
-    i = torch.searchsorted(grid, x.detach().reshape(-1), right=True).clamp(1, len(grid) - 1)
-    i = i.reshape(x.shape)
+    i = torch.searchsorted(grid, x.detach().reshape(-1).contiguous(), right=True)
+    i = i.clamp(1, len(grid) - 1).reshape(x.shape)
     x0, x1, y0, y1 = grid[i - 1], grid[i], values[i - 1], values[i]
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 

@@ -155,7 +155,8 @@ def latency_budget(cfg: TrainConfig):
     meta = info(cfg.dataset)
     estimates = []
     for t in cfg.latency_targets:
-        est = LatencyEstimate(load_profile(t["profile"]), t.get("percentile", "p90"))
+        est = LatencyEstimate(load_profile(t["profile"]), t.get("percentile", "p90"),
+                              gate=cfg.gate)
         if (est.arch, est.stem, est.input_size) != (cfg.arch, meta.stem, meta.input_size):
             raise UsageError(f"{t['profile']} profiles {est.arch}/{est.stem}/{est.input_size}px; "
                              f"this run trains {cfg.arch}/{meta.stem}/{meta.input_size}px")
