@@ -410,7 +410,7 @@ def test_a_thinner_dense_run_records_its_widths_and_reloads(tmp_path):
     from hwbench.evaluate import load_run
     from hwbench.nets import width_mult_widths
 
-    cfg = dict(TINY, method="dense", width_mult=0.5, epochs=1, eval_every=1,
+    cfg = dict(TINY, method="dense", width_mult=0.5, epochs=1, eval_initial=False,
                out=str(tmp_path / "r"), models_dir=str(tmp_path / "m"))
     train(TrainConfig(**cfg))
     want = width_mult_widths("resnet18", 0.5, 16)
