@@ -138,7 +138,7 @@ def trimmed_pattern(pattern: GatePattern, cands: list[Candidate]) -> GatePattern
 
 @dataclass
 class TrimResult:
-    n_off: int  # channels switched off by trimming
+    n_off: int  # channels (width gates: groups of G channels) switched off by trimming
     candidates: int
     net: torch.nn.Module
     pattern: GatePattern  # summarised on the calibration images
@@ -207,11 +207,12 @@ def search(net, calib: torch.Tensor, device: torch.device,
     cands = ranking(base, predictor)
     st = _SearchState(net, base, cands, loader, device, predict_score, rule)
     n = st.n_for(rule.aim)
+    unit = "channel groups" if cands and cands[0].step > 1 else "channels"  # width gates: groups
     for _ in range(rule.max_measurements):
         res = measure(*st.candidate(n))
         st.record(n, res)
         est, se = st.estimate(n)
-        say(f"  trim: {n} of {len(cands)} channels off -> measured {res['score']:.3f} x target"
+        say(f"  trim: {n} of {len(cands)} {unit} off -> measured {res['score']:.3f} x target"
             f" (predicted {st.predicted(n):.3f}; estimate {est:.3f} +- {2 * se:.3f})"
             + ("" if res.get("valid", True) else " [measurement not valid]"))
         confirmed = len(st.scores.get(n, ())) >= rule.repeats
