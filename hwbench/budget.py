@@ -14,18 +14,34 @@ channels on); in blocks it runs statically, every channel that any input of the 
 max has no gradient for a channel two samples need, yet lowering its on-rate is what frees it).
 At a hard pattern, whose masks reproduce its always-on / always-off / dynamic groups, the
 value equals ``Predictor.predict``.
+
+Width gates (``gate="width:G"``: each (B, C) mask keeps a prefix) make latency a per-input
+quantity: input s pays stem + head + sum_b table_b(k_bs) at its own kept width
+k_bs = masks[b][s].sum() (the gated table where the batch's widths vary in block b, the plain
+one where they do not; a block the profile runs at every kept channel, at the batch's widest
+width, with the mean's gradient). It is differentiable through the straight-through masks, so
+data-dependent channels pay for themselves and training can keep them. The estimate is the
+batch mean of the per-input latencies (``reduce="mean"``, the default) or the mean of the
+slowest 10 % of the batch (``reduce="tail"``, a tail-latency surrogate), times the calibration
+scale and the profile's timing-noise ratio at ``percentile``. Where every input of the batch
+keeps the same widths this equals ``Predictor.predict`` on the equivalent (hard) width pattern.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from hwbench.errors import UsageError
+from hwbench.nets.gate import CHANNEL, GateSpec, parse_gate
 from hwbench.patterns import GatePattern
-from hwbench.profiles import PERCENTILES, BlockTable, Predictor
+from hwbench.profiles import PERCENTILES, BlockTable, Predictor, interp
+
+REDUCE = ("mean", "tail")
+TAIL = 0.10  # reduce="tail": the share of the batch, slowest first, whose latency is averaged
 
 
 class LatencyEstimate(nn.Module):
@@ -33,10 +49,14 @@ class LatencyEstimate(nn.Module):
     profile's ``Predictor`` (one implementation), fed the gates' masks, its tables held as
     buffers so they move with the model."""
 
-    def __init__(self, profile: dict, percentile: str = "p90"):
+    def __init__(self, profile: dict, percentile: str = "p90",
+                 gate: GateSpec | str = CHANNEL, reduce: str = "mean"):
         super().__init__()
         if percentile not in PERCENTILES:
             raise UsageError(f"unknown percentile {percentile!r}; use p50, p90 or p99")
+        if reduce not in REDUCE:
+            raise UsageError(f"unknown reduction {reduce!r}; use {' or '.join(REDUCE)}")
+        self.gate, self.reduce = parse_gate(gate), reduce
         self.pred = Predictor(profile)
         self.arch, self.stem = self.pred.arch, self.pred.stem
         self.input_size, self.names = self.pred.input_size, self.pred.names
@@ -73,10 +93,32 @@ class LatencyEstimate(nn.Module):
     def forward(self, masks: list[torch.Tensor]) -> torch.Tensor:
         if len(masks) != len(self.names):
             raise ValueError(f"{len(masks)} masks for a profile of {len(self.names)} blocks")
+        if self.gate.kind == "width":
+            per_input = self.per_input_ms(masks)
+            if self.reduce == "tail":
+                n = max(1, math.ceil(TAIL * per_input.numel()))
+                return per_input.topk(n).values.mean()
+            return per_input.mean()
         return self.ms(*self.channels_from_masks(masks))
+
+    def per_input_ms(self, masks: list[torch.Tensor]) -> torch.Tensor:
+        """(B,) latency (ms) of each input of a width-gated pass: its own kept width per
+        block (the masks are prefixes), scale and timing-noise ratio included."""
+        total = None
+        for m, how, t in zip(masks, self.executes, self.tables()):
+            k = m.to(torch.float64).sum(dim=1)
+            varies = bool((k.detach() != k.detach()[0]).any())
+            if how != "expected":  # every input runs the batch's widest kept width
+                mean = k.mean()
+                k = (k.detach().max() + mean - mean.detach()).expand_as(k)
+            ms = interp(k, t.grid, t.gated if varies else t.plain)
+            total = ms if total is None else total + ms
+        return self.factor * (self.pred.fixed_ms + total)
 
     def of_pattern(self, pattern: GatePattern) -> float:
         """The same estimate for a pattern file (equals ``Predictor.predict``)."""
+        if pattern.gate.kind == "width":
+            return self.pred.predict(pattern, self.percentile)
         with torch.no_grad():
             return float(self.ms(*self.pred.executed(pattern)))
 

@@ -507,6 +507,13 @@ def pick(profile_path, target_latency, percentile, as_json) -> None:
               help="Gradient of the noise-free gate decisions that --sparsity-on deployed and "
                    "--budget latency read: the sigmoid's (vanishes for saturated gates) or its "
                    "slope at 0 everywhere, stopped at the gate's input. [default: sigmoid]")
+@click.option("--gate", default="channel", show_default=True,
+              help="channel: the paper's gates (any subset of channels per input); width:G: "
+                   "each input keeps a prefix of its block's channels, in steps of G.")
+@click.option("--width-mult", "width_mult", type=float, default=None,
+              help="Every block's gated width x m, m in (0, 1], rounded to a multiple of G (the "
+                   "width gate's step; 16 for channel gates): with --method dense, the thinner "
+                   "static baseline.")
 @click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option("--n-synthetic", type=click.IntRange(min=8), default=512, hidden=True)
 def train_cmd(dataset, data_dir, download, arch, method, epochs, time_budget, batch_size, lr,
@@ -514,7 +521,7 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, time_budget, ba
               budget_combine,
               target_device, percentile, eval_every, amp, energy, country, warmup_epochs,
               bound_alpha, gate_lr_mult, max_steps_per_epoch, n_synthetic, trim, lam, gamma,
-              surrogate) -> None:
+              surrogate, gate, width_mult) -> None:
     """Co-train a dense encoder and its gated sub-network with VICReg (Krishna et al., 2023).
 
     With --target-latency, t_d is picked from the target device's profile and, when that device
@@ -548,7 +555,7 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, time_budget, ba
                       sparsity_on=sparsity_on,
                       budget_shape=budget_shape, budget_combine=budget_combine,
                       **budget_defaults(budget, lam, surrogate), gamma=gamma,
-                      time_budget_s=budget_s)
+                      time_budget_s=budget_s, gate=gate, width_mult=width_mult)
     validate(cfg)
     if out:
         from hwbench.io import check_writable

@@ -25,17 +25,51 @@ ON_BIAS = 1.0e4  # ... nor pushes below 0: on for good
 
 
 def set_channels(net, block: int, channels: list[int], bias: float) -> None:
-    """Fix ``channels`` of block ``block``'s gate on (``ON_BIAS``) or off (``OFF_BIAS``)."""
+    """Fix ``channels`` of block ``block``'s gate on (``ON_BIAS``) or off (``OFF_BIAS``).
+    A width gate decides per group of G channels, nested: ``channels`` must then be whole
+    groups, a prefix of the block when fixed on, a suffix when fixed off (a middle group off
+    would not cap the width: the nesting already switches off every group after it, so it is
+    refused as a mistake); the group's bias is set. Channels past a thinner network's width
+    (``--width-mult``) do not exist there and are skipped."""
     if not channels:
         return
     gate = [b for _, b in net.blocks()][block].gate
-    with torch.no_grad():
-        gate.fc2.bias[torch.as_tensor(channels, dtype=torch.long)] = bias
+    spec, outputs = gate.spec, gate.fc2.out_channels
+    idx = sorted(set(int(c) for c in channels))
+    if spec.kind == "width":
+        idx = _width_groups(idx, outputs * spec.step, spec.step, bias > 0, block)
+    idx = [c for c in idx if c < outputs]
+    if idx:
+        with torch.no_grad():
+            gate.fc2.bias[torch.as_tensor(idx, dtype=torch.long)] = bias
+
+
+def _width_groups(channels: list[int], width: int, step: int, on: bool,
+                  block: int) -> list[int]:
+    """The width-gate groups of ``channels`` (sorted): whole groups, a prefix (``on``) or a
+    suffix of the block's ``width`` channels, else a ValueError."""
+    groups = sorted({c // step for c in channels})
+    whole = set(channels) == {c for g in groups for c in range(g * step, (g + 1) * step)}
+    n = max(width // step, groups[-1] + 1)
+    contiguous = groups == list(range(groups[0], groups[-1] + 1))
+    edge = groups[0] == 0 if on else groups[-1] == n - 1
+    if not (whole and contiguous and edge):
+        raise ValueError(f"block {block}: a width gate (step {step}) can only fix whole groups "
+                         f"{'on from the first' if on else 'off up to the last'} channel, got "
+                         f"channels {channels[0]}..{channels[-1]} ({len(channels)})")
+    return groups
 
 
 def close_decided(net, pattern: GatePattern) -> None:
-    """Fix the pattern's always-on channels on and always-off channels off in ``net``."""
+    """Fix the pattern's always-on channels on and always-off channels off in ``net``. A width
+    pattern's decided channels are its always-on prefix and always-off suffix: the gate then
+    keeps a width in [always_on, channels - always_off] on every input."""
     for i, lp in enumerate(pattern.layers):
+        if lp.width_hist is not None:
+            top = lp.channels - lp.always_off
+            set_channels(net, i, list(range(lp.always_on)), ON_BIAS)
+            set_channels(net, i, list(range(top, lp.channels)), OFF_BIAS)
+            continue
         ever = set(lp.on_idx or []) | set(lp.dynamic_idx or [])
         set_channels(net, i, list(lp.on_idx or []), ON_BIAS)
         set_channels(net, i, [c for c in range(lp.channels) if c not in ever], OFF_BIAS)

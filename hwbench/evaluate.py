@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from hwbench.data import eval_dataset, info, load_tensors
 from hwbench.errors import UsageError
 from hwbench.io import atomic_write_json
-from hwbench.nets import create_net
+from hwbench.nets import net_from_config
 from hwbench.patterns import summarise
 from hwbench.ssl.model import knn_top1
 from hwbench.train import eval_macs_ratio, features, streams_of
@@ -64,7 +64,7 @@ def load_run(checkpoint: str | Path):
     if not isinstance(ck, dict) or "config" not in ck or "model" not in ck:
         raise UsageError(f"{checkpoint}: not an hwbench training checkpoint")
     cfg = ck["config"]
-    net = create_net(cfg["arch"], stem=info(cfg["dataset"]).stem)
+    net = net_from_config(cfg, info(cfg["dataset"]).stem)
     net.load_state_dict({k[len("backbone."):]: v for k, v in ck["model"].items()
                          if k.startswith("backbone.")})
     return net.eval(), cfg, ck.get("epoch")

@@ -335,9 +335,25 @@ def summarise(net, loader: Iterable, device: str | torch.device | None = None,
     if hists is not None:
         layers = [LayerPattern.from_width_hist(lp.name, lp.channels, gate.step,
                                                (h / n).tolist()) for lp, h in zip(layers, hists)]
+    if getattr(net, "widths", None) is not None:  # a thinner network (--width-mult)
+        full = [b.width for b in net_geometry(net.arch, net.stem, size).blocks]
+        layers = [_padded(lp, c) for lp, c in zip(layers, full)]
+        extra.setdefault("widths", list(net.widths))
     extra.setdefault("source", "summarise")
     extra.setdefault("samples", n)
     return GatePattern(net.arch, net.stem, size, layers, extra=extra, gate=gate)
+
+
+def _padded(lp: LayerPattern, channels: int) -> LayerPattern:
+    """A thinner network's layer as one of the full network's: the channels it lacks (the
+    suffix past its width) always off, so the pattern loads, prices and predicts for the
+    arch's profile like any other."""
+    if lp.width_hist is not None:
+        hist = lp.width_hist + [0.0] * ((channels - lp.channels) // lp.step)
+        return LayerPattern.from_width_hist(lp.name, channels, lp.step, hist)
+    return LayerPattern(lp.name, channels, lp.always_on, channels - lp.always_on - lp.dynamic,
+                        lp.dynamic, lp.dynamic_on_rate, lp.on_idx, lp.dynamic_idx,
+                        lp.dynamic_rates)
 
 
 def _summary_layer(name: str, c: torch.Tensor, n: int) -> LayerPattern:

@@ -27,6 +27,7 @@ from hwbench.patterns import GatePattern, synthesise
 
 SCHEMA = "hwbench/device-profile@1"
 PERCENTILES = ("p50", "p90", "p99")
+WIDTH_DRAWS = 4096  # Monte-Carlo draws of a width-gated network's per-input latency
 _REQUIRED = ("fingerprint", "table", "sweep", "percentile_ratios", "dynamic_executes")
 
 
@@ -80,9 +81,11 @@ def profile_filename(fp: dict) -> str:
 
 
 def interp(x: torch.Tensor, grid: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Piecewise-linear ``values(grid)`` at ``x`` (scalar tensor), differentiable in ``x``; the
-    end segments extend linearly (the grid spans 0..channels, so x never leaves it)."""
-    i = torch.searchsorted(grid, x.detach().reshape(1), right=True).clamp(1, len(grid) - 1)[0]
+    """Piecewise-linear ``values(grid)`` at ``x`` (a tensor of any shape, elementwise),
+    differentiable in ``x``; the end segments extend linearly (the grid spans 0..channels, so
+    x never leaves it)."""
+    i = torch.searchsorted(grid, x.detach().reshape(-1).contiguous(), right=True)
+    i = i.clamp(1, len(grid) - 1).reshape(x.shape)
     x0, x1, y0, y1 = grid[i - 1], grid[i], values[i - 1], values[i]
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
@@ -155,6 +158,8 @@ class Predictor:
         return ks, gated
 
     def p50_ms(self, pattern: GatePattern) -> float:
+        if pattern.gate.kind == "width":
+            return self.predict(pattern, "p50")
         return self.scale * self.table_ms(pattern)
 
     def table_ms(self, pattern: GatePattern) -> float:
@@ -166,7 +171,69 @@ class Predictor:
     def predict(self, pattern: GatePattern, percentile: str = "p50") -> float:
         if percentile not in PERCENTILES:
             raise UsageError(f"unknown percentile {percentile!r}; use p50, p90 or p99")
+        if pattern.gate.kind == "width":
+            return self.width_percentiles(pattern)[percentile]
         return self.p50_ms(pattern) * self.ratios[percentile]
+
+    def width_layers(self, pattern: GatePattern) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per block of a width pattern: (table ms at each width that occurs, its share of
+        inputs). The gated table where the block's width varies (its gate runs), the plain one
+        where every input keeps the same width (the engine drops a decided gate), as for
+        channel patterns. A block the profile says runs every kept channel (``executes`` not
+        ``expected``) runs its widest kept width for every input."""
+        out = []
+        for lp, how, b in zip(pattern.layers, self.executes, self.blocks):
+            pairs = lp.widths()
+            if how != "expected":
+                pairs = [(lp.channels - lp.always_off, 1.0)]
+            w = torch.tensor([float(k) for k, _ in pairs], dtype=torch.float64)
+            share = torch.tensor([h for _, h in pairs], dtype=torch.float64)
+            out.append((interp(w, b.grid, b.gated if lp.dynamic > 0 else b.plain),
+                        share / share.sum()))
+        return out
+
+    def width_distribution(self, pattern: GatePattern, draws: int = WIDTH_DRAWS,
+                           seed: int = 0) -> torch.Tensor:
+        """(draws,) per-input latency (ms, before calibration) of a width-gated network:
+        stem + head + per block the table at that input's width. Layers are taken as
+        independent (a pattern holds each layer's marginal histogram, not their joint); the
+        draws are a seeded Latin-hypercube sample (each layer's widths in exact proportion
+        up to 1 / draws, paired across layers by independent random permutations)."""
+        self.check(pattern)
+        gen = torch.Generator().manual_seed(seed)
+        u = (torch.arange(draws, dtype=torch.float64) + 0.5) / draws
+        total = torch.full((draws,), self.fixed_ms, dtype=torch.float64)
+        for ms, share in self.width_layers(pattern):
+            cdf = share.cumsum(0)
+            idx = torch.searchsorted(cdf, u[torch.randperm(draws, generator=gen)], right=True)
+            total = total + ms[idx.clamp(max=len(ms) - 1)]
+        return total
+
+    def noise_factor(self, u: torch.Tensor) -> torch.Tensor:
+        """The profile's timing noise of one fixed input as a factor at quantile ``u``:
+        piecewise linear through (0.5, 1), (0.9, p90/p50), (0.99, p99/p50) as measured on the
+        sweep, 1 below the median and p99/p50 above the 99th percentile (the tails outside
+        what the profile measured are not extrapolated)."""
+        knots = torch.tensor([0.0, 0.5, 0.9, 0.99, 1.0], dtype=torch.float64)
+        vals = torch.tensor([1.0, 1.0, self.ratios["p90"], self.ratios["p99"],
+                             self.ratios["p99"]], dtype=torch.float64)
+        return interp(u, knots, vals)
+
+    def width_percentiles(self, pattern: GatePattern, draws: int = WIDTH_DRAWS,
+                          seed: int = 0) -> dict[str, float]:
+        """p50/p90/p99 (ms) of a width-gated network on the profiled device: the per-input
+        latency (``width_distribution``) times an independent timing-noise factor
+        (``noise_factor``), times the calibration scale. Where every block keeps one width,
+        the latency is one number and the result is exactly scale x table sum x the measured
+        percentile ratio, as for a channel pattern."""
+        lat = self.width_distribution(pattern, draws, seed)
+        if float(lat.max() - lat.min()) <= 1e-12 * float(lat.abs().max()):
+            return {q: self.scale * float(lat[0]) * self.ratios[q] for q in PERCENTILES}
+        gen = torch.Generator().manual_seed(seed + 1)
+        u = (torch.randperm(draws, generator=gen).to(torch.float64) + 0.5) / draws
+        total = lat * self.noise_factor(u)
+        qs = torch.quantile(total, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
+        return {q: self.scale * float(v) for q, v in zip(PERCENTILES, qs)}
 
 
 @dataclass

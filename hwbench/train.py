@@ -43,7 +43,9 @@ from torch.utils.data import DataLoader
 from hwbench.data import TwoViews, eval_dataset, info, load_tensors, ssl_transform
 from hwbench.errors import UsageError
 from hwbench.io import atomic_torch_save, atomic_write_json, atomic_write_text
-from hwbench.nets import create_net
+from hwbench.nets import list_nets, net_from_config, width_mult_widths
+from hwbench.nets.gate import parse_gate
+from hwbench.nets.geometry import net_geometry
 from hwbench.patterns import summarise
 from hwbench.ssl.losses import anneal_p
 from hwbench.ssl.model import (
@@ -62,7 +64,9 @@ ENERGY = "energy.json"
 RESUME_KEYS = ("arch", "dataset", "method", "t_d", "epochs", "batch_size", "seed", "lr",
                "warmup_epochs", "alpha", "lam", "gamma", "gate_lr_mult", "proj_dims", "amp",
                "budget", "latency_targets", "budget_shape", "budget_combine", "sparsity_on",
-               "surrogate", "time_budget_s")
+               "surrogate", "time_budget_s", "gate", "widths")
+# what a checkpoint from before a resume key existed ran with
+RESUME_DEFAULTS = {"gate": "channel", "widths": None}
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -116,6 +120,12 @@ class TrainConfig:
     time_budget_s: float | None = None
     time_budget: dict = field(default_factory=dict)  # what was measured and chosen for it
     lr_reason: str = ""  # how lr was chosen
+    # the gates (nets.gate.parse_gate): "channel" (the paper's) or "width:G" (nested prefixes)
+    gate: str = "channel"
+    # --width-mult m: every block's gated width x m, rounded to a multiple of G (the width
+    # gate's step, 16 for channel gates): the thinner dense baseline (--method dense)
+    width_mult: float | None = None
+    widths: list | None = None  # per-block gated widths (derived from width_mult; recorded)
 
 
 # --budget latency's own defaults, measured (README, "Training against device latency"): with
@@ -145,7 +155,8 @@ def latency_budget(cfg: TrainConfig):
     meta = info(cfg.dataset)
     estimates = []
     for t in cfg.latency_targets:
-        est = LatencyEstimate(load_profile(t["profile"]), t.get("percentile", "p90"))
+        est = LatencyEstimate(load_profile(t["profile"]), t.get("percentile", "p90"),
+                              gate=cfg.gate)
         if (est.arch, est.stem, est.input_size) != (cfg.arch, meta.stem, meta.input_size):
             raise UsageError(f"{t['profile']} profiles {est.arch}/{est.stem}/{est.input_size}px; "
                              f"this run trains {cfg.arch}/{meta.stem}/{meta.input_size}px")
@@ -154,8 +165,34 @@ def latency_budget(cfg: TrainConfig):
                          cfg.budget_shape, cfg.budget_combine)
 
 
+def resolve_net(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its gate in canonical text and ``widths`` derived from ``width_mult`` (the
+    step: the width gate's G, or 16 for channel gates); a one-line UsageError for a bad
+    ``--gate``, ``--width-mult`` or widths that are not multiples of G."""
+    spec = parse_gate(cfg.gate)
+    widths = cfg.widths
+    if cfg.width_mult is not None:
+        step = spec.step if spec.kind == "width" else 16
+        derived = width_mult_widths(cfg.arch, cfg.width_mult, step)
+        if widths is not None and [int(w) for w in widths] != derived:
+            raise UsageError(f"--width-mult {cfg.width_mult:g} gives widths {derived}, the "
+                             f"config says {list(widths)}")
+        widths = derived
+    full = [b.width for b in net_geometry(cfg.arch, "cifar", 32).blocks]
+    if widths is not None:
+        if len(widths) != len(full) or not all(int(w) >= 1 for w in widths):
+            raise UsageError(f"widths: {cfg.arch} needs {len(full)} positive per-block widths, "
+                             f"got {list(widths)}")
+        widths = [int(w) for w in widths]
+    spec.check_widths(full if widths is None else widths)
+    return replace(cfg, gate=spec.text, widths=widths)
+
+
 def validate(cfg: TrainConfig) -> None:
     info(cfg.dataset)
+    if cfg.arch not in list_nets():
+        raise UsageError(f"unknown network {cfg.arch!r}; registered: {', '.join(list_nets())}")
+    resolve_net(cfg)
     if cfg.method not in METHODS:
         raise UsageError(f"unknown method {cfg.method!r}; known: {', '.join(METHODS)}")
     if not 0 < cfg.t_d <= 1:
@@ -437,8 +474,9 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
     learning rate chosen, and warnings (also in ``summary['warnings']``).
     """
     t_start = time.perf_counter()
-    cfg = replace(cfg)  # resolved below (lr, a time budget's epochs): the caller's stays as is
     validate(cfg)
+    # resolved here and below (gate, widths, lr, a time budget's epochs): the caller's stays
+    cfg = resolve_net(cfg)
     dist = Dist.from_env()
     device = torch.device(cfg.device)
     if device.type == "cuda" and dist.world > 1:
@@ -550,8 +588,9 @@ def _open_checkpoint(run: _Run) -> None:
         lr, why = choose_lr(cfg.lr, None, False)
         run.cfg = cfg = replace(cfg, lr=lr, lr_reason=why)
     for key in RESUME_KEYS:
-        if old.get(key) != getattr(cfg, key):
-            raise UsageError(f"--resume: {path} was run with {key}={old.get(key)!r}, "
+        if old.get(key, RESUME_DEFAULTS.get(key)) != getattr(cfg, key):
+            raise UsageError(f"--resume: {path} was run with "
+                             f"{key}={old.get(key, RESUME_DEFAULTS.get(key))!r}, "
                              f"not {getattr(cfg, key)!r}")
 
 
@@ -569,7 +608,7 @@ def _setup(run: _Run) -> None:
             f"({run.amp_reason})")
     run.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     _seed_everything(cfg.seed)
-    model = SSLModel(create_net(cfg.arch, stem=meta.stem), tuple(cfg.proj_dims))
+    model = SSLModel(net_from_config(asdict(cfg), meta.stem), tuple(cfg.proj_dims))
     for _, block in model.backbone.blocks():
         block.gate.surrogate = cfg.surrogate
     if run.ck is not None:

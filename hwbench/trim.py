@@ -48,27 +48,47 @@ class Candidate:
     """One channel that trimming may switch off."""
 
     block: int
-    channel: int
+    channel: int  # width gates: the first channel of the group
     on_rate: float
     ms_per_channel: float
+    step: int = 1  # width gates: the group's channels (switching it off caps the width)
 
     @property
     def cost(self) -> float:  # on-rate per ms saved: lower is cheaper to switch off
         return self.on_rate / max(self.ms_per_channel, 1e-6)
 
 
-def ranking(pattern: GatePattern, predictor: Predictor | None = None) -> list[Candidate]:
-    """Channels that are ever on, cheapest to switch off first; each block keeps at least one
-    channel (an empty block is not a network the engine or the profile describe)."""
+def _slope(predictor: Predictor | None, i: int, lp) -> float:
+    """ms a channel of block ``i`` costs at its widest kept width (1 without a profile)."""
+    if predictor is None:
+        return 1.0
+    kept, gated = lp.always_on + lp.dynamic, lp.dynamic > 0
+    return predictor.block_ms(i, kept, gated) - predictor.block_ms(i, max(kept - 1, 0), gated)
+
+
+def _width_ranking(pattern: GatePattern, predictor: Predictor | None) -> list[Candidate]:
+    """Width gates: a block's groups can only go from the top (a cap on its width), so its
+    candidates are its ever-kept groups but the first, each with the share of inputs keeping
+    it (non-increasing with the group): cheapest first, and within a block (one slope) the
+    higher group first, so any prefix of the ranking caps widths, never a middle group."""
     cands: list[Candidate] = []
     for i, lp in enumerate(pattern.layers):
-        kept = lp.always_on + lp.dynamic
-        if predictor is not None:
-            gated = lp.dynamic > 0
-            slope = predictor.block_ms(i, kept, gated) - predictor.block_ms(i, max(kept - 1, 0),
-                                                                            gated)
-        else:
-            slope = 1.0
+        slope, hist, g = _slope(predictor, i, lp), lp.width_hist, lp.step
+        top = (lp.channels - lp.always_off) // g
+        cands += [Candidate(i, j * g, float(sum(hist[j + 1:])), float(slope), g)
+                  for j in range(1, top)]
+    return sorted(cands, key=lambda c: (c.cost, c.block, -c.channel))
+
+
+def ranking(pattern: GatePattern, predictor: Predictor | None = None) -> list[Candidate]:
+    """Channels that are ever on, cheapest to switch off first; each block keeps at least one
+    channel (an empty block is not a network the engine or the profile describe). Width
+    patterns rank groups (``_width_ranking``)."""
+    if pattern.gate.kind == "width":
+        return _width_ranking(pattern, predictor)
+    cands: list[Candidate] = []
+    for i, lp in enumerate(pattern.layers):
+        slope = _slope(predictor, i, lp)
         rates = [(c, 1.0) for c in (lp.on_idx or [])] + \
             list(zip(lp.dynamic_idx or [], lp.dynamic_rates or []))
         rates.sort(key=lambda cr: cr[1])
@@ -80,8 +100,12 @@ def switch_off(net, cands: list[Candidate]) -> None:
     """Switch the candidates' channels off in ``net`` (in place): gate bias to ``OFF_BIAS``."""
     by_block: dict[int, list[int]] = {}
     for c in cands:
-        by_block.setdefault(c.block, []).append(c.channel)
+        by_block.setdefault(c.block, []).extend(range(c.channel, c.channel + c.step))
+    blocks = [b for _, b in net.blocks()]
     for block, channels in by_block.items():
+        gate = blocks[block].gate
+        if gate.spec.kind == "width":  # a cap: every group from the lowest one switched off
+            channels = list(range(min(channels), gate.fc2.out_channels * gate.spec.step))
         set_channels(net, block, channels, OFF_BIAS)
 
 
@@ -96,6 +120,12 @@ def trimmed_pattern(pattern: GatePattern, cands: list[Candidate]) -> GatePattern
         g = gone.get(i)
         if not g:
             continue
+        if lp.width_hist is not None:  # capped at the lowest group switched off
+            cap = min(g) // lp.step
+            hist = lp.width_hist[:cap] + [sum(lp.width_hist[cap:])]
+            hist += [0.0] * (len(lp.width_hist) - len(hist))
+            p.layers[i] = type(lp).from_width_hist(lp.name, lp.channels, lp.step, hist)
+            continue
         on = [c for c in (lp.on_idx or []) if c not in g]
         dyn = [(c, r) for c, r in zip(lp.dynamic_idx or [], lp.dynamic_rates or []) if c not in g]
         lp.on_idx, lp.always_on = on, len(on)
@@ -108,7 +138,7 @@ def trimmed_pattern(pattern: GatePattern, cands: list[Candidate]) -> GatePattern
 
 @dataclass
 class TrimResult:
-    n_off: int  # channels switched off by trimming
+    n_off: int  # channels (width gates: groups of G channels) switched off by trimming
     candidates: int
     net: torch.nn.Module
     pattern: GatePattern  # summarised on the calibration images
@@ -177,11 +207,12 @@ def search(net, calib: torch.Tensor, device: torch.device,
     cands = ranking(base, predictor)
     st = _SearchState(net, base, cands, loader, device, predict_score, rule)
     n = st.n_for(rule.aim)
+    unit = "channel groups" if cands and cands[0].step > 1 else "channels"  # width gates: groups
     for _ in range(rule.max_measurements):
         res = measure(*st.candidate(n))
         st.record(n, res)
         est, se = st.estimate(n)
-        say(f"  trim: {n} of {len(cands)} channels off -> measured {res['score']:.3f} x target"
+        say(f"  trim: {n} of {len(cands)} {unit} off -> measured {res['score']:.3f} x target"
             f" (predicted {st.predicted(n):.3f}; estimate {est:.3f} +- {2 * se:.3f})"
             + ("" if res.get("valid", True) else " [measurement not valid]"))
         confirmed = len(st.scores.get(n, ())) >= rule.repeats

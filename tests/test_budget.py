@@ -182,3 +182,64 @@ def test_a_latency_budget_has_its_own_measured_defaults_and_the_user_overrides_t
     assert budget_defaults("latency", lam=7.0, surrogate="linear") == \
         {"lam": 7.0, "surrogate": "linear"}
     assert budget_defaults("flops", lam=0.0)["lam"] == 0.0  # 0 is a value, not "unset"
+
+
+def _prefix_masks(kept, batch=4):
+    """(B, C) prefix masks of resnet18: block i keeps kept[i] channels (an int for every input,
+    or a list with one width per input)."""
+    from hwbench.nets.geometry import net_geometry
+
+    masks = []
+    for b, k in zip(net_geometry("resnet18", "cifar", 32).blocks, kept):
+        ks = torch.tensor(k if isinstance(k, list) else [k] * batch)
+        masks.append((torch.arange(b.width)[None, :] < ks[:, None]).double())
+    return masks
+
+
+@pytest.mark.parametrize("percentile", ["p50", "p90", "p99"])
+def test_width_estimate_at_hard_masks_equals_the_predictor_of_their_pattern(percentile):
+    from hwbench.nets.geometry import net_geometry
+    from hwbench.patterns import GatePattern, LayerPattern
+
+    prof = curved_profile(3)
+    kept = [16, 48, 64, 32, 96, 128, 256, 16]
+    est = LatencyEstimate(prof, percentile, gate="width:16")
+    layers = [LayerPattern.from_width_hist(b.name, b.width, 16,
+                                           [float(j * 16 == k) for j in range(b.width // 16 + 1)])
+              for b, k in zip(net_geometry("resnet18", "cifar", 32).blocks, kept)]
+    pattern = GatePattern("resnet18", "cifar", 32, layers, gate=est.gate)
+    want = Predictor(prof).predict(pattern, percentile)
+    assert float(est(_prefix_masks(kept))) == pytest.approx(want, rel=1e-12)
+    assert est.of_pattern(pattern) == pytest.approx(want, rel=1e-12)
+
+
+def test_width_estimate_charges_each_input_its_own_width():
+    prof = curved_profile(4)
+    prof["dynamic_executes"] = ["expected"] * 8
+    pred = Predictor(prof)
+    kept = [[16, 64, 64, 64], 64, 128, 128, 256, 256, 512, 512]  # block 0's width varies
+    masks = _prefix_masks(kept)
+    factor = pred.scale * pred.ratios["p90"]
+    per_input = [factor * (pred.fixed_ms + pred.block_ms(0, k0, True)
+                           + sum(pred.block_ms(i, k, False)
+                                 for i, k in enumerate(kept[1:], start=1)))
+                 for k0 in kept[0]]
+    mean = LatencyEstimate(prof, "p90", gate="width:16")
+    tail = LatencyEstimate(prof, "p90", gate="width:16", reduce="tail")
+    assert float(mean(masks)) == pytest.approx(sum(per_input) / 4, rel=1e-12)
+    assert float(tail(masks)) == pytest.approx(max(per_input), rel=1e-12)  # ceil(10% of 4) = 1
+    assert float(tail(masks)) > float(mean(masks))
+    # channel gates price the batch, not the input: the same masks cost what 64 channels do
+    assert float(LatencyEstimate(prof, "p90")(masks)) != pytest.approx(float(mean(masks)))
+
+
+@pytest.mark.parametrize("reduce", ["mean", "tail"])
+def test_every_width_gate_gets_a_gradient_from_the_latency_estimate(reduce):
+    torch.manual_seed(0)
+    net = create_net("resnet18", stem="cifar", gate="width:16").train()
+    est = LatencyEstimate(curved_profile(2), "p90", gate="width:16", reduce=reduce)
+    out = net.forward_gated(torch.randn(8, 3, 32, 32))
+    LatencyBudget([est], [1.0])(out.deployed_masks)[0].backward()
+    for name, gate in ((n, m) for n, m in net.named_modules() if n.endswith(".gate")):
+        g = gate.fc2.weight.grad
+        assert g is not None and g.abs().sum() > 0, name

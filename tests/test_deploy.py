@@ -85,3 +85,45 @@ def test_balanced_samples_see_every_class_even_from_a_sorted_split():
     assert balanced_indices(labels, 1024, seed=0).equal(idx)  # fixed
     few = torch.tensor([0] * 3 + [1] * 50)  # a class runs out: the rest come from the others
     assert class_counts(few[balanced_indices(few, 20)]) == {"0": 3, "1": 17}
+
+
+def _spread_width_net():
+    from hwbench.nets import create_net
+
+    torch.manual_seed(2)
+    net = create_net("resnet18", stem="cifar", gate="width:16").eval()
+    with torch.no_grad():  # group j's logit falls with j: inputs keep different widths
+        for _, block in net.blocks():
+            block.gate.fc2.bias.copy_(torch.linspace(2.0, -2.0, block.gate.fc2.bias.numel()))
+    return net
+
+
+def test_a_deployed_width_gated_network_keeps_its_decided_prefix_and_suffix():
+    net = _spread_width_net()
+    calib, _ = sample_images("synthetic", True, 2, n_synthetic=64, seed=0)  # few: a narrow range
+    x = held_out(48)
+    pattern = deploy(net, calib)
+    assert pattern.gate.kind == "width"
+    after = summarise(net, [x])
+    for lp, la in zip(pattern.layers, after.layers):
+        assert la.always_on >= lp.always_on  # the decided prefix is on for every input
+        assert la.always_off >= lp.always_off  # the decided suffix off for every input
+    raw = summarise(_spread_width_net(), [x])  # undeployed, the held-out inputs go beyond
+    assert any(r.always_on < lp.always_on or r.always_off < lp.always_off
+               for r, lp in zip(raw.layers, pattern.layers))
+
+
+def test_width_gates_refuse_to_fix_a_middle_or_partial_group():
+    from hwbench.deploy import OFF_BIAS, ON_BIAS, set_channels
+
+    net = _spread_width_net()  # layer1.0: 64 channels, 4 groups of 16
+    with pytest.raises(ValueError, match="whole groups"):
+        set_channels(net, 0, list(range(16, 32)), OFF_BIAS)  # a middle group off
+    with pytest.raises(ValueError, match="whole groups"):
+        set_channels(net, 0, list(range(16, 32)), ON_BIAS)  # on, but not from the first
+    with pytest.raises(ValueError, match="whole groups"):
+        set_channels(net, 0, list(range(40, 64)), OFF_BIAS)  # half a group
+    set_channels(net, 0, list(range(32, 64)), OFF_BIAS)
+    set_channels(net, 0, list(range(16)), ON_BIAS)
+    bias = [b for _, b in net.blocks()][0].gate.fc2.bias
+    assert bias.tolist() == [ON_BIAS, pytest.approx(2.0 / 3.0), OFF_BIAS, OFF_BIAS]

@@ -207,3 +207,24 @@ def test_synthesised_width_priors_keep_whole_groups():
     assert all(k % 16 == 0 for k in p.kept_channels())
     assert all(len(lp.widths()) == 1 and lp.dynamic == 0 for lp in p.layers)
     assert p.macs_ratio() == pytest.approx(0.45, abs=0.03)
+
+
+@pytest.mark.parametrize("gate", ["channel", "width:16"])
+def test_a_thinner_network_summarises_as_the_full_arch_with_its_missing_suffix_off(tmp_path,
+                                                                                   gate):
+    from hwbench.nets import width_mult_widths
+    from hwbench.patterns import load_pattern
+
+    widths = width_mult_widths("resnet18", 0.5, 16)
+    net = create_net("resnet18", stem="cifar", widths=widths, gate=gate)
+    pattern = summarise(net, [torch.randn(8, 3, 32, 32)])
+    full = [b.width for b in pattern.geometry().blocks]
+    for lp, w, c in zip(pattern.layers, widths, full):
+        assert lp.channels == c and lp.always_off >= c - w
+        assert lp.always_on + lp.dynamic <= w
+        if gate != "channel":
+            assert len(lp.width_hist) == c // 16 + 1 and sum(lp.width_hist[w // 16 + 1:]) == 0
+    assert pattern.extra["widths"] == widths
+    pattern.save(tmp_path / "p.json")
+    again = load_pattern(tmp_path / "p.json")  # a valid pattern of the full arch
+    assert [lp.to_dict() for lp in again.layers] == [lp.to_dict() for lp in pattern.layers]

@@ -212,3 +212,50 @@ def test_env_cli():
     d = json.loads(r.output)
     assert d["devices"][0]["device"] == "cpu" and "cpu" in d["energy"]
     assert {s["method"] for s in d["energy"]["cpu"]} >= {"rapl", "codecarbon-estimate"}
+
+
+def _width_pattern(hists):
+    """A resnet18 width:16 pattern from one histogram per block (None: the block's full width)."""
+    from hwbench.nets.gate import parse_gate
+    from hwbench.patterns import GatePattern, LayerPattern
+
+    layers = []
+    for b, h in zip(net_geometry("resnet18", "cifar", 32).blocks, hists):
+        n = b.width // 16
+        layers.append(LayerPattern.from_width_hist(b.name, b.width, 16,
+                                                   h or [0.0] * n + [1.0]))
+    return GatePattern("resnet18", "cifar", 32, layers, gate=parse_gate("width:16"))
+
+
+@pytest.mark.parametrize("executes", ["kept", "expected"])
+def test_a_hard_width_pattern_predicts_the_table_sum_at_its_widths(executes):
+    pred = Predictor(synthetic_profile(executes, scale=2.0))
+    pattern = synthesise("resnet18", "cifar", 32, 0.4, gate="width:16")
+    widths = [lp.widths()[0][0] for lp in pattern.layers]
+    assert all(len(lp.widths()) == 1 for lp in pattern.layers)
+    table = 0.5 + sum((i + 1) * 0.01 * w for i, w in enumerate(widths))  # plain: no gate runs
+    assert pred.predict(pattern) == pytest.approx(2.0 * table, rel=1e-12)
+    assert pred.predict(pattern, "p90") == pytest.approx(2.0 * 1.1 * table, rel=1e-12)
+    assert pred.predict(pattern, "p99") == pytest.approx(2.0 * 1.5 * table, rel=1e-12)
+
+
+def test_a_spread_width_pattern_predicts_the_per_input_distribution():
+    prof = synthetic_profile("expected")
+    prof["percentile_ratios"] = {"p90": 1.0, "p99": 1.0}  # no timing noise: the inputs alone
+    pred = Predictor(prof)
+    hist = [0.0] * 5  # layer1.0 (64 channels): half the inputs keep 16, half keep 64
+    hist[1] = hist[4] = 0.5
+    pattern = _width_pattern([hist] + [None] * 7)
+    rest = 0.5 + sum((i + 1) * 0.01 * b.width
+                     for i, b in enumerate(net_geometry("resnet18", "cifar", 32).blocks) if i)
+    low, high = rest + 0.01 * 16 + 0.05, rest + 0.01 * 64 + 0.05  # gated: the width varies
+    assert pred.predict(pattern, "p90") == pytest.approx(high, rel=1e-12)
+    assert pred.predict(pattern, "p99") == pytest.approx(high, rel=1e-12)
+    assert low <= pred.predict(pattern, "p50") <= high
+    noisy = Predictor(synthetic_profile("expected"))
+    mixed = mixed_pattern("resnet18", "cifar", 32, 0.4, seed=1, gate="width:16")
+    p50, p90, p99 = (noisy.predict(mixed, q) for q in ("p50", "p90", "p99"))
+    assert p50 < p90 <= p99
+    assert noisy.predict(mixed, "p90") == p90  # seeded: the same answer every time
+    dist = noisy.width_distribution(mixed)
+    assert float(dist.min()) <= p50 <= 1.5 * float(dist.max())

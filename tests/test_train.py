@@ -373,3 +373,65 @@ def test_train_cli_picks_t_d_from_a_profile(tmp_path, monkeypatch):
     assert "t_d 0.35 picked" in r.output
     assert "kNN top-1 dense" in r.output and "standard error on 64 test images" in r.output
     assert (tmp_path / "models" / "run.json").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--gate", "bogus"), "--gate 'bogus'"),
+    (("--gate", "width:0"), "--gate 'width:0'"),
+    (("--gate", "width:48"), "multiple of 48"),
+    (("--width-mult", "0"), "--width-mult 0"),
+    (("--width-mult", "1.5"), "--width-mult 1.5"),
+    (("--width-mult", "nan"), "--width-mult nan"),
+])
+def test_train_cli_bad_gate_or_width_mult_is_one_line(tmp_path, args, needle):
+    r = _cli("train", "--dataset", "synthetic", *args, "--out", tmp_path / "r")
+    assert needle in _one_line(r)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_width_gated_cli_run_writes_a_width_pattern(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the learned pattern also goes to ./models/<run>.json
+    r = _cli("train", "--dataset", "synthetic", "--gate", "width:16", "--epochs", "1",
+             "--n-synthetic", "32", "--batch-size", "16", "--max-steps-per-epoch", "1",
+             "--amp", "off", "--no-energy", "--out", tmp_path / "run")  # fp32: no bf16 warm-up
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["gate"] == "width:16" and cfg["widths"] is None
+    pattern = load_pattern(tmp_path / "run" / "pattern.json")
+    assert pattern.gate.kind == "width" and pattern.gate.step == 16
+    for lp in pattern.layers:
+        assert len(lp.width_hist) == lp.channels // 16 + 1
+        assert sum(lp.width_hist) == pytest.approx(1.0)
+    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["config"]["gate"] \
+        == "width:16"
+
+
+def test_a_thinner_dense_run_records_its_widths_and_reloads(tmp_path):
+    from hwbench.evaluate import load_run
+    from hwbench.nets import width_mult_widths
+
+    cfg = dict(TINY, method="dense", width_mult=0.5, epochs=1, eval_initial=False,
+               out=str(tmp_path / "r"), models_dir=str(tmp_path / "m"))
+    train(TrainConfig(**cfg))
+    want = width_mult_widths("resnet18", 0.5, 16)
+    assert want == [32, 32, 64, 64, 128, 128, 256, 256]
+    recorded = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert recorded["widths"] == want and recorded["gate"] == "channel"
+    net, ck_cfg, _ = load_run(tmp_path / "r" / CHECKPOINT)  # net_from_config: strict load
+    assert ck_cfg["widths"] == want and net.widths == want
+    assert [b.conv1.out_channels for _, b in net.blocks()] == want
+    before = (tmp_path / "r" / CHECKPOINT).read_bytes()
+    with pytest.raises(UsageError, match="gate="):  # a resume key
+        train(TrainConfig(**{**cfg, "gate": "width:16", "resume": True}))
+    with pytest.raises(UsageError, match="widths="):
+        train(TrainConfig(**{**cfg, "width_mult": 0.25, "resume": True}))
+    assert (tmp_path / "r" / CHECKPOINT).read_bytes() == before
+
+
+def test_widths_that_are_not_multiples_of_the_width_gate_step_are_refused():
+    from hwbench.train import validate
+
+    with pytest.raises(UsageError, match="multiple of 16"):
+        validate(TrainConfig(dataset="synthetic", gate="width:16", widths=[24] * 8))
+    with pytest.raises(UsageError, match="needs 8"):
+        validate(TrainConfig(dataset="synthetic", widths=[32] * 3))

@@ -1,6 +1,7 @@
 """Trimming a trained network to a latency target on the device: the ranking, the switch that
 makes channels off for good, the measured search (with a fake device), and the run it writes."""
 
+import copy
 import json
 import random
 
@@ -246,3 +247,34 @@ def test_a_latency_budget_run_on_this_machine_is_trimmed_by_default(tmp_path, mo
     s = train_to_target(cfg("flops", "flops"), targets=[(str(prof), "0.8x")],
                         verify_max_time_s=0.3, trim_options=fast)
     assert "trim" not in s and not list((tmp_path / "flops").glob("trim-*"))
+
+
+def test_width_gated_trimming_caps_widths_from_the_top():
+    from hwbench.nets import create_net
+
+    torch.manual_seed(3)
+    net = create_net("resnet18", stem="cifar", gate="width:16").eval()
+    with torch.no_grad():  # spread the widths: group j's logit falls with j
+        for _, block in net.blocks():
+            n = block.gate.fc2.bias.numel()
+            block.gate.fc2.bias.copy_(torch.linspace(3.0, -3.0, n))
+    x = calib_images(32)
+    pattern = summarise(net, [x])
+    assert pattern.gate.kind == "width" and any(lp.dynamic for lp in pattern.layers)
+    cands = ranking(pattern, Predictor(synthetic_profile()))
+    assert cands and all(c.channel > 0 and c.channel % 16 == 0 for c in cands)
+    for i in range(len(pattern.layers)):  # within a block the higher group always goes first
+        mine = [c.channel for c in cands if c.block == i]
+        assert mine == sorted(mine, reverse=True)
+    for n in (1, len(cands) // 3, len(cands)):
+        trimmed = copy.deepcopy(net)
+        switch_off(trimmed, cands[:n])
+        got, want = summarise(trimmed, [x]), trimmed_pattern(pattern, cands[:n])
+        first = min(c.block for c in cands[:n])
+        for i, (lg, lw) in enumerate(zip(got.layers, want.layers)):
+            gone = [c.channel for c in cands[:n] if c.block == i]
+            if gone:
+                assert lg.channels - lg.always_off <= min(gone)  # capped below the lowest
+                assert lw.channels - lw.always_off <= min(gone)
+            if i <= first:  # later gates see the changed features: the stand-in is a guess
+                assert lg.width_hist == pytest.approx(lw.width_hist)
