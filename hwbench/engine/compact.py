@@ -105,6 +105,16 @@ class _Gate:
         """Width gates: (B,) channels each input keeps (k * G)."""
         return kept_groups(self.logits(x)) * self.step
 
+    def width1(self, x: torch.Tensor) -> int:
+        """Width gates, batch 1: the channels the input keeps, as a Python int (the leading
+        logits >= 0 counted on the host: fewer small ops than ``width``)."""
+        k = 0
+        for v in self.logits(x)[0].tolist():
+            if v < 0:
+                break
+            k += 1
+        return k * self.step
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, rows) mask of 0/1 in x's dtype."""
         if self.step is None:
@@ -445,11 +455,14 @@ class _WidthBlock:
 
     def __call__(self, x):
         sc = x if self.ds is None else self.ds(x)
+        if x.shape[0] == 1:
+            w = self.gate.width1(x)
+            if self.count:
+                self.executed += w - self.always_on
+            return self._run(w, x, sc)
         widths = self.gate.width(x)
         if self.count:
             self.executed += int(widths.sum()) - self.always_on * x.shape[0]
-        if x.shape[0] == 1:
-            return self._run(int(widths[0]), x, sc)
         distinct = torch.unique(widths).tolist()
         if len(distinct) == 1:
             return self._run(distinct[0], x, sc)
