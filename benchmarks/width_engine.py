@@ -15,7 +15,8 @@ number of samples from every engine):
     (MACs per input from the eager gated stream, gates included), against the issue's bar
     (>= 0.70 at t_d 0.5 and 0.7, >= 0.55 at 0.3); the same for the per-channel ``dynamic``
     engine (policy auto) on a channel-gated ``mixed_pattern`` of the same t_d, for comparison.
-(c) batch 64: width-grouped dynamic vs static of the same pattern (ratio of p50).
+(c) batch 64: width-grouped dynamic (policy ``width``) vs static of the same pattern (ratio of
+    p50), and the ``auto`` policy (grouped or static per block, tuned at build time).
 
 Threads: torch's default. Every raw sample goes to results/width_engine_<device>_<host>.json.
 """
@@ -124,13 +125,18 @@ def batch64(t_d: float, max_time_s: float, bsz: int = 64, size: int = 32,
     net = realise(p, seed=seed)
     x = pattern_inputs(bsz, size, seed=seed + 2000).contiguous(memory_format=torch.channels_last)
     distinct = [len(m.sum(dim=1).unique()) for m in net.forward_gated(x).masks]
-    engines = {mode: build_engine(net, mode, p, batch_size=bsz) for mode in ("static", "dynamic")}
+    engines = {"static": build_engine(net, "static", p, batch_size=bsz),
+               "dynamic": build_engine(net, "dynamic", p, batch_size=bsz,
+                                       dynamic_policy="width"),
+               "dynamic_auto": build_engine(net, "dynamic", p, batch_size=bsz, tune_inputs=x)}
     proto = Protocol(quantile=0.5, ci_target=0.02, min_runs=10, max_time_s=max_time_s, warmup=3,
                      min_warmup_s=0.3, seed=seed)
     m = measure(engines, Inputs([x], {"source": "synthetic", "n": bsz, "seed": seed + 2000}),
                 proto, reference="static", where=f"t_d={t_d} batch {bsz}")
     return {"t_d": t_d, "batch": bsz, "distinct_widths_per_block": distinct,
             "dynamic_over_static": m.ratio("dynamic", "static"),
+            "auto_over_static": m.ratio("dynamic_auto", "static"),
+            "plan_auto": engines["dynamic_auto"].plan,
             "measurement": {"results": m.results, "protocol": m.protocol, "inputs": m.inputs,
                             "warnings": m.warnings}}
 
@@ -185,6 +191,9 @@ def main() -> None:
         print(f"  t_d {t_d}: {rr['value']:.3f} [{rr['lo']:.3f}, {rr['hi']:.3f}]"
               f"{'' if rr['valid'] else ' (CI not met)'}; distinct widths per block "
               f"{r['distinct_widths_per_block']}")
+        ra = r["auto_over_static"]
+        print(f"         auto policy (width or static per block, tuned): {ra['value']:.3f} "
+              f"[{ra['lo']:.3f}, {ra['hi']:.3f}]; plan {','.join(r['plan_auto'])}")
     out = Path(args.out) if args.out else (ROOT / "results" /
                                            f"width_engine_cpu_{platform.node()}.json")
     atomic_write_json(out, {"benchmark": "width_engine", "device": fp,

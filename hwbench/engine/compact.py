@@ -399,10 +399,12 @@ class _WidthBlock:
     Batch > 1: the samples are grouped by width (few distinct widths), each group runs through
     its width's convs (``index_select``) and is scattered back into a preallocated output
     (``index_copy_``). Packing: one pack per width, chosen for the batch-1 input shape and used
-    at every group size. Measured on a 2-core Xeon (fp32, oneDNN, 3x3 convs of 128-512
-    channels, groups of 5-32 inputs): within noise of packs chosen per group size, while
-    re-packing for a new size costs 3-15 ms and aten / unpacked oneDNN were 1.5-5x slower; so
-    no per-(width, group size) packs.
+    at every group size. Measured once on a loaded 2-core Xeon (fp32, oneDNN, 3x3 convs of
+    128-512 channels, groups of 5-32 inputs; noisy): mostly within noise of packs chosen per
+    group size (some sizes 0.7-1.4x), while re-packing for a new size costs 3-15 ms and aten /
+    unpacked oneDNN were up to 1.5-5x slower; so no per-(width, group size) packs (their count
+    grows with the batch). At batch > 1, ``dynamic_policy="auto"`` also times ``static`` per
+    block and keeps the faster (benchmarks/width_engine.py measures the grouped path alone).
     """
 
     def __init__(self, block, lp, b: _Builder, in_shape, out_hw):
@@ -475,13 +477,14 @@ class _WidthBlock:
         return out
 
 
-DYNAMIC_POLICIES = ("auto", "static", "gather-conv", "gather-gemm")
+DYNAMIC_POLICIES = ("auto", "static", "gather-conv", "gather-gemm", "width")
 
 
 def _candidates(block, mode, g, b, in_shape, out_hw, policy, lp=None) -> dict:
     """The executors that may run this block in this mode, built only when they can be chosen.
-    A width-gated block in dynamic mode runs the width executor under ``auto`` (no tuning: it
-    runs each input at its own width with pre-packed weights); other policies as asked."""
+    A width-gated block in dynamic mode runs the width executor under ``auto`` at batch 1 (no
+    tuning: each input at its own width, pre-packed weights); at batch > 1 ``auto`` times it
+    against ``static`` per block; other policies as asked."""
     basic = isinstance(block, GatedBasicBlock)
     if mode in ("dense", "masked"):
         if not basic:
@@ -500,7 +503,10 @@ def _candidates(block, mode, g, b, in_shape, out_hw, policy, lp=None) -> dict:
         if width:
             makers["width"] = lambda: _WidthBlock(block, lp, b, in_shape, out_hw)
         if width and policy == "auto":
-            makers = {"width": makers["width"]}
+            # batch 1: always the width executor; batch > 1: tuned against static per block
+            # (grouping splits the batch into smaller, less efficient convs)
+            keep = ("width",) if in_shape[0] == 1 else ("width", "static")
+            makers = {k: makers[k] for k in keep}
         elif policy != "auto":
             pick = policy if policy in makers else "gather-conv"
             makers = {pick: makers[pick]}
@@ -512,8 +518,10 @@ class CompactEngine:
 
     ``dynamic_policy`` (dynamic mode only): ``gather-conv`` / ``gather-gemm`` skip the off
     dynamic channels in every block (gathered weights through the conv kernel, or through two
-    GEMMs), ``static`` in none; ``auto`` times every candidate per block at build time on this
-    device and keeps the fastest (``engine.plan`` says which ran where).
+    GEMMs), ``static`` in none; ``width`` (width-gated networks; else as ``gather-conv``) runs
+    each input at its own width; ``auto`` times every candidate per block at build time on this
+    device and keeps the fastest (``engine.plan`` says which ran where; a width-gated network
+    at batch 1 always runs ``width``).
     """
 
     def __init__(self, net: GatedResNet, mode: str, pattern: GatePattern | None = None,

@@ -127,5 +127,11 @@ def test_width_engine_counts_and_packs_lazily(realised):
 def test_width_engine_policy_static_and_gate_mismatch(realised):
     p, net = realised
     assert set(build_engine(net, "dynamic", p, dynamic_policy="static").plan) == {"static"}
+    x = pattern_inputs(4, SIZE, seed=31)
+    masked = build_engine(net, "masked", p)(x)
+    tuned = build_engine(net, "dynamic", p, batch_size=4, tune_inputs=x)  # width or static
+    assert set(tuned.plan) <= {"width", "static"} and rel_err(tuned(x), masked) <= TOL
+    forced = build_engine(net, "dynamic", p, batch_size=4, dynamic_policy="width")
+    assert forced.plan == ["width" if lp.dynamic else "static" for lp in p.layers]
     with pytest.raises(UsageError, match="pattern gates are"):
         build_engine(net, "static", synthesise("resnet18", "cifar", SIZE, 0.5))
