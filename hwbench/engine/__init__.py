@@ -3,6 +3,7 @@
 from hwbench.engine.compact import (
     BATCH_STRATEGY,
     MODES,
+    WIDTH_BATCH_STRATEGY,
     ChannelGroups,
     CompactEngine,
     build_engine,
@@ -15,5 +16,5 @@ from hwbench.engine.realise import realise
 __all__ = [
     "BACKENDS", "BATCH_STRATEGY", "MODES", "ChannelGroups", "CompactEngine", "build_engine",
     "channel_groups", "mkldnn_available", "pattern_inputs", "realise", "resolve_backend",
-    "synthetic_inputs",
+    "synthetic_inputs", "WIDTH_BATCH_STRATEGY",
 ]

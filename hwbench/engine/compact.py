@@ -16,6 +16,9 @@ Modes (all in eval mode, BatchNorm folded into the convs, same kernels):
   ``dynamic_policy="auto"`` each block is timed both ways on this device when the engine is
   built, on representative inputs, and runs the faster: ``split`` (skip) or ``static`` (compute
   the dynamic channels and mask them). ``engine.plan`` records the choice per block.
+  Width-gated networks (``--gate width:G``: each input keeps a prefix of a block's channels)
+  run ``width`` blocks instead: pre-packed convs per width, no gather, a batch grouped by
+  width and scattered back (``_WidthBlock``).
 
 ``static`` and ``dynamic`` trust the pattern's always-on/always-off groups (true by construction
 for a network realised from the pattern; for a trained network, true on the data it was
@@ -34,11 +37,13 @@ from hwbench.engine.inputs import pattern_inputs
 from hwbench.engine.kernels import Conv, resolve_backend, run_conv
 from hwbench.errors import UsageError
 from hwbench.measure.device import ieee_fp32
+from hwbench.nets.gate import kept_groups
 from hwbench.nets.resnet import GatedBasicBlock, GatedResNet
 from hwbench.patterns import GatePattern
 
 MODES = ("dense", "masked", "static", "dynamic")
 BATCH_STRATEGY = "union of the batch's on-channels, then a per-sample mask"
+WIDTH_BATCH_STRATEGY = "grouped by width, scattered back"
 
 
 @dataclass
@@ -70,20 +75,55 @@ def channel_groups(pattern: GatePattern) -> list[ChannelGroups]:
 
 
 class _Gate:
-    """The gate, BN folded, as two small matmuls; computes only the ``rows`` it is asked for."""
+    """The gate, BN folded, as two small matmuls; computes only the ``rows`` it is asked for.
+
+    A width gate (``gate.spec.kind == "width"``) outputs one logit per group of G channels and
+    its decisions nest: an input keeps channels ``[0, k*G)``, k = the number of leading groups
+    whose logit is >= 0 (cumprod of ``logit >= 0``). All its group logits are computed (k needs
+    them); the mask is returned for the channel ``rows`` only.
+    """
 
     def __init__(self, gate, rows: torch.Tensor | None = None):
         w1, b1 = fold_bn(gate.fc1.weight.flatten(1), gate.bn)
         w2, b2 = gate.fc2.weight.detach().flatten(1), gate.fc2.bias.detach()
-        if rows is not None:
+        spec = getattr(gate, "spec", None)
+        self.step = spec.step if spec is not None and spec.kind == "width" else None
+        self.rows = None
+        if self.step is not None:
+            if rows is not None:
+                self.rows = rows.clone()
+        elif rows is not None:
             w2, b2 = w2[rows], b2[rows]
         self.w1t, self.b1 = w1.t().contiguous(), b1
         self.w2t, self.b2 = w2.t().contiguous(), b2.clone()
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.addmm(self.b1, x.mean(dim=(2, 3)), self.w1t).relu_()
+        return torch.addmm(self.b2, h, self.w2t)
+
+    def width(self, x: torch.Tensor) -> torch.Tensor:
+        """Width gates: (B,) channels each input keeps (k * G)."""
+        return kept_groups(self.logits(x)) * self.step
+
+    def width1(self, x: torch.Tensor) -> int:
+        """Width gates, batch 1: the channels the input keeps, as a Python int (the leading
+        logits >= 0 counted on the host: fewer small ops than ``width``)."""
+        k = 0
+        for v in self.logits(x)[0].tolist():
+            if v < 0:
+                break
+            k += 1
+        return k * self.step
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, rows) mask of 0/1 in x's dtype."""
-        h = torch.addmm(self.b1, x.mean(dim=(2, 3)), self.w1t).relu_()
-        return (torch.addmm(self.b2, h, self.w2t) >= 0).to(x.dtype)
+        if self.step is None:
+            return (self.logits(x) >= 0).to(x.dtype)
+        kept = self.width(x)[:, None]
+        if self.rows is None:  # all channels: the nested mask, group decisions repeated G times
+            return (torch.arange(self.w2t.shape[1] * self.step, device=x.device) < kept
+                    ).to(x.dtype)
+        return (self.rows[None, :] < kept).to(x.dtype)
 
 
 def _bn(dual, stream: str):
@@ -108,6 +148,8 @@ class _Builder:
         g = _Gate(gate, rows)
         for k in ("w1t", "b1", "w2t", "b2"):
             setattr(g, k, self.t(getattr(g, k)))
+        if g.rows is not None:
+            g.rows = g.rows.to(self.device)
         return g
 
     def shortcut(self, block, stream, in_shape) -> Conv | None:
@@ -346,11 +388,103 @@ class _Bottleneck:
         return run_conv(bk, h, self.w3.index_select(1, keep), self.b3, 1, 0, relu=True, add=sc)
 
 
-DYNAMIC_POLICIES = ("auto", "static", "gather-conv", "gather-gemm")
+class _WidthBlock:
+    """Width-gated blocks (BasicBlock and Bottleneck) in dynamic mode: each input runs at its
+    own width w (a prefix of the gated channels) through convs pre-packed for that width (conv1
+    keeps output channels [:w], conv2 input channels [:w]; a Bottleneck's conv2 [:w, :w] and
+    conv3 input channels [:w]). No gather, no per-call re-layout; width 0 is shortcut + bias +
+    ReLU. Widths in the pattern's histogram are packed at build time, any other width on first
+    use (then cached).
+
+    Batch > 1: the samples are grouped by width (few distinct widths), each group runs through
+    its width's convs (``index_select``) and is scattered back into a preallocated output
+    (``index_copy_``). Packing: one pack per width, chosen for the batch-1 input shape and used
+    at every group size. Measured once on a loaded 2-core Xeon (fp32, oneDNN, 3x3 convs of
+    128-512 channels, groups of 5-32 inputs; noisy): mostly within noise of packs chosen per
+    group size (some sizes 0.7-1.4x), while re-packing for a new size costs 3-15 ms and aten /
+    unpacked oneDNN were up to 1.5-5x slower; so no per-(width, group size) packs (their count
+    grows with the batch). At batch > 1, ``dynamic_policy="auto"`` also times ``static`` per
+    block and keeps the faster (benchmarks/width_engine.py measures the grouped path alone).
+    """
+
+    def __init__(self, block, lp, b: _Builder, in_shape, out_hw):
+        self.bottleneck = not isinstance(block, GatedBasicBlock)
+        self.stride = (block.conv2 if self.bottleneck else block.conv1).stride[0]
+        convs = (block.conv1, block.conv2, block.conv3) if self.bottleneck else (
+            block.conv1, block.conv2)
+        bns = (block.bn1, block.bn2, block.bn3) if self.bottleneck else (block.bn1, block.bn2)
+        self.w = [fold_bn(c.weight, bn.gated) for c, bn in zip(convs, bns)]
+        self.b, self.always_on = b, lp.always_on
+        self.in_shape, self.out_hw = (1, *in_shape[1:]), out_hw
+        self.bias_out = b.t(self.w[-1][1])
+        self.ds = b.shortcut(block, "gated", self.in_shape)
+        self.gate = b.gate(block.gate)
+        self.packs: dict[int, tuple] = {}
+        for w, _ in lp.widths():
+            self._pack(w)
+        self.executed = 0  # dynamic channels computed (w - always_on per input), when counting
+        self.count = False
+
+    def _pack(self, w: int) -> tuple:
+        """The convs of width ``w`` (an empty tuple for width 0), cached."""
+        if w not in self.packs:
+            b, s = self.b, self.stride
+            if w == 0:
+                self.packs[w] = ()
+            elif self.bottleneck:
+                (w1, b1), (w2, b2), (w3, b3) = self.w
+                self.packs[w] = (
+                    b.conv(w1[:w], b1[:w], 1, 0, self.in_shape),
+                    b.conv(w2[:w, :w], b2[:w], s, 1, _mid(self.in_shape, w, self.in_shape[2:])),
+                    b.conv(w3[:, :w], b3, 1, 0, _mid(self.in_shape, w, self.out_hw)))
+            else:
+                (w1, b1), (w2, b2) = self.w
+                self.packs[w] = (b.conv(w1[:w], b1[:w], s, 1, self.in_shape),
+                                 b.conv(w2[:, :w], b2, 1, 1, _mid(self.in_shape, w, self.out_hw)))
+        return self.packs[w]
+
+    def _run(self, w: int, x: torch.Tensor, sc: torch.Tensor) -> torch.Tensor:
+        """The block at width ``w`` on ``x`` (any batch size) with shortcut ``sc``. Calls the
+        kernel on the packed weights directly (``Conv.__call__`` would re-pack per shape)."""
+        convs = self._pack(w)
+        if not convs:
+            return _bias_relu(sc, self.bias_out)
+        h = x
+        for c in convs[:-1]:
+            h = run_conv(c.backend, h, c.packed, c.bias, c.stride, c.padding, relu=True)
+        c = convs[-1]
+        return run_conv(c.backend, h, c.packed, c.bias, c.stride, c.padding, relu=True, add=sc)
+
+    def __call__(self, x):
+        sc = x if self.ds is None else self.ds(x)
+        if x.shape[0] == 1:
+            w = self.gate.width1(x)
+            if self.count:
+                self.executed += w - self.always_on
+            return self._run(w, x, sc)
+        widths = self.gate.width(x)
+        if self.count:
+            self.executed += int(widths.sum()) - self.always_on * x.shape[0]
+        distinct = torch.unique(widths).tolist()
+        if len(distinct) == 1:
+            return self._run(distinct[0], x, sc)
+        out = torch.empty_like(sc)
+        for w in distinct:
+            idx = (widths == w).nonzero().flatten()
+            xs = x.index_select(0, idx).contiguous(memory_format=torch.channels_last)
+            scs = sc.index_select(0, idx).contiguous(memory_format=torch.channels_last)
+            out.index_copy_(0, idx, self._run(w, xs, scs))
+        return out
 
 
-def _candidates(block, mode, g, b, in_shape, out_hw, policy) -> dict:
-    """The executors that may run this block in this mode, built only when they can be chosen."""
+DYNAMIC_POLICIES = ("auto", "static", "gather-conv", "gather-gemm", "width")
+
+
+def _candidates(block, mode, g, b, in_shape, out_hw, policy, lp=None) -> dict:
+    """The executors that may run this block in this mode, built only when they can be chosen.
+    A width-gated block in dynamic mode runs the width executor under ``auto`` at batch 1 (no
+    tuning: each input at its own width, pre-packed weights); at batch > 1 ``auto`` times it
+    against ``static`` per block; other policies as asked."""
     basic = isinstance(block, GatedBasicBlock)
     if mode in ("dense", "masked"):
         if not basic:
@@ -365,7 +499,15 @@ def _candidates(block, mode, g, b, in_shape, out_hw, policy) -> dict:
             makers["gather-gemm"] = lambda: _BasicGatherGemm(block, g, b, in_shape, out_hw)
         else:
             makers["gather-conv"] = lambda: _Bottleneck(block, "dynamic", g, b, in_shape, out_hw)
-        if policy != "auto":
+        width = block.gate.spec.kind == "width"
+        if width:
+            makers["width"] = lambda: _WidthBlock(block, lp, b, in_shape, out_hw)
+        if width and policy == "auto":
+            # batch 1: always the width executor; batch > 1: tuned against static per block
+            # (grouping splits the batch into smaller, less efficient convs)
+            keep = ("width",) if in_shape[0] == 1 else ("width", "static")
+            makers = {k: makers[k] for k in keep}
+        elif policy != "auto":
             pick = policy if policy in makers else "gather-conv"
             makers = {pick: makers[pick]}
     return {name: make() for name, make in makers.items()}
@@ -376,8 +518,10 @@ class CompactEngine:
 
     ``dynamic_policy`` (dynamic mode only): ``gather-conv`` / ``gather-gemm`` skip the off
     dynamic channels in every block (gathered weights through the conv kernel, or through two
-    GEMMs), ``static`` in none; ``auto`` times every candidate per block at build time on this
-    device and keeps the fastest (``engine.plan`` says which ran where).
+    GEMMs), ``static`` in none; ``width`` (width-gated networks; else as ``gather-conv``) runs
+    each input at its own width; ``auto`` times every candidate per block at build time on this
+    device and keeps the fastest (``engine.plan`` says which ran where; a width-gated network
+    at batch 1 always runs ``width``).
     """
 
     def __init__(self, net: GatedResNet, mode: str, pattern: GatePattern | None = None,
@@ -399,7 +543,12 @@ class CompactEngine:
         ieee_fp32(self.device)
         self.backend = resolve_backend(backend, self.device, dtype)
         self.mode, self.arch, self.stem = mode, net.arch, net.stem
-        self.batch_strategy = BATCH_STRATEGY if mode == "dynamic" else None
+        self.gate = net.gate_spec
+        if pattern is not None and pattern.gate != net.gate_spec:
+            raise UsageError(f"pattern gates are {pattern.gate.text}, the network's "
+                             f"{net.gate_spec.text}")
+        strategy = WIDTH_BATCH_STRATEGY if net.gate_spec.kind == "width" else BATCH_STRATEGY
+        self.batch_strategy = strategy if mode == "dynamic" else None
         net = net.eval()
         size = input_size or (pattern.input_size if pattern is not None else 32)
         geom = net.geometry((size, size))
@@ -413,7 +562,8 @@ class CompactEngine:
         for i, ((_, block), bg) in enumerate(zip(net.blocks(), geom.blocks)):
             in_shape = (batch_size, bg.in_channels, *bg.in_hw)
             g = groups[i] if groups is not None else None
-            made = _candidates(block, mode, g, b, in_shape, bg.out_hw, dynamic_policy)
+            lp = pattern.layers[i] if pattern is not None else None
+            made = _candidates(block, mode, g, b, in_shape, bg.out_hw, dynamic_policy, lp)
             choices.append(made)
         self.plan: list[str] = []
         if any(len(c) > 1 for c in choices):
@@ -483,10 +633,12 @@ class CompactEngine:
         return out
 
     def count_executed(self, on: bool) -> list[int]:
-        """Turn counting of executed dynamic channels on/off; returns the counts so far."""
+        """Turn counting of executed dynamic channels on/off; returns the counts so far (one
+        per block that skips: gather executors count the dynamic channels computed per call,
+        the width executor the channels past always-on each input ran, w - always_on)."""
         counts = []
         for blk in self.blocks:
-            if isinstance(blk, _BasicDynamic):
+            if isinstance(blk, (_BasicDynamic, _WidthBlock)):
                 blk.count = on
                 counts.append(blk.executed)
                 if on:

@@ -10,6 +10,12 @@ each gate's last 1x1 conv is set so that on those inputs:
   to sample) and the bias is set to the (1 - r_i) quantile of the row's pre-bias logits, so the
   channel is on for a fraction r_i of the calibration samples.
 
+Width-gated patterns (``gate: width:G``; one logit per group, decisions nested): every dynamic
+group's logit is the same random projection of the gate's hidden features (one scalar score per
+input) plus its own bias, the bias of group j placed at the quantile of the score that keeps
+P(kept >= j+1 groups) = sum_{k > j} width_hist[k]. The thresholds increase with j, so the
+decisions nest by themselves; always-on / always-off groups get weight 0 and bias +1 / -1.
+
 Same pattern + same seed -> the same network -> the same decisions for the same input.
 """
 
@@ -45,31 +51,62 @@ def realise(pattern: GatePattern, seed: int = 0, calibration: int = 64) -> Gated
     """A network of ``pattern``'s arch/stem whose eval-mode gates realise the pattern."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        net = create_net(pattern.arch, stem=pattern.stem)
+        net = create_net(pattern.arch, stem=pattern.stem, gate=pattern.gate)
     x = pattern_inputs(calibration, pattern.input_size, seed=seed + 1)
     _calibrate_bn(net, x, seed)
     groups = channel_groups(pattern)
     out = net._stem(x)
     for (_, block), lp, g in zip(net.blocks(), pattern.layers, groups):
         gate = block.gate
-        fc2 = gate.fc2
         hidden = gate.relu(gate.bn(gate.fc1(out.mean(dim=(2, 3), keepdim=True))))
-        pre = torch.nn.functional.conv2d(hidden, fc2.weight).flatten(1)  # (N, C) before bias
-        bias = torch.full_like(fc2.bias, -1.0)
-        bias[g.on] = 1.0
-        rates = lp.dynamic_rates or [lp.dynamic_on_rate] * lp.dynamic
-        for c, r in zip(g.dyn.tolist(), rates):
-            z = pre[:, c]
-            if r >= 1.0:
-                bias[c] = 1.0 - z.min() if z.numel() else 1.0
-            elif r <= 0.0:
-                bias[c] = -1.0 - z.max()
-            else:
-                # on iff z + bias >= 0: put the threshold at the (1 - r) quantile of z
-                bias[c] = -torch.quantile(z, 1.0 - r)
-        keep = torch.zeros(fc2.weight.shape[0], dtype=torch.bool)
-        keep[g.dyn] = True
-        fc2.weight[~keep] = 0.0
-        fc2.bias.copy_(bias)
+        if pattern.gate.kind == "width":
+            _set_width_gate(gate.fc2, hidden, lp)
+        else:
+            _set_channel_gate(gate.fc2, hidden, lp, g)
         out, _ = block(out, "gated")
     return net
+
+
+def _set_channel_gate(fc2, hidden: torch.Tensor, lp, g) -> None:
+    pre = torch.nn.functional.conv2d(hidden, fc2.weight).flatten(1)  # (N, C) before bias
+    bias = torch.full_like(fc2.bias, -1.0)
+    bias[g.on] = 1.0
+    rates = lp.dynamic_rates or [lp.dynamic_on_rate] * lp.dynamic
+    for c, r in zip(g.dyn.tolist(), rates):
+        z = pre[:, c]
+        if r >= 1.0:
+            bias[c] = 1.0 - z.min() if z.numel() else 1.0
+        elif r <= 0.0:
+            bias[c] = -1.0 - z.max()
+        else:
+            # on iff z + bias >= 0: put the threshold at the (1 - r) quantile of z
+            bias[c] = -torch.quantile(z, 1.0 - r)
+    keep = torch.zeros(fc2.weight.shape[0], dtype=torch.bool)
+    keep[g.dyn] = True
+    fc2.weight[~keep] = 0.0
+    fc2.bias.copy_(bias)
+
+
+def _set_width_gate(fc2, hidden: torch.Tensor, lp) -> None:
+    """One shared projection row for the dynamic groups; group j on iff score >= t_j with t_j
+    halfway between the sorted scores so that exactly round(n * P(kept >= j+1)) of the n
+    calibration inputs keep group j (nested, since t_j increases with j)."""
+    row = fc2.weight[0].clone()
+    score = torch.nn.functional.conv2d(hidden, row[None]).flatten()  # (N,)
+    srt, n = score.sort().values, score.numel()
+    hist = lp.width_hist
+    first, last = lp.always_on // lp.step, (lp.always_on + lp.dynamic) // lp.step
+    bias = torch.full_like(fc2.bias, -1.0)
+    bias[:first] = 1.0
+    fc2.weight.zero_()
+    for j in range(first, last):
+        m = round(n * float(sum(hist[j + 1:])))  # inputs that keep group j
+        if m >= n:
+            t = srt[0] - 1.0
+        elif m <= 0:
+            t = srt[-1] + 1.0
+        else:
+            t = (srt[n - m - 1] + srt[n - m]) / 2
+        fc2.weight[j] = row
+        bias[j] = -t
+    fc2.bias.copy_(bias)
