@@ -65,3 +65,15 @@ def one_line_error(result, code: int = 2) -> str:
     assert len(lines) == 1 and lines[0].startswith("hwbench: error:"), result.output
     assert "Traceback" not in result.output
     return lines[0]
+
+
+def random_gate_heads(net) -> None:
+    """Random last convs in every gate (a width gate's start at zero, so that its bias alone
+    decides at first): decisions that vary from input to input, as a trained gate's do. Seed
+    the caller's RNG first."""
+    import torch
+
+    with torch.no_grad():
+        for _, block in net.blocks():
+            torch.nn.init.kaiming_normal_(block.gate.fc2.weight, mode="fan_out",
+                                          nonlinearity="relu")

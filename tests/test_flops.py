@@ -150,8 +150,9 @@ def test_width_gated_forward_macs_count_the_smaller_gate():
     torch.manual_seed(5)
     net = create_net("resnet18", stem="cifar", gate="width:16").eval()
     with torch.no_grad():
-        for _, block in net.blocks():
-            block.gate.fc2.bias[0] = 1e3  # the first group on: no block of width 0
+        for _, block in net.blocks():  # random biases: widths vary; the first group on
+            block.gate.fc2.bias.normal_()
+            block.gate.fc2.bias[0] = 1e3
     out = net.forward_gated(torch.randn(2, 3, 32, 32))
     for i in range(2):
         widths = [int(m[i].sum()) for m in out.masks]

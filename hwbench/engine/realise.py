@@ -56,11 +56,12 @@ def realise(pattern: GatePattern, seed: int = 0, calibration: int = 64) -> Gated
     _calibrate_bn(net, x, seed)
     groups = channel_groups(pattern)
     out = net._stem(x)
+    gen = torch.Generator().manual_seed(seed + 7)
     for (_, block), lp, g in zip(net.blocks(), pattern.layers, groups):
         gate = block.gate
         hidden = gate.relu(gate.bn(gate.fc1(out.mean(dim=(2, 3), keepdim=True))))
         if pattern.gate.kind == "width":
-            _set_width_gate(gate.fc2, hidden, lp)
+            _set_width_gate(gate.fc2, hidden, lp, gen)
         else:
             _set_channel_gate(gate.fc2, hidden, lp, g)
         out, _ = block(out, "gated")
@@ -87,11 +88,12 @@ def _set_channel_gate(fc2, hidden: torch.Tensor, lp, g) -> None:
     fc2.bias.copy_(bias)
 
 
-def _set_width_gate(fc2, hidden: torch.Tensor, lp) -> None:
-    """One shared projection row for the dynamic groups; group j on iff score >= t_j with t_j
-    halfway between the sorted scores so that exactly round(n * P(kept >= j+1)) of the n
-    calibration inputs keep group j (nested, since t_j increases with j)."""
-    row = fc2.weight[0].clone()
+def _set_width_gate(fc2, hidden: torch.Tensor, lp, gen: torch.Generator) -> None:
+    """One shared random projection row (seeded; a width gate's own weights start at zero) for
+    the dynamic groups; group j on iff score >= t_j with t_j halfway between the sorted scores
+    so that exactly round(n * P(kept >= j+1)) of the n calibration inputs keep group j (nested,
+    since t_j increases with j)."""
+    row = torch.randn(fc2.weight[0].shape, generator=gen) / fc2.weight[0].numel() ** 0.5
     score = torch.nn.functional.conv2d(hidden, row[None]).flatten()  # (N,)
     srt, n = score.sort().values, score.numel()
     hist = lp.width_hist

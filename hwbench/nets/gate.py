@@ -11,6 +11,7 @@ block's channels (``nested_st``): what an engine can run without gathering weigh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -149,9 +150,27 @@ class ChannelGate(nn.Module):
         # The reference has no bias here; hwbench adds one (initialised to 0, so the network
         # starts identical) because a bias is what lets a pattern file be realised without training.
         self.fc2 = nn.Conv2d(hidden, outputs, kernel_size=1, bias=True)
-        nn.init.zeros_(self.fc2.bias)
+        self.init_bias()
         self.deployed: torch.Tensor | None = None
         self.surrogate = "sigmoid"  # the deployed decisions' gradient (deterministic_st)
+
+    @torch.no_grad()
+    def init_bias(self) -> None:
+        """Channel gates: 0 (each channel on for about half the samples, as the reference).
+        Width gates: log(2n - 1) for n groups, i.e. each group on with probability 1 - 1/(2n)
+        under the training noise: with a zero bias the nested product would keep about one
+        group (sum of 0.5^j); with this one the deployed network starts at full width and a
+        sampled one keeps all n groups with probability ~e^-0.5, and the budget pulls it down
+        from there (as the channel gates start near MACs 0.5 and are pulled to t_d). A width
+        gate's last conv starts at zero weights, so this bias is its decision at first (the
+        random head's output, many units wide at initialisation, would otherwise decide); its
+        gradient still reaches the weights through the hidden features."""
+        n = self.fc2.out_channels
+        if self.spec.kind == "channel":
+            self.fc2.bias.zero_()
+            return
+        self.fc2.weight.zero_()
+        self.fc2.bias.fill_(math.log(2 * n - 1) if n > 1 else 2.0)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Gate logits (B, gated_channels) from the block input (B, C_in, H, W)."""

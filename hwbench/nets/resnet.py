@@ -177,6 +177,8 @@ class GatedResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        for _, block in self.blocks():
+            block.gate.init_bias()
 
     @property
     def arch(self) -> str:

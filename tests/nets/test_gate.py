@@ -101,7 +101,7 @@ def test_width_gate_decisions_are_nested_prefixes_of_whole_groups(training):
     torch.manual_seed(0)
     gate = ChannelGate(32, 64, spec=GateSpec("width", 16)).train(training)
     with torch.no_grad():
-        gate.fc2.weight.mul_(20.0)
+        torch.nn.init.normal_(gate.fc2.weight, std=20.0)
         gate.fc2.bias.copy_(torch.tensor([1.0, -0.2, 0.5, -1.0]))  # a middle group could be on
     x = torch.randn(256, 32, 4, 4) + 3.0 * torch.randn(256, 32, 1, 1)
     mask = gate(x).detach()
@@ -156,3 +156,17 @@ def test_gate_step_must_divide_every_width():
     assert parse_gate("width:16") == GateSpec("width", 16) and parse_gate("channel").step == 1
     with pytest.raises(UsageError, match="multiple of 48"):
         create_net("resnet18", stem="cifar", gate="width:48")
+
+
+def test_width_gates_start_at_full_width_deployed_and_mostly_full_when_sampled():
+    from hwbench.nets import create_net
+
+    torch.manual_seed(2)
+    net = create_net("resnet18", stem="cifar", gate="width:16")
+    x = torch.randn(32, 3, 32, 32)
+    deployed = net.eval().forward_gated(x)
+    assert float(deployed.macs_ratio.min()) > 0.99  # every input keeps every group
+    sampled = net.train().forward_gated(x)
+    assert 0.5 < float(sampled.macs_ratio.mean()) < 0.95
+    # channel gates keep the reference's zero bias
+    assert float(create_net("resnet18").layer1[0].gate.fc2.bias.abs().max()) == 0.0
