@@ -509,7 +509,9 @@ def pick(profile_path, target_latency, percentile, as_json) -> None:
                    "slope at 0 everywhere, stopped at the gate's input. [default: sigmoid]")
 @click.option("--gate", default="channel", show_default=True,
               help="channel: the paper's gates (any subset of channels per input); width:G: "
-                   "each input keeps a prefix of its block's channels, in steps of G.")
+                   "each input keeps a prefix of its block's channels, in steps of G; width: G "
+                   "read from the target device's profile (the step of its latency table), "
+                   "else 16.")
 @click.option("--width-mult", "width_mult", type=float, default=None,
               help="Every block's gated width x m, m in (0, 1], rounded to a multiple of G (the "
                    "width gate's step; 16 for channel gates): with --method dense, the thinner "
@@ -529,7 +531,7 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, time_budget, ba
     """
     from hwbench.measure.device import parse_device
     from hwbench.pipeline import train_to_target
-    from hwbench.target import parse_device_targets
+    from hwbench.target import auto_gate, parse_device_targets
     from hwbench.train import BUDGET_MAX_EPOCHS, TrainConfig, budget_defaults, validate
     from hwbench.units import parse_wall_time
 
@@ -545,6 +547,7 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, time_budget, ba
         epochs = 10 if budget_s is None else BUDGET_MAX_EPOCHS
     # bad values, duplicate devices: fail before anything runs
     targets = parse_device_targets(list(target_latency), target_device)
+    gate = auto_gate(gate, arch, dataset, targets, device, say=click.echo)
     cfg = TrainConfig(dataset=dataset, data_dir=data_dir, download=download, arch=arch,
                       method=method, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       device=device, out=out, resume=resume, eval_every=eval_every,

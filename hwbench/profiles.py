@@ -236,6 +236,44 @@ class Predictor:
         return {q: self.scale * float(v) for q, v in zip(PERCENTILES, qs)}
 
 
+STEP_CANDIDATES = (8, 16, 32)
+
+
+def table_step(profile: dict, candidates: tuple[int, ...] = STEP_CANDIDATES,
+               fine: int = 4, margin: float = 0.95) -> tuple[int, float] | None:
+    """The channel step of the device's latency staircase, read from the profile's table: per
+    candidate G, the least-squares fit latency = a + b * ceil(k / G) over the blocks whose grid
+    is fine (step <= ``fine`` channels; both tables, k > 0), as a share of a straight line's
+    residual. The best G and its share when it beats the line by ``margin``; None when no step
+    shows (a coarse table, or a device whose cost grows smoothly). oneDNN on AVX-512 blocks
+    channels by 16: that is the answer expected on such a CPU."""
+    import numpy as np
+
+    series = []
+    for b in profile["table"]["blocks"]:
+        g = np.asarray(b["grid"], dtype=float)
+        if len(g) > 2 and g[1] - g[0] <= fine:
+            for key in ("plain_ms", "gated_ms"):
+                y = np.asarray(b[key], dtype=float)
+                series.append((g[g > 0], y[g > 0]))
+    if not series:
+        return None
+
+    def rss(design) -> float:
+        total = 0.0
+        for g, y in series:
+            x = np.stack([np.ones_like(g), design(g)], 1)
+            coef = np.linalg.lstsq(x, y, rcond=None)[0]
+            total += float(((x @ coef - y) ** 2).sum())
+        return total
+
+    line = rss(lambda g: g)
+    if line <= 0:
+        return None
+    share, step = min((rss(lambda g, c=c: np.ceil(g / c)) / line, c) for c in candidates)
+    return (step, share) if share < margin else None
+
+
 @dataclass
 class Pick:
     t_d: float

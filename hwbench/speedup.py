@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from hwbench.engine import MODES, build_engine, realise, synthetic_inputs
-from hwbench.engine.compact import BATCH_STRATEGY
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
 from hwbench.measure.device import fingerprint, parse_device, torch_threads
@@ -126,7 +125,7 @@ def _run_speedup(cfg: SpeedupConfig, device, progress) -> SpeedupResult:
         flops_ratio=macs["dynamic"] / macs["dense"], modes=modes,
         device={**fingerprint(device, cfg.threads), "backend": engines["static"].backend},
         batch_size=bsz, dtype=cfg.dtype,
-        dynamic_batch_strategy="per sample" if bsz == 1 else BATCH_STRATEGY,
+        dynamic_batch_strategy="per sample" if bsz == 1 else engines["dynamic"].batch_strategy,
         dynamic_plan=engines["dynamic"].plan,
         pattern={"path": cfg.pattern, "arch": pattern.arch, "stem": pattern.stem,
                  "input_size": size, "t_d": pattern.t_d}, inputs=res.inputs,

@@ -115,3 +115,36 @@ def _seconds(goal, tp: TargetProfile, percentile: str) -> float:
     """The target in seconds on ``tp``'s profile (exact for an absolute one: no text round
     trip)."""
     return goal.ms * 1e-3 if goal.ms is not None else resolve_target(goal.text, tp, percentile)
+
+
+DEFAULT_STEP = 16  # oneDNN's channel block on AVX-512 CPUs (README, Executing patterns)
+
+
+def auto_gate(gate: str, arch: str, dataset: str, targets: list[tuple[str | None, str]],
+              device: str, say: Callable[[str], None] = lambda s: None) -> str:
+    """``--gate width`` (no G): G read from the first target device's profile (the step of
+    its latency table, ``profiles.table_step``) where one is on disk, else 16; said in one line.
+    Any other value is returned as given."""
+    if gate not in ("width", "width:auto"):
+        return gate
+    from hwbench.data import info
+    from hwbench.errors import HwbenchError
+    from hwbench.profiles import table_step
+
+    meta = info(dataset)
+    step, why = DEFAULT_STEP, "no target device profile on disk"
+    for where, _ in targets[:1]:
+        try:
+            tp = resolve_profile(where or device, arch, meta.stem, meta.input_size, quick=False)
+        except HwbenchError:
+            break
+        found = table_step(tp.profile)
+        if found is None:
+            why = f"{tp.path}'s latency table shows no channel step"
+        else:
+            step, share = found
+            why = (f"the step of {tp.path}'s latency table: a staircase of {step} channels "
+                   f"leaves {share:.0%} of a straight line's residual")
+    say(f"--gate width: G = {step} ({why})")
+    return f"width:{step}"
+

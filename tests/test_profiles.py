@@ -4,6 +4,7 @@ writes, and one small real profiling run through the library and the CLI."""
 import json
 
 import pytest
+import torch
 
 from hwbench.errors import UsageError
 from hwbench.nets.geometry import net_geometry
@@ -259,3 +260,39 @@ def test_a_spread_width_pattern_predicts_the_per_input_distribution():
     assert noisy.predict(mixed, "p90") == p90  # seeded: the same answer every time
     dist = noisy.width_distribution(mixed)
     assert float(dist.min()) <= p50 <= 1.5 * float(dist.max())
+
+
+def _staircase_profile(step, seed=0, noise=0.01):
+    """A latency table with a staircase of ``step`` channels (None: smooth), noisy, unevenly
+    fine: the first blocks' grids step by 2 and 4 channels, the later ones too coarse to tell."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = []
+    for width, grid_step in ((64, 2), (128, 4), (256, 8), (512, 16)):
+        grid = list(range(0, width + 1, grid_step))
+        k = torch.tensor(grid, dtype=torch.float64)
+        base = 0.2 + (torch.ceil(k / step) * step if step else k) * 0.002
+        for_tables = []
+        for _ in range(2):
+            n = noise * torch.randn(len(grid), generator=g, dtype=torch.float64)
+            for_tables.append((base * (1 + n)).tolist())
+        blocks.append({"name": f"b{width}", "grid": grid, "plain_ms": for_tables[0],
+                       "gated_ms": for_tables[1]})
+    return {"table": {"blocks": blocks}}
+
+
+@pytest.mark.parametrize("step", [8, 16, 32])
+def test_table_step_reads_the_staircase_of_a_noisy_table(step):
+    from hwbench.profiles import table_step
+
+    for seed in range(3):
+        found = table_step(_staircase_profile(step, seed))
+        assert found is not None and found[0] == step and found[1] < 0.95
+
+
+def test_table_step_finds_none_in_a_smooth_or_coarse_table():
+    from hwbench.profiles import table_step
+
+    assert table_step(_staircase_profile(None, 1)) is None
+    coarse = _staircase_profile(16)
+    coarse["table"]["blocks"] = coarse["table"]["blocks"][2:]  # grids of 8 and 16 channels
+    assert table_step(coarse) is None

@@ -85,3 +85,17 @@ def test_a_target_run_is_named_by_its_target_so_resume_finds_it():
     assert target_run_name(cfg, "0.67x") == "mnist5k_resnet18_co_target0.67x_s3"
     assert target_run_name(cfg, "5 ms") == target_run_name(cfg, 0.005) == \
         "mnist5k_resnet18_co_target5ms_s3"
+
+
+def test_gate_width_reads_its_step_from_the_target_profile_else_16():
+    from hwbench.target import auto_gate
+
+    said = []
+    prof = "profiles/intel-r-xeon-r-processor_2t_resnet18_cifar32_b1_fp32.json"
+    assert auto_gate("width", "resnet18", "mnist5k", [(prof, "0.6x")], "cpu",
+                     say=said.append) == "width:16"
+    assert "the step of" in said[-1] and prof in said[-1]
+    assert auto_gate("width", "resnet18", "mnist5k", [], "cpu", say=said.append) == "width:16"
+    assert "no target device profile" in said[-1]
+    assert auto_gate("width:8", "resnet18", "mnist5k", [], "cpu") == "width:8"
+    assert auto_gate("channel", "resnet18", "mnist5k", [], "cpu") == "channel"

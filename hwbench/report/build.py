@@ -43,6 +43,12 @@ FIGURES = {
                            "hollow markers: the same network after hwbench trim (measured "
                            "anew), so budgets compare in accuracy at about equal latency.",
                            ["targets"]),
+    "dynamic_vs_static": ("At equal latency: does dynamic computation beat static?", "kNN "
+                          "top-1 against measured p90 latency (batch 1, real test images) of "
+                          "a thinner dense network, per-channel gates (trimmed) and width "
+                          "gates, each landed on the same targets by its own path "
+                          "(benchmarks/dynamic_vs_static.py); error bars: the kNN's standard "
+                          "error; hollow: not within 5% of its target.", ["dynamic_vs_static"]),
 }
 
 
@@ -125,6 +131,13 @@ def _sections(inputs: Inputs, tables: dict[str, Table], res: ReportResult,
             secs.append(("Latency targets of training runs", [
                 ("p", "Target vs predicted (profile, at decision time) vs measured (verify, "
                       "the learned network)."), ("table", t, t.columns)]))
+    if not energy_only and tables["dynamic_vs_static"].rows:
+        t = tables["dynamic_vs_static"]
+        secs.append(("At equal latency: dynamic vs static", [
+            ("p", "Each method landed on each target by its own path and timed at batch 1 on "
+                  "real test images against the dense network measured alongside "
+                  "(benchmarks/dynamic_vs_static.py); kNN top-1 of the timed network with its "
+                  "standard error."), ("table", t, t.columns)]))
     secs.append(("Energy: what was measured and what was estimated",
                  _energy_blocks(inputs, tables)))
     names = ["energy_vs_td", "training_energy"] if energy_only else list(FIGURES)

@@ -336,6 +336,27 @@ def target_vs_measured(tgt: Table, pal: Palette):
     return fig
 
 
+def accuracy_vs_latency(dvs: Table):
+    """Issue 14's question: kNN top-1 against measured p90, one line per method (error bars:
+    the kNN's standard error; hollow: not landed within 5% of its target)."""
+    df = _df(dvs).dropna(subset=["p90_ms", "knn_top1"])
+    if df.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for method, d in df.groupby("method"):
+        d = d.sort_values("p90_ms")
+        line = ax.errorbar(d.p90_ms, d.knn_top1, yerr=d.knn_se, marker="o", capsize=3,
+                           label=f"{method} (n={len(d)})")
+        hollow = d[~d.landed.astype(bool)]
+        ax.scatter(hollow.p90_ms, hollow.knn_top1, s=80, facecolor="white",
+                   edgecolor=line[0].get_color(), zorder=3)
+    ax.set(xlabel="measured p90 latency (ms, batch 1, real test images)",
+           ylabel="kNN top-1 of the timed network (%)",
+           title="At equal latency: thinner dense vs channel vs width gates")
+    _legend_outside(ax)
+    return fig
+
+
 def draw_all(tables: dict[str, Table], energy_only: bool = False) -> dict[str, object]:
     """name -> figure (None: nothing to draw). The order is the report's order."""
     series = {(r["device"], r.get("setting")) for t in tables.values() for r in t.rows
@@ -355,4 +376,5 @@ def draw_all(tables: dict[str, Table], energy_only: bool = False) -> dict[str, o
         "training_curves": training_curves(tables["training_curves"], pal),
         "predictor_quality": predictor_quality(tables["predictor"], pal),
         "target_vs_measured": target_vs_measured(tables["targets"], pal),
+        "dynamic_vs_static": accuracy_vs_latency(tables["dynamic_vs_static"]),
     }

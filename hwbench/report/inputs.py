@@ -17,6 +17,9 @@ from hwbench.profiles import SCHEMA as PROFILE_SCHEMA
 from hwbench.profiles import ProfileError, load_profile
 
 RUN_MARKERS = ("summary.json", "metrics.jsonl")
+COMPARISON = "dynamic_vs_static"  # benchmarks/dynamic_vs_static.py's results file
+COMPARISON_KEYS = {"target_ms", "method", "p50_ms", "p90_ms", "macs_ratio", "knn_top1", "knn_n",
+                   "epochs", "seed"}
 
 
 @dataclass
@@ -90,6 +93,8 @@ class Inputs:
     profiles: list[Profile] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    # benchmarks/dynamic_vs_static.py results: (path, rows), one row per target x method
+    comparisons: list[tuple[str, list[dict]]] = field(default_factory=list)
 
     def skip(self, path, reason: str) -> None:
         self.skipped.append((str(path), reason))
@@ -151,7 +156,15 @@ def _classify_file(path: Path, inputs: Inputs) -> None:
         inputs.skip(path, "not readable JSON")
         return
     schema = obj.get("schema") if isinstance(obj, dict) else None
-    if schema == PROFILE_SCHEMA:
+    if isinstance(obj, dict) and obj.get("benchmark") == COMPARISON:
+        rows = obj.get("rows")
+        if isinstance(rows, list) and all(isinstance(r, dict) and COMPARISON_KEYS <= set(r)
+                                          for r in rows):
+            inputs.comparisons.append((str(path), rows))
+        else:
+            inputs.skip(path, f"a {COMPARISON} result without rows of "
+                              f"{', '.join(sorted(COMPARISON_KEYS))}")
+    elif schema == PROFILE_SCHEMA:
         try:
             inputs.profiles.append(Profile(str(path), load_profile(path)))
         except ProfileError as exc:
@@ -222,7 +235,7 @@ def discover(paths: list[str | Path]) -> Inputs:
         (profiles if isinstance(item, Profile) else runs).append(item)
     inputs.profiles = sorted(profiles, key=lambda p: (p.device, p.path))
     inputs.runs = sorted(runs, key=lambda r: (r.name, r.path))
-    if not inputs.profiles and not inputs.runs:
+    if not inputs.profiles and not inputs.runs and not inputs.comparisons:
         why = "; ".join(f"{p}: {r}" for p, r in inputs.skipped[:3]) or "nothing found"
         raise UsageError(f"nothing to report on ({why})")
     return inputs

@@ -106,6 +106,18 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
                   "(%), eval_macs_ratio (test split, hard gates), latency_ms_i (--budget latency:"
                   " predicted latency on target device i, ms)",
         "value": "the metric's value at the end of the epoch"}),
+    "dynamic_vs_static": ("one latency target x method (benchmarks/dynamic_vs_static.py)", {
+        "source": "the results file", "target": "the target as given (0.6x: of the dense p90)",
+        "target_ms": "the target in ms against the dense p90 measured alongside",
+        "method": "thin (a thinner dense network, --width-mult), channel (per-channel gates, "
+                  "--budget latency, trimmed) or width (width gates, --budget latency)",
+        "p50_ms": "measured median latency (ms, batch 1, real test images)",
+        "p90_ms": "measured p90 latency (ms)", "ratio_p90": "p90 / the dense p90 measured "
+        "alongside", "landed": "within +-5% of the target on a valid p90",
+        "macs_ratio": "MACs of the timed network / dense MACs (expected over inputs)",
+        "knn_top1": "kNN top-1 (%) of the timed network on the test split",
+        "knn_se": "its standard error (percentage points, sqrt(p(1-p)/n))",
+        "knn_n": "test images", "epochs": "training epochs", "seed": "seed"}),
     "predictor": ("one predicted + measured pattern", {
         "device": "device label", "setting": _SETTING,
         "source": "validation (out-of-sample random patterns), sweep, or learned (verify)",
@@ -494,11 +506,20 @@ def summary(inputs: Inputs, extra_targets: list[tuple[float, str]] = ()) -> Tabl
     return Table("summary", rows)
 
 
+def dynamic_vs_static(inputs: Inputs) -> Table:
+    """The issue-14 comparison as measured by benchmarks/dynamic_vs_static.py."""
+    cols = SCHEMAS["dynamic_vs_static"][1]
+    rows = [{**{k: r.get(k) for k in cols if k != "source"}, "source": path}
+            for path, rs in inputs.comparisons for r in rs]
+    return Table("dynamic_vs_static", _sorted(rows, ["source", "target_ms", "method"]))
+
+
 def build_tables(inputs: Inputs, extra_targets=()) -> dict[str, Table]:
     return {t.name: t for t in (
         summary(inputs, extra_targets), latency(inputs), targets(inputs),
         macs_vs_latency(inputs), energy(inputs), accuracy(inputs), channels(inputs),
-        training_energy(inputs), training_curves(inputs), predictor(inputs))}
+        training_energy(inputs), training_curves(inputs), predictor(inputs),
+        dynamic_vs_static(inputs))}
 
 
 def columns_readme(tables: dict[str, Table]) -> str:

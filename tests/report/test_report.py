@@ -269,3 +269,22 @@ def test_the_html_report_loads_in_chromium_with_every_image_decoded(report, tmp_
     subprocess.run(cmd + ["--window-size=1280,4000", f"--screenshot={shot}",
                           (out / "report.html").as_uri()], capture_output=True, timeout=120)
     assert shot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_dynamic_vs_static_comparison_is_a_table_and_a_figure(report):
+    out, res, inp = report
+    got = rows(out, "dynamic_vs_static")
+    assert len(got) == 6 and {r["method"] for r in got} == {"thin", "channel", "width"}
+    assert [r["landed"] for r in got if r["method"] == "width"] == ["False", "True"]
+    assert res.figures["dynamic_vs_static"] == "drawn"
+    md = (out / "report.md").read_text()
+    assert "## At equal latency: dynamic vs static" in md
+    # a results file without the required columns is skipped with its reason, not read
+    bad = inp["root"] / "bad_dvs.json"
+    bad.write_text(json.dumps({"benchmark": "dynamic_vs_static", "rows": [{"method": "x"}]}))
+    from hwbench.errors import UsageError
+    from hwbench.report.inputs import discover
+
+    with pytest.raises(UsageError, match="without rows"):
+        discover([bad])
+    assert len(discover([inp["runs"] / "dynamic_vs_static_cpu.json"]).comparisons) == 1
