@@ -144,6 +144,7 @@ def test_summarise_accepts_labelled_batches_and_rejects_empty_loaders():
 # ---- width patterns ----
 
 from hwbench.patterns import mixed_pattern  # noqa: E402
+from tests.conftest import random_gate_heads  # noqa: E402
 
 
 def _width_dict():
@@ -190,10 +191,16 @@ def test_bad_width_patterns_name_the_field(tmp_path, field, mutate):
 def test_summarise_a_width_gated_network_gives_the_histogram_of_its_decisions():
     torch.manual_seed(6)
     net = create_net("resnet18", stem="cifar", gate="width:16").eval()
+    random_gate_heads(net)
+    with torch.no_grad():  # group j's bias falls with j: inputs keep different widths
+        for _, block in net.blocks():
+            b = block.gate.fc2.bias
+            b.copy_(torch.linspace(2.0, -2.0, b.numel()))
     x = torch.randn(24, 3, 16, 16) * torch.rand(24, 1, 1, 1) * 4
     p = summarise(net, [x[:10], x[10:]])
     masks = net.forward_gated(x).masks
     assert p.gate.kind == "width" and p.extra["samples"] == 24
+    assert any(lp.dynamic for lp in p.layers)
     for lp, m in zip(p.layers, masks):
         kept = (m.sum(dim=1) / 16).long()
         want = torch.bincount(kept, minlength=lp.channels // 16 + 1).double() / 24

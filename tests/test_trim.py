@@ -15,7 +15,7 @@ from hwbench.patterns import mixed_pattern, summarise
 from hwbench.pipeline import trim_run
 from hwbench.profiles import Predictor
 from hwbench.trim import ranking, search, switch_off, trimmed_pattern
-from tests.conftest import one_line_error, run_cli
+from tests.conftest import one_line_error, random_gate_heads, run_cli
 from tests.test_profiles import synthetic_profile
 
 
@@ -254,6 +254,7 @@ def test_width_gated_trimming_caps_widths_from_the_top():
 
     torch.manual_seed(3)
     net = create_net("resnet18", stem="cifar", gate="width:16").eval()
+    random_gate_heads(net)
     with torch.no_grad():  # spread the widths: group j's logit falls with j
         for _, block in net.blocks():
             n = block.gate.fc2.bias.numel()
