@@ -67,13 +67,17 @@ def one_line_error(result, code: int = 2) -> str:
     return lines[0]
 
 
-def random_gate_heads(net) -> None:
+def random_gate_heads(net, spread: float | None = None) -> None:
     """Random last convs in every gate (a width gate's start at zero, so that its bias alone
-    decides at first): decisions that vary from input to input, as a trained gate's do. Seed
-    the caller's RNG first."""
+    decides at first): decisions that vary from input to input, as a trained gate's do.
+    ``spread``: group j's bias falls linearly from +spread to -spread, so inputs keep different
+    widths. Seed the caller's RNG first."""
     import torch
 
     with torch.no_grad():
         for _, block in net.blocks():
             torch.nn.init.kaiming_normal_(block.gate.fc2.weight, mode="fan_out",
                                           nonlinearity="relu")
+            if spread is not None:
+                b = block.gate.fc2.bias
+                b.copy_(torch.linspace(spread, -spread, b.numel()))

@@ -191,11 +191,7 @@ def test_bad_width_patterns_name_the_field(tmp_path, field, mutate):
 def test_summarise_a_width_gated_network_gives_the_histogram_of_its_decisions():
     torch.manual_seed(6)
     net = create_net("resnet18", stem="cifar", gate="width:16").eval()
-    random_gate_heads(net)
-    with torch.no_grad():  # group j's bias falls with j: inputs keep different widths
-        for _, block in net.blocks():
-            b = block.gate.fc2.bias
-            b.copy_(torch.linspace(2.0, -2.0, b.numel()))
+    random_gate_heads(net, spread=2.0)
     x = torch.randn(24, 3, 16, 16) * torch.rand(24, 1, 1, 1) * 4
     p = summarise(net, [x[:10], x[10:]])
     masks = net.forward_gated(x).masks

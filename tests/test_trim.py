@@ -254,11 +254,7 @@ def test_width_gated_trimming_caps_widths_from_the_top():
 
     torch.manual_seed(3)
     net = create_net("resnet18", stem="cifar", gate="width:16").eval()
-    random_gate_heads(net)
-    with torch.no_grad():  # spread the widths: group j's logit falls with j
-        for _, block in net.blocks():
-            n = block.gate.fc2.bias.numel()
-            block.gate.fc2.bias.copy_(torch.linspace(3.0, -3.0, n))
+    random_gate_heads(net, spread=3.0)
     x = calib_images(32)
     pattern = summarise(net, [x])
     assert pattern.gate.kind == "width" and any(lp.dynamic for lp in pattern.layers)
