@@ -201,18 +201,118 @@ def eval_transform(name: str, size: int | None = None):
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(meta.mean, meta.std)])
 
 
-class TwoViews(Dataset):
-    """Two independent augmentations of each image of a (uint8 images, labels) data set."""
+# The reference's pre-training views (KrishnaTarun/Unification, commit f0fe435): facts, cited as
+# script:line. Both views share every value but the blur probability (``--gaussian_prob`` takes
+# one value per view: solo/args/utils.py:66-108 builds one pipeline per view). The pipeline's
+# order (solo/utils/pretrain_dataloader.py:226-243, 308-326, 367-385): random resized crop
+# (bicubic), colour jitter (p), grayscale (p), Gaussian blur (p, sigma ~ U(0.1, 2): :79, :93),
+# solarisation (p; PIL's threshold 128: :111), horizontal flip (p 0.5), to [0, 1], normalise.
+_SCRIPT = "bash_files/pretrain/{}/vicreg_gating.sh"
+_COMMON = {"min_scale": 0.2, "max_scale": 1.0, "jitter": (0.4, 0.4, 0.2, 0.1), "jitter_p": 0.8,
+           "grayscale_p": 0.2, "solarize_p": 0.1, "flip_p": 0.5, "blur_sigma": (0.1, 2.0),
+           "interpolation": "bicubic"}
+REFERENCE_VIEWS = {
+    "cifar10": {**_COMMON, "crop": 32, "blur_p": (0.0, 0.0),
+                "mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616),
+                "source": "bash_files/pretrain/cifar10/vicreg_gating.sh:30-38; "
+                          "solo/utils/pretrain_dataloader.py:219-220 (mean/std)"},
+    "cifar100": {**_COMMON, "crop": 32, "blur_p": (0.0, 0.2),
+                 "mean": (0.5071, 0.4865, 0.4409), "std": (0.2673, 0.2564, 0.2762),
+                 "source": "bash_files/pretrain/cifar100/vicreg_gating.sh:31-39; "
+                           "solo/utils/pretrain_dataloader.py:222-223 (mean/std)"},
+    "stl10": {**_COMMON, "crop": 96, "blur_p": (0.0, 0.0),
+              "mean": (0.4914, 0.4823, 0.4466), "std": (0.247, 0.243, 0.261),
+              "source": "bash_files/pretrain/stl10/vicreg_gating.sh:33-41; "
+                        "solo/utils/pretrain_dataloader.py:324 (mean/std)"},
+    "imagenet100": {**_COMMON, "crop": 224, "blur_p": (0.0, 0.0),
+                    "mean": (0.485, 0.456, 0.406), "std": (0.228, 0.224, 0.225),
+                    "source": "bash_files/pretrain/imagenet100/vicreg_gating.sh:33-41; "
+                              "solo/utils/pretrain_dataloader.py:383 (mean/std)"},
+}
+# the line of each script that names a value (cifar100's; the others' are in their "source")
+REFERENCE_VIEW_LINES = {"min_scale": "cifar100/vicreg_gating.sh:32",
+                        "jitter": "cifar100/vicreg_gating.sh:33-36",
+                        "solarize_p": "cifar100/vicreg_gating.sh:37",
+                        "blur_p": "cifar100/vicreg_gating.sh:38",
+                        "jitter_p/grayscale_p/flip_p": "solo/args/dataset.py:67,70,71 (defaults)",
+                        "interpolation": "solo/utils/pretrain_dataloader.py:231"}
+VIEWS = ("hwbench", "reference")
+BLUR_KERNEL = 13  # odd, >= 6 sigma_max + 1: the reference blurs with PIL's radius=sigma filter
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+
+def reference_view_transform(name: str, view: int):
+    """View ``view`` (1 or 2) of the reference's pre-training pipeline for data set ``name``
+    (``REFERENCE_VIEWS``), on uint8 (3, H, W) tensors or PIL images."""
+    from torchvision.transforms import InterpolationMode, v2
+
+    check_views(name, "reference")
+    r = REFERENCE_VIEWS[name]
+    blur_p = r["blur_p"][view - 1]
+    ops = [v2.ToImage(),
+           v2.RandomResizedCrop(r["crop"], scale=(r["min_scale"], r["max_scale"]),
+                                interpolation=InterpolationMode.BICUBIC, antialias=True),
+           v2.RandomApply([v2.ColorJitter(*r["jitter"])], p=r["jitter_p"]),
+           v2.RandomGrayscale(p=r["grayscale_p"])]
+    if blur_p > 0:
+        ops.append(v2.RandomApply([v2.GaussianBlur(BLUR_KERNEL, sigma=r["blur_sigma"])],
+                                  p=blur_p))
+    ops += [v2.RandomSolarize(threshold=128, p=r["solarize_p"]),
+            v2.RandomHorizontalFlip(p=r["flip_p"]), v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(r["mean"], r["std"]), v2.ToPureTensor()]
+    return v2.Compose(ops)
+
+
+def check_views(name: str, views: str) -> None:
+    """A one-line UsageError unless ``views`` is known and, for ``reference``, the reference
+    pre-trains on data set ``name`` (it has no recipe for mnist5k, digits or synthetic)."""
+    if views not in VIEWS:
+        raise UsageError(f"--views must be one of {', '.join(VIEWS)}, got {views!r}")
+    if views == "reference" and name not in REFERENCE_VIEWS:
+        raise UsageError(f"--views reference: the reference has no recipe for {name} (it "
+                         f"pre-trains on {', '.join(REFERENCE_VIEWS)}); use --views hwbench")
+
+
+def view_transforms(name: str, views: str = "hwbench"):
+    """(view-1 transform, view-2 transform) of the SSL pre-training: ``hwbench``, the same
+    ``ssl_transform`` twice (``digit_transform`` for the digit sets); ``reference``, the
+    reference scripts' two pipelines (they differ where a script gives two values)."""
+    check_views(name, views)
+    if views == "reference":
+        return reference_view_transform(name, 1), reference_view_transform(name, 2)
+    t = ssl_transform(name)
+    return t, t
+
+
+def linear_train_transform(name: str, size: int | None = None):
+    """Training crops of the reference's linear evaluation: random resized crop, scale 0.08-1,
+    bilinear, and a horizontal flip (solo/utils/classification_dataloader.py:71-72, 88-89,
+    106-107), then hwbench's evaluation normalisation (``eval_dataset``'s, which the test
+    features get too). The digit sets keep the crop and drop the flip (``digit_transform``)."""
+    from torchvision.transforms import v2
+
+    meta = info(name)
+    size = size or meta.input_size
+    ops = [v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True)]
+    if name not in DIGIT_SETS:
+        ops.append(v2.RandomHorizontalFlip())
+    return v2.Compose(ops + [v2.ToDtype(torch.float32, scale=True),
+                             v2.Normalize(meta.mean, meta.std)])
+
+
+class TwoViews(Dataset):
+    """Two independent augmentations of each image of a (uint8 images, labels) data set:
+    ``transform`` for both views, or ``transform`` for view 1 and ``transform2`` for view 2."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform, transform2=None):
         self.images, self.labels, self.transform = images, labels, transform
+        self.transform2 = transform if transform2 is None else transform2
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i):
         x = self.images[i]
-        return self.transform(x), self.transform(x), self.labels[i]
+        return self.transform(x), self.transform2(x), self.labels[i]
 
 
 def eval_dataset(images: torch.Tensor, labels: torch.Tensor, name: str) -> TensorDataset:

@@ -40,13 +40,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from hwbench.data import TwoViews, eval_dataset, info, load_tensors, ssl_transform
+from hwbench.data import (
+    TwoViews,
+    check_views,
+    eval_dataset,
+    info,
+    load_tensors,
+    view_transforms,
+)
 from hwbench.errors import UsageError
 from hwbench.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from hwbench.nets import list_nets, net_from_config, width_mult_widths
 from hwbench.nets.gate import parse_gate
 from hwbench.nets.geometry import net_geometry
 from hwbench.patterns import summarise
+from hwbench.ssl.knn import KNN_PROTOCOLS, knn_top1
 from hwbench.ssl.losses import anneal_p
 from hwbench.ssl.model import (
     LARS,
@@ -54,7 +62,6 @@ from hwbench.ssl.model import (
     CoTrainStep,
     Objective,
     SSLModel,
-    knn_top1,
     lars_param_groups,
 )
 
@@ -64,9 +71,9 @@ ENERGY = "energy.json"
 RESUME_KEYS = ("arch", "dataset", "method", "t_d", "epochs", "batch_size", "seed", "lr",
                "warmup_epochs", "alpha", "lam", "gamma", "gate_lr_mult", "proj_dims", "amp",
                "budget", "latency_targets", "budget_shape", "budget_combine", "sparsity_on",
-               "surrogate", "time_budget_s", "gate", "widths")
+               "surrogate", "time_budget_s", "gate", "widths", "views")
 # what a checkpoint from before a resume key existed ran with
-RESUME_DEFAULTS = {"gate": "channel", "widths": None}
+RESUME_DEFAULTS = {"gate": "channel", "widths": None, "views": "hwbench"}
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -99,8 +106,12 @@ class TrainConfig:
     resume: bool = False
     eval_every: int = 5
     eval_initial: bool = True  # kNN of the randomly initialised network, the floor to beat
-    knn_k: int = 20
-    knn_temperature: float = 0.07
+    # the per-epoch kNN monitor's protocol (hwbench.ssl.knn): reference (Euclidean, k 1: the
+    # paper's numbers), online (the reference's monitor: Euclidean, k 20) or cosine (k 20, T 0.07)
+    knn: str = "cosine"
+    # the two views' augmentations (hwbench.data.view_transforms): hwbench (ssl_transform, the
+    # same for both views) or reference (the reference scripts' per-data-set pipelines)
+    views: str = "hwbench"
     energy: bool = True
     country: str = "USA"  # codecarbon's carbon intensity (ISO 3166 alpha-3)
     max_steps_per_epoch: int | None = None  # for smoke tests
@@ -213,6 +224,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.time_budget_s is not None and not (math.isfinite(cfg.time_budget_s)
                                               and cfg.time_budget_s > 0):
         raise UsageError(f"--time-budget must be a positive duration, got {cfg.time_budget_s} s")
+    check_views(cfg.dataset, cfg.views)
+    if cfg.knn not in KNN_PROTOCOLS:
+        raise UsageError(f"--knn must be one of {', '.join(KNN_PROTOCOLS)}, got {cfg.knn!r}")
     if cfg.amp not in AMP_MODES:
         raise UsageError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg.amp!r}")
     amp_dtype(cfg.amp, torch.device(cfg.device))  # fp16 without CUDA fails here, before any work
@@ -425,7 +439,8 @@ def streams_of(method: str) -> tuple[str, ...]:
 
 
 def evaluate(model: SSLModel, cfg: TrainConfig, train_xy, test_xy, device) -> dict:
-    """kNN top-1 (%) of each trained stream, and the gated MACs ratio on the test split.
+    """kNN top-1 (%) of each trained stream by ``cfg.knn``'s protocol (named in the row's
+    ``knn_protocol``), and the gated MACs ratio on the test split.
 
     In fp32, whatever the training's autocast: that is the precision the deployed network is
     profiled and verified in, and under bf16 gate logits near 0 fall on the other side of the
@@ -436,9 +451,9 @@ def evaluate(model: SSLModel, cfg: TrainConfig, train_xy, test_xy, device) -> di
     for stream in streams_of(cfg.method):
         ftr = features(model.backbone, *train_xy, cfg.dataset, stream, **kw)
         fte = features(model.backbone, *test_xy, cfg.dataset, stream, **kw)
-        res[f"knn_top1_{stream}"] = knn_top1(ftr, train_xy[1], fte, test_xy[1], cfg.knn_k,
-                                             cfg.knn_temperature)
+        res[f"knn_top1_{stream}"] = knn_top1(ftr, train_xy[1], fte, test_xy[1], cfg.knn)
     res["knn_test_n"] = len(test_xy[1])
+    res["knn_protocol"] = cfg.knn
     if cfg.method != "dense":
         res["eval_macs_ratio"] = eval_macs_ratio(model.backbone, *test_xy, cfg.dataset, device)
     return res
@@ -629,7 +644,7 @@ def _setup(run: _Run) -> None:
     run.opt = LARS(lars_param_groups(model, cfg.gate_lr_mult), lr=0.0,
                    weight_decay=cfg.weight_decay, eta=cfg.eta)
     run.scaler = torch.amp.GradScaler(device.type, enabled=run.amp == torch.float16)
-    run.data = TwoViews(*run.train_xy, ssl_transform(cfg.dataset))
+    run.data = TwoViews(*run.train_xy, *view_transforms(cfg.dataset, cfg.views))
     run.steps_per_epoch = len(run.data) // cfg.batch_size
     if cfg.max_steps_per_epoch:
         run.steps_per_epoch = min(run.steps_per_epoch, cfg.max_steps_per_epoch)

@@ -1,4 +1,4 @@
-"""The SSL model (backbone + projector), one training step for every configuration, LARS, kNN.
+"""The SSL model (backbone + projector), one training step for every configuration, LARS.
 
 Configurations of one step (not subclasses):
 - ``co`` (the paper): gated stream on view 1, dense stream on view 2, VICReg(z_gated, z_dense)
@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hwbench.nets.resnet import GatedResNet
@@ -175,23 +174,3 @@ def lars_param_groups(model: nn.Module, gate_lr_mult: float = 1.0) -> list[dict]
     return [{"params": decay, "lr_mult": 1.0},
             {"params": gate, "weight_decay": 0.0, "lr_mult": gate_lr_mult},
             {"params": plain, "lars": False, "weight_decay": 0.0, "lr_mult": 1.0}]
-
-
-@torch.no_grad()
-def knn_top1(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
-             test_labels: torch.Tensor, k: int = 20, temperature: float = 0.07,
-             chunk: int = 256) -> float:
-    """Weighted kNN top-1 (%) with cosine similarity: each of the k nearest training samples
-    votes for its class with weight exp(sim / temperature)."""
-    train = F.normalize(train_feats.float(), dim=1)
-    test = F.normalize(test_feats.float(), dim=1)
-    n_cls = int(max(train_labels.max(), test_labels.max())) + 1
-    k = min(k, len(train))
-    correct = 0
-    for i in range(0, len(test), chunk):
-        sim = test[i:i + chunk] @ train.T
-        top, idx = sim.topk(k, dim=1)
-        votes = torch.zeros(len(top), n_cls)
-        votes.scatter_add_(1, train_labels[idx], (top / temperature).exp())
-        correct += (votes.argmax(1) == test_labels[i:i + chunk]).sum().item()
-    return 100.0 * correct / len(test)
