@@ -14,6 +14,7 @@ import click
 
 from hwbench import __version__
 from hwbench.errors import HwbenchError, UsageError
+from hwbench.recipe import RECIPES, apply_recipe, format_recipe
 
 # hwbench.ssl.knn.KNN_PROTOCOLS and hwbench.data.VIEWS, spelled out: --help imports no torch
 KNN_PROTOCOL_NAMES = ("reference", "online", "cosine")
@@ -531,18 +532,45 @@ def pick(profile_path, target_latency, percentile, as_json) -> None:
               help="The per-epoch kNN monitor's protocol: reference (Euclidean, k 1: the "
                    "paper's numbers), online (the reference's monitor: Euclidean, k 20) or "
                    "cosine (k 20, T 0.07). `hwbench eval` reports all three.")
+@click.option("--schedule", default="hwbench", show_default=True,
+              type=click.Choice(["hwbench", "reference"]),
+              help="hwbench: warm-up from 0 and cosine, per step; reference: the paper's, warm-up "
+                   "from --warmup-start-lr over --warmup-epochs, then cosine to 0, per epoch.")
+@click.option("--warmup-start-lr", type=click.FloatRange(min=0), default=0.003,
+              show_default=True, help="--schedule reference: epoch 0's learning rate.")
+@click.option("--separate-downsample-bn", is_flag=True,
+              help="A downsample BN per stream (hwbench before issue 15) instead of one shared "
+                   "by both streams (the reference's).")
+@click.option("--vicreg-gather", is_flag=True,
+              help="Under DDP, VICReg of the gathered global batch instead of each process's "
+                   "own (the reference's).")
+@click.option("--recipe", default=None, type=click.Choice(list(RECIPES)),
+              help="paper: every value of the paper's scripts for --dataset (cifar10, cifar100, "
+                   "stl10, imagenet100); options given explicitly override it.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the resolved values, each with its source (flag, reference script "
+                   "and line, preset, default), and exit without training or loading data.")
 @click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option("--n-synthetic", type=click.IntRange(min=8), default=512, hidden=True)
-def train_cmd(dataset, data_dir, download, arch, method, epochs, time_budget, batch_size, lr,
+@click.pass_context
+def train_cmd(ctx, dataset, data_dir, download, arch, method, epochs, time_budget, batch_size, lr,
               seed, device, out, resume, t_d, target_latency, budget, sparsity_on, budget_shape,
               budget_combine,
               target_device, percentile, eval_every, amp, energy, country, warmup_epochs,
               bound_alpha, gate_lr_mult, max_steps_per_epoch, n_synthetic, trim, lam, gamma,
-              surrogate, gate, width_mult, views, knn) -> None:
+              surrogate, gate, width_mult, views, knn, schedule, warmup_start_lr,
+              separate_downsample_bn, vicreg_gather, recipe, dry_run) -> None:
     """Co-train a dense encoder and its gated sub-network with VICReg (Krishna et al., 2023).
 
     With --target-latency, t_d is picked from the target device's profile and, when that device
     is this machine, the learned network is measured at the end (exit 4 if it missed).
+
+    Defaults that differ from the paper's scripts, sized for short runs on a small CPU (minutes
+    on 2 cores, not 500 epochs on 2 GPUs): 10 epochs (paper 500), batch 128 (512), warm-up of 1
+    epoch from 0 per step (10 epochs from 0.003 per epoch: --schedule reference), lr 0.05 for
+    short --time-budget runs (0.3 collapsed their features), seed 0 (5), --amp auto (fp16).
+    --recipe paper sets the paper's values (README: "The paper's recipe"); --dry-run shows
+    them with their sources.
     """
     from hwbench.measure.device import parse_device
     from hwbench.pipeline import train_to_target
@@ -574,8 +602,15 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, time_budget, ba
                       budget_shape=budget_shape, budget_combine=budget_combine,
                       **budget_defaults(budget, lam, surrogate), gamma=gamma,
                       time_budget_s=budget_s, gate=gate, width_mult=width_mult, views=views,
-                      knn=knn)
+                      knn=knn, schedule=schedule, warmup_start_lr=warmup_start_lr,
+                      shared_downsample_bn=not separate_downsample_bn,
+                      vicreg_gather=vicreg_gather)
+    cfg, values, sources = apply_recipe(cfg, recipe, _given_fields(ctx))
     validate(cfg)
+    if dry_run:
+        for line in format_recipe(values, sources, recipe, dataset):
+            click.echo(line)
+        return
     if out:
         from hwbench.io import check_writable
 
@@ -586,6 +621,20 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, time_budget, ba
     if not summary:  # a torchrun process other than rank 0: rank 0 reports
         return
     sys.exit(_print_train_summary(summary, country))
+
+
+# train's options whose TrainConfig field has another name
+_TRAIN_FIELDS = {"bound_alpha": "alpha", "time_budget": "time_budget_s",
+                 "separate_downsample_bn": "shared_downsample_bn"}
+
+
+def _given_fields(ctx: click.Context) -> dict[str, str]:
+    """TrainConfig field -> option, for the options given on the command line (or environment)."""
+    from click.core import ParameterSource
+
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {_TRAIN_FIELDS.get(p.name, p.name): p.opts[0] for p in ctx.command.params
+            if p.name in ctx.params and ctx.get_parameter_source(p.name) in given}
 
 
 def _print_train_summary(summary: dict, country: str) -> int:

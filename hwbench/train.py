@@ -17,7 +17,11 @@ Speed: channels-last activations and autocast (``amp``: bf16 on CPUs with native
 GPUs that support it, fp16 + gradient scaling on older GPUs); the losses run in fp32.
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP (SyncBatchNorm
 on GPUs; on CPUs, with gloo, BatchNorm statistics stay per process), each process takes its share
-of every global batch, VICReg sees the gathered global batch, and rank 0 alone writes files.
+of every global batch, VICReg sees each process's own batch (as the reference; ``vicreg_gather``:
+the gathered global batch), and rank 0 alone writes files.
+Schedules (``schedule``): "hwbench" warms up per step from 0 over ``warmup_epochs`` then decays
+per step by a cosine; "reference" is the paper's scripts' (``lr_at``). ``recipe`` names the
+preset (hwbench.recipe) the config was resolved from, if any.
 """
 
 from __future__ import annotations
@@ -71,9 +75,16 @@ ENERGY = "energy.json"
 RESUME_KEYS = ("arch", "dataset", "method", "t_d", "epochs", "batch_size", "seed", "lr",
                "warmup_epochs", "alpha", "lam", "gamma", "gate_lr_mult", "proj_dims", "amp",
                "budget", "latency_targets", "budget_shape", "budget_combine", "sparsity_on",
-               "surrogate", "time_budget_s", "gate", "widths", "views")
-# what a checkpoint from before a resume key existed ran with
-RESUME_DEFAULTS = {"gate": "channel", "widths": None, "views": "hwbench"}
+               "surrogate", "time_budget_s", "gate", "widths", "views", "schedule",
+               "warmup_start_lr", "shared_downsample_bn")
+# (vicreg_gather is not one: it changes nothing in one process, and a DDP run may switch it)
+# what a checkpoint from before a resume key existed ran with (warmup_start_lr: unused by the
+# "hwbench" schedule every such checkpoint ran, so today's default)
+RESUME_DEFAULTS = {"gate": "channel", "widths": None, "views": "hwbench", "schedule": "hwbench",
+                   "warmup_start_lr": 0.003, "shared_downsample_bn": False}
+# the option that gives a resumed run an older checkpoint's value, for the error message
+RESUME_HINTS = {"shared_downsample_bn": "--separate-downsample-bn", "schedule": "--schedule"}
+SCHEDULES = ("hwbench", "reference")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -137,6 +148,14 @@ class TrainConfig:
     # gate's step, 16 for channel gates): the thinner dense baseline (--method dense)
     width_mult: float | None = None
     widths: list | None = None  # per-block gated widths (derived from width_mult; recorded)
+    # "hwbench": per-step warm-up from 0, per-step cosine; "reference": the paper's (lr_at)
+    schedule: str = "hwbench"
+    warmup_start_lr: float = 0.003  # "reference" schedule: epoch 0's rate (not batch-scaled)
+    # one downsample BN for both streams (the reference's); False: one per stream (before
+    # issue 15)
+    shared_downsample_bn: bool = True
+    vicreg_gather: bool = False  # under DDP: VICReg of the gathered global batch, not per rank
+    recipe: str | None = None  # the preset this config was resolved from (hwbench.recipe)
 
 
 # --budget latency's own defaults, measured (README, "Training against device latency"): with
@@ -227,6 +246,11 @@ def validate(cfg: TrainConfig) -> None:
     check_views(cfg.dataset, cfg.views)
     if cfg.knn not in KNN_PROTOCOLS:
         raise UsageError(f"--knn must be one of {', '.join(KNN_PROTOCOLS)}, got {cfg.knn!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got "
+                         f"{cfg.schedule!r}")
+    if not (math.isfinite(cfg.warmup_start_lr) and cfg.warmup_start_lr >= 0):
+        raise UsageError(f"--warmup-start-lr must be >= 0, got {cfg.warmup_start_lr}")
     if cfg.amp not in AMP_MODES:
         raise UsageError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg.amp!r}")
     amp_dtype(cfg.amp, torch.device(cfg.device))  # fp16 without CUDA fails here, before any work
@@ -297,13 +321,28 @@ def _seed_everything(seed: int) -> None:
 
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up then cosine decay to 0, per step; base lr scaled by batch / 256."""
+    """The learning rate of global step ``step``; the peak is the base lr x batch / 256.
+
+    "hwbench": linear warm-up from 0 over ``warmup_epochs``, then cosine decay to 0, per step.
+    "reference" (the paper's scripts: pl_bolts' LinearWarmupCosineAnnealingLR stepped once per
+    epoch), constant within an epoch e: with W = warmup_epochs and E = epochs,
+    e < W: warmup_start_lr + e (peak - warmup_start_lr) / max(1, W - 1) (the peak at e = W - 1);
+    e >= W: peak (1 + cos(pi (e - W) / (E - W))) / 2. W = 0: the cosine from epoch 0."""
     peak = cfg.lr * cfg.batch_size / 256
+    if cfg.schedule == "reference":
+        return _reference_lr(peak, cfg.warmup_start_lr, step // max(1, steps_per_epoch),
+                             cfg.warmup_epochs, cfg.epochs)
     warm = cfg.warmup_epochs * steps_per_epoch
     total = cfg.epochs * steps_per_epoch
     if step < warm:
         return peak * (step + 1) / warm
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def _reference_lr(peak: float, start: float, epoch: int, warmup: int, epochs: int) -> float:
+    if epoch < warmup:
+        return start + epoch * (peak - start) / max(1, warmup - 1)
+    return peak * 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(1, epochs - warmup)))
 
 
 PAPER_LR = 0.3
@@ -604,9 +643,10 @@ def _open_checkpoint(run: _Run) -> None:
         run.cfg = cfg = replace(cfg, lr=lr, lr_reason=why)
     for key in RESUME_KEYS:
         if old.get(key, RESUME_DEFAULTS.get(key)) != getattr(cfg, key):
+            hint = f" (see {RESUME_HINTS[key]})" if key in RESUME_HINTS else ""
             raise UsageError(f"--resume: {path} was run with "
                              f"{key}={old.get(key, RESUME_DEFAULTS.get(key))!r}, "
-                             f"not {getattr(cfg, key)!r}")
+                             f"not {getattr(cfg, key)!r}{hint}")
 
 
 def _setup(run: _Run) -> None:
@@ -631,7 +671,8 @@ def _setup(run: _Run) -> None:
     model = model.to(device, memory_format=run.fmt)
     objective = Objective(model, CoTrainStep(cfg.method, cfg.t_d, cfg.lam, cfg.gamma,
                                              latency=latency_budget(cfg),
-                                             sparsity_on=cfg.sparsity_on).to(device))
+                                             sparsity_on=cfg.sparsity_on,
+                                             vicreg_gather=cfg.vicreg_gather).to(device))
     if run.dist.world > 1:
         if device.type == "cuda":
             objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(objective)

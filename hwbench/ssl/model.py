@@ -51,7 +51,8 @@ class CoTrainStep(nn.Module):
 
     def __init__(self, method: str = "co", t_d: float = 0.5, lam: float = 5.0,
                  gamma: float = 1.0, vicreg: tuple[float, float, float] = (25.0, 25.0, 1.0),
-                 latency: nn.Module | None = None, sparsity_on: str = "sampled"):
+                 latency: nn.Module | None = None, sparsity_on: str = "sampled",
+                 vicreg_gather: bool = False):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -62,6 +63,9 @@ class CoTrainStep(nn.Module):
         # the noise-free decisions the deployed network takes (straight-through gradient)
         self.sparsity_on = sparsity_on
         self.vicreg = VICRegLoss(*vicreg)
+        # under DDP: False (the reference's) computes VICReg on each process's own batch; True
+        # on the gathered global batch
+        self.vicreg_gather = vicreg_gather
         self.gating = GatingLoss(t_d, lam, gamma, latency) if method != "dense" else None
 
     def forward(self, model: SSLModel, v1: torch.Tensor, v2: torch.Tensor,
@@ -91,7 +95,10 @@ class CoTrainStep(nn.Module):
                          macs_ratio=ratio.mean(), deployed_macs_ratio=deployed_ratio.mean(),
                          **{k: v for k, v in gate_loss.items() if k.startswith("latency_ms")})
         # The embeddings leave autocast here: the loss's variances and covariances are fp32.
-        vic = self.vicreg(gather(z1.float()), gather(z2.float()))
+        z1, z2 = z1.float(), z2.float()
+        if self.vicreg_gather:
+            z1, z2 = gather(z1), gather(z2)
+        vic = self.vicreg(z1, z2)
         loss = vic["loss"] + (gate_loss["loss"] if gate_loss is not None else 0.0)
         terms.update(vicreg=vic["loss"], invariance=vic["invariance"],
                      variance=vic["variance"], covariance=vic["covariance"], loss=loss)
