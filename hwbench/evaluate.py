@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
-from hwbench.data import eval_dataset, info, load_tensors
+from hwbench.data import auto_workers, eval_batches, info, load_split
 from hwbench.errors import UsageError
 from hwbench.io import atomic_write_json
 from hwbench.nets import net_from_config
@@ -70,36 +69,47 @@ def load_run(checkpoint: str | Path):
     return net.eval(), cfg, ck.get("epoch")
 
 
+def eval_splits(cfg: dict, data_dir: str | None = None, workers: int | None = None):
+    """(labelled train split, test split, DataLoader workers) of a run's data set (``cfg``: its
+    config); ``data_dir`` and ``workers`` (None: ``auto_workers``) override the run's."""
+    kw = dict(data_dir=data_dir or cfg.get("data_dir"), n_synthetic=cfg.get("n_synthetic", 512),
+              seed=cfg.get("seed", 0))
+    train, test = load_split(cfg["dataset"], "train", **kw), load_split(cfg["dataset"], "test",
+                                                                        **kw)
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {workers}")
+    return train, test, auto_workers(train.lazy) if workers is None else workers
+
+
 def run_eval(checkpoint: str | Path, linear: bool = True, knn: bool = True,
              device: str = "cpu", data_dir: str | None = None, out: str | Path | None = None,
-             k: int = 20, temperature: float = 0.07) -> dict:
-    """Evaluate both streams of a run; writes ``eval.json`` next to the checkpoint (or ``out``)."""
+             k: int = 20, temperature: float = 0.07, workers: int | None = None) -> dict:
+    """Evaluate both streams of a run on its data set's labelled train and test splits; writes
+    ``eval.json`` next to the checkpoint (or ``out``). ``workers``: DataLoader processes for
+    sets read from disk (None: ``data.auto_workers``)."""
     if not (linear or knn):
         raise UsageError("nothing to evaluate: ask for --linear and/or --knn")
     net, cfg, epoch = load_run(checkpoint)
     dev = torch.device(device)
     net = net.to(dev)
     dataset = cfg["dataset"]
-    kw = dict(data_dir=data_dir or cfg.get("data_dir"), n_synthetic=cfg.get("n_synthetic", 512),
-              seed=cfg.get("seed", 0))
-    train_xy = load_tensors(dataset, True, **kw)
-    test_xy = load_tensors(dataset, False, **kw)
+    train, test, workers = eval_splits(cfg, data_dir, workers)
     res: dict = {"checkpoint": str(checkpoint), "dataset": dataset, "arch": cfg["arch"],
                  "method": cfg["method"], "t_d": cfg["t_d"], "epoch": epoch,
                  "protocol": {"knn": {"k": k, "temperature": temperature, "metric": "cosine"},
                               "linear": "frozen standardised features, multinomial logistic "
                                         "regression, L-BFGS, L2 1e-4, un-augmented images"}}
     for stream in streams_of(cfg["method"]):
-        ftr = features(net, *train_xy, dataset, stream, dev)
-        fte = features(net, *test_xy, dataset, stream, dev)
+        ftr = features(net, train, dataset, stream, dev, workers=workers)
+        fte = features(net, test, dataset, stream, dev, workers=workers)
         if knn:
-            res[f"knn_top1_{stream}"] = knn_top1(ftr, train_xy[1], fte, test_xy[1], k,
+            res[f"knn_top1_{stream}"] = knn_top1(ftr, train.labels, fte, test.labels, k,
                                                  temperature)
         if linear:
-            res[f"linear_top1_{stream}"] = linear_probe(ftr, train_xy[1], fte, test_xy[1])
+            res[f"linear_top1_{stream}"] = linear_probe(ftr, train.labels, fte, test.labels)
     if cfg["method"] != "dense":
-        res["eval_macs_ratio"] = eval_macs_ratio(net, *test_xy, dataset, dev)
-        pattern = summarise(net, DataLoader(eval_dataset(*test_xy, dataset), batch_size=256), dev)
+        res["eval_macs_ratio"] = eval_macs_ratio(net, test, dataset, dev, workers=workers)
+        pattern = summarise(net, eval_batches(test, dataset, 256, workers), dev)
         res["on_ratios"] = {lp.name: lp.expected_on() / lp.channels for lp in pattern.layers}
     path = Path(out) if out else Path(checkpoint).with_name("eval.json")
     atomic_write_json(path, res)
@@ -127,23 +137,25 @@ def engine_knn(checkpoint: str | Path, pattern_path: str | Path, device: str = "
     dev = torch.device(device)
     net = net.to(dev)
     dataset = cfg["dataset"]
-    kw = dict(data_dir=cfg.get("data_dir"), n_synthetic=cfg.get("n_synthetic", 512),
-              seed=cfg.get("seed", 0))
-    train_xy, test_xy = load_tensors(dataset, True, **kw), load_tensors(dataset, False, **kw)
-    tr = eval_dataset(*train_xy, dataset).tensors[0]
-    te = eval_dataset(*test_xy, dataset).tensors[0]
+    train, test, workers = eval_splits(cfg)
+    first = next(eval_batches(test, dataset, 8, workers))[0]
     engine = build_engine(net, "dynamic", load_pattern(pattern_path), device=dev,
-                          tune_inputs=list(te[:8].split(1)))
-    g_tr, g_te = engine_features(engine, tr), engine_features(engine, te)
-    eager = features(net, *test_xy, dataset, "gated", dev)
+                          tune_inputs=list(first.split(1)))
+
+    def engine_all(split):
+        return torch.cat([engine_features(engine, x)
+                          for x, _ in eval_batches(split, dataset, 256, workers)])
+
+    g_tr, g_te = engine_all(train), engine_all(test)
+    eager = features(net, test, dataset, "gated", dev, workers=workers)
     res = {"checkpoint": str(checkpoint), "pattern": str(pattern_path), "dataset": dataset,
-           "epoch": epoch, "knn_test_n": len(te),
-           "knn_top1_gated": knn_top1(g_tr, train_xy[1], g_te, test_xy[1], k, temperature),
+           "epoch": epoch, "knn_test_n": len(test),
+           "knn_top1_gated": knn_top1(g_tr, train.labels, g_te, test.labels, k, temperature),
            "gated_source": "compact engine, dynamic mode, batch 1 (the timed network)",
            "engine_vs_eager_max_abs_diff": float((g_te - eager).abs().max()),
            "protocol": {"knn": {"k": k, "temperature": temperature, "metric": "cosine"}}}
     if "dense" in streams_of(cfg["method"]):
-        d_tr = features(net, *train_xy, dataset, "dense", dev)
-        d_te = features(net, *test_xy, dataset, "dense", dev)
-        res["knn_top1_dense"] = knn_top1(d_tr, train_xy[1], d_te, test_xy[1], k, temperature)
+        d_tr = features(net, train, dataset, "dense", dev, workers=workers)
+        d_te = features(net, test, dataset, "dense", dev, workers=workers)
+        res["knn_top1_dense"] = knn_top1(d_tr, train.labels, d_te, test.labels, k, temperature)
     return res

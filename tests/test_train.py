@@ -277,11 +277,11 @@ def test_features_worse_than_random_are_flagged(tmp_path, monkeypatch, final, wa
 
     calls = []
 
-    def fake_evaluate(model, cfg, train_xy, test_xy, device):
+    def fake_evaluate(model, cfg, train_split, test_split, device):
         top1 = {"dense": 50.0, "gated": 40.0} if not calls else final
         calls.append(top1)
         return {"knn_top1_dense": top1["dense"], "knn_top1_gated": top1["gated"],
-                "knn_test_n": len(test_xy[1]), "eval_macs_ratio": 0.52}
+                "knn_test_n": len(test_split), "eval_macs_ratio": 0.52}
 
     monkeypatch.setattr(tr, "evaluate", fake_evaluate)
     said = []
