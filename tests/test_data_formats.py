@@ -197,6 +197,19 @@ def test_image_folder_streams_resized_images_and_trains(tmp_path):
     assert summary["final"]["knn_test_n"] == 6 and 0 <= summary["final"]["knn_top1_dense"] <= 100
 
 
+def test_folder_images_keep_the_central_square(tmp_path):
+    from PIL import Image
+
+    from hwbench.data import FolderSplit
+
+    a = np.zeros((30, 90, 3), dtype=np.uint8)  # thirds: red, green, blue
+    a[:, :30, 0], a[:, 30:60, 1], a[:, 60:, 2] = 255, 255, 255
+    Image.fromarray(a).save(tmp_path / "wide.png")
+    x, _ = FolderSplit([(str(tmp_path / "wide.png"), 0)], 15)[0]
+    assert x.shape == (3, 15, 15)  # 90 x 30 -> 45 x 15, then the central 15 x 15: green
+    assert (x[1, :, 2:13] == 255).all() and (x[0, :, 2:13] == 0).all() and (x[2] < 128).all()
+
+
 def test_cifar10_trains_through_the_cli(tmp_path):
     write_cifar10(tmp_path / "data")
     r = run_cli("train", "--dataset", "cifar10", "--data-dir", tmp_path / "data", "--method",
