@@ -224,6 +224,27 @@ def load_split(name: str, split: str, data_dir: str | None = None, download: boo
     return TensorSplit(*_cifar(name, root, part == "train"))
 
 
+def check_files(name: str, data_dir: str | None, download: bool = False) -> None:
+    """A cheap look, before any long work, for the files ``load_split`` will read (names only:
+    their contents are checked as they are loaded); one-line UsageError naming the first
+    missing one. Nothing to check for the embedded sets or with ``download``."""
+    info(name)
+    if name in ("mnist5k", "digits", "synthetic") or download:
+        return
+    if name == "imagenet100":
+        for part in ("train", "test"):
+            _folder_classes(name, data_dir, part)
+        return
+    root = _need_dir(data_dir, name, download)
+    if name == "stl10":
+        for f in ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "unlabeled_X.bin"):
+            _stl_file(root, f)
+        return
+    folder, train_files, test_file, _ = CIFAR_FILES[name]
+    for f in train_files + [test_file]:
+        _cifar_file(name, root, folder, f)
+
+
 def load_tensors(name: str, train: bool, **kw) -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 (N, 3, S, S), labels (N,)) of an in-memory set's labelled split
     (``load_split``'s keywords)."""
@@ -275,10 +296,7 @@ def _cifar(name: str, root: str, train: bool) -> tuple[torch.Tensor, torch.Tenso
     folder, train_files, test_file, key = CIFAR_FILES[name]
     xs, ys = [], []
     for f in train_files if train else [test_file]:
-        path = Path(root) / folder / f
-        if not path.is_file():
-            raise UsageError(f"{name}: no {folder}/{f} under {root} (the python version of the "
-                             "data set; --download fetches it)")
+        path = _cifar_file(name, root, folder, f)
         try:
             with open(path, "rb") as fh:
                 batch = pickle.load(fh, encoding="latin1")
@@ -293,6 +311,14 @@ def _cifar(name: str, root: str, train: bool) -> tuple[torch.Tensor, torch.Tenso
         xs.append(x)
         ys.append(y)
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def _cifar_file(name: str, root: str, folder: str, f: str) -> Path:
+    path = Path(root) / folder / f
+    if not path.is_file():
+        raise UsageError(f"{name}: no {folder}/{f} under {root} (the python version of the "
+                         "data set; --download fetches it)")
+    return path
 
 
 def _stl_file(root: str, f: str) -> Path:
@@ -322,13 +348,8 @@ def _stl10(root: str, part: str, size: int) -> Split:
     return TensorSplit(images, torch.from_numpy(y))
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-def _image_folder(name: str, data_dir: str | None, part: str, size: int) -> FolderSplit:
-    """``DIR/train`` or ``DIR/val`` (``part`` "test"): one sub-folder per class, in sorted
-    order, both with the same classes. The first image is decoded here, so a bad file shows
-    before training starts."""
+def _folder_classes(name: str, data_dir: str | None, part: str) -> tuple[Path, list[str]]:
+    """``DIR/train`` or ``DIR/val`` and its class folders (sorted; the same in both)."""
     if data_dir is None:
         raise UsageError(f"{name} needs --data-dir DIR with train/ and val/ class folders")
     sub = "train" if part == "train" else "val"
@@ -340,6 +361,17 @@ def _image_folder(name: str, data_dir: str | None, part: str, size: int) -> Fold
     other = Path(data_dir) / ("val" if sub == "train" else "train")
     if other.is_dir() and classes != sorted(d.name for d in other.iterdir() if d.is_dir()):
         raise UsageError(f"{name}: {root} and {other} hold different class folders")
+    return root, classes
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _image_folder(name: str, data_dir: str | None, part: str, size: int) -> FolderSplit:
+    """``DIR/train`` or ``DIR/val`` (``part`` "test"): one sub-folder per class, in sorted
+    order, both with the same classes. The first image is decoded here, so a bad file shows
+    before training starts."""
+    root, classes = _folder_classes(name, data_dir, part)
     samples = [(str(f), c) for c, cls in enumerate(classes)
                for f in sorted((root / cls).iterdir())
                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]

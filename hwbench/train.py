@@ -45,6 +45,7 @@ from hwbench.data import (
     Split,
     TwoViews,
     auto_workers,
+    check_files,
     eval_batches,
     info,
     load_split,
@@ -201,7 +202,7 @@ def resolve_net(cfg: TrainConfig) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
-    info(cfg.dataset)
+    check_files(cfg.dataset, cfg.data_dir, cfg.download)
     if cfg.arch not in list_nets():
         raise UsageError(f"unknown network {cfg.arch!r}; registered: {', '.join(list_nets())}")
     resolve_net(cfg)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from hwbench.data import load_split, sample_images
+from hwbench.data import check_files, load_split, sample_images
 from hwbench.errors import UsageError
 from hwbench.train import TrainConfig, train
 from tests.conftest import one_line_error, run_cli
@@ -224,7 +224,7 @@ def _break(tmp_path, what: str):
     """A data dir with one thing wrong; returns (dataset, data dir, text the error names)."""
     d = tmp_path / what
     d.mkdir()
-    if what.startswith("cifar10"):
+    if what.startswith("cifar10-"):
         write_cifar10(d)
         bad = d / "cifar-10-batches-py" / "data_batch_3"
         if what == "cifar10-missing":
@@ -259,6 +259,9 @@ def _break(tmp_path, what: str):
                                   "folder-corrupt"])
 def test_bad_or_missing_files_give_one_line_errors_naming_them(tmp_path, what):
     dataset, d, needle = _break(tmp_path, what)
+    if "missing" in what or what == "folder-val":  # found by names alone, before any loading
+        with pytest.raises(UsageError, match=re.escape(needle)):
+            check_files(dataset, str(d))
     with pytest.raises(UsageError, match=re.escape(needle)):
         _train_once(tmp_path, dataset, d)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
