@@ -437,6 +437,10 @@ def pick(profile_path, target_latency, percentile, as_json) -> None:
               help="cifar10, cifar100, stl10, imagenet100, mnist5k, digits or synthetic.")
 @click.option("--data-dir", default=None, help="Where CIFAR/STL/ImageNet-100 files are.")
 @click.option("--download", is_flag=True, help="Fetch CIFAR/STL-10 into --data-dir.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader worker processes per training process (0: none). [default: 0 "
+                   "for sets held in memory; for STL-10's unlabeled split and ImageNet-100, "
+                   "read from disk, the CPUs less one, at most 8]")
 @click.option("--arch", default="resnet18", show_default=True,
               help="Network: resnet18, resnet34, resnet50.")
 @click.option("--method", default="co", show_default=True,
@@ -553,7 +557,8 @@ def pick(profile_path, target_latency, percentile, as_json) -> None:
 @click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option("--n-synthetic", type=click.IntRange(min=8), default=512, hidden=True)
 @click.pass_context
-def train_cmd(ctx, dataset, data_dir, download, arch, method, epochs, time_budget, batch_size, lr,
+def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, time_budget,
+              batch_size, lr,
               seed, device, out, resume, t_d, target_latency, budget, sparsity_on, budget_shape,
               budget_combine,
               target_device, percentile, eval_every, amp, energy, country, warmup_epochs,
@@ -591,7 +596,8 @@ def train_cmd(ctx, dataset, data_dir, download, arch, method, epochs, time_budge
     # bad values, duplicate devices: fail before anything runs
     targets = parse_device_targets(list(target_latency), target_device)
     gate = auto_gate(gate, arch, dataset, targets, device, say=click.echo)
-    cfg = TrainConfig(dataset=dataset, data_dir=data_dir, download=download, arch=arch,
+    cfg = TrainConfig(dataset=dataset, data_dir=data_dir, download=download, workers=workers,
+                      arch=arch,
                       method=method, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       device=device, out=out, resume=resume, eval_every=eval_every,
                       t_d=0.5 if t_d is None else t_d, amp=amp, energy=energy, country=country,
@@ -606,7 +612,7 @@ def train_cmd(ctx, dataset, data_dir, download, arch, method, epochs, time_budge
                       shared_downsample_bn=not separate_downsample_bn,
                       vicreg_gather=vicreg_gather)
     cfg, values, sources = apply_recipe(cfg, recipe, _given_fields(ctx))
-    validate(cfg)
+    validate(cfg, files=not dry_run)  # a dry run reads no data
     if dry_run:
         for line in format_recipe(values, sources, recipe, dataset):
             click.echo(line)
@@ -855,11 +861,14 @@ def trim(run_dir, target_latency, device, profile_path, percentile, tolerance, m
                    "backbone (0: not run).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--data-dir", default=None, help="Data set files. [default: the run's]")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader worker processes. [default: 0 for sets held in memory, else "
+                   "the CPUs less one, at most 8]")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Where to write the JSON. [default: eval.json next to the checkpoint]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def eval_cmd(checkpoint, linear, knn, knn_protocols, linear_sgd_epochs, device, data_dir, out,
-             as_json) -> None:
+def eval_cmd(checkpoint, linear, knn, knn_protocols, linear_sgd_epochs, device, data_dir,
+             workers, out, as_json) -> None:
     """Top-1 of a run's dense and gated features (kNN by protocol, linear probe, optionally the
     reference's SGD linear evaluation), its measured MACs ratio and per-layer on-ratios."""
     from hwbench.evaluate import run_eval
@@ -871,7 +880,7 @@ def eval_cmd(checkpoint, linear, knn, knn_protocols, linear_sgd_epochs, device, 
         check_writable(out)
     res = run_eval(checkpoint, linear=linear, knn=knn, device=device, data_dir=data_dir, out=out,
                    knn_protocols=knn_protocols or KNN_PROTOCOL_NAMES,
-                   linear_sgd_epochs=linear_sgd_epochs)
+                   linear_sgd_epochs=linear_sgd_epochs, workers=workers)
     if as_json:
         click.echo(json.dumps(res, indent=2))
         return

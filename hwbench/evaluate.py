@@ -24,9 +24,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
-from hwbench.data import eval_dataset, info, linear_train_transform, load_tensors
+from hwbench.data import (
+    Split,
+    auto_workers,
+    eval_batches,
+    info,
+    linear_train_transform,
+    load_split,
+)
 from hwbench.errors import UsageError
 from hwbench.io import atomic_write_json
 from hwbench.nets import net_from_config
@@ -77,12 +83,12 @@ LINEAR_SGD = {
               "(momentum 0.9); solo/utils/classification_dataloader.py:71-72 (train crops)"}
 
 
-def linear_sgd(backbone, train_xy: tuple[torch.Tensor, torch.Tensor],
-               test_xy: tuple[torch.Tensor, torch.Tensor], dataset: str, stream: str,
+def linear_sgd(backbone, train: Split, test: Split, dataset: str, stream: str,
                device: torch.device, epochs: int, seed: int = 0, batch_size: int = 128,
-               lr: float = 0.3, weight_decay: float = 1e-4, momentum: float = 0.9) -> float:
+               lr: float = 0.3, weight_decay: float = 1e-4, momentum: float = 0.9,
+               workers: int = 0) -> float:
     """Top-1 (%) on the test split of a linear head trained with SGD for ``epochs`` epochs on
-    augmented crops (``linear_train_transform``) of the uint8 training images ``train_xy``,
+    augmented crops (``linear_train_transform``) of the uint8 images of the ``train`` split,
     through ``backbone``'s ``stream`` kept frozen in eval mode (its weights and BatchNorm
     statistics do not change). Seeded by ``seed`` (data order, crops, initialisation); the
     caller's random state is left as it was."""
@@ -90,7 +96,7 @@ def linear_sgd(backbone, train_xy: tuple[torch.Tensor, torch.Tensor],
         raise UsageError(f"--linear-sgd-epochs must be >= 1 to train, got {epochs}")
     was = backbone.training
     backbone.eval()
-    x, y = train_xy
+    y = train.labels
     aug = linear_train_transform(dataset)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -101,7 +107,7 @@ def linear_sgd(backbone, train_xy: tuple[torch.Tensor, torch.Tensor],
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
         for _ in range(epochs):
             for idx in torch.randperm(len(y)).split(batch_size):
-                crops = torch.stack([aug(x[i]) for i in idx.tolist()]).to(device)
+                crops = torch.stack([aug(train[i][0]) for i in idx.tolist()]).to(device)
                 with torch.no_grad():
                     feats = backbone(crops, stream=stream).float()
                 loss = F.cross_entropy(head(feats), y[idx].to(device))
@@ -109,11 +115,12 @@ def linear_sgd(backbone, train_xy: tuple[torch.Tensor, torch.Tensor],
                 loss.backward()
                 opt.step()
             sched.step()
-        test_feats = features(backbone, *test_xy, dataset, stream, device)  # draws a seed
+        test_feats = features(backbone, test, dataset, stream, device,  # draws a seed
+                              workers=workers)
     backbone.train(was)
     with torch.no_grad():
         pred = head(test_feats.to(device)).argmax(1).cpu()
-    return 100.0 * (pred == test_xy[1]).double().mean().item()
+    return 100.0 * (pred == test.labels).double().mean().item()
 
 
 def load_run(checkpoint: str | Path):
@@ -161,13 +168,27 @@ def _protocol_record(knn_protocols: tuple[str, ...], run_protocol: str, linear: 
     return rec
 
 
+def eval_splits(cfg: dict, data_dir: str | None = None, workers: int | None = None):
+    """(labelled train split, test split, DataLoader workers) of a run's data set (``cfg``: its
+    config); ``data_dir`` and ``workers`` (None: ``auto_workers``) override the run's."""
+    kw = dict(data_dir=data_dir or cfg.get("data_dir"), n_synthetic=cfg.get("n_synthetic", 512),
+              seed=cfg.get("seed", 0))
+    train, test = load_split(cfg["dataset"], "train", **kw), load_split(cfg["dataset"], "test",
+                                                                        **kw)
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {workers}")
+    return train, test, auto_workers(train.lazy) if workers is None else workers
+
+
 def run_eval(checkpoint: str | Path, linear: bool = True, knn: bool = True,
              device: str = "cpu", data_dir: str | None = None, out: str | Path | None = None,
              knn_protocols: tuple[str, ...] = KNN_PROTOCOLS, linear_sgd_epochs: int = 0,
-             seed: int = 0) -> dict:
-    """Evaluate both streams of a run; writes ``eval.json`` next to the checkpoint (or ``out``).
-    ``knn_protocols``: the kNN protocols to report (``hwbench.ssl.knn``); ``linear_sgd_epochs``
-    > 0: also the reference's SGD linear evaluation (``linear_sgd``) for that many epochs."""
+             seed: int = 0, workers: int | None = None) -> dict:
+    """Evaluate both streams of a run on its data set's labelled train and test splits; writes
+    ``eval.json`` next to the checkpoint (or ``out``). ``knn_protocols``: the kNN protocols to
+    report (``hwbench.ssl.knn``); ``linear_sgd_epochs`` > 0: also the reference's SGD linear
+    evaluation (``linear_sgd``) for that many epochs; ``workers``: DataLoader processes for sets
+    read from disk (None: ``data.auto_workers``)."""
     knn_protocols = tuple(dict.fromkeys(knn_protocols)) if knn else ()
     for name in knn_protocols:
         protocol(name)
@@ -181,31 +202,29 @@ def run_eval(checkpoint: str | Path, linear: bool = True, knn: bool = True,
     net = net.to(dev)
     dataset = cfg["dataset"]
     run_protocol = cfg.get("knn", "cosine")  # checkpoints from before --knn: cosine
-    kw = dict(data_dir=data_dir or cfg.get("data_dir"), n_synthetic=cfg.get("n_synthetic", 512),
-              seed=cfg.get("seed", 0))
-    train_xy = load_tensors(dataset, True, **kw)
-    test_xy = load_tensors(dataset, False, **kw)
+    train, test, workers = eval_splits(cfg, data_dir, workers)
     res: dict = {"checkpoint": str(checkpoint), "dataset": dataset, "arch": cfg["arch"],
                  "method": cfg["method"], "t_d": cfg["t_d"], "epoch": epoch,
                  "protocol": _protocol_record(knn_protocols, run_protocol, linear,
                                               linear_sgd_epochs)}
     for stream in streams_of(cfg["method"]):
         if knn_protocols or linear:
-            ftr = features(net, *train_xy, dataset, stream, dev)
-            fte = features(net, *test_xy, dataset, stream, dev)
+            ftr = features(net, train, dataset, stream, dev, workers=workers)
+            fte = features(net, test, dataset, stream, dev, workers=workers)
         if knn_protocols:
-            res.update(knn_results(ftr, train_xy[1], fte, test_xy[1], stream, knn_protocols,
+            res.update(knn_results(ftr, train.labels, fte, test.labels, stream, knn_protocols,
                                    run_protocol))
         if linear:
-            res[f"linear_top1_{stream}"] = linear_probe(ftr, train_xy[1], fte, test_xy[1])
+            res[f"linear_top1_{stream}"] = linear_probe(ftr, train.labels, fte, test.labels)
         if linear_sgd_epochs:
-            res[f"linear_sgd_top1_{stream}"] = linear_sgd(net, train_xy, test_xy, dataset,
-                                                          stream, dev, linear_sgd_epochs, seed)
+            res[f"linear_sgd_top1_{stream}"] = linear_sgd(net, train, test, dataset, stream, dev,
+                                                          linear_sgd_epochs, seed,
+                                                          workers=workers)
     if knn_protocols:
-        res["knn_test_n"] = len(test_xy[1])
+        res["knn_test_n"] = len(test)
     if cfg["method"] != "dense":
-        res["eval_macs_ratio"] = eval_macs_ratio(net, *test_xy, dataset, dev)
-        pattern = summarise(net, DataLoader(eval_dataset(*test_xy, dataset), batch_size=256), dev)
+        res["eval_macs_ratio"] = eval_macs_ratio(net, test, dataset, dev, workers=workers)
+        pattern = summarise(net, eval_batches(test, dataset, 256, workers), dev)
         res["on_ratios"] = {lp.name: lp.expected_on() / lp.channels for lp in pattern.layers}
     path = Path(out) if out else Path(checkpoint).with_name("eval.json")
     atomic_write_json(path, res)
@@ -235,23 +254,25 @@ def engine_knn(checkpoint: str | Path, pattern_path: str | Path, device: str = "
     net = net.to(dev)
     dataset = cfg["dataset"]
     knn = knn or cfg.get("knn", "cosine")
-    kw = dict(data_dir=cfg.get("data_dir"), n_synthetic=cfg.get("n_synthetic", 512),
-              seed=cfg.get("seed", 0))
-    train_xy, test_xy = load_tensors(dataset, True, **kw), load_tensors(dataset, False, **kw)
-    tr = eval_dataset(*train_xy, dataset).tensors[0]
-    te = eval_dataset(*test_xy, dataset).tensors[0]
+    train, test, workers = eval_splits(cfg)
+    first = next(eval_batches(test, dataset, 8, workers))[0]
     engine = build_engine(net, "dynamic", load_pattern(pattern_path), device=dev,
-                          tune_inputs=list(te[:8].split(1)))
-    g_tr, g_te = engine_features(engine, tr), engine_features(engine, te)
-    eager = features(net, *test_xy, dataset, "gated", dev)
+                          tune_inputs=list(first.split(1)))
+
+    def engine_all(split):
+        return torch.cat([engine_features(engine, x)
+                          for x, _ in eval_batches(split, dataset, 256, workers)])
+
+    g_tr, g_te = engine_all(train), engine_all(test)
+    eager = features(net, test, dataset, "gated", dev, workers=workers)
     res = {"checkpoint": str(checkpoint), "pattern": str(pattern_path), "dataset": dataset,
-           "epoch": epoch, "knn_test_n": len(te),
-           "knn_top1_gated": knn_top1(g_tr, train_xy[1], g_te, test_xy[1], knn),
+           "epoch": epoch, "knn_test_n": len(test),
+           "knn_top1_gated": knn_top1(g_tr, train.labels, g_te, test.labels, knn),
            "gated_source": "compact engine, dynamic mode, batch 1 (the timed network)",
            "engine_vs_eager_max_abs_diff": float((g_te - eager).abs().max()),
            "protocol": {"knn": {"knn_top1": knn, "protocols": {knn: protocol(knn).record()}}}}
     if "dense" in streams_of(cfg["method"]):
-        d_tr = features(net, *train_xy, dataset, "dense", dev)
-        d_te = features(net, *test_xy, dataset, "dense", dev)
-        res["knn_top1_dense"] = knn_top1(d_tr, train_xy[1], d_te, test_xy[1], knn)
+        d_tr = features(net, train, dataset, "dense", dev, workers=workers)
+        d_te = features(net, test, dataset, "dense", dev, workers=workers)
+        res["knn_top1_dense"] = knn_top1(d_tr, train.labels, d_te, test.labels, knn)
     return res

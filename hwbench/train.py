@@ -45,11 +45,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from hwbench.data import (
+    SSL_SPLIT,
+    Split,
     TwoViews,
+    auto_workers,
+    check_files,
     check_views,
-    eval_dataset,
+    eval_batches,
     info,
-    load_tensors,
+    load_split,
     view_transforms,
 )
 from hwbench.errors import UsageError
@@ -156,6 +160,9 @@ class TrainConfig:
     shared_downsample_bn: bool = True
     vicreg_gather: bool = False  # under DDP: VICReg of the gathered global batch, not per rank
     recipe: str | None = None  # the preset this config was resolved from (hwbench.recipe)
+    # DataLoader worker processes per training process (None: data.auto_workers, 0 for sets in
+    # memory); the augmentations' random draws depend on it, so resume with the same number
+    workers: int | None = None
 
 
 # --budget latency's own defaults, measured (README, "Training against device latency"): with
@@ -218,8 +225,11 @@ def resolve_net(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, gate=spec.text, widths=widths)
 
 
-def validate(cfg: TrainConfig) -> None:
-    info(cfg.dataset)
+def validate(cfg: TrainConfig, files: bool = True) -> None:
+    """A one-line UsageError for any bad value of ``cfg`` (and, with ``files``, for a data set
+    whose files are missing), before any long work."""
+    if files:
+        check_files(cfg.dataset, cfg.data_dir, cfg.download)
     if cfg.arch not in list_nets():
         raise UsageError(f"unknown network {cfg.arch!r}; registered: {', '.join(list_nets())}")
     resolve_net(cfg)
@@ -251,6 +261,8 @@ def validate(cfg: TrainConfig) -> None:
                          f"{cfg.schedule!r}")
     if not (math.isfinite(cfg.warmup_start_lr) and cfg.warmup_start_lr >= 0):
         raise UsageError(f"--warmup-start-lr must be >= 0, got {cfg.warmup_start_lr}")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {cfg.workers}")
     if cfg.amp not in AMP_MODES:
         raise UsageError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg.amp!r}")
     amp_dtype(cfg.amp, torch.device(cfg.device))  # fp16 without CUDA fails here, before any work
@@ -436,16 +448,16 @@ class Dist:
 
 
 @torch.no_grad()
-def features(backbone, images: torch.Tensor, labels: torch.Tensor, dataset: str,
-             stream: str, device, batch: int = 256, amp: torch.dtype | None = None,
-             channels_last: bool = False) -> torch.Tensor:
-    """(N, num_features) fp32 features of one stream (eval mode: hard gates, running BN)."""
+def features(backbone, split: Split, dataset: str, stream: str, device, batch: int = 256,
+             amp: torch.dtype | None = None, channels_last: bool = False,
+             workers: int = 0) -> torch.Tensor:
+    """(N, num_features) fp32 features of one stream over ``split``, in order (eval mode: hard
+    gates, running BN)."""
     was = backbone.training
     backbone.eval()
-    ds = eval_dataset(images, labels, dataset)
     out = []
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    for x, _ in DataLoader(ds, batch_size=batch):
+    for x, _ in eval_batches(split, dataset, batch, workers):
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out.append(backbone(x.to(device, memory_format=fmt), stream=stream).float().cpu())
     backbone.train(was)
@@ -453,14 +465,15 @@ def features(backbone, images: torch.Tensor, labels: torch.Tensor, dataset: str,
 
 
 @torch.no_grad()
-def eval_macs_ratio(backbone, images, labels, dataset: str, device, batch: int = 256) -> float:
+def eval_macs_ratio(backbone, split: Split, dataset: str, device, batch: int = 256,
+                    workers: int = 0) -> float:
     """Mean gated/dense MACs ratio over a data set, hard gates (what the deployed net runs).
     A pass of its own, in fp32 like the deployed engine: under autocast a logit near 0 could
     fall on the other side of the threshold, and this number is judged to +-0.05."""
     was = backbone.training
     backbone.eval()
     total, n = 0.0, 0
-    for x, _ in DataLoader(eval_dataset(images, labels, dataset), batch_size=batch):
+    for x, _ in eval_batches(split, dataset, batch, workers):
         r = backbone.forward_gated(x.to(device)).macs_ratio
         total, n = total + float(r.sum()), n + len(r)
     backbone.train(was)
@@ -477,24 +490,29 @@ def streams_of(method: str) -> tuple[str, ...]:
     return {"dense": ("dense",), "gated": ("gated",)}.get(method, ("dense", "gated"))
 
 
-def evaluate(model: SSLModel, cfg: TrainConfig, train_xy, test_xy, device) -> dict:
+def evaluate(model: SSLModel, cfg: TrainConfig, train_split: Split, test_split: Split,
+             device) -> dict:
     """kNN top-1 (%) of each trained stream by ``cfg.knn``'s protocol (named in the row's
-    ``knn_protocol``), and the gated MACs ratio on the test split.
+    ``knn_protocol``; its memory bank: the labelled ``train_split``), and the gated MACs ratio
+    on the test split.
 
     In fp32, whatever the training's autocast: that is the precision the deployed network is
     profiled and verified in, and under bf16 gate logits near 0 fall on the other side of the
     threshold often enough to move the gated top-1 by more than a point (measured: 88.6 vs
     90.2 % on one mnist5k run)."""
     res = {}
-    kw = dict(device=device, amp=None, channels_last=cfg.channels_last)
+    workers = cfg.workers or 0
+    kw = dict(device=device, amp=None, channels_last=cfg.channels_last, workers=workers)
     for stream in streams_of(cfg.method):
-        ftr = features(model.backbone, *train_xy, cfg.dataset, stream, **kw)
-        fte = features(model.backbone, *test_xy, cfg.dataset, stream, **kw)
-        res[f"knn_top1_{stream}"] = knn_top1(ftr, train_xy[1], fte, test_xy[1], cfg.knn)
-    res["knn_test_n"] = len(test_xy[1])
+        ftr = features(model.backbone, train_split, cfg.dataset, stream, **kw)
+        fte = features(model.backbone, test_split, cfg.dataset, stream, **kw)
+        res[f"knn_top1_{stream}"] = knn_top1(ftr, train_split.labels, fte, test_split.labels,
+                                             cfg.knn)
+    res["knn_test_n"] = len(test_split)
     res["knn_protocol"] = cfg.knn
     if cfg.method != "dense":
-        res["eval_macs_ratio"] = eval_macs_ratio(model.backbone, *test_xy, cfg.dataset, device)
+        res["eval_macs_ratio"] = eval_macs_ratio(model.backbone, test_split, cfg.dataset, device,
+                                                 workers=workers)
     return res
 
 
@@ -566,8 +584,8 @@ class _Run:
     progress: Callable[[dict], None] | None
     t_start: float  # time.perf_counter() when train() began (the time budget's clock)
     ck: dict | None = None  # the checkpoint a resumed run continues
-    train_xy: tuple = ()
-    test_xy: tuple = ()
+    train_split: Split | None = None  # labelled: the kNN memory bank
+    test_split: Split | None = None
     amp: torch.dtype | None = None
     amp_reason: str = ""
     fmt: torch.memory_format = torch.contiguous_format
@@ -590,7 +608,7 @@ def _train(run: _Run, energy_factory) -> dict:
     _resume_state(run)
     if run.dist.main and run.cfg.eval_initial and not run.initial:
         t0 = time.perf_counter()
-        run.initial = evaluate(run.model, run.cfg, run.train_xy, run.test_xy, run.device)
+        run.initial = evaluate(run.model, run.cfg, run.train_split, run.test_split, run.device)
         run.eval_s = time.perf_counter() - t0
     _fit_budget(run)
     if run.dist.main:
@@ -649,15 +667,26 @@ def _open_checkpoint(run: _Run) -> None:
                              f"not {getattr(cfg, key)!r}{hint}")
 
 
+def _load_data(run: _Run) -> None:
+    """The splits (SSL training: ``data.SSL_SPLIT``; kNN: the labelled train and test splits)
+    and the DataLoader workers (``run.cfg.workers``, resolved: ``data.auto_workers``)."""
+    cfg = run.cfg
+    kw = dict(data_dir=cfg.data_dir, download=cfg.download, n_synthetic=cfg.n_synthetic,
+              seed=cfg.seed)
+    run.train_split = load_split(cfg.dataset, "train", **kw)
+    run.test_split = load_split(cfg.dataset, "test", **kw)
+    ssl = load_split(cfg.dataset, "ssl", **kw) if cfg.dataset in SSL_SPLIT else run.train_split
+    if cfg.workers is None:
+        run.cfg = replace(cfg, workers=auto_workers(ssl.lazy, run.dist.world))
+    run.data = TwoViews(ssl, *view_transforms(cfg.dataset, cfg.views))
+
+
 def _setup(run: _Run) -> None:
     """Data, model (a resumed run's weights), objective (DDP-wrapped under torchrun),
     optimiser, gradient scaler, precision and steps per epoch."""
+    _load_data(run)
     cfg, device = run.cfg, run.device
     meta = info(cfg.dataset)
-    kw = dict(data_dir=cfg.data_dir, download=cfg.download, n_synthetic=cfg.n_synthetic,
-              seed=cfg.seed)
-    run.train_xy = load_tensors(cfg.dataset, True, **kw)
-    run.test_xy = load_tensors(cfg.dataset, False, **kw)
     run.amp, run.amp_reason = amp_choice(cfg.amp, device)
     run.say(f"precision: {str(run.amp).replace('torch.', '') if run.amp else 'fp32'} "
             f"({run.amp_reason})")
@@ -685,7 +714,6 @@ def _setup(run: _Run) -> None:
     run.opt = LARS(lars_param_groups(model, cfg.gate_lr_mult), lr=0.0,
                    weight_decay=cfg.weight_decay, eta=cfg.eta)
     run.scaler = torch.amp.GradScaler(device.type, enabled=run.amp == torch.float16)
-    run.data = TwoViews(*run.train_xy, *view_transforms(cfg.dataset, cfg.views))
     run.steps_per_epoch = len(run.data) // cfg.batch_size
     if cfg.max_steps_per_epoch:
         run.steps_per_epoch = min(run.steps_per_epoch, cfg.max_steps_per_epoch)
@@ -768,13 +796,14 @@ def _measure_step(run: _Run, warmup: int = 2, timed: int = 3) -> tuple[float, fl
     order = _epoch_order(cfg, len(run.data), 0)
     p = anneal_p(0, cfg.alpha)
     save_s = 0.0
+    steps = [s % run.steps_per_epoch for s in range(n)]
     with _undone(run):
         run.model.train()
-        for s in range(n):
+        for s, views in zip(range(n), _batches(run, order, steps, cfg)):
             if s == warmup:
                 _sync(run.device)
                 t0 = time.perf_counter()
-            _step(run, order, 0, s % run.steps_per_epoch, p, cfg)
+            _step(run, views, 0, steps[s], p, cfg)
         _sync(run.device)
         step_s = (time.perf_counter() - t0) / timed
         if run.dist.main:
@@ -824,13 +853,13 @@ def _eval_images(cfg: TrainConfig, n_train: int, n_test: int) -> int:
 def _estimate_eval_s(run: _Run, n: int = 512) -> float:
     """Seconds a kNN evaluation takes, from a timed one on the first ``n`` images of each
     split, scaled by the images (for runs without the initial evaluation)."""
-    (x, y), (xt, yt) = run.train_xy, run.test_xy
-    part_tr, part_te = (x[:n], y[:n]), (xt[:n], yt[:n])
+    tr, te = run.train_split, run.test_split
+    part_tr, part_te = tr.subset(range(min(n, len(tr)))), te.subset(range(min(n, len(te))))
     t0 = time.perf_counter()
     evaluate(run.model, run.cfg, part_tr, part_te, run.device)
     dt = time.perf_counter() - t0
-    return dt * (_eval_images(run.cfg, len(y), len(yt))
-                 / _eval_images(run.cfg, len(part_tr[1]), len(part_te[1])))
+    return dt * (_eval_images(run.cfg, len(tr), len(te))
+                 / _eval_images(run.cfg, len(part_tr), len(part_te)))
 
 
 def _final_s(run: _Run, eval_s: float) -> float:
@@ -838,7 +867,7 @@ def _final_s(run: _Run, eval_s: float) -> float:
     per image like the kNN evaluation."""
     if run.cfg.method == "dense":
         return 0.0
-    n_train, n_test = len(run.train_xy[1]), len(run.test_xy[1])
+    n_train, n_test = len(run.train_split), len(run.test_split)
     return eval_s * n_test / _eval_images(run.cfg, n_train, n_test)
 
 
@@ -847,17 +876,35 @@ def _epoch_order(cfg: TrainConfig, n: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
 
 
-def _step(run: _Run, order: torch.Tensor, epoch: int, s: int, p: float,
-          cfg: TrainConfig | None = None) -> dict:
-    """Training step ``s`` of ``epoch``: this process's share of the batch, the learning rate
-    of ``cfg``'s schedule (the run's by default), one optimiser step; returns the loss terms."""
+def _batches(run: _Run, order: torch.Tensor, steps: list[int], cfg: TrainConfig | None = None):
+    """(view 1, view 2) of this process's share of each of ``steps``' batches of ``order``,
+    on the CPU: made in this process without workers (``cfg.workers`` 0), else by a DataLoader
+    whose batch sampler is exactly these index lists (its workers draw their augmentations
+    from seeds the DataLoader takes from torch's RNG, reseeded every epoch)."""
     cfg = cfg or run.cfg
     per_rank = cfg.batch_size // run.dist.world
-    batch = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-    idx = batch[run.dist.rank * per_rank:(run.dist.rank + 1) * per_rank].tolist()
-    items = [run.data[i] for i in idx]
-    v1 = torch.stack([it[0] for it in items]).to(run.device, memory_format=run.fmt)
-    v2 = torch.stack([it[1] for it in items]).to(run.device, memory_format=run.fmt)
+    lo = run.dist.rank * per_rank
+    index_lists = [order[s * cfg.batch_size:(s + 1) * cfg.batch_size][lo:lo + per_rank].tolist()
+                   for s in steps]
+    if not cfg.workers:
+        for idx in index_lists:
+            items = [run.data[i] for i in idx]
+            yield torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
+        return
+    loader = DataLoader(run.data, batch_sampler=index_lists, num_workers=cfg.workers,
+                        pin_memory=run.device.type == "cuda")
+    for v1, v2, _ in loader:
+        yield v1, v2
+
+
+def _step(run: _Run, views: tuple[torch.Tensor, torch.Tensor], epoch: int, s: int, p: float,
+          cfg: TrainConfig | None = None) -> dict:
+    """Training step ``s`` of ``epoch`` on this process's share of the batch, ``views``
+    (``_batches``): the learning rate of ``cfg``'s schedule (the run's by default), one
+    optimiser step; returns the loss terms."""
+    cfg = cfg or run.cfg
+    v1 = views[0].to(run.device, memory_format=run.fmt, non_blocking=True)
+    v2 = views[1].to(run.device, memory_format=run.fmt, non_blocking=True)
     for g in run.opt.param_groups:
         g["lr"] = g["lr_mult"] * lr_at(cfg, epoch * run.steps_per_epoch + s, run.steps_per_epoch)
     with torch.autocast(run.device.type, dtype=run.amp or torch.float32,
@@ -883,8 +930,8 @@ def _epochs(run: _Run) -> None:
         order = _epoch_order(cfg, len(run.data), epoch)
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
-        for s in range(spe):
-            terms = _step(run, order, epoch, s, p)
+        for s, views in zip(range(spe), _batches(run, order, list(range(spe)))):
+            terms = _step(run, views, epoch, s, p)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             clock["done"] += 1
@@ -913,7 +960,7 @@ def _end_epoch(run: _Run, epoch: int, row: dict) -> None:
     """Rank 0: the epoch's kNN evaluation (on its cadence), metrics and checkpoint."""
     cfg = run.cfg
     if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-        row.update(evaluate(run.model, cfg, run.train_xy, run.test_xy, run.device))
+        row.update(evaluate(run.model, cfg, run.train_split, run.test_split, run.device))
     run.history.append(row)
     # rewritten whole from the history, like the checkpoint: an interrupted write never leaves
     # a duplicate or half line for the resumed run to append to
@@ -967,9 +1014,9 @@ def _finish(run: _Run) -> dict:
     if (out / ENERGY).exists():
         summary["energy"] = json.loads((out / ENERGY).read_text())["total"]
     if cfg.method != "dense":
-        test_x = eval_dataset(*run.test_xy, cfg.dataset)
-        pattern = summarise(run.model.backbone, DataLoader(test_x, batch_size=256), run.device,
-                            dataset=cfg.dataset, t_d=cfg.t_d, run=name)
+        batches = eval_batches(run.test_split, cfg.dataset, 256, cfg.workers or 0)
+        pattern = summarise(run.model.backbone, batches, run.device, dataset=cfg.dataset,
+                            t_d=cfg.t_d, run=name)
         pattern.t_d = cfg.t_d
         pattern.save(out / "pattern.json")
         pattern.save(Path(cfg.models_dir) / f"{name}.json")

@@ -5,6 +5,7 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from hwbench.data import (
+    TensorSplit,
     TwoViews,
     linear_train_transform,
     ssl_transform,
@@ -79,19 +80,20 @@ def test_cifar100_views_differ_only_in_blur_and_run_on_images():
     t1, t2 = view_transforms("cifar100", "reference")
     assert one(t1, v2.GaussianBlur)[0] is None and one(t2, v2.GaussianBlur)[1] == 0.2
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    ds = TwoViews(x, torch.arange(8), t1, t2)
+    ds = TwoViews(TensorSplit(x, torch.arange(8)), t1, t2)
     a, b, y = ds[3]
     assert a.shape == b.shape == (3, 32, 32) and a.dtype == torch.float32 and y == 3
     assert type(a) is torch.Tensor  # plain tensors: batches stack as before
     # view 1 gets the first transform, view 2 the second
-    a, b, _ = TwoViews(x, torch.arange(8), lambda im: im.float(), lambda im: -im.float())[5]
+    a, b, _ = TwoViews(TensorSplit(x, torch.arange(8)), lambda im: im.float(),
+                       lambda im: -im.float())[5]
     assert torch.equal(a, x[5].float()) and torch.equal(b, -x[5].float())
 
 
 def test_hwbench_views_are_ssl_transform_twice_and_unknown_names_fail():
     t1, t2 = view_transforms("mnist5k", "hwbench")
     assert t1 is t2 and repr(t1) == repr(ssl_transform("mnist5k"))
-    ds = TwoViews(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2), t1)
+    ds = TwoViews(TensorSplit(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2)), t1)
     assert ds.transform2 is t1
     with pytest.raises(UsageError, match="no recipe for mnist5k.*use --views hwbench"):
         view_transforms("mnist5k", "reference")

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from hwbench.data import load_tensors
+from hwbench.data import load_split
 from hwbench.errors import UsageError
 from hwbench.evaluate import linear_probe, linear_sgd, run_eval
 from hwbench.ssl.knn import KNN_PROTOCOLS, PROTOCOLS
@@ -101,8 +101,8 @@ class ColourNet(torch.nn.Module):
 
 
 def test_linear_sgd_learns_a_separable_set_and_leaves_the_backbone_as_it_was():
-    train_xy = load_tensors("synthetic", True, n_synthetic=96, seed=0)
-    test_xy = load_tensors("synthetic", False, n_synthetic=64, seed=0)
+    train_xy = load_split("synthetic", "train", n_synthetic=96, seed=0)
+    test_xy = load_split("synthetic", "test", n_synthetic=64, seed=0)
     net = ColourNet().train()  # linear_sgd must put it in eval mode, and back
     before = {k: v.clone() for k, v in net.state_dict().items()}
     rng = torch.get_rng_state()

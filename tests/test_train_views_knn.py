@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import hwbench.train as train_mod
+from hwbench.data import TensorSplit
 from hwbench.errors import UsageError
 from hwbench.train import TrainConfig, train
 from tests.conftest import one_line_error, run_cli
@@ -22,11 +23,11 @@ def test_bad_views_or_knn_are_one_line(tmp_path, args, needle):
     assert not (tmp_path / "r").exists()
 
 
-def fake_cifar100(name, train, **kw):
+def fake_cifar100(name, split, **kw):
     """32 random 32-px images per split, 4 of CIFAR-100's classes: no files needed."""
-    g = torch.Generator().manual_seed(int(train))
-    return (torch.randint(0, 256, (32, 3, 32, 32), generator=g, dtype=torch.uint8),
-            torch.arange(32) % 4)
+    g = torch.Generator().manual_seed(int(split != "test"))
+    return TensorSplit(torch.randint(0, 256, (32, 3, 32, 32), generator=g, dtype=torch.uint8),
+                       torch.arange(32) % 4)
 
 
 def test_reference_views_and_knn_reach_the_run(tmp_path, monkeypatch):
@@ -37,7 +38,8 @@ def test_reference_views_and_knn_reach_the_run(tmp_path, monkeypatch):
         asked.append((name, views))
         return real(name, views)
 
-    monkeypatch.setattr(train_mod, "load_tensors", fake_cifar100)
+    monkeypatch.setattr(train_mod, "load_split", fake_cifar100)
+    monkeypatch.setattr(train_mod, "check_files", lambda *a: None)
     monkeypatch.setattr(train_mod, "view_transforms", spy)
     cfg = TrainConfig(dataset="cifar100", views="reference", knn="reference", batch_size=16,
                       proj_dims=(32, 32, 16), epochs=1, max_steps_per_epoch=1, energy=False,
