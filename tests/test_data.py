@@ -3,11 +3,15 @@ import torch
 
 from hwbench.data import (
     DATASETS,
+    INFO,
+    TensorSplit,
     TwoViews,
-    eval_dataset,
-    image_folder,
+    auto_workers,
+    eval_batches,
     info,
+    load_split,
     load_tensors,
+    normalise,
     ssl_transform,
 )
 from hwbench.errors import UsageError
@@ -30,42 +34,41 @@ def test_digits_and_synthetic():
     assert s.shape == (64, 3, 32, 32) and sy.max() < 4
 
 
-@pytest.mark.parametrize("name,needle", [
-    ("cifar10", "--data-dir"), ("stl10", "--data-dir"), ("imagenet100", "image folder")])
-def test_file_backed_sets_give_clear_errors_without_files(name, needle):
-    with pytest.raises(UsageError, match=needle):
-        load_tensors(name, train=True)
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "stl10", "imagenet100"])
+def test_file_backed_sets_give_clear_errors_without_files(name):
+    with pytest.raises(UsageError, match=f"{name} needs --data-dir"):
+        load_split(name, "train")
 
 
 def test_missing_dirs_are_clear(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         load_tensors("cifar10", train=True, data_dir=str(tmp_path / "nope"))
-    with pytest.raises(UsageError, match="not found under"):
+    with pytest.raises(UsageError, match="no cifar-10-batches-py/data_batch_1 under"):
         load_tensors("cifar10", train=True, data_dir=str(tmp_path))
     with pytest.raises(UsageError, match="no folder"):
-        image_folder(str(tmp_path), train=True)
+        load_split("imagenet100", "train", data_dir=str(tmp_path))
     with pytest.raises(UsageError, match="unknown dataset"):
         info("mnist60k")
 
 
-def test_image_folder(tmp_path):
-    from PIL import Image
-
-    for c in ("a", "b"):
-        (tmp_path / "train" / c).mkdir(parents=True)
-        Image.new("RGB", (40, 40), color=(10, 20, 30)).save(tmp_path / "train" / c / "0.png")
-    ds = image_folder(str(tmp_path), train=True)
-    assert len(ds) == 2 and ds.classes == ["a", "b"]
-
-
-def test_two_views_differ_and_are_normalised():
+def test_two_views_differ_and_eval_batches_are_normalised_in_order():
     x, y = load_tensors("synthetic", train=True, n_synthetic=8)
     torch.manual_seed(0)
-    v1, v2, label = TwoViews(x, y, ssl_transform("synthetic"))[0]
+    v1, v2, label = TwoViews(TensorSplit(x, y), ssl_transform("synthetic"))[0]
     assert v1.shape == v2.shape == (3, 32, 32) and v1.dtype == torch.float32
     assert not torch.equal(v1, v2) and label == y[0]
-    ds = eval_dataset(x, y, "synthetic")
-    assert ds[0][0].shape == (3, 32, 32)
+    batches = list(eval_batches(TensorSplit(x, y), "synthetic", batch=3))
+    assert [len(b[1]) for b in batches] == [3, 3, 2]
+    got = torch.cat([b[0] for b in batches])
+    mean, std = INFO["synthetic"].mean[1], INFO["synthetic"].std[1]
+    assert torch.allclose(got[:, 1], (x[:, 1].float() / 255 - mean) / std)
+    assert torch.equal(got, normalise(x, "synthetic"))
+
+
+def test_auto_workers():
+    assert auto_workers(False, cpus=64) == 0  # in memory: today's loop, no workers
+    assert auto_workers(True, cpus=2) == 1 and auto_workers(True, cpus=1) == 1
+    assert auto_workers(True, world=2, cpus=16) == 7 and auto_workers(True, cpus=64) == 8
 
 
 def test_every_dataset_has_info():

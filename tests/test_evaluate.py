@@ -5,7 +5,10 @@ import json
 import pytest
 import torch
 
-from hwbench.evaluate import linear_probe, run_eval
+from hwbench.data import load_split
+from hwbench.errors import UsageError
+from hwbench.evaluate import linear_probe, linear_sgd, run_eval
+from hwbench.ssl.knn import KNN_PROTOCOLS, PROTOCOLS
 from hwbench.train import TrainConfig, train
 from tests.conftest import one_line_error, run_cli
 
@@ -25,7 +28,7 @@ def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("evalrun")
     train(TrainConfig(dataset="synthetic", n_synthetic=48, batch_size=16, epochs=1,
                       proj_dims=(32, 32, 16), max_steps_per_epoch=1, energy=False,
-                      out=str(d / "run"), models_dir=str(d / "models"), t_d=0.4))
+                      out=str(d / "run"), models_dir=str(d / "models"), t_d=0.4, knn="online"))
     return d / "run" / "checkpoint.pt"
 
 
@@ -33,11 +36,36 @@ def test_eval_reports_both_streams_macs_and_on_ratios(run):
     res = run_eval(run)
     assert {"knn_top1_dense", "knn_top1_gated", "linear_top1_dense",
             "linear_top1_gated"} <= set(res)
+    # every kNN protocol, labelled; knn_top1_* is the run's own (it trained with --knn online)
+    for p in KNN_PROTOCOLS:
+        assert {f"knn_{p}_top1_dense", f"knn_{p}_top1_gated"} <= set(res)
+        assert res["protocol"]["knn"]["protocols"][p] == PROTOCOLS[p].record()
+    assert res["protocol"]["knn"]["knn_top1"] == "online"
+    assert res["knn_top1_gated"] == res["knn_online_top1_gated"]
+    assert res["knn_test_n"] == 48 and "linear_sgd_top1_dense" not in res
+    last = json.loads((run.parent / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["knn_protocol"] == "online"  # train's monitor, labelled
     assert all(0 <= res[k] <= 100 for k in res if "top1" in k)
     assert 0 < res["eval_macs_ratio"] <= 1 and res["epoch"] == 0
     assert len(res["on_ratios"]) == 8 and all(0 <= v <= 1 for v in res["on_ratios"].values())
     on_disk = json.loads((run.parent / "eval.json").read_text())
     assert on_disk["linear_top1_gated"] == res["linear_top1_gated"]
+
+
+def test_eval_knn_protocols_and_the_sgd_linear_evaluation(run, tmp_path):
+    r = run_cli("eval", "--checkpoint", run, "--no-linear", "--knn-protocol", "reference",
+                "--linear-sgd-epochs", "1", "--out", tmp_path / "e.json")
+    assert r.exit_code == 0, r.output
+    assert "kNN reference top-1 dense" in r.output and "linear SGD top-1 gated" in r.output
+    assert "the online protocol" in r.output
+    res = json.loads((tmp_path / "e.json").read_text())
+    # reference asked for; the run's own (online) computed for knn_top1_*, not listed beside it
+    assert "knn_reference_top1_gated" in res and "knn_cosine_top1_gated" not in res
+    assert "knn_online_top1_gated" not in res and "knn_top1_gated" in res
+    assert 0 <= res["linear_sgd_top1_gated"] <= 100 and "linear_top1_gated" not in res
+    assert res["protocol"]["linear_sgd"]["epochs"] == 1
+    assert "invalid value for '--knn-protocol'" in one_line_error(run_cli(
+        "eval", "--checkpoint", run, "--knn-protocol", "l2")).lower()
 
 
 def test_eval_cli(run, tmp_path):
@@ -52,3 +80,39 @@ def test_eval_cli(run, tmp_path):
                                                                  tmp_path / "junk.pt"))
     assert "nothing to evaluate" in one_line_error(run_cli("eval", "--checkpoint", run,
                                                            "--no-knn", "--no-linear"))
+
+
+class ColourNet(torch.nn.Module):
+    """A stand-in backbone: a 1x1 conv (+x, -x), BatchNorm, ReLU, mean over the image: its
+    features are the image's mean colour, enough to separate the synthetic set's classes."""
+
+    num_features = 6
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(6)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.cat([torch.eye(3), -torch.eye(3)])[:, :, None, None])
+
+    def forward(self, x, stream="dense"):
+        assert stream == "gated"
+        return torch.relu(self.bn(self.conv(x))).mean((2, 3))
+
+
+def test_linear_sgd_learns_a_separable_set_and_leaves_the_backbone_as_it_was():
+    train_xy = load_split("synthetic", "train", n_synthetic=96, seed=0)
+    test_xy = load_split("synthetic", "test", n_synthetic=64, seed=0)
+    net = ColourNet().train()  # linear_sgd must put it in eval mode, and back
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    top1 = linear_sgd(net, train_xy, test_xy, "synthetic", "gated", torch.device("cpu"),
+                      epochs=8, batch_size=16)
+    assert top1 == 100.0
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert net.training and torch.equal(torch.get_rng_state(), rng)
+    # seeded: the same seed, the same head
+    assert linear_sgd(net, train_xy, test_xy, "synthetic", "gated", torch.device("cpu"),
+                      epochs=8, batch_size=16) == top1
+    with pytest.raises(UsageError, match="linear-sgd-epochs"):
+        linear_sgd(net, train_xy, test_xy, "synthetic", "gated", torch.device("cpu"), epochs=0)

@@ -40,12 +40,13 @@ def test_top1_standard_error():
     assert top1_se(100.0, 50) == 0.0
 
 
-def test_ctrl_c_leaves_a_checkpoint_and_resume_reproduces_the_loss_curve(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])  # 1: the views come from a DataLoader worker
+def test_ctrl_c_leaves_a_checkpoint_and_resume_reproduces_the_loss_curve(tmp_path, workers):
     full = TrainConfig(**TINY, epochs=3, out=str(tmp_path / "full"),
-                       models_dir=str(tmp_path / "m"))
+                       models_dir=str(tmp_path / "m"), workers=workers)
     train(full)
     part = TrainConfig(**TINY, epochs=3, out=str(tmp_path / "part"),
-                       models_dir=str(tmp_path / "m"))
+                       models_dir=str(tmp_path / "m"), workers=workers)
 
     def interrupt(state):
         if state["epoch"] == 2:
@@ -55,7 +56,7 @@ def test_ctrl_c_leaves_a_checkpoint_and_resume_reproduces_the_loss_curve(tmp_pat
         train(part, progress=interrupt)
     assert torch.load(tmp_path / "part" / CHECKPOINT, weights_only=False)["epoch"] == 1
     train(TrainConfig(**TINY, epochs=3, out=str(tmp_path / "part"),
-                      models_dir=str(tmp_path / "m"), resume=True))
+                      models_dir=str(tmp_path / "m"), resume=True, workers=workers))
 
     def losses(d):
         return [json.loads(x)["loss"] for x in (tmp_path / d / "metrics.jsonl").read_text()
@@ -277,11 +278,11 @@ def test_features_worse_than_random_are_flagged(tmp_path, monkeypatch, final, wa
 
     calls = []
 
-    def fake_evaluate(model, cfg, train_xy, test_xy, device):
+    def fake_evaluate(model, cfg, train_split, test_split, device):
         top1 = {"dense": 50.0, "gated": 40.0} if not calls else final
         calls.append(top1)
         return {"knn_top1_dense": top1["dense"], "knn_top1_gated": top1["gated"],
-                "knn_test_n": len(test_xy[1]), "eval_macs_ratio": 0.52}
+                "knn_test_n": len(test_split), "eval_macs_ratio": 0.52}
 
     monkeypatch.setattr(tr, "evaluate", fake_evaluate)
     said = []

@@ -155,7 +155,7 @@ class _Builder:
     def shortcut(self, block, stream, in_shape) -> Conv | None:
         if block.downsample is None:
             return None
-        w, b = fold_bn(block.downsample.conv.weight, _bn(block.downsample.bn, stream))
+        w, b = fold_bn(block.downsample.conv.weight, block.downsample.bn_for(stream))
         return self.conv(w, b, block.downsample.conv.stride[0], 0, in_shape)
 
 

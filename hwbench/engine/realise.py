@@ -47,11 +47,13 @@ def _calibrate_bn(net: GatedResNet, x: torch.Tensor, seed: int) -> None:
 
 
 @torch.no_grad()
-def realise(pattern: GatePattern, seed: int = 0, calibration: int = 64) -> GatedResNet:
+def realise(pattern: GatePattern, seed: int = 0, calibration: int = 64,
+            shared_downsample_bn: bool = True) -> GatedResNet:
     """A network of ``pattern``'s arch/stem whose eval-mode gates realise the pattern."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        net = create_net(pattern.arch, stem=pattern.stem, gate=pattern.gate)
+        net = create_net(pattern.arch, stem=pattern.stem, gate=pattern.gate,
+                         shared_downsample_bn=shared_downsample_bn)
     x = pattern_inputs(calibration, pattern.input_size, seed=seed + 1)
     _calibrate_bn(net, x, seed)
     groups = channel_groups(pattern)

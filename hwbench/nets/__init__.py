@@ -25,7 +25,8 @@ def create_net(name: str, **kwargs) -> GatedResNet:
     """Build a registered gated network, e.g. ``create_net("resnet18", stem="cifar")``.
 
     Keyword arguments: ``stem`` ("cifar" | "imagenet"), ``widths`` (per-block gated widths, for a
-    physically slimmed copy), ``gate_temperature``, ``gate`` ("channel" | "width:G" | GateSpec).
+    physically slimmed copy), ``gate_temperature``, ``gate`` ("channel" | "width:G" | GateSpec),
+    ``shared_downsample_bn`` (default True: one downsample BN for both streams, the reference's).
     """
     if name not in _REGISTRY:
         raise UsageError(f"unknown network {name!r}; registered: {', '.join(list_nets())}")
@@ -44,9 +45,12 @@ def width_mult_widths(arch: str, mult: float, step: int = 16) -> list[int]:
 
 
 def net_from_config(cfg: dict, stem: str) -> GatedResNet:
-    """The network a run's config describes: its arch, gate kind and (``--width-mult``) widths."""
+    """The network a run's config describes: its arch, gate kind, (``--width-mult``) widths and
+    downsample BNs. A config without ``shared_downsample_bn`` was written before the key existed,
+    when every downsample had a BN per stream: it gets that architecture back."""
     return create_net(cfg["arch"], stem=stem, widths=cfg.get("widths") or None,
-                      gate=cfg.get("gate") or "channel")
+                      gate=cfg.get("gate") or "channel",
+                      shared_downsample_bn=bool(cfg.get("shared_downsample_bn", False)))
 
 
 @register_net

@@ -1,9 +1,12 @@
 """Gated ResNets with two streams over one set of conv weights.
 
 ``stream="dense"`` runs every channel and no gate; ``stream="gated"`` runs each block's gate and
-masks the block's intermediate channels. Each stream has its own BatchNorms on the residual path
-(the reference's ``separate_bn``); the stem's BN is shared, as in the reference, because both
-streams see the same input distribution there.
+masks the block's intermediate channels. Each stream has its own BatchNorms after the block's
+convs (the reference's ``--separate_bn``: solo/methods/ResCg/resnet_gating.py:65-84 of
+KrishnaTarun/Unification f0fe435). The stem's BN and, by default, each downsample shortcut's BN
+are shared by both streams, as in the reference (resnet_gating.py:216, 249 and 322-325: one
+BN each, whatever ``separate_bn``); ``shared_downsample_bn=False`` gives the downsample a BN per
+stream too (hwbench before issue 15, and every checkpoint written then).
 """
 
 from __future__ import annotations
@@ -39,19 +42,32 @@ class DualBatchNorm2d(nn.Module):
 
 
 class _Downsample(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, stride: int):
+    """The 1x1 conv + BN shortcut; one BN for both streams (``shared``) or one per stream."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, shared: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False)
-        self.bn = DualBatchNorm2d(out_ch)
+        self.bn = nn.BatchNorm2d(out_ch) if shared else DualBatchNorm2d(out_ch)
+
+    @property
+    def shared(self) -> bool:
+        return isinstance(self.bn, nn.BatchNorm2d)
+
+    def bn_for(self, stream: Stream) -> nn.BatchNorm2d:
+        """The BatchNorm ``stream`` runs (what the engine folds into the conv)."""
+        if self.shared:
+            return self.bn
+        return self.bn.dense if stream == "dense" else self.bn.gated
 
     def forward(self, x: torch.Tensor, stream: Stream) -> torch.Tensor:
-        return self.bn(self.conv(x), stream)
+        return self.bn_for(stream)(self.conv(x))
 
 
 class GatedBasicBlock(nn.Module):
     """conv3x3 -> BN -> ReLU -> [mask] -> conv3x3 -> BN -> (+ shortcut) -> ReLU."""
 
-    def __init__(self, geom: BlockGeometry, temperature: float, spec: GateSpec = CHANNEL):
+    def __init__(self, geom: BlockGeometry, temperature: float, spec: GateSpec = CHANNEL,
+                 shared_downsample_bn: bool = True):
         super().__init__()
         c_in, w, c_out, s = geom.in_channels, geom.width, geom.out_channels, geom.stride
         self.conv1 = nn.Conv2d(c_in, w, 3, stride=s, padding=1, bias=False)
@@ -59,7 +75,8 @@ class GatedBasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(w, c_out, 3, padding=1, bias=False)
         self.bn2 = DualBatchNorm2d(c_out)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _Downsample(c_in, c_out, s) if geom.has_downsample else None
+        self.downsample = (_Downsample(c_in, c_out, s, shared_downsample_bn)
+                           if geom.has_downsample else None)
         self.gate = ChannelGate(c_in, w, temperature, spec)
 
     def forward(self, x: torch.Tensor, stream: Stream) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -79,7 +96,8 @@ class GatedBottleneck(nn.Module):
     all three convs (as an output of the first two and an input of the last two).
     """
 
-    def __init__(self, geom: BlockGeometry, temperature: float, spec: GateSpec = CHANNEL):
+    def __init__(self, geom: BlockGeometry, temperature: float, spec: GateSpec = CHANNEL,
+                 shared_downsample_bn: bool = True):
         super().__init__()
         c_in, w, c_out, s = geom.in_channels, geom.width, geom.out_channels, geom.stride
         self.conv1 = nn.Conv2d(c_in, w, 1, bias=False)
@@ -89,7 +107,8 @@ class GatedBottleneck(nn.Module):
         self.conv3 = nn.Conv2d(w, c_out, 1, bias=False)
         self.bn3 = DualBatchNorm2d(c_out)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _Downsample(c_in, c_out, s) if geom.has_downsample else None
+        self.downsample = (_Downsample(c_in, c_out, s, shared_downsample_bn)
+                           if geom.has_downsample else None)
         self.gate = ChannelGate(c_in, w, temperature, spec)
 
     def forward(self, x: torch.Tensor, stream: Stream) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -143,8 +162,10 @@ class GatedResNet(nn.Module):
     """A ResNet backbone (no classifier head) with a channel gate in every residual block."""
 
     def __init__(self, spec: ArchSpec, stem: str = "cifar", widths: list[int] | None = None,
-                 gate_temperature: float = GATE_TEMPERATURE, gate: GateSpec | str = CHANNEL):
+                 gate_temperature: float = GATE_TEMPERATURE, gate: GateSpec | str = CHANNEL,
+                 shared_downsample_bn: bool = True):
         super().__init__()
+        self.shared_downsample_bn = bool(shared_downsample_bn)
         self.gate_spec = parse_gate(gate)
         self.spec, self.stem = spec, check_stem(stem)
         self.widths = None if widths is None else [int(w) for w in widths]
@@ -162,8 +183,8 @@ class GatedResNet(nn.Module):
         block_cls = GatedBasicBlock if spec.block == "basic" else GatedBottleneck
         self.block_names: list[str] = [b.name for b in ref.blocks]
         for stage in range(1, 5):
-            blocks = [block_cls(b, gate_temperature, self.gate_spec) for b in ref.blocks
-                      if b.name.startswith(f"layer{stage}.")]
+            blocks = [block_cls(b, gate_temperature, self.gate_spec, self.shared_downsample_bn)
+                      for b in ref.blocks if b.name.startswith(f"layer{stage}.")]
             self.add_module(f"layer{stage}", nn.ModuleList(blocks))
         self._geometry_cache: dict[tuple[int, int], NetGeometry] = {}
         self._init_weights()

@@ -77,8 +77,10 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
         "idle_w": "idle power measured before the windows (W)"}),
     "accuracy": ("one run x stream x metric x device", {
         "run": "run directory name", "dataset": "data set", "t_d": "budget the run trained at",
-        "stream": "dense or gated", "metric": "knn_top1 (k=20 cosine kNN) or linear_top1 "
-                                             "(linear probe, hwbench eval)",
+        "stream": "dense or gated", "metric": "knn_top1 (kNN by the run's --knn protocol, "
+                                             "cosine k 20 by default; eval.json's protocol.knn "
+                                             "names it) or linear_top1 (linear probe, hwbench "
+                                             "eval)",
         "top1_pct": "top-1 accuracy (%) on the data set's test split", "device": "device label",
         "setting": _SETTING,
         "p90_ms": "measured p90 latency (ms) of that stream on that device",

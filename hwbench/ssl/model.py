@@ -1,4 +1,4 @@
-"""The SSL model (backbone + projector), one training step for every configuration, LARS, kNN.
+"""The SSL model (backbone + projector), one training step for every configuration, LARS.
 
 Configurations of one step (not subclasses):
 - ``co`` (the paper): gated stream on view 1, dense stream on view 2, VICReg(z_gated, z_dense)
@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hwbench.nets.resnet import GatedResNet
@@ -52,7 +51,8 @@ class CoTrainStep(nn.Module):
 
     def __init__(self, method: str = "co", t_d: float = 0.5, lam: float = 5.0,
                  gamma: float = 1.0, vicreg: tuple[float, float, float] = (25.0, 25.0, 1.0),
-                 latency: nn.Module | None = None, sparsity_on: str = "sampled"):
+                 latency: nn.Module | None = None, sparsity_on: str = "sampled",
+                 vicreg_gather: bool = False):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -63,6 +63,9 @@ class CoTrainStep(nn.Module):
         # the noise-free decisions the deployed network takes (straight-through gradient)
         self.sparsity_on = sparsity_on
         self.vicreg = VICRegLoss(*vicreg)
+        # under DDP: False (the reference's) computes VICReg on each process's own batch; True
+        # on the gathered global batch
+        self.vicreg_gather = vicreg_gather
         self.gating = GatingLoss(t_d, lam, gamma, latency) if method != "dense" else None
 
     def forward(self, model: SSLModel, v1: torch.Tensor, v2: torch.Tensor,
@@ -92,7 +95,10 @@ class CoTrainStep(nn.Module):
                          macs_ratio=ratio.mean(), deployed_macs_ratio=deployed_ratio.mean(),
                          **{k: v for k, v in gate_loss.items() if k.startswith("latency_ms")})
         # The embeddings leave autocast here: the loss's variances and covariances are fp32.
-        vic = self.vicreg(gather(z1.float()), gather(z2.float()))
+        z1, z2 = z1.float(), z2.float()
+        if self.vicreg_gather:
+            z1, z2 = gather(z1), gather(z2)
+        vic = self.vicreg(z1, z2)
         loss = vic["loss"] + (gate_loss["loss"] if gate_loss is not None else 0.0)
         terms.update(vicreg=vic["loss"], invariance=vic["invariance"],
                      variance=vic["variance"], covariance=vic["covariance"], loss=loss)
@@ -175,23 +181,3 @@ def lars_param_groups(model: nn.Module, gate_lr_mult: float = 1.0) -> list[dict]
     return [{"params": decay, "lr_mult": 1.0},
             {"params": gate, "weight_decay": 0.0, "lr_mult": gate_lr_mult},
             {"params": plain, "lars": False, "weight_decay": 0.0, "lr_mult": 1.0}]
-
-
-@torch.no_grad()
-def knn_top1(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
-             test_labels: torch.Tensor, k: int = 20, temperature: float = 0.07,
-             chunk: int = 256) -> float:
-    """Weighted kNN top-1 (%) with cosine similarity: each of the k nearest training samples
-    votes for its class with weight exp(sim / temperature)."""
-    train = F.normalize(train_feats.float(), dim=1)
-    test = F.normalize(test_feats.float(), dim=1)
-    n_cls = int(max(train_labels.max(), test_labels.max())) + 1
-    k = min(k, len(train))
-    correct = 0
-    for i in range(0, len(test), chunk):
-        sim = test[i:i + chunk] @ train.T
-        top, idx = sim.topk(k, dim=1)
-        votes = torch.zeros(len(top), n_cls)
-        votes.scatter_add_(1, train_labels[idx], (top / temperature).exp())
-        correct += (votes.argmax(1) == test_labels[i:i + chunk]).sum().item()
-    return 100.0 * correct / len(test)

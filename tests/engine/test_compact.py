@@ -29,8 +29,9 @@ def edge_pattern(arch, stem, size):
     return p
 
 
-def check_modes(pattern, backend, batch=3, policies=("gather-conv", "gather-gemm", "static")):
-    net = realise(pattern, seed=1)
+def check_modes(pattern, backend, batch=3, policies=("gather-conv", "gather-gemm", "static"),
+                shared_downsample_bn=True):
+    net = realise(pattern, seed=1, shared_downsample_bn=shared_downsample_bn)
     x = pattern_inputs(batch, pattern.input_size, seed=11)
     masked = build_engine(net, "masked", pattern, backend=backend)(x)
     eager = net(x, stream="gated")
@@ -56,6 +57,16 @@ def test_modes_equal_masked_on_mixed_patterns(backend, name, stem, size):
 @pytest.mark.parametrize("name", list_nets())
 def test_modes_equal_masked_on_edge_cases(backend, name):
     check_modes(edge_pattern(name, "cifar", 32), backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list_nets())
+def test_modes_equal_masked_with_a_downsample_bn_per_stream(backend, name):
+    # the architecture of checkpoints written before issue 15 (--separate-downsample-bn)
+    pattern = mixed_pattern(name, "cifar", 32, 0.3, seed=4)
+    net = realise(pattern, seed=1, shared_downsample_bn=False)
+    assert not net.shared_downsample_bn
+    check_modes(pattern, backend, shared_downsample_bn=False)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

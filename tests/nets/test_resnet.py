@@ -63,6 +63,52 @@ def test_streams_share_convs_and_keep_separate_batchnorms():
     assert bn.dense.num_batches_tracked == 1 and bn.gated.num_batches_tracked == 0
 
 
+# downsample output channels, written from the architectures: resnet18/34 (BasicBlock) change
+# width at layer2-4; resnet50 (Bottleneck, expansion 4) at every stage's first block
+DOWNSAMPLE_CHANNELS = {"resnet18": [128, 256, 512], "resnet34": [128, 256, 512],
+                       "resnet50": [256, 512, 1024, 2048]}
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_shared_downsample_bn_has_one_bn_per_shortcut(name):
+    def count(net):
+        return sum(p.numel() for p in net.parameters())
+
+    shared = create_net(name)
+    separate = create_net(name, shared_downsample_bn=False)
+    assert shared.shared_downsample_bn and not separate.shared_downsample_bn
+    # a second BN per shortcut: a weight and a bias per channel
+    assert count(separate) - count(shared) == 2 * sum(DOWNSAMPLE_CHANNELS[name])
+    keys = set(shared.state_dict())
+    assert "layer2.0.downsample.bn.weight" in keys
+    assert not any(".downsample.bn.dense." in k or ".downsample.bn.gated." in k for k in keys)
+    assert "layer2.0.downsample.bn.dense.weight" in set(separate.state_dict())
+
+
+def test_shared_downsample_bn_sees_both_streams_and_separate_sees_one():
+    x = torch.randn(4, 3, 32, 32)
+    shared, separate = create_net("resnet18").train(), create_net(
+        "resnet18", shared_downsample_bn=False).train()
+    for net in (shared, separate):
+        net(x, stream="dense")
+        net.forward_gated(x)
+    assert shared.layer2[0].downsample.bn.num_batches_tracked == 2
+    bn = separate.layer2[0].downsample.bn
+    assert bn.dense.num_batches_tracked == 1 and bn.gated.num_batches_tracked == 1
+    # the block's own BNs stay one per stream in both
+    assert shared.layer2[0].bn1.dense.num_batches_tracked == 1
+
+
+def test_net_from_config_builds_the_architecture_a_config_recorded():
+    from hwbench.nets import net_from_config
+
+    old = {"arch": "resnet18", "gate": "channel", "widths": None}  # before the key existed
+    assert not net_from_config(old, "cifar").shared_downsample_bn
+    assert net_from_config({**old, "shared_downsample_bn": True}, "cifar").shared_downsample_bn
+    assert not net_from_config({**old, "shared_downsample_bn": False},
+                               "cifar").shared_downsample_bn
+
+
 def test_unknown_stream_is_rejected():
     with pytest.raises(ValueError, match="stream"):
         create_net("resnet18")(torch.randn(1, 3, 32, 32), stream="both")

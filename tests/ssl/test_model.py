@@ -7,7 +7,6 @@ from hwbench.ssl.model import (
     METHODS,
     CoTrainStep,
     SSLModel,
-    knn_top1,
     lars_param_groups,
 )
 
@@ -77,16 +76,6 @@ def test_lars_step_is_the_smaller_of_the_global_and_the_trust_ratio_rate(lr, ste
     opt.step()
     assert torch.allclose(w.detach(), torch.full((4, 4), 1.0 - min(lr, 0.002) * 10))
     assert 1.0 - w.detach()[0, 0].item() == pytest.approx(step)
-
-
-def test_knn_top1():
-    torch.manual_seed(0)
-    centres = torch.randn(3, 8) * 5
-    ytr, yte = torch.arange(3).repeat(20), torch.arange(3).repeat(5)
-    xtr = centres[ytr] + torch.randn(60, 8) * 0.1
-    xte = centres[yte] + torch.randn(15, 8) * 0.1
-    assert knn_top1(xtr, ytr, xte, yte, k=5) == 100.0
-    assert knn_top1(xtr, ytr, xte, (yte + 1) % 3, k=5) == 0.0
 
 
 def test_unknown_method():
