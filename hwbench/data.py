@@ -477,11 +477,11 @@ REFERENCE_VIEWS = {
                 "source": "bash_files/pretrain/cifar10/vicreg_gating.sh:30-38; "
                           "solo/utils/pretrain_dataloader.py:219-220 (mean/std)"},
     "cifar100": {**_COMMON, "crop": 32, "blur_p": (0.0, 0.2),
-                 "mean": (0.5071, 0.4865, 0.4409), "std": (0.2673, 0.2564, 0.2762),
+                 "mean": CIFAR100_MEAN, "std": CIFAR100_STD,
                  "source": "bash_files/pretrain/cifar100/vicreg_gating.sh:31-39; "
                            "solo/utils/pretrain_dataloader.py:222-223 (mean/std)"},
     "stl10": {**_COMMON, "crop": 96, "blur_p": (0.0, 0.0),
-              "mean": (0.4914, 0.4823, 0.4466), "std": (0.247, 0.243, 0.261),
+              "mean": STL10_MEAN, "std": STL10_STD,
               "source": "bash_files/pretrain/stl10/vicreg_gating.sh:33-41; "
                         "solo/utils/pretrain_dataloader.py:324 (mean/std)"},
     "imagenet100": {**_COMMON, "crop": 224, "blur_p": (0.0, 0.0),
