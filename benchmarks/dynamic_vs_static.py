@@ -165,10 +165,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "results" / "dynamic_vs_static_cpu.json"))
     ap.add_argument("--max-steps-per-epoch", type=int, default=None, help="smoke tests")
     args = ap.parse_args()
-    from hwbench.data import load_tensors
+    from hwbench.data import load_split
     from hwbench.units import LatencyTarget
 
-    knn_n = len(load_tensors(args.dataset, False)[1])  # kNN runs on the whole test split
+    knn_n = len(load_split(args.dataset, "test"))  # kNN runs on the whole test split
     rows, t0 = [], time.perf_counter()
     for target in args.targets.split(","):
         ratio = LatencyTarget.parse(target, "p90").ratio

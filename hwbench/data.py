@@ -467,7 +467,6 @@ def eval_transform(name: str, size: int | None = None):
 # order (solo/utils/pretrain_dataloader.py:226-243, 308-326, 367-385): random resized crop
 # (bicubic), colour jitter (p), grayscale (p), Gaussian blur (p, sigma ~ U(0.1, 2): :79, :93),
 # solarisation (p; PIL's threshold 128: :111), horizontal flip (p 0.5), to [0, 1], normalise.
-_SCRIPT = "bash_files/pretrain/{}/vicreg_gating.sh"
 _COMMON = {"min_scale": 0.2, "max_scale": 1.0, "jitter": (0.4, 0.4, 0.2, 0.1), "jitter_p": 0.8,
            "grayscale_p": 0.2, "solarize_p": 0.1, "flip_p": 0.5, "blur_sigma": (0.1, 2.0),
            "interpolation": "bicubic"}
@@ -489,13 +488,9 @@ REFERENCE_VIEWS = {
                     "source": "bash_files/pretrain/imagenet100/vicreg_gating.sh:33-41; "
                               "solo/utils/pretrain_dataloader.py:383 (mean/std)"},
 }
-# the line of each script that names a value (cifar100's; the others' are in their "source")
-REFERENCE_VIEW_LINES = {"min_scale": "cifar100/vicreg_gating.sh:32",
-                        "jitter": "cifar100/vicreg_gating.sh:33-36",
-                        "solarize_p": "cifar100/vicreg_gating.sh:37",
-                        "blur_p": "cifar100/vicreg_gating.sh:38",
-                        "jitter_p/grayscale_p/flip_p": "solo/args/dataset.py:67,70,71 (defaults)",
-                        "interpolation": "solo/utils/pretrain_dataloader.py:231"}
+# The lines that name each value in cifar100.sh: min scale :32, jitter :33-36, solarisation
+# :37, blur :38; jitter/grayscale/flip p are defaults (solo/args/dataset.py:67,70,71); bicubic:
+# solo/utils/pretrain_dataloader.py:231.
 VIEWS = ("hwbench", "reference")
 BLUR_KERNEL = 13  # odd, >= 6 sigma_max + 1: the reference blurs with PIL's radius=sigma filter
 
@@ -546,7 +541,7 @@ def view_transforms(name: str, views: str = "hwbench"):
 def linear_train_transform(name: str, size: int | None = None):
     """Training crops of the reference's linear evaluation: random resized crop, scale 0.08-1,
     bilinear, and a horizontal flip (solo/utils/classification_dataloader.py:71-72, 88-89,
-    106-107), then hwbench's evaluation normalisation (``eval_dataset``'s, which the test
+    106-107), then hwbench's evaluation normalisation (``normalise``'s, which the test
     features get too). The digit sets keep the crop and drop the flip (``digit_transform``)."""
     from torchvision.transforms import v2
 
