@@ -455,6 +455,11 @@ class _WidthBlock:
         c = convs[-1]
         return run_conv(c.backend, h, c.packed, c.bias, c.stride, c.padding, relu=True, add=sc)
 
+    def run_at(self, w: int, x: torch.Tensor) -> torch.Tensor:
+        """The block at width ``w`` chosen by the caller (no gate, no host read): what a CUDA
+        graph of one width bucket captures (``hwbench.engine.graphs``)."""
+        return self._run(w, x, x if self.ds is None else self.ds(x))
+
     def __call__(self, x):
         sc = x if self.ds is None else self.ds(x)
         if x.shape[0] == 1:
@@ -603,6 +608,10 @@ class CompactEngine:
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, num_features) features, as ``net.forward_features``."""
+        return self.forward(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``__call__`` without its inference-mode wrapper (what ``torch.compile`` traces)."""
         x = self._stem(x)
         for block in self.blocks:
             x = block(x)
