@@ -139,9 +139,13 @@ def flops(arch, stem, input_size, pattern_path, t_d, gate, save_pattern, as_json
               type=click.Choice(["auto", "mkldnn", "aten"]),
               help="Conv kernels for every mode: mkldnn (pre-packed oneDNN, CPU fp32) or aten "
                    "(F.conv2d); auto picks mkldnn where it can.")
+@click.option("--exec", "execution", default="eager", show_default=True,
+              type=click.Choice(["eager", "graphs", "compile"]),
+              help="Run every mode eagerly, replayed from CUDA graphs (CUDA only) or through "
+                   "torch.compile.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (raw samples too).")
 def speedup(pattern_path, device, batch_size, threads, dtype, max_time_s, min_runs, warmup,
-            dynamic_policy, backend, as_json) -> None:
+            dynamic_policy, backend, execution, as_json) -> None:
     """Latency of the dense, masked, static and dynamic engines for one pattern, interleaved.
 
     speedup = dense p50 / mode p50; efficiency = speedup / (dense MACs / mode MACs).
@@ -150,7 +154,8 @@ def speedup(pattern_path, device, batch_size, threads, dtype, max_time_s, min_ru
 
     cfg = SpeedupConfig(pattern=pattern_path, device=device, batch_size=batch_size,
                         threads=threads, dtype=dtype, max_time_s=max_time_s, min_runs=min_runs,
-                        warmup=warmup, dynamic_policy=dynamic_policy, backend=backend)
+                        warmup=warmup, dynamic_policy=dynamic_policy, backend=backend,
+                        execution=execution)
     validate(cfg)
     if as_json:
         result = run_speedup(cfg)
@@ -173,7 +178,7 @@ def _print_speedup(result) -> None:
     p, d = result.pattern, result.device
     table = Table(title=f"{p['arch']} · {p['stem']} stem · {p['input_size']} px · batch "
                         f"{result.batch_size} · {result.dtype} · {d['name']} "
-                        f"({d['threads']} threads, {d['backend']})")
+                        f"({d['threads']} threads, {d['backend']}, {result.execution})")
     for col in ("mode", "p50 ms", "p90 ms", "samples", "MACs/sample", "MACs ratio", "speedup",
                 "efficiency"):
         table.add_column(col, justify="left" if col == "mode" else "right")
@@ -188,6 +193,10 @@ def _print_speedup(result) -> None:
                   "efficiency = speedup / (dense MACs / mode MACs); latency measured wall clock")
     console.print(f"dynamic mode: batch strategy: {result.dynamic_batch_strategy}; "
                   f"per-block plan: {', '.join(result.dynamic_plan)}")
+    if result.execution != "eager":
+        what = "capture" if result.execution == "graphs" else "compilation"
+        console.print(f"{what} per mode (s, wall clock): " + ", ".join(
+            f"{m} {t:.1f}" for m, t in result.setup_s.items()))
 
 
 @cli.command()
@@ -287,10 +296,14 @@ def _t_d_list(ctx, param, value):
               help="Random patterns measured against the predictor.")
 @click.option("--grid", type=click.IntRange(min=1), default=32, hidden=True)
 @click.option("--table-rounds", type=click.IntRange(min=1), default=15, hidden=True)
+@click.option("--exec", "execution", default="eager", show_default=True,
+              type=click.Choice(["eager", "graphs", "compile"]),
+              help="Time the engines eagerly, replayed from CUDA graphs (CUDA only) or through "
+                   "torch.compile; recorded in the fingerprint.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def profile(device, arch, stem, input_size, batch_size, dtype, threads, t_d, patterns, out,
             energy, max_time_s, min_runs, warmup, validation, grid, table_rounds,
-            as_json) -> None:
+            execution, as_json) -> None:
     """Measure latency, energy and MACs of gate patterns here; write a device profile.
 
     Latencies are of the compact engine in dynamic mode (dense and masked stored as references),
@@ -306,7 +319,8 @@ def profile(device, arch, stem, input_size, batch_size, dtype, threads, t_d, pat
                         batch_size=batch_size, dtype=dtype, threads=threads,
                         t_d=t_d or ProfileConfig.t_d, patterns=tuple(patterns), energy=energy,
                         max_time_s=max_time_s, min_runs=min_runs, warmup=warmup,
-                        validation=validation, grid=grid, table_rounds=table_rounds)
+                        validation=validation, grid=grid, table_rounds=table_rounds,
+                        execution=execution)
     from hwbench.io import check_writable
 
     if out:

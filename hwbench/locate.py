@@ -7,7 +7,8 @@ under. A profile *matches* a request when
   (virtual machines report one generic name, 'Intel(R) Xeon(R) Processor', for very different
   hosts), for GPUs the UUID too (two boards of one model are not one device);
 - the conditions are the same (:class:`Conditions`): arch, stem, input size, batch size, dtype,
-  and for CPUs the intra-op thread count.
+  the engine's execution (eager, graphs, compile; a profile without the key is eager), and for
+  CPUs the intra-op thread count.
 
 Of the matching profiles in a folder the newest by its own ``created`` timestamp wins. A profile
 file given by path may describe another machine (a *foreign* profile): training may pick ``t_d``
@@ -43,12 +44,14 @@ class Conditions:
     # them, and torchrun starts each process with 1 thread)
     dtype: str  # fp32, bf16 or fp16
     batch_size: int  # images per inference
+    execution: str = "eager"  # how the engine runs: hwbench.engine.graphs.EXECUTIONS
 
     @classmethod
     def now(cls, arch: str, stem: str, input_size: int, dtype: str = "fp32",
-            batch_size: int = 1) -> Conditions:
+            batch_size: int = 1, execution: str = "eager") -> Conditions:
         """These conditions at this process's current thread count."""
-        return cls(arch, stem, int(input_size), torch.get_num_threads(), dtype, int(batch_size))
+        return cls(arch, stem, int(input_size), torch.get_num_threads(), dtype, int(batch_size),
+                   execution)
 
     def describe(self) -> str:
         return (f"{self.arch} / {self.stem} / {self.input_size}px / batch {self.batch_size} / "
@@ -90,7 +93,8 @@ def mismatch(fp: dict, device: dict, cond: Conditions) -> str | None:
     fields = [("arch", fp.get("arch"), cond.arch), ("stem", fp.get("stem"), cond.stem),
               ("input size", _int(fp.get("input_size")), cond.input_size),
               ("batch size", _int(fp.get("batch_size")), cond.batch_size),
-              ("dtype", fp.get("dtype"), cond.dtype)]
+              ("dtype", fp.get("dtype"), cond.dtype),
+              ("execution", fp.get("execution", "eager"), cond.execution)]
     if fp.get("type") == "cpu":
         fields.append(("threads", _int(fp.get("threads")), cond.threads))
     for name, got, want in fields:

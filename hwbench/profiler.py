@@ -13,6 +13,13 @@ Phases (all timings of the compact engine; ``dynamic`` mode unless named):
 4. user patterns (``--patterns``), measured and predicted the same way;
 5. energy (optional): per t_d, windows of >= 1 s of back-to-back inferences, idle power measured
    first and subtracted (both reported), each number labelled with its method.
+
+``execution`` (``--exec``): phases 2-5 time every engine, dense included, eagerly, replayed from
+CUDA graphs or compiled (``hwbench.engine.graphs``; the dynamic mode under ``graphs`` runs its
+graphable executors, and ``dynamic_plan`` says which). The latency table (phase 1) stays eager
+block-by-block timing (a block alone is not a graph); the calibration scale, fitted on end-to-end
+runs of the chosen execution, carries the table over. The fingerprint records the execution,
+so a profile taken with graphs never matches a request for eager latencies.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import numpy as np
 import torch
 
 from hwbench.engine import build_engine, realise, synthetic_inputs
+from hwbench.engine.graphs import check_execution, engine_policy, executable
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
 from hwbench.measure.device import fingerprint, parse_device, torch_threads
@@ -65,6 +73,7 @@ class ProfileConfig:
     calibration: int = 6  # random mixed patterns the predictor's scale is fitted on
     energy_window_s: float = 1.0
     seed: int = 0
+    execution: str = "eager"  # eager, graphs (CUDA), compile: hwbench.engine.graphs
 
 
 def _validate(cfg: ProfileConfig) -> torch.device:
@@ -82,6 +91,7 @@ def _validate(cfg: ProfileConfig) -> torch.device:
     device = parse_device(cfg.device)
     if device.type == "cpu" and cfg.dtype != "fp32":
         raise UsageError("on the CPU the engine runs fp32 only")
+    check_execution(cfg.execution, device)
     net_geometry(cfg.arch, cfg.stem, cfg.input_size)
     return device
 
@@ -151,9 +161,18 @@ class Profiler:
         return synthetic_inputs(n, self.cfg.input_size, self.cfg.batch_size, seed).to(
             self.device, self.dtype)
 
-    def _engine(self, net, mode, pattern=None, **kw):
+    def _built(self, net, mode, pattern=None, **kw):
+        """The engine itself (eager), with the dynamic policy the execution allows."""
+        kind = pattern.gate.kind if pattern is not None else "channel"
+        kw["dynamic_policy"] = engine_policy(self.cfg.execution, kw.get("dynamic_policy", "auto"),
+                                             kind, self.cfg.batch_size)
         return build_engine(net, mode, pattern, device=self.device, dtype=self.dtype,
                             batch_size=self.cfg.batch_size, **kw)
+
+    def _engine(self, net, mode, pattern=None, **kw):
+        """The engine as the profile times it end to end: run as ``cfg.execution``."""
+        return executable(self._built(net, mode, pattern, **kw), self.cfg.execution,
+                          self.pool.batches[0])
 
     def _measure(self, fns: dict, where: str) -> dict[str, dict]:
         """Interleaved, CI-driven measurement (``measure``); summaries with raw samples."""
@@ -240,14 +259,14 @@ class Profiler:
         cfg = self.cfg
         fp = {**fingerprint(self.device, cfg.threads), "dtype": cfg.dtype,
               "batch_size": cfg.batch_size, "input_size": cfg.input_size, "arch": cfg.arch,
-              "stem": cfg.stem, "clock": _cpu_clock() if self.device.type == "cpu"
-              else _gpu_state(self.device)}
+              "stem": cfg.stem, "execution": cfg.execution,
+              "clock": _cpu_clock() if self.device.type == "cpu" else _gpu_state(self.device)}
         x0 = self._inputs(1, cfg.seed + 1).batches[0]
         self.progress("latency table", 0.0)
         table = self._table(base, x0)
         plan_probe = mixed_pattern(cfg.arch, cfg.stem, cfg.input_size, 0.5, seed=cfg.seed + 3)
-        probe = self._engine(realise(plan_probe, seed=cfg.seed), "dynamic", plan_probe,
-                             tune_inputs=x0)
+        probe = self._built(realise(plan_probe, seed=cfg.seed), "dynamic", plan_probe,
+                            tune_inputs=x0)
         executes = ["kept" if p == "static" else "expected" for p in probe.plan]
         return {"schema": SCHEMA, "created": started.isoformat(timespec="seconds"),
                 "fingerprint": fp, "config": asdict(cfg),
@@ -261,13 +280,13 @@ class Profiler:
     def _table(self, net, x) -> dict:
         cfg = self.cfg
         fracs = [j / cfg.grid for j in range(cfg.grid + 1)]
-        engines = {("dense", 0.0): self._engine(net, "dense")}
+        engines = {("dense", 0.0): self._built(net, "dense")}
         for f in fracs:
             for gated in (False, True):
                 if gated and f == 0:
                     continue
                 pat = _uniform_pattern(cfg, f, gated)
-                engines[(gated, f)] = self._engine(net, "static", pat)
+                engines[(gated, f)] = self._built(net, "static", pat)
         keys = list(engines)
         for e in engines.values():  # warm-up
             for _ in range(2):

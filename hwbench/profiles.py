@@ -75,9 +75,13 @@ def save_profile(profile: dict, path: str | Path) -> Path:
 
 
 def profile_filename(fp: dict) -> str:
+    """<device>_<threads>t_<arch>_<stem><size>_b<batch>_<dtype>[_<execution>].json (no suffix
+    for eager: the name of every profile taken before executions existed)."""
     name = re.sub(r"[^a-z0-9]+", "-", str(fp.get("name", fp["type"])).lower()).strip("-")
+    execution = fp.get("execution", "eager")
     return (f"{name}_{fp['threads']}t_{fp['arch']}_{fp['stem']}{fp['input_size']}"
-            f"_b{fp['batch_size']}_{fp['dtype']}.json")
+            f"_b{fp['batch_size']}_{fp['dtype']}{'' if execution == 'eager' else '_' + execution}"
+            ".json")
 
 
 def interp(x: torch.Tensor, grid: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

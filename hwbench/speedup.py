@@ -9,15 +9,21 @@ its raw samples, its expected per-sample MACs, ``speedup`` = dense p50 / mode p5
 MACs per mode (expected per sample): dense = the dense network; masked = every conv at full
 width plus the gates; static = the kept (always-on + dynamic) channels plus the gates;
 dynamic = the pattern's expected MACs (dynamic channels at their on-rate).
+
+Execution (``--exec``, ``hwbench.engine.graphs``): every mode, dense included, runs eagerly,
+replayed from CUDA graphs or compiled, so a ratio compares like with like; ``run_speedups``
+times several executions in one interleaved measurement, each with ratios to *its own* dense.
+Under ``graphs`` the dynamic mode runs the graphable executors only (``engine_policy``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from hwbench.engine import MODES, build_engine, realise, synthetic_inputs
+from hwbench.engine.graphs import check_execution, engine_policy, executable
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
 from hwbench.measure.device import fingerprint, parse_device, torch_threads
@@ -41,6 +47,7 @@ class SpeedupConfig:
     seed: int = 0
     dynamic_policy: str = "auto"
     backend: str = "auto"  # engine kernels: auto, mkldnn (CPU fp32), aten
+    execution: str = "eager"  # eager, graphs (CUDA), compile: hwbench.engine.graphs
 
 
 @dataclass
@@ -66,10 +73,13 @@ class SpeedupResult:
     pattern: dict
     config: dict
     inputs: dict = field(default_factory=dict)  # which inputs were timed
+    execution: str = "eager"
+    setup_s: dict[str, float] = field(default_factory=dict)  # per mode: capture/compile, s
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["unit"] = "latency in ms (wall clock per batch); MACs per sample"
+        d["unit"] = ("latency in ms (wall clock per batch); MACs per sample; setup_s: seconds "
+                     "of capture (graphs) or compilation (compile) per mode")
         return d
 
 
@@ -91,45 +101,71 @@ def validate(cfg: SpeedupConfig) -> torch.device:
     device = parse_device(cfg.device)
     if device.type == "cpu" and cfg.dtype != "fp32":
         raise UsageError("on the CPU the engine runs fp32 only")
+    check_execution(cfg.execution, device)
+    engine_policy(cfg.execution, cfg.dynamic_policy, "channel", cfg.batch_size)
     return device
 
 
 def run_speedup(cfg: SpeedupConfig, progress=None) -> SpeedupResult:
     """Measure dense/masked/static/dynamic latency of ``cfg.pattern`` on ``cfg.device``."""
+    return run_speedups(cfg, (cfg.execution,), progress)[cfg.execution]
+
+
+def run_speedups(cfg: SpeedupConfig, executions: tuple[str, ...],
+                 progress=None) -> dict[str, SpeedupResult]:
+    """``run_speedup`` for each of ``executions`` (``cfg.execution`` ignored), every
+    (execution, mode) timed in one interleaved measurement; ratios to the same execution's
+    dense."""
+    if not executions:
+        raise UsageError("no execution to measure")
     device = validate(cfg)
+    for ex in executions:
+        validate(replace(cfg, execution=ex))
     with torch_threads(cfg.threads):
-        return _run_speedup(cfg, device, progress)
+        return _run_speedups(cfg, tuple(executions), device, progress)
 
 
-def _run_speedup(cfg: SpeedupConfig, device, progress) -> SpeedupResult:
+def _run_speedups(cfg: SpeedupConfig, executions, device, progress) -> dict:
     pattern = load_pattern(cfg.pattern)
     dtype = DTYPES[cfg.dtype]
     net = realise(pattern, seed=cfg.seed)
     size, bsz = pattern.input_size, cfg.batch_size
     pool = synthetic_inputs(cfg.inputs, size, bsz, seed=cfg.seed + 7).to(device, dtype)
-    engines = {m: build_engine(net, m, pattern, device=device, dtype=dtype, batch_size=bsz,
-                               dynamic_policy=cfg.dynamic_policy, backend=cfg.backend,
-                               tune_inputs=pool.batches) for m in MODES}
+    runs, fns = {}, {}
+    for ex in executions:
+        policy = engine_policy(ex, cfg.dynamic_policy, pattern.gate.kind, bsz)
+        runs[ex] = {m: executable(build_engine(net, m, pattern, device=device, dtype=dtype,
+                                               batch_size=bsz, dynamic_policy=policy,
+                                               backend=cfg.backend, tune_inputs=pool.batches),
+                                  ex, pool.batches[0]) for m in MODES}
+        fns.update({f"{ex}:{m}": f for m, f in runs[ex].items()})
     # a comparison of medians: no CI target, a fixed time (hyperfine's --min-runs/--runs)
     protocol = Protocol(quantile=0.5, ci_target=None, min_runs=cfg.min_runs,
                         max_time_s=cfg.max_time_s, warmup=cfg.warmup, seed=cfg.seed)
-    res = measure(engines, pool, protocol, device, progress=progress)
+    res = measure(fns, pool, protocol, device, reference=f"{executions[0]}:dense",
+                  progress=progress)
     macs = mode_macs(pattern)
-    modes = {}
-    for m in MODES:
-        r = res[m]
-        speedup = res.at("dense") / r["p50_ms"]
-        modes[m] = ModeResult(r["p50_ms"], r["p90_ms"], r["n"], macs[m], speedup,
-                              speedup / (macs["dense"] / macs[m]), r["samples_ms"])
-    return SpeedupResult(
-        flops_ratio=macs["dynamic"] / macs["dense"], modes=modes,
-        device={**fingerprint(device, cfg.threads), "backend": engines["static"].backend},
-        batch_size=bsz, dtype=cfg.dtype,
-        dynamic_batch_strategy="per sample" if bsz == 1 else engines["dynamic"].batch_strategy,
-        dynamic_plan=engines["dynamic"].plan,
-        pattern={"path": cfg.pattern, "arch": pattern.arch, "stem": pattern.stem,
-                 "input_size": size, "t_d": pattern.t_d}, inputs=res.inputs,
-        config=asdict(cfg))
+    out = {}
+    for ex, exes in runs.items():
+        modes = {}
+        for m in MODES:
+            r = res[f"{ex}:{m}"]
+            speedup = res.at(f"{ex}:dense") / r["p50_ms"]
+            modes[m] = ModeResult(r["p50_ms"], r["p90_ms"], r["n"], macs[m], speedup,
+                                  speedup / (macs["dense"] / macs[m]), r["samples_ms"])
+        dynamic = exes["dynamic"].engine
+        out[ex] = SpeedupResult(
+            flops_ratio=macs["dynamic"] / macs["dense"], modes=modes,
+            device={**fingerprint(device, cfg.threads), "backend": exes["static"].engine.backend,
+                    "execution": ex},
+            batch_size=bsz, dtype=cfg.dtype,
+            dynamic_batch_strategy="per sample" if bsz == 1 else dynamic.batch_strategy,
+            dynamic_plan=dynamic.plan,
+            pattern={"path": cfg.pattern, "arch": pattern.arch, "stem": pattern.stem,
+                     "input_size": size, "t_d": pattern.t_d}, inputs=res.inputs,
+            config=asdict(replace(cfg, execution=ex)), execution=ex,
+            setup_s={m: e.setup_s for m, e in exes.items()})
+    return out
 
 
 def layer_times(engines: dict, x: torch.Tensor, min_runs: int = 30) -> dict[str, list[float]]:

@@ -38,8 +38,9 @@ ratios compare like with like (``executable``):
   torch's; ``max-autotune-no-cudagraphs`` would leave the launches (the cost at issue) in place
   and autotunes for minutes per network. On the CPU the default mode with the engine's own
   kernels (``mkldnn`` or ``aten``; Inductor needs a C++ compiler). Width blocks graph-break at
-  their host read and recompile per width: the recompile limit is raised to the engine's number
-  of (block, width) packs so that no width silently falls back to eager. ``setup_s`` is the
+  their host read and recompile per width: dynamo's recompile limits are raised by the number
+  of frames each engine adds (its forward, its blocks, its width packs), so that neither a
+  width nor the n-th engine of a run silently falls back to eager. ``setup_s`` is the
   first call on the example (compilation included, later widths compile on first use).
 
 Tests run the capture logic on the CPU through ``GraphKit`` injection (``FakeKit`` in
@@ -234,15 +235,18 @@ class GraphedEngine:
             return self.out.clone()
 
 
-def _raise_recompile_limit(needed: int) -> None:
-    """Dynamo recompiles a width block's code per width; let it (else it falls back to eager)."""
+def _raise_recompile_limit(frames: int) -> None:
+    """Make room in dynamo's recompile limits for ``frames`` more compiled frames. Dynamo keys
+    its cache by code object: every engine recompiles ``CompactEngine.forward`` and a width
+    block's code per width, and past the limit (8 by default) a frame silently runs eager."""
     import torch._dynamo
 
     cfg = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(cfg, name):
-            setattr(cfg, name, max(getattr(cfg, name), needed))
-            return
+    for names in (("recompile_limit", "cache_size_limit"),
+                  ("accumulated_recompile_limit", "accumulated_cache_size_limit")):
+        name = next((n for n in names if hasattr(cfg, n)), None)
+        if name is not None:
+            setattr(cfg, name, getattr(cfg, name) + frames)
 
 
 class CompiledEngine:
@@ -256,8 +260,7 @@ class CompiledEngine:
         self.mode = mode if mode is not None else (COMPILE_MODE_CUDA if cuda else None)
         self.backend = backend or "inductor"
         packs = sum(len(b.packs) for b in engine.blocks if isinstance(b, _WidthBlock))
-        if packs:
-            _raise_recompile_limit(packs + 8)
+        _raise_recompile_limit(1 + len(engine.blocks) + packs)
         self.fn = torch.compile(engine.forward, mode=self.mode, backend=self.backend,
                                 dynamic=False)
         t0 = time.perf_counter()
