@@ -3,6 +3,14 @@
     python benchmarks/speedup.py                 # the issue's matrix on this CPU
     python benchmarks/speedup.py --quick         # fewer seconds per pattern
     python benchmarks/speedup.py --per-layer     # also where the time goes, block by block
+    python benchmarks/speedup.py --device cuda --exec eager,graphs,compile --batch-sizes 1
+                                                 # executions timed interleaved in one run
+    hwbench flops --stem imagenet --input-size 224 --t-d 0.5 --gate width:16 \
+        --save-pattern /tmp/w16.json && python benchmarks/speedup.py --patterns /tmp/w16.json \
+        --device cuda --exec eager,graphs        # a width-gated pattern: one graph per bucket
+
+Every (execution, mode) of one pattern and batch size is timed in one interleaved measurement;
+ratios are to the dense engine of the SAME execution (graphed dense for graphed modes).
 
 Prints, per pattern and batch size, each mode's p50 latency, speedup over dense, MACs ratio and
 efficiency = speedup / (dense MACs / mode MACs), and writes every raw sample to
@@ -23,9 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hwbench.engine import build_engine, pattern_inputs, realise  # noqa: E402
+from hwbench.engine.graphs import EXECUTIONS  # noqa: E402
 from hwbench.io import atomic_write_json  # noqa: E402
 from hwbench.patterns import load_pattern  # noqa: E402
-from hwbench.speedup import SpeedupConfig, layer_times, mode_macs, run_speedup  # noqa: E402
+from hwbench.speedup import SpeedupConfig, layer_times, mode_macs, run_speedups  # noqa: E402
 
 MATRIX = [  # (pattern, batch sizes)
     ("models/mixed_resnet18_imagenet224_t0.3.json", (1,)),
@@ -48,11 +57,21 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--batch-sizes", default=None, help="override, e.g. 1,256 (GPU)")
+    ap.add_argument("--exec", dest="executions", default="eager",
+                    help=f"comma-separated, timed interleaved: {', '.join(EXECUTIONS)}")
+    ap.add_argument("--patterns", default=None,
+                    help="comma-separated pattern files instead of the matrix (batch 1 unless "
+                         "--batch-sizes)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    executions = tuple(e.strip() for e in args.executions.split(",") if e.strip())
+    bad = [e for e in executions if e not in EXECUTIONS]
+    if bad or not executions:
+        ap.error(f"--exec: unknown {', '.join(bad) or 'nothing'}; known: {', '.join(EXECUTIONS)}")
     torch.set_num_threads(args.threads)
     results, t0 = [], time.time()
-    for path, batches in MATRIX:
+    matrix = [(p, (1,)) for p in args.patterns.split(",")] if args.patterns else MATRIX
+    for path, batches in matrix:
         if args.batch_sizes:
             batches = tuple(int(b) for b in args.batch_sizes.split(","))
         for bsz in batches:
@@ -61,28 +80,38 @@ def main() -> None:
                                 min_runs=20 if bsz > 8 else 50, backend=args.backend,
                                 dtype=args.dtype)
             start = time.time()
-            r = run_speedup(cfg)
-            p = r.pattern
-            tgt = TARGETS.get((p["stem"], bsz), (None, None))
-            print(f"\n{Path(path).name}  batch {bsz}  {r.device['name']} ({r.device['threads']} "
-                  f"threads, {r.device['backend']}, {args.dtype})  [{time.time() - start:.0f} s]")
-            print(f"  pattern MACs ratio {r.flops_ratio:.3f}; dynamic: "
-                  f"{r.dynamic_batch_strategy}; plan {','.join(r.dynamic_plan)}")
-            for name, m in r.modes.items():
-                goal = {"static": tgt[0], "dynamic": tgt[1]}.get(name)
-                mark = "" if goal is None else (f"  target {goal:.2f} "
-                                                f"{'met' if m.efficiency >= goal else 'MISSED'}")
-                print(f"  {name:8s} p50 {m.p50_ms:9.3f} ms  p90 {m.p90_ms:9.3f} ms  "
-                      f"n {m.samples:4d}  gated/dense latency {1 / m.speedup:.3f}  vs MACs "
-                      f"{m.macs / r.modes['dense'].macs:.3f}  speedup {m.speedup:.2f}  "
-                      f"efficiency {m.efficiency:.2f}{mark}")
-            results.append(r.to_dict())
+            runs = run_speedups(cfg, executions)
+            for r in runs.values():
+                report(path, bsz, args.dtype, r, time.time() - start)
+                results.append(r.to_dict())
             if args.per_layer and bsz == 1:
                 per_layer(cfg)
     dev = args.device.replace(":", "")
     out = Path(args.out) if args.out else ROOT / "results" / f"speedup_{dev}_{platform.node()}.json"
     atomic_write_json(out, {"benchmark": "speedup", "runs": results})
     print(f"\nwrote {out} ({time.time() - t0:.0f} s in all)")
+
+
+def report(path: str, bsz: int, dtype: str, r, seconds: float) -> None:
+    """One execution's table: each mode's p50/p90 and its ratios to this execution's dense."""
+    p = r.pattern
+    tgt = TARGETS.get((p["stem"], bsz), (None, None)) if r.execution == "eager" else (None, None)
+    print(f"\n{Path(path).name}  batch {bsz}  {r.device['name']} ({r.device['threads']} "
+          f"threads, {r.device['backend']}, {dtype})  execution {r.execution}  "
+          f"[{seconds:.0f} s for all executions]")
+    print(f"  pattern MACs ratio {r.flops_ratio:.3f}; dynamic: "
+          f"{r.dynamic_batch_strategy}; plan {','.join(r.dynamic_plan)}")
+    if r.execution != "eager":
+        print("  setup (capture/compile, s wall clock): "
+              + ", ".join(f"{m} {t:.1f}" for m, t in r.setup_s.items()))
+    for name, m in r.modes.items():
+        goal = {"static": tgt[0], "dynamic": tgt[1]}.get(name)
+        mark = "" if goal is None else (f"  target {goal:.2f} "
+                                        f"{'met' if m.efficiency >= goal else 'MISSED'}")
+        print(f"  {name:8s} p50 {m.p50_ms:9.3f} ms  p90 {m.p90_ms:9.3f} ms  "
+              f"n {m.samples:4d}  gated/dense latency {1 / m.speedup:.3f}  vs MACs "
+              f"{m.macs / r.modes['dense'].macs:.3f}  speedup {m.speedup:.2f}  "
+              f"efficiency {m.efficiency:.2f}{mark}")
 
 
 def per_layer(cfg: SpeedupConfig) -> None:

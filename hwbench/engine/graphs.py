@@ -239,14 +239,36 @@ def _raise_recompile_limit(frames: int) -> None:
     """Make room in dynamo's recompile limits for ``frames`` more compiled frames. Dynamo keys
     its cache by code object: every engine recompiles ``CompactEngine.forward`` and a width
     block's code per width, and past the limit (8 by default) a frame silently runs eager."""
-    import torch._dynamo
+    from torch._dynamo import config as cfg
 
-    cfg = torch._dynamo.config
     for names in (("recompile_limit", "cache_size_limit"),
                   ("accumulated_recompile_limit", "accumulated_cache_size_limit")):
         name = next((n for n in names if hasattr(cfg, n)), None)
         if name is not None:
             setattr(cfg, name, getattr(cfg, name) + frames)
+
+
+def engine_tensors(obj, device: torch.device, seen: set | None = None):
+    """Every tensor on ``device`` that an engine holds (weights, biases, packs, gate rows),
+    found through the engine's own objects, lists, tuples and dicts."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        if obj.device == device:
+            yield obj
+        return
+    if isinstance(obj, dict):
+        items = obj.values()
+    elif isinstance(obj, (list, tuple)):
+        items = obj
+    elif type(obj).__module__.startswith("hwbench.engine") and hasattr(obj, "__dict__"):
+        items = vars(obj).values()
+    else:
+        return
+    for v in items:
+        yield from engine_tensors(v, device, seen)
 
 
 class CompiledEngine:
@@ -261,6 +283,14 @@ class CompiledEngine:
         self.backend = backend or "inductor"
         packs = sum(len(b.packs) for b in engine.blocks if isinstance(b, _WidthBlock))
         _raise_recompile_limit(1 + len(engine.blocks) + packs)
+        self.graphs = self.mode == "reduce-overhead"
+        if self.graphs:
+            from torch._dynamo import mark_static_address
+
+            # the engine's weights are plain attributes, not parameters: without this, Inductor's
+            # CUDA graphs would copy every weight into their static inputs on every call
+            for t in engine_tensors(engine, engine.device):
+                mark_static_address(t)
         self.fn = torch.compile(engine.forward, mode=self.mode, backend=self.backend,
                                 dynamic=False)
         t0 = time.perf_counter()
@@ -271,6 +301,8 @@ class CompiledEngine:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
+            if self.graphs:  # a new step: the previous call's graph outputs may be reused
+                torch.compiler.cudagraph_mark_step_begin()
             # reduce-overhead replays its graphs into the same buffers: hand back a copy
             return self.fn(x).clone()
 

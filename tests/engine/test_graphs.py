@@ -13,6 +13,7 @@ from hwbench.engine.graphs import (
     NoHostSync,
     check_execution,
     engine_policy,
+    engine_tensors,
     executable,
 )
 from hwbench.errors import UsageError
@@ -195,3 +196,118 @@ def test_eager_execution_is_the_engine(channel_net):
     exe = executable(engine, "eager", pattern_inputs(1, SIZE, seed=0))
     x = pattern_inputs(1, SIZE, seed=5)
     assert exe.setup_s == 0.0 and torch.equal(exe(x), engine(x))
+
+
+def test_compile_raises_dynamo_recompile_limit_per_engine(channel_net):
+    import torch._dynamo
+
+    p, net = channel_net
+    before = torch._dynamo.config.cache_size_limit
+    engine = build_engine(net, "static", p, backend="aten")
+    executable(engine, "compile", pattern_inputs(1, SIZE, seed=0), backend="eager")
+    # else the 9th engine compiled in one process (a profile builds dozens) runs eager
+    assert torch._dynamo.config.cache_size_limit == before + 1 + len(engine.blocks)
+
+
+def test_engine_tensors_finds_every_weight_reduce_overhead_must_not_copy(width_net):
+    p, net = width_net
+    engine = build_engine(net, "dynamic", p)
+    found = {id(t) for t in engine_tensors(engine, engine.device)}
+    assert id(engine.stem_conv.packed) in found and id(engine.stem_conv.bias) in found
+    for blk in engine.blocks:
+        if hasattr(blk, "packs"):
+            assert all(id(c.packed) in found for convs in blk.packs.values() for c in convs)
+            assert id(blk.gate.w1t) in found and id(blk.gate.w2t) in found
+    assert not list(engine_tensors(engine, torch.device("meta")))
+
+
+# --- wiring: speedup, profile, CLI, profile matching ------------------------------------------
+
+FAST = ["--max-time", "0", "--min-runs", "3", "--warmup", "1"]
+
+
+@pytest.fixture(scope="module")
+def pattern_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("p") / "p.json"
+    mixed_pattern("resnet18", "cifar", SIZE, 0.4, seed=1).save(path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["speedup", "profile"])
+def test_cli_refuses_graphs_without_cuda(pattern_file, command):
+    from tests.conftest import one_line_error, run_cli
+
+    args = ["--pattern", pattern_file] if command == "speedup" else ["--input-size", SIZE]
+    line = one_line_error(run_cli(command, *args, "--exec", "graphs"))
+    assert "CUDA graphs need a CUDA device" in line
+
+
+@pytest.mark.slow
+def test_speedup_times_executions_interleaved_with_ratios_to_their_own_dense(pattern_file,
+                                                                             monkeypatch):
+    from hwbench import speedup
+    from hwbench.engine import graphs
+
+    def fast_compile(engine, execution, example, **kw):  # Inductor takes a minute on 2 cores
+        kw = {**kw, "backend": "eager"} if execution == "compile" else kw
+        return graphs.executable(engine, execution, example, **kw)
+
+    monkeypatch.setattr(speedup, "executable", fast_compile)
+    cfg = speedup.SpeedupConfig(pattern=str(pattern_file), min_runs=3, max_time_s=0.0,
+                                warmup=1, inputs=2, dynamic_policy="static")
+    res = speedup.run_speedups(cfg, ("eager", "compile"))
+    assert set(res) == {"eager", "compile"}
+    for ex, r in res.items():
+        assert r.execution == r.config["execution"] == r.device["execution"] == ex
+        assert r.modes["dense"].speedup == 1.0  # each execution's ratios are to its own dense
+        assert set(r.setup_s) == set(r.modes)
+    assert res["eager"].setup_s["dense"] == 0.0 < res["compile"].setup_s["dense"]
+    assert res["eager"].modes["dense"].samples_ms != res["compile"].modes["dense"].samples_ms
+
+
+@pytest.mark.slow
+def test_profile_times_through_its_execution_and_matches_only_that_execution(tmp_path,
+                                                                             monkeypatch):
+    from hwbench import profiler
+    from hwbench.engine import graphs
+    from hwbench.locate import Conditions, find_profile
+    from hwbench.profiles import profile_filename, save_profile
+    from tests.test_profiles import TINY
+
+    seen = []
+
+    def spy(engine, execution, example, **kw):
+        seen.append((engine.mode, execution))
+        return graphs.EagerEngine(engine)  # the wiring is under test, not the compiler
+
+    monkeypatch.setattr(profiler, "executable", spy)
+    small = {**TINY, "t_d": (0.5,), "grid": 2, "table_rounds": 1, "validation": 0,
+             "calibration": 1, "energy": False, "min_warmup_s": 0.0}
+    prof = profiler.run_profile(profiler.ProfileConfig(**small, execution="compile"))
+    fp = prof["fingerprint"]
+    assert fp["execution"] == "compile" and {ex for _, ex in seen} == {"compile"}
+    assert {"dense", "masked", "dynamic"} <= {mode for mode, _ in seen}
+    name = profile_filename(fp)
+    assert name.endswith("_b1_fp32_compile.json")
+    save_profile(prof, tmp_path / name)
+    want = dict(arch=fp["arch"], stem=fp["stem"], input_size=fp["input_size"],
+                threads=fp["threads"], dtype=fp["dtype"], batch_size=fp["batch_size"])
+    assert find_profile(fp, Conditions(**want, execution="compile"), tmp_path) is not None
+    assert find_profile(fp, Conditions(**want), tmp_path) is None  # eager: never this one
+    assert find_profile(fp, Conditions(**want, execution="graphs"), tmp_path) is None
+
+
+# --- on a CUDA device: the real capture (skipped elsewhere) --------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_equal_eager_for_every_mode_and_width_bucket(width_net, channel_net):
+    for p, net in (channel_net, width_net):
+        for mode in ("dense", "masked", "static", "dynamic"):
+            policy = engine_policy("graphs", "auto", p.gate.kind, 1)
+            engine = build_engine(net, mode, p, device="cuda", dynamic_policy=policy)
+            exe = executable(engine, "graphs", pattern_inputs(1, SIZE, seed=0))
+            for s in range(6):
+                x = pattern_inputs(1, SIZE, seed=50 + s).cuda()
+                reads = exe.reads
+                assert rel_err(exe(x), engine(x)) <= TOL, (p.gate.text, mode, s)
+                assert exe.reads - reads == len(exe.bounds)
