@@ -118,9 +118,7 @@ def run_speedups(cfg: SpeedupConfig, executions: tuple[str, ...],
     dense."""
     if not executions:
         raise UsageError("no execution to measure")
-    device = validate(cfg)
-    for ex in executions:
-        validate(replace(cfg, execution=ex))
+    device = [validate(replace(cfg, execution=ex)) for ex in executions][0]
     with torch_threads(cfg.threads):
         return _run_speedups(cfg, tuple(executions), device, progress)
 
