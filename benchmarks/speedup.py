@@ -5,9 +5,10 @@
     python benchmarks/speedup.py --per-layer     # also where the time goes, block by block
     python benchmarks/speedup.py --device cuda --exec eager,graphs,compile --batch-sizes 1
                                                  # executions timed interleaved in one run
-    hwbench flops --stem imagenet --input-size 224 --t-d 0.5 --gate width:16 \
-        --save-pattern /tmp/w16.json && python benchmarks/speedup.py --patterns /tmp/w16.json \
-        --device cuda --exec eager,graphs        # a width-gated pattern: one graph per bucket
+    python -c "from hwbench.patterns import mixed_pattern as m; m('resnet18', 'imagenet', 224, \
+        0.5, seed=0, gate='width:16').save('/tmp/w16.json')"   # width gates with dynamic widths
+    python benchmarks/speedup.py --patterns /tmp/w16.json --device cuda --exec eager,graphs
+                                                 # one graph per (width block, width bucket)
 
 Every (execution, mode) of one pattern and batch size is timed in one interleaved measurement;
 ratios are to the dense engine of the SAME execution (graphed dense for graphed modes).
