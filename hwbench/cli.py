@@ -139,9 +139,12 @@ def flops(arch, stem, input_size, pattern_path, t_d, gate, save_pattern, as_json
               type=click.Choice(["auto", "mkldnn", "aten"]),
               help="Conv kernels for every mode: mkldnn (pre-packed oneDNN, CPU fp32) or aten "
                    "(F.conv2d); auto picks mkldnn where it can.")
+@click.option("--tile", type=int, default=None,
+              help="Pad kept channels up to a multiple of N (zero channels, exact): 8 (bf16) or "
+                   "16 suit tensor cores. [default: the pattern's, 1]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (raw samples too).")
 def speedup(pattern_path, device, batch_size, threads, dtype, max_time_s, min_runs, warmup,
-            dynamic_policy, backend, as_json) -> None:
+            dynamic_policy, backend, tile, as_json) -> None:
     """Latency of the dense, masked, static and dynamic engines for one pattern, interleaved.
 
     speedup = dense p50 / mode p50; efficiency = speedup / (dense MACs / mode MACs).
@@ -150,7 +153,8 @@ def speedup(pattern_path, device, batch_size, threads, dtype, max_time_s, min_ru
 
     cfg = SpeedupConfig(pattern=pattern_path, device=device, batch_size=batch_size,
                         threads=threads, dtype=dtype, max_time_s=max_time_s, min_runs=min_runs,
-                        warmup=warmup, dynamic_policy=dynamic_policy, backend=backend)
+                        warmup=warmup, dynamic_policy=dynamic_policy, backend=backend,
+                        tile=tile)
     validate(cfg)
     if as_json:
         result = run_speedup(cfg)
@@ -188,6 +192,10 @@ def _print_speedup(result) -> None:
                   "efficiency = speedup / (dense MACs / mode MACs); latency measured wall clock")
     console.print(f"dynamic mode: batch strategy: {result.dynamic_batch_strategy}; "
                   f"per-block plan: {', '.join(result.dynamic_plan)}")
+    if p.get("tile", 1) != 1:
+        ex = {k: result.modes[k].macs_executed / dense_macs for k in ("static", "dynamic")}
+        console.print(f"tile {p['tile']}: executed MACs ratio (zero padding included) static "
+                      f"{ex['static']:.3f}, dynamic {ex['dynamic']:.3f}")
 
 
 @cli.command()
@@ -287,10 +295,15 @@ def _t_d_list(ctx, param, value):
               help="Random patterns measured against the predictor.")
 @click.option("--grid", type=click.IntRange(min=1), default=32, hidden=True)
 @click.option("--table-rounds", type=click.IntRange(min=1), default=15, hidden=True)
+@click.option("--tile", type=int, default=1, show_default=True,
+              help="Round kept channels up to a multiple of N (patterns and engine): 8 (bf16) "
+                   "or 16 suit tensor cores.")
+@click.option("--energy-cooldown", "energy_cooldown_s", type=float, default=None,
+              help="Idle seconds before each energy setting. [default: 2 on CUDA, 0 on CPU]")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def profile(device, arch, stem, input_size, batch_size, dtype, threads, t_d, patterns, out,
-            energy, max_time_s, min_runs, warmup, validation, grid, table_rounds,
-            as_json) -> None:
+            energy, max_time_s, min_runs, warmup, validation, grid, table_rounds, tile,
+            energy_cooldown_s, as_json) -> None:
     """Measure latency, energy and MACs of gate patterns here; write a device profile.
 
     Latencies are of the compact engine in dynamic mode (dense and masked stored as references),
@@ -306,7 +319,8 @@ def profile(device, arch, stem, input_size, batch_size, dtype, threads, t_d, pat
                         batch_size=batch_size, dtype=dtype, threads=threads,
                         t_d=t_d or ProfileConfig.t_d, patterns=tuple(patterns), energy=energy,
                         max_time_s=max_time_s, min_runs=min_runs, warmup=warmup,
-                        validation=validation, grid=grid, table_rounds=table_rounds)
+                        validation=validation, grid=grid, table_rounds=table_rounds, tile=tile,
+                        energy_cooldown_s=energy_cooldown_s)
     from hwbench.io import check_writable
 
     if out:

@@ -8,7 +8,10 @@ its raw samples, its expected per-sample MACs, ``speedup`` = dense p50 / mode p5
 
 MACs per mode (expected per sample): dense = the dense network; masked = every conv at full
 width plus the gates; static = the kept (always-on + dynamic) channels plus the gates;
-dynamic = the pattern's expected MACs (dynamic channels at their on-rate).
+dynamic = the pattern's expected MACs (dynamic channels at their on-rate). ``--tile N`` pads
+every block's kept channels up to a multiple of N with zero channels (tensor cores): those are
+computed too, so each mode also reports ``macs_executed`` (padding included; efficiency stays
+on the pattern's MACs).
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from hwbench.engine import MODES, build_engine, realise, synthetic_inputs
+from hwbench.engine.tiling import executed_macs
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
 from hwbench.measure.device import fingerprint, parse_device, torch_threads
 from hwbench.measure.protocol import Inputs, Protocol, measure
-from hwbench.patterns import GatePattern, load_pattern
+from hwbench.patterns import GatePattern, check_tile, load_pattern
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,6 +45,7 @@ class SpeedupConfig:
     seed: int = 0
     dynamic_policy: str = "auto"
     backend: str = "auto"  # engine kernels: auto, mkldnn (CPU fp32), aten
+    tile: int | None = None  # tensor-core tile (None: the pattern's; 8 or 16 suit tensor cores)
 
 
 @dataclass
@@ -52,6 +57,7 @@ class ModeResult:
     speedup: float
     efficiency: float
     samples_ms: list[float] = field(repr=False)
+    macs_executed: float | None = None  # per sample, tile padding included
 
 
 @dataclass
@@ -86,6 +92,8 @@ def validate(cfg: SpeedupConfig) -> torch.device:
         raise UsageError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.threads is not None and cfg.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {cfg.threads}")
+    if cfg.tile is not None:
+        check_tile(cfg.tile)
     if cfg.dtype not in DTYPES:
         raise UsageError(f"unknown dtype {cfg.dtype!r}; known: {', '.join(DTYPES)}")
     device = parse_device(cfg.device)
@@ -109,18 +117,20 @@ def _run_speedup(cfg: SpeedupConfig, device, progress) -> SpeedupResult:
     pool = synthetic_inputs(cfg.inputs, size, bsz, seed=cfg.seed + 7).to(device, dtype)
     engines = {m: build_engine(net, m, pattern, device=device, dtype=dtype, batch_size=bsz,
                                dynamic_policy=cfg.dynamic_policy, backend=cfg.backend,
-                               tune_inputs=pool.batches) for m in MODES}
+                               tune_inputs=pool.batches, tile=cfg.tile) for m in MODES}
     # a comparison of medians: no CI target, a fixed time (hyperfine's --min-runs/--runs)
     protocol = Protocol(quantile=0.5, ci_target=None, min_runs=cfg.min_runs,
                         max_time_s=cfg.max_time_s, warmup=cfg.warmup, seed=cfg.seed)
     res = measure(engines, pool, protocol, device, progress=progress)
-    macs = mode_macs(pattern)
+    macs, tile = mode_macs(pattern), engines["static"].tile
+    done = {**macs, "static": executed_macs(pattern, "static", tile),
+            "dynamic": executed_macs(pattern, "dynamic", tile, engines["dynamic"].plan)}
     modes = {}
     for m in MODES:
         r = res[m]
         speedup = res.at("dense") / r["p50_ms"]
         modes[m] = ModeResult(r["p50_ms"], r["p90_ms"], r["n"], macs[m], speedup,
-                              speedup / (macs["dense"] / macs[m]), r["samples_ms"])
+                              speedup / (macs["dense"] / macs[m]), r["samples_ms"], done[m])
     return SpeedupResult(
         flops_ratio=macs["dynamic"] / macs["dense"], modes=modes,
         device={**fingerprint(device, cfg.threads), "backend": engines["static"].backend},
@@ -128,7 +138,7 @@ def _run_speedup(cfg: SpeedupConfig, device, progress) -> SpeedupResult:
         dynamic_batch_strategy="per sample" if bsz == 1 else engines["dynamic"].batch_strategy,
         dynamic_plan=engines["dynamic"].plan,
         pattern={"path": cfg.pattern, "arch": pattern.arch, "stem": pattern.stem,
-                 "input_size": size, "t_d": pattern.t_d}, inputs=res.inputs,
+                 "input_size": size, "t_d": pattern.t_d, "tile": tile}, inputs=res.inputs,
         config=asdict(cfg))
 
 
