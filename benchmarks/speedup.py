@@ -3,6 +3,8 @@
     python benchmarks/speedup.py                 # the issue's matrix on this CPU
     python benchmarks/speedup.py --quick         # fewer seconds per pattern
     python benchmarks/speedup.py --per-layer     # also where the time goes, block by block
+    python benchmarks/speedup.py --device cuda --dtype bf16 --batch-sizes 256 --tile 8
+    python benchmarks/speedup.py ... --gate width:16   # width-gated mixed patterns instead
 
 Prints, per pattern and batch size, each mode's p50 latency, speedup over dense, MACs ratio and
 efficiency = speedup / (dense MACs / mode MACs), and writes every raw sample to
@@ -24,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from hwbench.engine import build_engine, pattern_inputs, realise  # noqa: E402
 from hwbench.io import atomic_write_json  # noqa: E402
-from hwbench.patterns import load_pattern  # noqa: E402
+from hwbench.patterns import load_pattern, mixed_pattern  # noqa: E402
 from hwbench.speedup import SpeedupConfig, layer_times, mode_macs, run_speedup  # noqa: E402
 
 MATRIX = [  # (pattern, batch sizes)
@@ -49,17 +51,21 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--batch-sizes", default=None, help="override, e.g. 1,256 (GPU)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--tile", type=int, default=None, help="tensor-core tile (8 or 16 on GPUs)")
+    ap.add_argument("--gate", default=None, help="e.g. width:16: a mixed pattern of that gate "
+                                                 "and the file's t_d replaces each file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     results, t0 = [], time.time()
     for path, batches in MATRIX:
+        path = gated_copy(path, args.gate)
         if args.batch_sizes:
             batches = tuple(int(b) for b in args.batch_sizes.split(","))
         for bsz in batches:
             cfg = SpeedupConfig(pattern=str(ROOT / path), device=args.device, batch_size=bsz,
                                 threads=args.threads, max_time_s=3.0 if args.quick else 8.0,
                                 min_runs=20 if bsz > 8 else 50, backend=args.backend,
-                                dtype=args.dtype)
+                                dtype=args.dtype, tile=args.tile)
             start = time.time()
             r = run_speedup(cfg)
             p = r.pattern
@@ -83,6 +89,17 @@ def main() -> None:
     out = Path(args.out) if args.out else ROOT / "results" / f"speedup_{dev}_{platform.node()}.json"
     atomic_write_json(out, {"benchmark": "speedup", "runs": results})
     print(f"\nwrote {out} ({time.time() - t0:.0f} s in all)")
+
+
+def gated_copy(path: str, gate: str | None) -> str:
+    """``path`` itself, or (``gate`` given) a mixed pattern of that gate with the file's arch,
+    stem, size and t_d, written under results/patterns/."""
+    if gate is None:
+        return path
+    p = load_pattern(ROOT / path)
+    q = mixed_pattern(p.arch, p.stem, p.input_size, p.t_d, seed=0, gate=gate)
+    return str(q.save(ROOT / "results" / "patterns" /
+                      f"{Path(path).stem}_{gate.replace(':', '')}.json"))
 
 
 def per_layer(cfg: SpeedupConfig) -> None:
