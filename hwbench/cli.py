@@ -67,8 +67,10 @@ def cli() -> None:
 @click.option("--save-pattern", default=None, type=click.Path(dir_okay=False),
               help="With --t-d: write the synthesised prior pattern file here (for speedup, "
                    "profile --patterns, predict).")
+@click.option("--tile", type=int, default=1, show_default=True,
+              help="With --t-d: kept channels in multiples of N (tensor cores: 8 or 16).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def flops(arch, stem, input_size, pattern_path, t_d, gate, save_pattern, as_json) -> None:
+def flops(arch, stem, input_size, pattern_path, t_d, gate, save_pattern, tile, as_json) -> None:
     """Exact MACs of the dense network, and of a gate pattern (--pattern or --t-d).
 
     Counted as in the paper: every conv (stem, blocks, downsample) plus, in the gated network,
@@ -104,7 +106,7 @@ def flops(arch, stem, input_size, pattern_path, t_d, gate, save_pattern, as_json
         if t_d is not None:
             if not 0 < t_d <= 1:
                 raise UsageError(f"--t-d must be in (0, 1], got {t_d}")
-            prior = synthesise(arch, stem, input_size, t_d, gate_spec)
+            prior = synthesise(arch, stem, input_size, t_d, gate_spec, tile=tile)
             report = pattern_report(prior)
             if save_pattern is not None:
                 click.echo(f"wrote {prior.save(save_pattern)}", err=True)
