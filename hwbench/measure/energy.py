@@ -58,9 +58,10 @@ class EnergyMeter:
     measured = False
 
     def __init__(self, sync: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] | None = None):
         self._sync = sync or (lambda: None)
-        self._clock = clock  # seconds, monotonic (tests inject a fake one)
+        # seconds, monotonic; looked up per call (tests inject a fake clock or patch ``time``)
+        self._clock = clock or (lambda: time.perf_counter())
         self._open: dict[str, tuple[float, object]] = {}
 
     def _read(self) -> object:  # a counter snapshot; subclasses override
@@ -437,8 +438,8 @@ def energy_label(method: str, measured: bool) -> str:
 def energy_per_inference(meter: EnergyMeter, run: Callable[[], None], images_per_call: int,
                          window_s: float = MIN_WINDOW_S, cooldown_s: float = 0.0,
                          sync: Callable[[], None] | None = None, calibrate_s: float = 0.1,
-                         sleep: Callable[[float], None] = time.sleep,
-                         clock: Callable[[], float] = time.perf_counter) -> dict:
+                         sleep: Callable[[float], None] | None = None,
+                         clock: Callable[[], float] | None = None) -> dict:
     """Energy of one setting, per image. The protocol:
 
     1. cool-down: ``cooldown_s`` idle seconds (the previous setting's heat and the counter's
@@ -452,6 +453,7 @@ def energy_per_inference(meter: EnergyMeter, run: Callable[[], None], images_per
     device (None: nothing to wait for); ``sleep``/``clock`` are for tests.
     """
     sync = sync or (lambda: None)
+    sleep, clock = sleep or time.sleep, clock or time.perf_counter
     if cooldown_s > 0:
         sleep(cooldown_s)
     sync()
