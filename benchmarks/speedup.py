@@ -10,6 +10,9 @@
     python benchmarks/speedup.py --patterns /tmp/w16.json --device cuda --exec eager,graphs
                                                  # one graph per (width block, width bucket)
 
+    python benchmarks/speedup.py --device cuda --dtype bf16 --batch-sizes 256 --tile 8
+    python benchmarks/speedup.py ... --gate width:16   # width-gated mixed patterns instead
+
 Every (execution, mode) of one pattern and batch size is timed in one interleaved measurement;
 ratios are to the dense engine of the SAME execution (graphed dense for graphed modes).
 
@@ -34,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from hwbench.engine import build_engine, pattern_inputs, realise  # noqa: E402
 from hwbench.engine.graphs import EXECUTIONS  # noqa: E402
 from hwbench.io import atomic_write_json  # noqa: E402
-from hwbench.patterns import load_pattern  # noqa: E402
+from hwbench.patterns import load_pattern, mixed_pattern  # noqa: E402
 from hwbench.speedup import SpeedupConfig, layer_times, mode_macs, run_speedups  # noqa: E402
 
 MATRIX = [  # (pattern, batch sizes)
@@ -64,6 +67,9 @@ def main() -> None:
                     help="comma-separated pattern files instead of the matrix (batch 1 unless "
                          "--batch-sizes)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--tile", type=int, default=None, help="tensor-core tile (8 or 16 on GPUs)")
+    ap.add_argument("--gate", default=None, help="e.g. width:16: a mixed pattern of that gate "
+                                                 "and the file's t_d replaces each file")
     args = ap.parse_args()
     executions = tuple(e.strip() for e in args.executions.split(",") if e.strip())
     bad = [e for e in executions if e not in EXECUTIONS]
@@ -73,13 +79,14 @@ def main() -> None:
     results, t0 = [], time.time()
     matrix = [(p, (1,)) for p in args.patterns.split(",")] if args.patterns else MATRIX
     for path, batches in matrix:
+        path = gated_copy(path, args.gate)
         if args.batch_sizes:
             batches = tuple(int(b) for b in args.batch_sizes.split(","))
         for bsz in batches:
             cfg = SpeedupConfig(pattern=str(ROOT / path), device=args.device, batch_size=bsz,
                                 threads=args.threads, max_time_s=3.0 if args.quick else 8.0,
                                 min_runs=20 if bsz > 8 else 50, backend=args.backend,
-                                dtype=args.dtype)
+                                dtype=args.dtype, tile=args.tile)
             start = time.time()
             runs = run_speedups(cfg, executions)
             for r in runs.values():
@@ -113,6 +120,17 @@ def report(path: str, bsz: int, dtype: str, r, seconds: float) -> None:
               f"n {m.samples:4d}  gated/dense latency {1 / m.speedup:.3f}  vs MACs "
               f"{m.macs / r.modes['dense'].macs:.3f}  speedup {m.speedup:.2f}  "
               f"efficiency {m.efficiency:.2f}{mark}")
+
+
+def gated_copy(path: str, gate: str | None) -> str:
+    """``path`` itself, or (``gate`` given) a mixed pattern of that gate with the file's arch,
+    stem, size and t_d, written under results/patterns/."""
+    if gate is None:
+        return path
+    p = load_pattern(ROOT / path)
+    q = mixed_pattern(p.arch, p.stem, p.input_size, p.t_d, seed=0, gate=gate)
+    return str(q.save(ROOT / "results" / "patterns" /
+                      f"{Path(path).stem}_{gate.replace(':', '')}.json"))
 
 
 def per_layer(cfg: SpeedupConfig) -> None:

@@ -2,6 +2,8 @@
 
     python benchmarks/width_engine.py            # resnet18 / cifar stem / 32 px / fp32, batch 1
     python benchmarks/width_engine.py --quick    # fewer inputs and rounds
+    python benchmarks/width_engine.py --large-batch --device cuda --dtype bf16 --batch 256 \
+        --stem imagenet --size 224 --tile 8      # issue 16's GPU setting (d) only
 
 Per mean-MACs target t_d (0.3, 0.5, 0.7): a width-gated mixed pattern (``mixed_pattern(...,
 gate="width:16")``) realised on a random network, timed on N fresh synthetic inputs, all engines
@@ -17,6 +19,12 @@ number of samples from every engine):
     engine (policy auto) on a channel-gated ``mixed_pattern`` of the same t_d, for comparison.
 (c) batch 64: width-grouped dynamic (policy ``width``) vs static of the same pattern (ratio of
     p50), and the ``auto`` policy (grouped or static per block, tuned at build time).
+
+(d) ``--large-batch``: at one large batch, MACs ``--t-d`` (0.5): dense; ``static`` of the
+    prior pattern (``synthesise``) with kept channels rounded to ``--tile`` (and untiled); the
+    width-gated (``width:16``) mixed pattern's dynamic engine (samples sorted by width, order
+    restored once; also restored after every block, and the ``auto`` plan); all interleaved in
+    one ``measure`` run, p50 ratios to dense printed with pattern and executed MACs ratios.
 
 Threads: torch's default. Every raw sample goes to results/width_engine_<device>_<host>.json.
 """
@@ -36,10 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hwbench.engine import build_engine, pattern_inputs, realise  # noqa: E402
+from hwbench.engine.tiling import executed_macs  # noqa: E402
 from hwbench.io import atomic_write_json  # noqa: E402
 from hwbench.measure.device import fingerprint  # noqa: E402
 from hwbench.measure.protocol import Inputs, Protocol, measure  # noqa: E402
-from hwbench.patterns import GatePattern, LayerPattern, mixed_pattern  # noqa: E402
+from hwbench.patterns import GatePattern, LayerPattern, mixed_pattern, synthesise  # noqa: E402
 
 TARGETS = (0.3, 0.5, 0.7)
 BAR = {0.3: 0.55, 0.5: 0.70, 0.7: 0.70}  # the issue's dynamic-efficiency bar at batch 1
@@ -141,6 +150,62 @@ def batch64(t_d: float, max_time_s: float, bsz: int = 64, size: int = 32,
                             "warnings": m.warnings}}
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@torch.no_grad()
+def large_batch(args) -> dict:
+    """(d): dense vs tiled static vs width-grouped dynamic at one large batch, interleaved."""
+    dev, dt, bsz, size = torch.device(args.device), DTYPES[args.dtype], args.batch, args.size
+    chan = synthesise(args.arch, args.stem, size, args.t_d, tile=args.tile)
+    chan1 = synthesise(args.arch, args.stem, size, args.t_d)
+    wid = mixed_pattern(args.arch, args.stem, size, args.t_d, seed=0, gate=GATE, tile=args.tile)
+    cnet, cnet1 = realise(chan, seed=0), realise(chan1, seed=0)
+    wnet = realise(wid, seed=0, calibration=args.calibration)
+    pool = [pattern_inputs(bsz, size, seed=3000 + i).to(dev, dt) for i in range(args.pool)]
+    kw = dict(device=dev, dtype=dt, batch_size=bsz, tune_inputs=pool[:2])
+    engines = {"dense": build_engine(cnet, "dense", **kw),
+               f"static_tile{args.tile}": build_engine(cnet, "static", chan, **kw),
+               "static_untiled": build_engine(cnet1, "static", chan1, **kw),
+               "width_sorted": build_engine(wnet, "dynamic", wid, dynamic_policy="width", **kw),
+               "width_auto": build_engine(wnet, "dynamic", wid, **kw)}
+    per_block = build_engine(wnet, "dynamic", wid, dynamic_policy="width", **kw)
+    per_block.unpermute_per_block = True  # the order restored after every block
+    engines["width_sorted_unpermute_per_block"] = per_block
+    proto = Protocol(quantile=0.5, ci_target=0.02, min_runs=10, max_time_s=args.batch_time,
+                     warmup=3, min_warmup_s=0.5, seed=0)
+    m = measure(engines, Inputs(pool, {"source": "synthetic", "n": bsz * len(pool)}), proto,
+                dev, reference="dense", where=f"large batch {bsz}")
+    dense_macs = chan.geometry().dense_macs()
+    macs = {f"static_tile{args.tile}": (chan.macs_ratio(),
+                                        executed_macs(chan, "static", args.tile) / dense_macs),
+            "static_untiled": (chan1.macs_ratio(), executed_macs(chan1, "static") / dense_macs)}
+    for name in ("width_sorted", "width_auto", "width_sorted_unpermute_per_block"):
+        macs[name] = (wid.macs_ratio(), executed_macs(wid, "dynamic", args.tile,
+                                                      engines[name].plan) / dense_macs)
+    return {"setting": vars(args), "device": fingerprint(dev, torch.get_num_threads()),
+            "ratios_to_dense": {k: m.ratio(k, "dense") for k in engines if k != "dense"},
+            "macs_ratio_pattern_executed": macs,
+            "plans": {k: e.plan for k, e in engines.items() if k.startswith("width")},
+            "measurement": {"results": m.results, "protocol": m.protocol, "inputs": m.inputs,
+                            "warnings": m.warnings}}
+
+
+def report_large_batch(r: dict) -> None:
+    a = r["setting"]
+    print(f"(d) {r['device'].get('name')}, {a['arch']}/{a['stem']}/{a['size']} px, batch "
+          f"{a['batch']}, {a['dtype']}, MACs {a['t_d']}, tile {a['tile']}; p50 ratio to dense "
+          "(95% CI), one interleaved run:")
+    dense = r["measurement"]["results"]["dense"]["p50_ms"]
+    print(f"  dense p50 {dense:.3f} ms per batch")
+    for name, rr in r["ratios_to_dense"].items():
+        pm, em = r["macs_ratio_pattern_executed"][name]
+        print(f"  {name:34s} {rr['value']:.3f} [{rr['lo']:.3f}, {rr['hi']:.3f}]"
+              f"{'' if rr['valid'] else ' (CI not met)'}  MACs ratio pattern {pm:.3f} / "
+              f"executed {em:.3f}")
+    print(f"  width_auto plan: {','.join(r['plans']['width_auto'])}")
+
+
 def report_batch1(r: dict) -> None:
     q = sorted(r["dynamic_over_matched_static"])
     within = sum(abs(v - 1) <= 0.10 for v in q) / len(q)
@@ -170,9 +235,31 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="8 inputs, 3 samples each, 2 s")
     ap.add_argument("--threads", type=int, default=None, help="default: torch's default")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--large-batch", action="store_true", help="run (d) only (below)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--stem", default="imagenet")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--t-d", type=float, default=0.5)
+    ap.add_argument("--tile", type=int, default=8)
+    ap.add_argument("--pool", type=int, default=4, help="distinct input batches cycled")
+    ap.add_argument("--calibration", type=int, default=64, help="realise's inputs (width)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.large_batch:
+        t0 = time.time()
+        r = large_batch(args)
+        report_large_batch(r)
+        dev = args.device.replace(":", "")
+        out = Path(args.out) if args.out else (
+            ROOT / "results" / f"width_engine_large_batch_{dev}_b{args.batch}_{args.dtype}_"
+                               f"{platform.node()}.json")
+        atomic_write_json(out, r)
+        print(f"\nwrote {out} ({time.time() - t0:.0f} s in all)")
+        return
     n, reps, bt = (8, 3, 2.0) if args.quick else (args.inputs, args.reps, args.batch_time)
     t0 = time.time()
     fp = fingerprint(torch.device("cpu"), torch.get_num_threads())

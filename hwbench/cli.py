@@ -67,8 +67,10 @@ def cli() -> None:
 @click.option("--save-pattern", default=None, type=click.Path(dir_okay=False),
               help="With --t-d: write the synthesised prior pattern file here (for speedup, "
                    "profile --patterns, predict).")
+@click.option("--tile", type=int, default=1, show_default=True,
+              help="With --t-d: kept channels in multiples of N (tensor cores: 8 or 16).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def flops(arch, stem, input_size, pattern_path, t_d, gate, save_pattern, as_json) -> None:
+def flops(arch, stem, input_size, pattern_path, t_d, gate, save_pattern, tile, as_json) -> None:
     """Exact MACs of the dense network, and of a gate pattern (--pattern or --t-d).
 
     Counted as in the paper: every conv (stem, blocks, downsample) plus, in the gated network,
@@ -104,7 +106,7 @@ def flops(arch, stem, input_size, pattern_path, t_d, gate, save_pattern, as_json
         if t_d is not None:
             if not 0 < t_d <= 1:
                 raise UsageError(f"--t-d must be in (0, 1], got {t_d}")
-            prior = synthesise(arch, stem, input_size, t_d, gate_spec)
+            prior = synthesise(arch, stem, input_size, t_d, gate_spec, tile=tile)
             report = pattern_report(prior)
             if save_pattern is not None:
                 click.echo(f"wrote {prior.save(save_pattern)}", err=True)
@@ -143,9 +145,12 @@ def flops(arch, stem, input_size, pattern_path, t_d, gate, save_pattern, as_json
               type=click.Choice(["eager", "graphs", "compile"]),
               help="Run every mode eagerly, replayed from CUDA graphs (CUDA only) or through "
                    "torch.compile.")
+@click.option("--tile", type=int, default=None,
+              help="Pad kept channels up to a multiple of N (zero channels, exact): 8 (bf16) or "
+                   "16 suit tensor cores. [default: the pattern's, 1]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (raw samples too).")
 def speedup(pattern_path, device, batch_size, threads, dtype, max_time_s, min_runs, warmup,
-            dynamic_policy, backend, execution, as_json) -> None:
+            dynamic_policy, backend, execution, tile, as_json) -> None:
     """Latency of the dense, masked, static and dynamic engines for one pattern, interleaved.
 
     speedup = dense p50 / mode p50; efficiency = speedup / (dense MACs / mode MACs).
@@ -155,7 +160,7 @@ def speedup(pattern_path, device, batch_size, threads, dtype, max_time_s, min_ru
     cfg = SpeedupConfig(pattern=pattern_path, device=device, batch_size=batch_size,
                         threads=threads, dtype=dtype, max_time_s=max_time_s, min_runs=min_runs,
                         warmup=warmup, dynamic_policy=dynamic_policy, backend=backend,
-                        execution=execution)
+                        execution=execution, tile=tile)
     validate(cfg)
     if as_json:
         result = run_speedup(cfg)
@@ -197,6 +202,10 @@ def _print_speedup(result) -> None:
         what = "capture" if result.execution == "graphs" else "compilation"
         console.print(f"{what} per mode (s, wall clock): " + ", ".join(
             f"{m} {t:.1f}" for m, t in result.setup_s.items()))
+    if p.get("tile", 1) != 1:
+        ex = {k: result.modes[k].macs_executed / dense_macs for k in ("static", "dynamic")}
+        console.print(f"tile {p['tile']}: executed MACs ratio (zero padding included) static "
+                      f"{ex['static']:.3f}, dynamic {ex['dynamic']:.3f}")
 
 
 @cli.command()
@@ -300,10 +309,15 @@ def _t_d_list(ctx, param, value):
               type=click.Choice(["eager", "graphs", "compile"]),
               help="Time the engines eagerly, replayed from CUDA graphs (CUDA only) or through "
                    "torch.compile; recorded in the fingerprint.")
+@click.option("--tile", type=int, default=1, show_default=True,
+              help="Round kept channels up to a multiple of N (patterns and engine): 8 (bf16) "
+                   "or 16 suit tensor cores.")
+@click.option("--energy-cooldown", "energy_cooldown_s", type=float, default=None,
+              help="Idle seconds before each energy setting. [default: 2 on CUDA, 0 on CPU]")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def profile(device, arch, stem, input_size, batch_size, dtype, threads, t_d, patterns, out,
             energy, max_time_s, min_runs, warmup, validation, grid, table_rounds,
-            execution, as_json) -> None:
+            execution, tile, energy_cooldown_s, as_json) -> None:
     """Measure latency, energy and MACs of gate patterns here; write a device profile.
 
     Latencies are of the compact engine in dynamic mode (dense and masked stored as references),
@@ -320,7 +334,7 @@ def profile(device, arch, stem, input_size, batch_size, dtype, threads, t_d, pat
                         t_d=t_d or ProfileConfig.t_d, patterns=tuple(patterns), energy=energy,
                         max_time_s=max_time_s, min_runs=min_runs, warmup=warmup,
                         validation=validation, grid=grid, table_rounds=table_rounds,
-                        execution=execution)
+                        execution=execution, tile=tile, energy_cooldown_s=energy_cooldown_s)
     from hwbench.io import check_writable
 
     if out:

@@ -16,14 +16,28 @@ from typing import Any
 
 import torch
 
-from hwbench.errors import HwbenchError, PatternError
+from hwbench.errors import HwbenchError, PatternError, UsageError
 from hwbench.io import atomic_write_json
 from hwbench.nets.gate import CHANNEL, GateSpec, parse_gate
 from hwbench.nets.geometry import ARCHS, STEMS, NetGeometry, net_geometry
 
 SCHEMA = "hwbench/gate-pattern@1"
 _LAYER_INTS = ("channels", "always_on", "always_off", "dynamic")
-_KNOWN_TOP = {"schema", "arch", "stem", "input_size", "t_d", "layers", "gate"}
+_KNOWN_TOP = {"schema", "arch", "stem", "input_size", "t_d", "layers", "gate", "tile"}
+
+
+def check_tile(tile: Any, where: str = "--tile") -> int:
+    """The tensor-core tile: a positive integer (1 = no rounding); a one-line error otherwise."""
+    if not _is_int(tile) or tile < 1:
+        raise UsageError(f"{where} must be a positive integer, got {tile!r}")
+    return tile
+
+
+def round_to_tile(k: int, tile: int, channels: int | None = None) -> int:
+    """``k`` kept channels rounded UP to a multiple of ``tile`` (0 stays 0); capped at
+    ``channels`` when given (a pattern cannot keep more channels than a block has)."""
+    up = -(-k // tile) * tile
+    return up if channels is None else min(up, channels)
 
 
 @dataclass
@@ -101,6 +115,12 @@ class GatePattern:
     t_d: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # other top-level keys: source, dataset
     gate: GateSpec = CHANNEL
+    # tensor-core tile: engines round each block's kept channel count up to a multiple of it
+    # (zero-weight padding); 1 = none (the CPU default), 8 suits bf16 tensor cores, 16 also fp16
+    tile: int = 1
+
+    def __post_init__(self) -> None:
+        check_tile(self.tile, "tile")
 
     def geometry(self) -> NetGeometry:
         return net_geometry(self.arch, self.stem, self.input_size, gate_step=self.gate.step)
@@ -117,9 +137,10 @@ class GatePattern:
         g = self.geometry()
         return (g.stem_macs + sum(self.layer_macs())) / g.dense_macs()
 
-    def kept_channels(self) -> list[int]:
-        """Per layer, the channels a static engine keeps (always-on + dynamic)."""
-        return [lp.always_on + lp.dynamic for lp in self.layers]
+    def kept_channels(self, tile: int = 1) -> list[int]:
+        """Per layer, the channels a static engine keeps (always-on + dynamic); with ``tile``
+        the channels it computes (rounded up to a multiple of ``tile``: padding included)."""
+        return [round_to_tile(lp.always_on + lp.dynamic, tile) for lp in self.layers]
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"schema": SCHEMA, "arch": self.arch, "stem": self.stem,
@@ -128,6 +149,8 @@ class GatePattern:
             d["t_d"] = self.t_d
         if self.gate.kind != "channel":
             d["gate"] = self.gate.to_dict()
+        if self.tile != 1:
+            d["tile"] = self.tile
         d.update(self.extra)
         d["layers"] = [lp.to_dict() for lp in self.layers]
         return d
@@ -206,9 +229,12 @@ def _parse(obj: Any, src: str) -> GatePattern:
                   for i, (lp, raw) in enumerate(zip(layers, layers_raw))]
     elif any("width_hist" in raw for raw in layers_raw):
         fail("gate", "width_hist needs \"gate\": {\"kind\": \"width\", \"step\": G}")
+    tile = obj.get("tile", 1)
+    if not _is_int(tile) or tile < 1:
+        fail("tile", f"expected a positive integer, got {tile!r}")
     extra = {k: v for k, v in obj.items() if k not in _KNOWN_TOP}
     return GatePattern(arch, stem, size, layers, None if t_d is None else float(t_d), extra,
-                       gate)
+                       gate, tile)
 
 
 def _parse_gate_field(raw: Any, geom: NetGeometry, fail) -> GateSpec:
@@ -368,18 +394,20 @@ def _summary_layer(name: str, c: torch.Tensor, n: int) -> LayerPattern:
 
 
 def synthesise(arch: str, stem: str, input_size: int, t_d: float,
-               gate: GateSpec | str = CHANNEL) -> GatePattern:
+               gate: GateSpec | str = CHANNEL, tile: int = 1) -> GatePattern:
     """The prior pattern for budget ``t_d``: one always-on fraction f in every gated layer, the
     rest always-off, no dynamic channels, f chosen so that the gated MACs ratio (gates included)
     is as close to ``t_d`` as integer channel counts allow. With width gates the counts are
-    multiples of the step and each layer's histogram is the one width.
+    multiples of the step and each layer's histogram is the one width. With ``tile`` every
+    count is also a multiple of the tile (the pattern records it).
     """
     if not _is_num(t_d) or not 0 < t_d <= 1:
         raise PatternError("synthesise", "t_d", f"expected a number in (0, 1], got {t_d!r}")
     gate = parse_gate(gate)
+    check_tile(tile, "tile")
     geom = net_geometry(arch, stem, input_size, gate_step=gate.step)
     gate.check_widths([b.width for b in geom.blocks])
-    dense, g = geom.dense_macs(), gate.step
+    dense, g = geom.dense_macs(), math.lcm(gate.step, tile)
 
     def counts(f: float) -> list[int]:
         return [g * min(b.width // g, math.floor(f * b.width / g + 0.5)) for b in geom.blocks]
@@ -396,30 +424,34 @@ def synthesise(arch: str, stem: str, input_size: int, t_d: float,
     fractions = sorted({k * g / b.width for b in geom.blocks for k in range(b.width // g + 1)})
     best = min(fractions, key=lambda f: (abs(ratio(counts(f)) - t_d), -f))
     if gate.kind == "width":
+        st = gate.step
         layers = [LayerPattern.from_width_hist(
-            b.name, b.width, g, [float(j == k // g) for j in range(b.width // g + 1)])
+            b.name, b.width, st, [float(j == k // st) for j in range(b.width // st + 1)])
             for b, k in zip(geom.blocks, counts(best))]
     else:
         layers = [LayerPattern(b.name, b.width, k, b.width - k, 0, 0.0)
                   for b, k in zip(geom.blocks, counts(best))]
     return GatePattern(arch, stem, input_size, layers, float(t_d),
-                       extra={"source": "synthesise", "always_on_fraction": best}, gate=gate)
+                       extra={"source": "synthesise", "always_on_fraction": best}, gate=gate,
+                       tile=tile)
 
 
 def mixed_pattern(arch: str, stem: str, input_size: int, t_d: float, seed: int = 0,
                   dynamic: tuple[float, float] = (0.2, 0.4),
                   rate: tuple[float, float] = (0.3, 0.7),
-                  gate: GateSpec | str = CHANNEL) -> GatePattern:
+                  gate: GateSpec | str = CHANNEL, tile: int = 1) -> GatePattern:
     """A pattern of the kind the paper learns: per layer, a random share of dynamic channels
     (``dynamic`` range, as a fraction of the layer) with a random on-rate (``rate`` range), the
     rest split between always-on and always-off so that the expected MACs ratio is ``t_d`` (one
     always-on fraction for all layers, solved by bisection). Seeded: same arguments, same pattern.
     With width gates the dynamic span is in groups and an input keeps always-on + Binomial(span,
-    rate) groups: a histogram whose mean on-rate is ``rate``.
+    rate) groups: a histogram whose mean on-rate is ``rate``. With ``tile`` each layer's kept
+    channels (always-on + dynamic) are rounded up to a multiple of it where the layer allows.
     """
     if not _is_num(t_d) or not 0 < t_d <= 1:
         raise PatternError("mixed_pattern", "t_d", f"expected a number in (0, 1], got {t_d!r}")
     gate = parse_gate(gate)
+    check_tile(tile, "tile")
     geom = net_geometry(arch, stem, input_size, gate_step=gate.step)
     gate.check_widths([b.width for b in geom.blocks])
     g = gate.step
@@ -435,6 +467,8 @@ def mixed_pattern(arch: str, stem: str, input_size: int, t_d: float, seed: int =
         n = b.width // g
         d = min(n, round(dfrac * n))
         a = min(n - d, round(f * n))
+        while (a + d) * g % tile and a + d < n:  # kept channels: a multiple of the tile
+            a += 1
         if gate.kind == "channel":
             return LayerPattern(b.name, b.width, a, b.width - a - d, d, round(r, 4))
         pmf = [math.comb(d, j) * r ** j * (1 - r) ** (d - j) for j in range(d + 1)]
@@ -444,7 +478,8 @@ def mixed_pattern(arch: str, stem: str, input_size: int, t_d: float, seed: int =
     def build(f: float) -> GatePattern:
         return GatePattern(arch, stem, input_size,
                            [layer(b, dfrac, r, f) for b, (dfrac, r) in zip(geom.blocks, shape)],
-                           float(t_d), extra={"source": f"mixed_pattern(seed={seed})"}, gate=gate)
+                           float(t_d), extra={"source": f"mixed_pattern(seed={seed})"},
+                           gate=gate, tile=tile)
 
     lo, hi = 0.0, 1.0
     for _ in range(40):

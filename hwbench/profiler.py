@@ -11,8 +11,11 @@ Phases (all timings of the compact engine; ``dynamic`` mode unless named):
 3. validation: random mixed patterns, measured end to end (with dense interleaved) and compared
    with the table's prediction;
 4. user patterns (``--patterns``), measured and predicted the same way;
-5. energy (optional): per t_d, windows of >= 1 s of back-to-back inferences, idle power measured
-   first and subtracted (both reported), each number labelled with its method.
+5. energy (optional): idle power measured first; then per setting (dense, each t_d) a
+   cool-down (``energy_cooldown_s`` idle seconds, also before the idle window; default 2 s on
+   CUDA, 0 on the CPU), a calibration, and one window of >= 1 s of back-to-back inferences
+   (``measure.energy.energy_per_inference``); energy per image = window energy / images
+   (batch x inferences), in total and above idle, each number labelled measured or estimated.
 
 ``execution`` (``--exec``): phases 2-5 time every engine, dense included, eagerly, replayed from
 CUDA graphs or compiled (``hwbench.engine.graphs``; the dynamic mode under ``graphs`` runs its
@@ -38,12 +41,20 @@ from hwbench.engine.graphs import check_execution, engine_policy, executable
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
 from hwbench.measure.device import fingerprint, parse_device, torch_threads
-from hwbench.measure.energy import idle_power_w, select_meter
+from hwbench.measure.energy import COOLDOWN_S, energy_per_inference, idle_power_w, select_meter
 from hwbench.measure.protocol import Inputs, Protocol, measure
 from hwbench.measure.stats import Warn
 from hwbench.measure.timer import timer_overhead_ms
 from hwbench.nets.geometry import arch_spec, check_stem, net_geometry
-from hwbench.patterns import GatePattern, LayerPattern, load_pattern, mixed_pattern, synthesise
+from hwbench.patterns import (
+    GatePattern,
+    LayerPattern,
+    check_tile,
+    load_pattern,
+    mixed_pattern,
+    round_to_tile,
+    synthesise,
+)
 from hwbench.profiles import SCHEMA, Predictor
 
 DEFAULT_T_D = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -72,8 +83,10 @@ class ProfileConfig:
     validation: int = 20
     calibration: int = 6  # random mixed patterns the predictor's scale is fitted on
     energy_window_s: float = 1.0
+    energy_cooldown_s: float | None = None  # idle s before each energy setting (None: by device)
     seed: int = 0
     execution: str = "eager"  # eager, graphs (CUDA), compile: hwbench.engine.graphs
+    tile: int = 1  # tensor-core tile: kept channels rounded up to a multiple (patterns, engine)
 
 
 def _validate(cfg: ProfileConfig) -> torch.device:
@@ -88,6 +101,9 @@ def _validate(cfg: ProfileConfig) -> torch.device:
         raise UsageError(f"--t-d values must be in (0, 1], got {list(cfg.t_d)}")
     if cfg.dtype not in ("fp32", "bf16", "fp16"):
         raise UsageError(f"unknown dtype {cfg.dtype!r}")
+    check_tile(cfg.tile)
+    if cfg.energy_cooldown_s is not None and cfg.energy_cooldown_s < 0:
+        raise UsageError(f"energy cool-down must be >= 0 s, got {cfg.energy_cooldown_s}")
     device = parse_device(cfg.device)
     if device.type == "cpu" and cfg.dtype != "fp32":
         raise UsageError("on the CPU the engine runs fp32 only")
@@ -122,13 +138,14 @@ def _gpu_state(device: torch.device) -> dict:
 
 
 def _uniform_pattern(cfg: ProfileConfig, frac: float, gated: bool) -> GatePattern:
-    """Every block keeps round(frac * width) channels; ``gated``: half of them dynamic."""
+    """Every block keeps round(frac * width) channels (rounded up to the tile); ``gated``: half
+    of them dynamic."""
     layers = []
     for b in net_geometry(cfg.arch, cfg.stem, cfg.input_size).blocks:
-        k = int(round(frac * b.width))
+        k = round_to_tile(int(round(frac * b.width)), cfg.tile, b.width)
         d = (k + 1) // 2 if gated and k else 0
         layers.append(LayerPattern(b.name, b.width, k - d, b.width - k, d, 0.5))
-    return GatePattern(cfg.arch, cfg.stem, cfg.input_size, layers)
+    return GatePattern(cfg.arch, cfg.stem, cfg.input_size, layers, tile=cfg.tile)
 
 
 class Profiler:
@@ -136,6 +153,7 @@ class Profiler:
                  meter=None):
         self.cfg = cfg
         self.meter = meter  # an EnergyMeter to use instead of the best one found (tests, fakes)
+        self.sleep = time.sleep  # the energy cool-downs (tests record them)
         self.device = _validate(cfg)
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16,
                       "fp16": torch.float16}[cfg.dtype]
@@ -167,7 +185,7 @@ class Profiler:
         kw["dynamic_policy"] = engine_policy(self.cfg.execution, kw.get("dynamic_policy", "auto"),
                                              kind, self.cfg.batch_size)
         return build_engine(net, mode, pattern, device=self.device, dtype=self.dtype,
-                            batch_size=self.cfg.batch_size, **kw)
+                            batch_size=self.cfg.batch_size, tile=self.cfg.tile, **kw)
 
     def _engine(self, net, mode, pattern=None, **kw):
         """The engine as the profile times it end to end: run as ``cfg.execution``."""
@@ -193,7 +211,8 @@ class Profiler:
 
         # 2. references + sweep
         self.progress("sweep", 0.25)
-        sweep_patterns = [synthesise(cfg.arch, cfg.stem, cfg.input_size, t) for t in cfg.t_d]
+        sweep_patterns = [synthesise(cfg.arch, cfg.stem, cfg.input_size, t, tile=cfg.tile)
+                          for t in cfg.t_d]
         pool = self.pool.batches
         fns = {"dense": self._engine(base, "dense"), "masked": self._engine(base, "masked")}
         for t, pat in zip(cfg.t_d, sweep_patterns):
@@ -211,7 +230,8 @@ class Profiler:
 
         def mixed(i: int, lo: float, hi: float) -> GatePattern:
             return mixed_pattern(cfg.arch, cfg.stem, cfg.input_size,
-                                 round(rng.uniform(lo, hi), 3), seed=cfg.seed + 100 + i)
+                                 round(rng.uniform(lo, hi), 3), seed=cfg.seed + 100 + i,
+                                 tile=cfg.tile)
 
         calib = [(f"calibration[{i}]", mixed(i, 0.15, 0.95)) for i in range(cfg.calibration)]
         val = [(f"random[{i}]", mixed(1000 + i, 0.15, 0.95)) for i in range(cfg.validation)]
@@ -258,13 +278,14 @@ class Profiler:
         the dynamic engine's plan on a probe pattern."""
         cfg = self.cfg
         fp = {**fingerprint(self.device, cfg.threads), "dtype": cfg.dtype,
-              "batch_size": cfg.batch_size, "input_size": cfg.input_size, "arch": cfg.arch,
-              "stem": cfg.stem, "execution": cfg.execution,
+              "batch_size": cfg.batch_size, "tile": cfg.tile, "input_size": cfg.input_size,
+              "arch": cfg.arch, "stem": cfg.stem, "execution": cfg.execution,
               "clock": _cpu_clock() if self.device.type == "cpu" else _gpu_state(self.device)}
         x0 = self._inputs(1, cfg.seed + 1).batches[0]
         self.progress("latency table", 0.0)
         table = self._table(base, x0)
-        plan_probe = mixed_pattern(cfg.arch, cfg.stem, cfg.input_size, 0.5, seed=cfg.seed + 3)
+        plan_probe = mixed_pattern(cfg.arch, cfg.stem, cfg.input_size, 0.5, seed=cfg.seed + 3,
+                                   tile=cfg.tile)
         probe = self._built(realise(plan_probe, seed=cfg.seed), "dynamic", plan_probe,
                             tune_inputs=x0)
         executes = ["kept" if p == "static" else "expected" for p in probe.plan]
@@ -305,7 +326,7 @@ class Profiler:
         for i, b in enumerate(geom.blocks):
             grid, plain, gated = [], [], []
             for f in fracs:
-                k = int(round(f * b.width))
+                k = round_to_tile(int(round(f * b.width)), cfg.tile, b.width)  # as measured
                 if grid and k <= grid[-1]:
                     continue
                 grid.append(k)
@@ -360,35 +381,48 @@ class Profiler:
     def _energy(self, base, patterns: list[GatePattern], pool, profile) -> dict:
         cfg = self.cfg
         meter = self.meter or select_meter(self.device, cfg.energy_method)
+        cooldown = cfg.energy_cooldown_s if cfg.energy_cooldown_s is not None else \
+            COOLDOWN_S.get(self.device.type, 0.0)
+        sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" \
+            else None
         try:
+            if cooldown > 0:
+                self.sleep(cooldown)  # the sweep just ran: idle power of a cooled device
             idle = idle_power_w(meter, 1.0)
             out = {"method": meter.method, "measured": meter.measured, "idle_w": idle,
-                   "unit": "J per inference (per image)", "points": []}
+                   "unit": "J per inference (per image)", "cooldown_s": cooldown,
+                   "window_min_s": cfg.energy_window_s, "points": [],
+                   "protocol": "per setting: cool-down, calibration, one window of >= "
+                               f"{cfg.energy_window_s:g} s of back-to-back inferences; J per "
+                               "image = window J / (batch x inferences)"}
             if meter.method == "none":
                 out["reason"] = "no energy source available (see `hwbench env`)"
                 return out
             if not meter.measured:
                 self._warn(Warn.ENERGY_ESTIMATED, "energy")
-            engines = [("dense", None, self._engine(base, "dense"))] + [
-                ("dynamic", p.t_d, self._engine(base, "dynamic", p, tune_inputs=pool))
+            settings = [("dense", None, lambda: self._engine(base, "dense"))] + [
+                ("dynamic", p.t_d, lambda p=p: self._engine(base, "dynamic", p, tune_inputs=pool))
                 for p in patterns]
-            for mode, t_d, engine in engines:
-                meter.begin_window("e")
-                n, t_end = 0, time.perf_counter() + cfg.energy_window_s
-                while time.perf_counter() < t_end:  # back-to-back inferences for >= the window
-                    engine(pool[n % len(pool)])
-                    n += 1
-                w = meter.end_window("e")
-                if w.duration_s < 1.0:
+            for mode, t_d, make in settings:
+                engine, calls = make(), [0]
+
+                def run(engine=engine, calls=calls):
+                    engine(pool[calls[0] % len(pool)])
+                    calls[0] += 1
+
+                e = energy_per_inference(meter, run, cfg.batch_size, cfg.energy_window_s,
+                                         cooldown, sync, sleep=self.sleep)
+                if e["short_window"]:
                     self._warn(Warn.ENERGY_WINDOW_SHORT, f"energy:{mode}:{t_d}")
-                imgs = n * cfg.batch_size
-                total = None if w.energy_j is None else w.energy_j / imgs
-                net_j = None if (w.energy_j is None or idle is None) else \
-                    (w.energy_j - idle * w.duration_s) / imgs
-                out["points"].append({"mode": mode, "t_d": t_d, "window_s": w.duration_s,
-                                      "inferences": n, "energy_j_total": total,
-                                      "energy_j_above_idle": net_j, "method": w.method,
-                                      "measured": w.measured})
+                w_j = e["energy_j_window"]
+                net_j = None if (w_j is None or idle is None) else \
+                    (w_j - idle * e["window_s"]) / e["images"]
+                out["points"].append({
+                    "mode": mode, "t_d": t_d, "window_s": e["window_s"],
+                    "inferences": e["calls"], "images": e["images"],
+                    "cooldown_s": e["cooldown_s"], "energy_j_window": w_j,
+                    "energy_j_total": e["energy_j_per_image"], "energy_j_above_idle": net_j,
+                    "method": e["method"], "measured": e["measured"], "label": e["label"]})
             return out
         finally:
             meter.close()

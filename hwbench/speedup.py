@@ -14,6 +14,9 @@ Execution (``--exec``, ``hwbench.engine.graphs``): every mode, dense included, r
 replayed from CUDA graphs or compiled, so a ratio compares like with like; ``run_speedups``
 times several executions in one interleaved measurement, each with ratios to *its own* dense.
 Under ``graphs`` the dynamic mode runs the graphable executors only (``engine_policy``).
+``--tile N`` pads every block's kept channels up to a multiple of N with zero channels (tensor
+cores): those are computed too, so each mode also reports ``macs_executed`` (padding included;
+efficiency stays on the pattern's MACs).
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ import torch
 
 from hwbench.engine import MODES, build_engine, realise, synthetic_inputs
 from hwbench.engine.graphs import check_execution, engine_policy, executable
+from hwbench.engine.tiling import executed_macs
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
 from hwbench.measure.device import fingerprint, parse_device, torch_threads
 from hwbench.measure.protocol import Inputs, Protocol, measure
-from hwbench.patterns import GatePattern, load_pattern
+from hwbench.patterns import GatePattern, check_tile, load_pattern
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -48,6 +52,7 @@ class SpeedupConfig:
     dynamic_policy: str = "auto"
     backend: str = "auto"  # engine kernels: auto, mkldnn (CPU fp32), aten
     execution: str = "eager"  # eager, graphs (CUDA), compile: hwbench.engine.graphs
+    tile: int | None = None  # tensor-core tile (None: the pattern's; 8 or 16 suit tensor cores)
 
 
 @dataclass
@@ -59,6 +64,7 @@ class ModeResult:
     speedup: float
     efficiency: float
     samples_ms: list[float] = field(repr=False)
+    macs_executed: float | None = None  # per sample, tile padding included
 
 
 @dataclass
@@ -96,6 +102,8 @@ def validate(cfg: SpeedupConfig) -> torch.device:
         raise UsageError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.threads is not None and cfg.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {cfg.threads}")
+    if cfg.tile is not None:
+        check_tile(cfg.tile)
     if cfg.dtype not in DTYPES:
         raise UsageError(f"unknown dtype {cfg.dtype!r}; known: {', '.join(DTYPES)}")
     device = parse_device(cfg.device)
@@ -134,7 +142,8 @@ def _run_speedups(cfg: SpeedupConfig, executions, device, progress) -> dict:
         policy = engine_policy(ex, cfg.dynamic_policy, pattern.gate.kind, bsz)
         runs[ex] = {m: executable(build_engine(net, m, pattern, device=device, dtype=dtype,
                                                batch_size=bsz, dynamic_policy=policy,
-                                               backend=cfg.backend, tune_inputs=pool.batches),
+                                               backend=cfg.backend, tune_inputs=pool.batches,
+                                               tile=cfg.tile),
                                   ex, pool.batches[0]) for m in MODES}
         fns.update({f"{ex}:{m}": f for m, f in runs[ex].items()})
     # a comparison of medians: no CI target, a fixed time (hyperfine's --min-runs/--runs)
@@ -142,28 +151,34 @@ def _run_speedups(cfg: SpeedupConfig, executions, device, progress) -> dict:
                         max_time_s=cfg.max_time_s, warmup=cfg.warmup, seed=cfg.seed)
     res = measure(fns, pool, protocol, device, reference=f"{executions[0]}:dense",
                   progress=progress)
-    macs = mode_macs(pattern)
-    out = {}
-    for ex, exes in runs.items():
-        modes = {}
-        for m in MODES:
-            r = res[f"{ex}:{m}"]
-            speedup = res.at(f"{ex}:dense") / r["p50_ms"]
-            modes[m] = ModeResult(r["p50_ms"], r["p90_ms"], r["n"], macs[m], speedup,
-                                  speedup / (macs["dense"] / macs[m]), r["samples_ms"])
-        dynamic = exes["dynamic"].engine
-        out[ex] = SpeedupResult(
-            flops_ratio=macs["dynamic"] / macs["dense"], modes=modes,
-            device={**fingerprint(device, cfg.threads), "backend": exes["static"].engine.backend,
-                    "execution": ex},
-            batch_size=bsz, dtype=cfg.dtype,
-            dynamic_batch_strategy="per sample" if bsz == 1 else dynamic.batch_strategy,
-            dynamic_plan=dynamic.plan,
-            pattern={"path": cfg.pattern, "arch": pattern.arch, "stem": pattern.stem,
-                     "input_size": size, "t_d": pattern.t_d}, inputs=res.inputs,
-            config=asdict(replace(cfg, execution=ex)), execution=ex,
-            setup_s={m: e.setup_s for m, e in exes.items()})
-    return out
+    return {ex: _result(cfg, ex, exes, res, pattern, device) for ex, exes in runs.items()}
+
+
+def _result(cfg: SpeedupConfig, ex: str, exes: dict, res, pattern: GatePattern,
+            device) -> SpeedupResult:
+    """One execution's modes, as ratios to the same execution's dense."""
+    macs, dynamic = mode_macs(pattern), exes["dynamic"].engine
+    tile = exes["static"].engine.tile
+    done = {**macs, "static": executed_macs(pattern, "static", tile),
+            "dynamic": executed_macs(pattern, "dynamic", tile, dynamic.plan)}
+    modes = {}
+    for m in MODES:
+        r = res[f"{ex}:{m}"]
+        speedup = res.at(f"{ex}:dense") / r["p50_ms"]
+        modes[m] = ModeResult(r["p50_ms"], r["p90_ms"], r["n"], macs[m], speedup,
+                              speedup / (macs["dense"] / macs[m]), r["samples_ms"], done[m])
+    bsz = cfg.batch_size
+    return SpeedupResult(
+        flops_ratio=macs["dynamic"] / macs["dense"], modes=modes,
+        device={**fingerprint(device, cfg.threads), "backend": exes["static"].engine.backend,
+                "execution": ex},
+        batch_size=bsz, dtype=cfg.dtype,
+        dynamic_batch_strategy="per sample" if bsz == 1 else dynamic.batch_strategy,
+        dynamic_plan=dynamic.plan,
+        pattern={"path": cfg.pattern, "arch": pattern.arch, "stem": pattern.stem,
+                 "input_size": pattern.input_size, "t_d": pattern.t_d, "tile": tile},
+        inputs=res.inputs, config=asdict(replace(cfg, execution=ex)), execution=ex,
+        setup_s={m: e.setup_s for m, e in exes.items()})
 
 
 def layer_times(engines: dict, x: torch.Tensor, min_runs: int = 30) -> dict[str, list[float]]:

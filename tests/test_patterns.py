@@ -3,10 +3,18 @@ import json
 import pytest
 import torch
 
-from hwbench.errors import PatternError
+from hwbench.errors import PatternError, UsageError
 from hwbench.flops import pattern_report
 from hwbench.nets import create_net
-from hwbench.patterns import SCHEMA, GatePattern, load_pattern, summarise, synthesise
+from hwbench.patterns import (
+    SCHEMA,
+    GatePattern,
+    load_pattern,
+    mixed_pattern,
+    round_to_tile,
+    summarise,
+    synthesise,
+)
 
 
 def _valid_dict():
@@ -59,6 +67,9 @@ BAD = [
     ("layers[0].on_idx", lambda d: d["layers"][0].update(on_idx=[0, 1])),
     ("layers[0].dynamic_rates", lambda d: d["layers"][0].update(dynamic_rates=[0.5])),
     ("layers[0]", lambda d: d["layers"].__setitem__(0, 3)),
+    ("tile", lambda d: d.update(tile=0)),
+    ("tile", lambda d: d.update(tile=8.0)),
+    ("tile", lambda d: d.update(tile=True)),
 ]
 
 
@@ -143,7 +154,6 @@ def test_summarise_accepts_labelled_batches_and_rejects_empty_loaders():
 
 # ---- width patterns ----
 
-from hwbench.patterns import mixed_pattern  # noqa: E402
 from tests.conftest import random_gate_heads  # noqa: E402
 
 
@@ -231,3 +241,35 @@ def test_a_thinner_network_summarises_as_the_full_arch_with_its_missing_suffix_o
     pattern.save(tmp_path / "p.json")
     again = load_pattern(tmp_path / "p.json")  # a valid pattern of the full arch
     assert [lp.to_dict() for lp in again.layers] == [lp.to_dict() for lp in pattern.layers]
+
+
+def test_tile_round_trips_and_old_files_load_as_one(tmp_path):
+    old = synthesise("resnet18", "cifar", 32, 0.3)
+    assert old.tile == 1 and "tile" not in old.to_dict()  # files of before issue 16 unchanged
+    assert load_pattern(old.save(tmp_path / "old.json")).tile == 1
+    p = synthesise("resnet18", "cifar", 32, 0.3, tile=8)
+    assert p.to_dict()["tile"] == 8
+    assert load_pattern(p.save(tmp_path / "p.json")) == p
+    with pytest.raises(UsageError, match="tile must be a positive integer"):
+        synthesise("resnet18", "cifar", 32, 0.3, tile=0)
+
+
+def test_round_to_tile():
+    assert [round_to_tile(k, 8) for k in (0, 1, 8, 9, 16)] == [0, 8, 8, 16, 16]
+    assert round_to_tile(60, 16, channels=64) == 64 and round_to_tile(63, 16, channels=60) == 60
+
+
+@pytest.mark.parametrize("tile", [8, 16])
+def test_generated_patterns_keep_multiples_of_the_tile(tile):
+    for gate in ("channel", "width:16"):
+        syn = synthesise("resnet18", "imagenet", 64, 0.5, gate=gate, tile=tile)
+        mix = mixed_pattern("resnet18", "imagenet", 64, 0.5, seed=3, gate=gate, tile=tile)
+        for p in (syn, mix):
+            assert p.tile == tile
+            assert all(k % tile == 0 for k in p.kept_channels()), (gate, p.kept_channels())
+            assert p.macs_ratio() == pytest.approx(0.5, abs=0.03)
+    # without the tile, the same generator keeps counts that are not multiples of it
+    assert any(k % tile for k in mixed_pattern("resnet18", "imagenet", 64, 0.5,
+                                               seed=3).kept_channels())
+    assert synthesise("resnet18", "cifar", 32, 0.5).kept_channels(tile=tile) == [
+        round_to_tile(k, tile) for k in synthesise("resnet18", "cifar", 32, 0.5).kept_channels()]

@@ -34,12 +34,13 @@ import torch.nn.functional as F
 
 from hwbench.engine.fold import fold_bn
 from hwbench.engine.inputs import pattern_inputs
-from hwbench.engine.kernels import Conv, resolve_backend, run_conv
+from hwbench.engine.kernels import Conv, channels_last_weights, resolve_backend, run_conv
+from hwbench.engine.tiling import pad_to
 from hwbench.errors import UsageError
 from hwbench.measure.device import ieee_fp32
 from hwbench.nets.gate import kept_groups
 from hwbench.nets.resnet import GatedBasicBlock, GatedResNet
-from hwbench.patterns import GatePattern
+from hwbench.patterns import GatePattern, check_tile, round_to_tile
 
 MODES = ("dense", "masked", "static", "dynamic")
 BATCH_STRATEGY = "union of the batch's on-channels, then a per-sample mask"
@@ -131,18 +132,39 @@ def _bn(dual, stream: str):
 
 
 class _Builder:
-    """Folds and packs the convs of one network for one backend and input shape."""
+    """Folds and packs the convs of one network for one backend and input shape.
 
-    def __init__(self, backend: str, device: torch.device, dtype: torch.dtype):
-        self.backend, self.device, self.dtype = backend, device, dtype
+    ``tile``: kept channel counts are padded up to a multiple of it (``padded``, ``pad_rows``,
+    ``pad_cols``: zero weights and biases, exact). ``channels_last``: 4-D weights stored
+    channels-last (default: aten on CUDA, ``channels_last_weights``)."""
+
+    def __init__(self, backend: str, device: torch.device, dtype: torch.dtype, tile: int = 1,
+                 channels_last: bool | None = None):
+        self.backend, self.device, self.dtype, self.tile = backend, device, dtype, tile
+        self.channels_last = channels_last_weights(backend, device) if channels_last is None \
+            else channels_last
 
     def t(self, x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else x.to(self.device, self.dtype)
 
+    def padded(self, k: int) -> int:
+        """``k`` kept channels rounded up to the tile (0 stays 0: the block is skipped)."""
+        return round_to_tile(k, self.tile)
+
+    def pad_rows(self, w: torch.Tensor, b: torch.Tensor | None, k: int):
+        """Output channels (rows of ``w``, entries of ``b``) zero-padded to ``padded(k)``."""
+        n = self.padded(k)
+        return pad_to(w, n, 0), None if b is None else pad_to(b, n, 0)
+
+    def pad_cols(self, w: torch.Tensor, k: int) -> torch.Tensor:
+        """Input channels (columns of ``w``) zero-padded to ``padded(k)``."""
+        return pad_to(w, self.padded(k), 1)
+
     def conv(self, w, b, stride, padding, in_shape) -> Conv | None:
         if w.shape[0] == 0 or w.shape[1] == 0:
             return None
-        return Conv.make(self.t(w), self.t(b), stride, padding, self.backend, in_shape)
+        return Conv.make(self.t(w), self.t(b), stride, padding, self.backend, in_shape,
+                         channels_last=self.channels_last)
 
     def gate(self, gate, rows=None) -> _Gate:
         g = _Gate(gate, rows)
@@ -189,14 +211,19 @@ class _BasicFull:
 
 
 class _BasicStatic:
+    """Kept channels (always-on, then dynamic, then zero padding up to the tile) as two convs;
+    the dynamic ones multiplied by their gate's decision."""
+
     def __init__(self, block, g: ChannelGroups, b: _Builder, in_shape, out_hw):
         s = block.conv1.stride[0]
         w1, b1 = fold_bn(block.conv1.weight, block.bn1.gated)
         w2, b2 = fold_bn(block.conv2.weight, block.bn2.gated)
         k = g.kept
         self.a, self.d = len(g.on), len(g.dyn)
-        self.conv1 = b.conv(w1[k], b1[k], s, 1, in_shape)
-        self.conv2 = b.conv(w2[:, k], b2, 1, 1, _mid(in_shape, len(k), out_hw))
+        self.computed = b.padded(len(k))  # channels computed: kept + padding
+        self.conv1 = b.conv(*b.pad_rows(w1[k], b1[k], len(k)), s, 1, in_shape)
+        self.conv2 = b.conv(b.pad_cols(w2[:, k], len(k)), b2, 1, 1,
+                            _mid(in_shape, self.computed, out_hw))
         self.b2 = b.t(b2)
         self.ds = b.shortcut(block, "gated", in_shape)
         self.gate = b.gate(block.gate, g.dyn) if self.d else None
@@ -207,7 +234,7 @@ class _BasicStatic:
             return _bias_relu(sc, self.b2)
         h = self.conv1(x, relu=True)
         if self.gate is not None:
-            h[:, self.a:].mul_(self.gate(x)[:, :, None, None])
+            h[:, self.a:self.a + self.d].mul_(self.gate(x)[:, :, None, None])
         return self.conv2(h, relu=True, add=sc)
 
 
@@ -224,8 +251,10 @@ class _BasicDynamic:
         w1, b1 = fold_bn(block.conv1.weight, block.bn1.gated)
         w2, b2 = fold_bn(block.conv2.weight, block.bn2.gated)
         self.a, self.d, self.backend = len(g.on), len(g.dyn), b.backend
-        self.conv1_on = b.conv(w1[g.on], b1[g.on], self.stride, 1, in_shape)
-        self.conv2_on = b.conv(w2[:, g.on], None, 1, 1, _mid(in_shape, len(g.on), out_hw))
+        self.computed_on = b.padded(self.a)  # always-on channels computed: + tile padding
+        self.conv1_on = b.conv(*b.pad_rows(w1[g.on], b1[g.on], self.a), self.stride, 1, in_shape)
+        self.conv2_on = b.conv(b.pad_cols(w2[:, g.on], self.a), None, 1, 1,
+                               _mid(in_shape, self.computed_on, out_hw))
         self.b1_dyn = b.t(b1[g.dyn].contiguous())
         self._store_dynamic(w1[g.dyn], w2[:, g.dyn], b)
         self.b2 = b.t(b2)
@@ -330,20 +359,21 @@ class _Bottleneck:
         w3, b3 = fold_bn(block.conv3.weight, _bn(block.bn3, stream))
         self.ds = b.shortcut(block, stream, in_shape)
         self.b3 = b.t(b3)
-        self.gate, self.a = None, 0
+        self.gate, self.a, self.d = None, 0, None
         if mode in ("dense", "masked"):
             w = w1.shape[0]
             self.conv1 = b.conv(w1, b1, 1, 0, in_shape)
             self.conv2 = b.conv(w2, b2, self.stride, 1, _mid(in_shape, w, in_shape[2:]))
             self.conv3 = b.conv(w3, b3, 1, 0, _mid(in_shape, w, out_hw))
             self.gate = b.gate(block.gate) if mode == "masked" else None
-        elif mode == "static":
-            k = g.kept
-            self.a = len(g.on)
-            self.conv1 = b.conv(w1[k], b1[k], 1, 0, in_shape)
-            self.conv2 = b.conv(w2[k][:, k], b2[k], self.stride, 1,
-                                _mid(in_shape, len(k), in_shape[2:]))
-            self.conv3 = b.conv(w3[:, k], b3, 1, 0, _mid(in_shape, len(k), out_hw))
+        elif mode == "static":  # kept channels, zero-padded up to the tile
+            k, n = g.kept, len(g.kept)
+            self.a, self.d, self.computed = len(g.on), len(g.dyn), b.padded(n)
+            self.conv1 = b.conv(*b.pad_rows(w1[k], b1[k], n), 1, 0, in_shape)
+            self.conv2 = b.conv(*b.pad_rows(b.pad_cols(w2[k][:, k], n), b2[k], n), self.stride,
+                                1, _mid(in_shape, self.computed, in_shape[2:]))
+            self.conv3 = b.conv(b.pad_cols(w3[:, k], n), b3, 1, 0,
+                                _mid(in_shape, self.computed, out_hw))
             self.gate = b.gate(block.gate, g.dyn) if len(g.dyn) else None
         else:
             self.on, self.dyn = b.t(g.on).long(), b.t(g.dyn).long()
@@ -358,12 +388,13 @@ class _Bottleneck:
         if self.conv1 is None:
             return _bias_relu(sc, self.b3)
         m = None if self.gate is None else self.gate(x)[:, :, None, None]
+        end = None if self.d is None else self.a + self.d  # masked: every channel
         h = self.conv1(x, relu=True)
         if m is not None:
-            h[:, self.a:].mul_(m)
+            h[:, self.a:end].mul_(m)
         h = self.conv2(h, relu=True)
         if m is not None:
-            h[:, self.a:].mul_(m)
+            h[:, self.a:end].mul_(m)
         return self.conv3(h, relu=True, add=sc)
 
     def _dynamic(self, x, sc):
@@ -396,9 +427,11 @@ class _WidthBlock:
     ReLU. Widths in the pattern's histogram are packed at build time, any other width on first
     use (then cached).
 
-    Batch > 1: the samples are grouped by width (few distinct widths), each group runs through
-    its width's convs (``index_select``) and is scattered back into a preallocated output
-    (``index_copy_``). Packing: one pack per width, chosen for the batch-1 input shape and used
+    Batch > 1 (``forward_sorted``): the samples are sorted by width, gathered once, and each
+    width's samples run as one contiguous sub-batch (a slice: no per-group gather or scatter).
+    The engine keeps the batch in that order from block to block (composing the orders) and
+    restores the input order once, on the features; ``__call__`` alone restores it per block.
+    Packing: one pack per width, chosen for the batch-1 input shape and used
     at every group size. Measured once on a loaded 2-core Xeon (fp32, oneDNN, 3x3 convs of
     128-512 channels, groups of 5-32 inputs; noisy): mostly within noise of packs chosen per
     group size (some sizes 0.7-1.4x), while re-packing for a new size costs 3-15 ms and aten /
@@ -426,21 +459,24 @@ class _WidthBlock:
         self.count = False
 
     def _pack(self, w: int) -> tuple:
-        """The convs of width ``w`` (an empty tuple for width 0), cached."""
+        """The convs of width ``w`` (an empty tuple for width 0), cached; the ``w`` channels
+        zero-padded up to the tile."""
         if w not in self.packs:
-            b, s = self.b, self.stride
+            b, s, p = self.b, self.stride, self.b.padded(w)
             if w == 0:
                 self.packs[w] = ()
             elif self.bottleneck:
                 (w1, b1), (w2, b2), (w3, b3) = self.w
                 self.packs[w] = (
-                    b.conv(w1[:w], b1[:w], 1, 0, self.in_shape),
-                    b.conv(w2[:w, :w], b2[:w], s, 1, _mid(self.in_shape, w, self.in_shape[2:])),
-                    b.conv(w3[:, :w], b3, 1, 0, _mid(self.in_shape, w, self.out_hw)))
+                    b.conv(*b.pad_rows(w1[:w], b1[:w], w), 1, 0, self.in_shape),
+                    b.conv(*b.pad_rows(b.pad_cols(w2[:w, :w], w), b2[:w], w), s, 1,
+                           _mid(self.in_shape, p, self.in_shape[2:])),
+                    b.conv(b.pad_cols(w3[:, :w], w), b3, 1, 0, _mid(self.in_shape, p, self.out_hw)))
             else:
                 (w1, b1), (w2, b2) = self.w
-                self.packs[w] = (b.conv(w1[:w], b1[:w], s, 1, self.in_shape),
-                                 b.conv(w2[:, :w], b2, 1, 1, _mid(self.in_shape, w, self.out_hw)))
+                self.packs[w] = (b.conv(*b.pad_rows(w1[:w], b1[:w], w), s, 1, self.in_shape),
+                                 b.conv(b.pad_cols(w2[:, :w], w), b2, 1, 1,
+                                        _mid(self.in_shape, p, self.out_hw)))
         return self.packs[w]
 
     def _run(self, w: int, x: torch.Tensor, sc: torch.Tensor) -> torch.Tensor:
@@ -461,25 +497,61 @@ class _WidthBlock:
         return self._run(w, x, x if self.ds is None else self.ds(x))
 
     def __call__(self, x):
-        sc = x if self.ds is None else self.ds(x)
+        """The block on ``x``, samples in their order (batch > 1: ``forward_sorted``, then the
+        output scattered back once)."""
         if x.shape[0] == 1:
+            sc = x if self.ds is None else self.ds(x)
             w = self.gate.width1(x)
             if self.count:
                 self.executed += w - self.always_on
             return self._run(w, x, sc)
-        widths = self.gate.width(x)
-        if self.count:
-            self.executed += int(widths.sum()) - self.always_on * x.shape[0]
-        distinct = torch.unique(widths).tolist()
-        if len(distinct) == 1:
-            return self._run(distinct[0], x, sc)
-        out = torch.empty_like(sc)
-        for w in distinct:
-            idx = (widths == w).nonzero().flatten()
-            xs = x.index_select(0, idx).contiguous(memory_format=torch.channels_last)
-            scs = sc.index_select(0, idx).contiguous(memory_format=torch.channels_last)
-            out.index_copy_(0, idx, self._run(w, xs, scs))
+        y, order = self.forward_sorted(x)
+        if order is None:
+            return y
+        out = torch.empty_like(y)
+        _nhwc(out).index_copy_(0, order, _nhwc(y))
         return out
+
+    def forward_sorted(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Batch > 1: ``(y, order)``, ``y[i]`` the block's output for ``x[order[i]]``: the
+        samples sorted by width (stable), gathered once, each width's samples one contiguous
+        sub-batch through that width's convs, written into one output. ``order`` is None when
+        every sample has the same width (nothing gathered). One host read per block: the count
+        of samples per width (a fixed-size ``bincount``)."""
+        widths = self.gate.width(x)
+        counts = torch.bincount(widths // self.gate.step,
+                                minlength=self.gate.w2t.shape[1] + 1).tolist()
+        present = [(k * self.gate.step, c) for k, c in enumerate(counts) if c]
+        if self.count:
+            self.executed += sum(w * c for w, c in present) - self.always_on * x.shape[0]
+        if len(present) == 1:
+            return self._run(present[0][0], x, x if self.ds is None else self.ds(x)), None
+        order = torch.sort(widths, stable=True).indices
+        xs = _take(x, order)
+        sc = xs if self.ds is None else self.ds(xs)
+        out, start = torch.empty_like(sc), 0
+        for w, c in present:
+            out[start:start + c] = self._run(w, xs[start:start + c], sc[start:start + c])
+            start += c
+        return out, order
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    """A (B, C, H, W) tensor viewed (B, H, W, C): contiguous when ``x`` is channels-last."""
+    return x.permute(0, 2, 3, 1)
+
+
+def _take(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``x[order]`` along the batch in one copy, channels-last (gathered as NHWC rows)."""
+    return _nhwc(x).index_select(0, order).permute(0, 3, 1, 2)
+
+
+def _computed(blk) -> int | None:
+    """Gated channels a block computes per sample where fixed (static: kept + tile padding;
+    gather: the always-on part + padding, plus the dynamic ones on); None where not gated."""
+    if isinstance(blk, _BasicDynamic):
+        return blk.computed_on
+    return getattr(blk, "computed", None)
 
 
 DYNAMIC_POLICIES = ("auto", "static", "gather-conv", "gather-gemm", "width")
@@ -527,13 +599,24 @@ class CompactEngine:
     each input at its own width; ``auto`` times every candidate per block at build time on this
     device and keeps the fastest (``engine.plan`` says which ran where; a width-gated network
     at batch 1 always runs ``width``).
+
+    ``tile`` (None: the pattern's, else 1): every block's kept channels are padded with zero
+    channels up to a multiple of it (static executors; the always-on part of gather executors;
+    every width of width executors); ``engine.computed`` lists the channels each block computes
+    (``engine.kept`` the pattern's), ``hwbench.engine.tiling.executed_macs`` their MACs.
+    On CUDA with the aten kernels, weights and activations are channels-last.
     """
+
+    unpermute_per_block = False  # width blocks at batch > 1: restore the order after each block
 
     def __init__(self, net: GatedResNet, mode: str, pattern: GatePattern | None = None,
                  backend: str = "auto", device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, input_size: int | None = None,
                  batch_size: int = 1, dynamic_policy: str = "auto",
-                 tune_inputs: torch.Tensor | list[torch.Tensor] | None = None):
+                 tune_inputs: torch.Tensor | list[torch.Tensor] | None = None,
+                 tile: int | None = None):
+        self.tile = check_tile(tile if tile is not None else
+                               (pattern.tile if pattern is not None else 1), "tile")
         if dynamic_policy not in DYNAMIC_POLICIES:
             raise UsageError(f"unknown dynamic policy {dynamic_policy!r}; known: "
                              f"{', '.join(DYNAMIC_POLICIES)}")
@@ -557,7 +640,8 @@ class CompactEngine:
         net = net.eval()
         size = input_size or (pattern.input_size if pattern is not None else 32)
         geom = net.geometry((size, size))
-        b = _Builder(self.backend, self.device, dtype)
+        b = _Builder(self.backend, self.device, dtype, self.tile)
+        self.channels_last_weights = b.channels_last
         stem_w, stem_b = fold_bn(net.conv1.weight, net.bn1)
         self.stem_conv = b.conv(stem_w, stem_b, net.conv1.stride[0], net.conv1.padding[0],
                                 (batch_size, 3, size, size))
@@ -582,6 +666,8 @@ class CompactEngine:
         else:
             self.blocks = [next(iter(c.values())) for c in choices]
             self.plan = [next(iter(c)) for c in choices]
+        self.kept = pattern.kept_channels() if mode in ("static", "dynamic") else None
+        self.computed = [_computed(blk) for blk in self.blocks]
 
     @torch.inference_mode()
     def _tune(self, choices: list[dict], xs: list[torch.Tensor]) -> None:
@@ -592,7 +678,11 @@ class CompactEngine:
         hs = [self._stem(x) for x in xs]
         for cands in choices:
             if len(cands) > 1:
-                m = measure(cands, Inputs(hs), TUNING, self.device, reference=None)
+                # width blocks timed as the engine runs them at batch > 1 (order not restored)
+                fns = {k: (lambda h, blk=c: blk.forward_sorted(h)[0])
+                       if isinstance(c, _WidthBlock) and hs[0].shape[0] > 1 else c
+                       for k, c in cands.items()}
+                m = measure(fns, Inputs(hs), TUNING, self.device, reference=None)
                 best = min(m.results, key=lambda k: m.results[k]["p50_ms"])
             else:
                 best = next(iter(cands))
@@ -613,9 +703,20 @@ class CompactEngine:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``__call__`` without its inference-mode wrapper (what ``torch.compile`` traces)."""
         x = self._stem(x)
+        if x.shape[0] == 1 or self.unpermute_per_block:
+            for block in self.blocks:
+                x = block(x)
+            return x.mean(dim=(2, 3))
+        perm = None  # perm[i]: the input sample now at batch position i
         for block in self.blocks:
-            x = block(x)
-        return x.mean(dim=(2, 3))
+            if isinstance(block, _WidthBlock):
+                x, order = block.forward_sorted(x)
+                if order is not None:
+                    perm = order if perm is None else perm.index_select(0, order)
+            else:
+                x = block(x)
+        f = x.mean(dim=(2, 3))
+        return f if perm is None else torch.empty_like(f).index_copy_(0, perm, f)
 
     @torch.inference_mode()
     def segment_times(self, x: torch.Tensor) -> list[float]:

@@ -8,6 +8,8 @@ A kernel runs ``act(conv(x, W) + b [+ add])`` in one call where it can (post-op 
   passed in plain layout and reordered by oneDNN on the fly: their cost grows only with the
   channels gathered.
 - ``aten`` (CUDA, or any CPU build without oneDNN): ``F.conv2d`` then in-place add and ReLU.
+  On CUDA the weights are stored channels-last (``channels_last_weights``), as the activations
+  are: cuDNN then runs NHWC kernels (tensor cores in bf16/fp16) with no layout transposes.
 
 Every mode of the engine, ``dense`` included, uses the same kernel, so speed-ups compare skipping
 with skipping, not one library with another.
@@ -44,6 +46,12 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
     return backend
 
 
+def channels_last_weights(backend: str, device: torch.device) -> bool:
+    """Whether the engine stores 4-D conv weights channels-last: aten on CUDA (what cuDNN wants
+    for NHWC activations). Elsewhere plain layout (oneDNN packs its own)."""
+    return backend == "aten" and device.type == "cuda"
+
+
 @dataclass
 class Conv:
     """A convolution with BatchNorm folded in, ready to run on one backend.
@@ -62,8 +70,12 @@ class Conv:
 
     @classmethod
     def make(cls, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
-             backend: str, input_shape: tuple[int, ...] | None = None) -> Conv:
-        conv = cls(weight.contiguous(), bias, stride, padding, backend, weight.contiguous())
+             backend: str, input_shape: tuple[int, ...] | None = None,
+             channels_last: bool = False) -> Conv:
+        """``channels_last``: the aten backend runs on a channels-last copy of the weight."""
+        packed = weight.contiguous(memory_format=torch.channels_last) if (
+            channels_last and backend == "aten" and weight.dim() == 4) else weight.contiguous()
+        conv = cls(weight.contiguous(), bias, stride, padding, backend, packed)
         if input_shape is not None:
             conv.pack(tuple(input_shape))
         return conv

@@ -11,7 +11,9 @@ number. Sources, best first, and the ``method`` label each number carries:
   measurement; ``measured`` is False. The fallback where Zeus has nothing to read.
 - ``none``: no energy source.
 Both ends of a window synchronise the device (``sync``) so the window holds the work. Counters
-update every 20-100 ms: windows should last >= 1 s (``ENERGY_WINDOW_SHORT`` otherwise).
+update every 20-100 ms (NVML's energy counter about every 100 ms): windows should last >= 1 s
+(``ENERGY_WINDOW_SHORT`` otherwise). ``energy_per_inference`` is the protocol for one setting:
+cool-down, calibration, then one window filled with enough repetitions to last >= 1 s.
 Zeus is imported only when a source is probed or opened: importing its monitor takes ~1.3 s
 (it pulls in scikit-learn), which every CPU-only command would otherwise pay at start.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 import sys
 import time
@@ -32,6 +35,8 @@ import torch
 from hwbench.errors import UsageError
 
 METHODS = ("nvml-counter", "nvml-power", "rapl", "codecarbon-estimate", "none")
+MIN_WINDOW_S = 1.0  # shorter windows are flagged: ~10 NVML counter updates at least
+COOLDOWN_S = {"cuda": 2.0}  # idle seconds before each setting, by device type (else 0)
 
 
 @dataclass
@@ -52,8 +57,11 @@ class EnergyMeter:
     method = "none"
     measured = False
 
-    def __init__(self, sync: Callable[[], None] | None = None):
+    def __init__(self, sync: Callable[[], None] | None = None,
+                 clock: Callable[[], float] | None = None):
         self._sync = sync or (lambda: None)
+        # seconds, monotonic; looked up per call (tests inject a fake clock or patch ``time``)
+        self._clock = clock or (lambda: time.perf_counter())
         self._open: dict[str, tuple[float, object]] = {}
 
     def _read(self) -> object:  # a counter snapshot; subclasses override
@@ -64,12 +72,12 @@ class EnergyMeter:
 
     def begin_window(self, key: str) -> None:
         self._sync()
-        self._open[key] = (time.perf_counter(), self._read())
+        self._open[key] = (self._clock(), self._read())
 
     def end_window(self, key: str) -> EnergyWindow:
         self._sync()
         t0, r0 = self._open.pop(key)
-        r1, dt = self._read(), time.perf_counter() - t0
+        r1, dt = self._read(), self._clock() - t0
         return EnergyWindow(key, dt, self._energy(r0, r1, dt), self.method, self.measured)
 
     def close(self) -> None:
@@ -111,7 +119,7 @@ class ZeusMeter(EnergyMeter):
                 # looks up an instant power reading that Zeus did not take.
                 m = None
         t0, _ = self._open.pop(key)
-        dt = time.perf_counter() - t0
+        dt = self._clock() - t0
         return EnergyWindow(key, dt, None if m is None else self._joules(m), self.method, True)
 
     def _joules(self, m) -> float | None:
@@ -418,6 +426,58 @@ def idle_power_w(meter: EnergyMeter, seconds: float = 1.0) -> float | None:
     time.sleep(seconds)
     w = meter.end_window("idle")
     return None if w.energy_j is None else w.energy_j / w.duration_s
+
+
+def energy_label(method: str, measured: bool) -> str:
+    """What a number is: 'measured (nvml-counter)', 'estimated (codecarbon-estimate)', 'none'."""
+    if method == "none":
+        return "none"
+    return f"{'measured' if measured else 'estimated'} ({method})"
+
+
+def energy_per_inference(meter: EnergyMeter, run: Callable[[], None], images_per_call: int,
+                         window_s: float = MIN_WINDOW_S, cooldown_s: float = 0.0,
+                         sync: Callable[[], None] | None = None, calibrate_s: float = 0.1,
+                         sleep: Callable[[float], None] | None = None,
+                         clock: Callable[[], float] | None = None) -> dict:
+    """Energy of one setting, per image. The protocol:
+
+    1. cool-down: ``cooldown_s`` idle seconds (the previous setting's heat and the counter's
+       last update settle; NVML's counter updates about every 100 ms);
+    2. calibration (and warm-up): synchronised calls of ``run`` until ``calibrate_s`` has
+       passed: seconds per call;
+    3. one window (both ends synchronise): n = ceil(window_s / seconds per call) calls, and more
+       until the host clock has passed ``window_s``, so the window holds >= ``window_s`` of
+       back-to-back calls even where calls are queued asynchronously (CUDA).
+    Energy per image = window energy / (calls x ``images_per_call``). ``sync`` waits for the
+    device (None: nothing to wait for); ``sleep``/``clock`` are for tests.
+    """
+    sync = sync or (lambda: None)
+    sleep, clock = sleep or time.sleep, clock or time.perf_counter
+    if cooldown_s > 0:
+        sleep(cooldown_s)
+    sync()
+    t0, calib = clock(), 0
+    while calib == 0 or clock() - t0 < calibrate_s:
+        run()
+        sync()
+        calib += 1
+    per_call = (clock() - t0) / calib
+    want = max(1, math.ceil(window_s / per_call)) if per_call > 0 else 1
+    meter.begin_window("energy")
+    calls, t_end = 0, clock() + window_s
+    while calls < want or clock() < t_end:
+        run()
+        calls += 1
+    w = meter.end_window("energy")
+    images = calls * images_per_call
+    return {"window_s": w.duration_s, "calls": calls, "images": images,
+            "calibration_calls": calib, "s_per_call_calibrated": per_call,
+            "cooldown_s": cooldown_s, "energy_j_window": w.energy_j,
+            "energy_j_per_image": None if w.energy_j is None else w.energy_j / images,
+            "method": w.method, "measured": w.measured, "label": energy_label(w.method,
+                                                                               w.measured),
+            "short_window": w.duration_s < MIN_WINDOW_S}
 
 
 def _quiet_codecarbon() -> None:

@@ -33,3 +33,18 @@ def test_batch1_records_one_median_per_input_per_engine(bench):
     assert all(len(v) == 2 for v in r["median_ms_per_input"].values())
     assert len(r["dynamic_over_matched_static"]) == 2 and r["efficiency_width"] > 0
     assert set(r["plan_width"]) <= {"width", "static"}
+
+
+def test_large_batch_compares_tiled_static_and_width_sorted_to_dense(bench, capsys):
+    from argparse import Namespace
+
+    args = Namespace(device="cpu", dtype="fp32", batch=4, arch="resnet18", stem="cifar",
+                     size=16, t_d=0.5, tile=8, pool=1, calibration=8, batch_time=0.05)
+    r = bench.large_batch(args)
+    assert set(r["ratios_to_dense"]) == {"static_tile8", "static_untiled", "width_sorted",
+                                         "width_auto", "width_sorted_unpermute_per_block"}
+    pattern, executed = r["macs_ratio_pattern_executed"]["static_tile8"]
+    assert executed >= pattern > 0
+    assert "width" in r["plans"]["width_sorted"]
+    bench.report_large_batch(r)
+    assert "static_tile8" in capsys.readouterr().out
