@@ -110,3 +110,23 @@ def test_deployed_macs_of_an_eval_pass_are_its_macs():
     with torch.no_grad():
         out = net.forward_gated(torch.randn(4, 3, 32, 32))
     assert torch.equal(out.deployed_macs, out.macs)
+
+
+def test_gated_macs_count_exactly_under_bf16_autocast():
+    """Masks come out of a bf16 autocast pass in bf16, whose sums round counts above 256 (301
+    channels on -> 300 or 302): the MACs count them in float64."""
+    net = create_net("resnet18", stem="cifar").eval()
+    on = {}
+    with torch.no_grad():
+        for i, (name, block) in enumerate(net.blocks()):
+            width = block.gate.fc2.out_channels
+            on[name] = min(width, 49 + 36 * i)  # 301 in layer4.1 (512 channels)
+            block.gate.fc2.weight.zero_()
+            block.gate.fc2.bias.fill_(-1.0)
+            block.gate.fc2.bias[:on[name]] = 1.0
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net.forward_gated(torch.randn(2, 3, 32, 32))
+    assert out.masks[-1].dtype == torch.bfloat16 and on["layer4.1"] == 301
+    geom = net.geometry((32, 32))
+    expected = geom.stem_macs + sum(g.gated_macs(on[g.name]) for g in geom.blocks)
+    assert out.macs.tolist() == [float(expected)] * 2
