@@ -71,18 +71,23 @@ class LatencyEstimate(nn.Module):
         return [BlockTable(getattr(self, f"grid{i}"), getattr(self, f"plain{i}"),
                            getattr(self, f"gated{i}")) for i in range(len(self.names))]
 
-    def ms(self, channels: list[torch.Tensor], gated: list[bool]) -> torch.Tensor:
-        """Latency (ms) for executed channel counts per block."""
-        return self.factor * self.pred.table_sum(channels, gated, self.tables())
+    def ms(self, channels: list[torch.Tensor], gated: list) -> torch.Tensor:
+        """Latency (ms) for executed channel counts per block; ``gated``: per block a bool, or
+        a 0-dim bool tensor (chosen on the device: no value leaves it)."""
+        tables = [t if isinstance(g, bool) else
+                  BlockTable(t.grid, t.plain, torch.where(g, t.gated, t.plain))
+                  for t, g in zip(self.tables(), gated)]
+        flags = [g if isinstance(g, bool) else True for g in gated]
+        return self.factor * self.pred.table_sum(channels, flags, tables)
 
-    def channels_from_masks(self, masks: list[torch.Tensor]) -> tuple[list, list[bool]]:
-        """(executed channels per block, whether the block has dynamic channels) from a gated
-        pass's (B, C) masks."""
+    def channels_from_masks(self, masks: list[torch.Tensor]) -> tuple[list, list[torch.Tensor]]:
+        """(executed channels per block, whether the block has dynamic channels: a 0-dim bool
+        tensor) from a gated pass's (B, C) masks."""
         ks, gated = [], []
         for m, how in zip(masks, self.executes):
             m = m.to(torch.float64)
             rate = m.mean(dim=0)
-            gated.append(bool(((rate > 0) & (rate < 1)).any()))
+            gated.append(((rate > 0) & (rate < 1)).any())
             if how == "expected":
                 ks.append(m.sum(dim=1).mean())
             else:  # value: channels any sample turns on; gradient: lower their on-rates
@@ -107,11 +112,11 @@ class LatencyEstimate(nn.Module):
         total = None
         for m, how, t in zip(masks, self.executes, self.tables()):
             k = m.to(torch.float64).sum(dim=1)
-            varies = bool((k.detach() != k.detach()[0]).any())
+            varies = (k.detach() != k.detach()[0]).any()  # on the device: no sync
             if how != "expected":  # every input runs the batch's widest kept width
                 mean = k.mean()
                 k = (k.detach().max() + mean - mean.detach()).expand_as(k)
-            ms = interp(k, t.grid, t.gated if varies else t.plain)
+            ms = interp(k, t.grid, torch.where(varies, t.gated, t.plain))
             total = ms if total is None else total + ms
         return self.factor * (self.pred.fixed_ms + total)
 

@@ -71,6 +71,7 @@ from hwbench.ssl.model import (
     Objective,
     SSLModel,
     lars_param_groups,
+    upgrade_lars_state,
 )
 
 CHECKPOINT = "checkpoint.pt"
@@ -163,6 +164,9 @@ class TrainConfig:
     # DataLoader worker processes per training process (None: data.auto_workers, 0 for sets in
     # memory); the augmentations' random draws depend on it, so resume with the same number
     workers: int | None = None
+    # the objective's forward (both streams and the losses) through torch.compile (after DDP
+    # wrapping); not a resume key: a run may be resumed with or without it
+    compile: bool = False
 
 
 # --budget latency's own defaults, measured (README, "Training against device latency"): with
@@ -266,6 +270,37 @@ def validate(cfg: TrainConfig, files: bool = True) -> None:
     if cfg.amp not in AMP_MODES:
         raise UsageError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg.amp!r}")
     amp_dtype(cfg.amp, torch.device(cfg.device))  # fp16 without CUDA fails here, before any work
+    if cfg.compile:
+        check_compile(torch.device(cfg.device))
+
+
+# torch.compile's backend for --compile (tests swap in a faster one to check the wiring)
+COMPILE_BACKEND = "inductor"
+
+
+def check_compile(device: torch.device) -> None:
+    """A one-line UsageError where ``--compile`` cannot run on ``device``: no TorchDynamo for
+    this Python, a CPU without a C++ compiler, a GPU without Triton, another device type."""
+    import shutil
+
+    from torch._dynamo.eval_frame import is_dynamo_supported
+
+    if not is_dynamo_supported():
+        raise UsageError(f"--compile: torch {torch.__version__} has no torch.compile for this "
+                         "Python; train without --compile")
+    if device.type == "cpu":
+        cxx = os.environ.get("CXX", "")
+        if not any(shutil.which(c) for c in (cxx, "g++", "c++", "clang++") if c):
+            raise UsageError("--compile on a CPU needs a C++ compiler (g++ or clang++; none "
+                             "found); install one or train without --compile")
+    elif device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise UsageError("--compile on a GPU needs Triton (pip install triton); train "
+                             "without --compile")
+    else:
+        raise UsageError(f"--compile runs on cpu or cuda, not {device.type}")
 
 
 def run_dir(cfg: TrainConfig) -> Path:
@@ -548,10 +583,12 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
           energy_factory=None, say: Callable[[str], None] | None = None) -> dict:
     """Co-train per ``cfg``; returns the summary (also written to the run directory).
 
-    ``progress`` is called after every step with epoch, step, steps, epochs, the loss terms,
-    images/s and the ETA in seconds. ``energy_factory`` replaces codecarbon (tests). ``say``
-    takes one-line messages for the user: the precision, the ``--time-budget`` plan and the
-    learning rate chosen, and warnings (also in ``summary['warnings']``).
+    ``progress`` is called with epoch, step, steps, epochs, the loss terms, images/s and the
+    ETA in seconds after every step on a CPU, and elsewhere every ``READ_EVERY`` steps and
+    after an epoch's last (each call reads the terms from the device). ``energy_factory``
+    replaces codecarbon (tests). ``say`` takes one-line messages for the user: the precision,
+    the ``--time-budget`` plan and the learning rate chosen, and warnings (also in
+    ``summary['warnings']``).
     """
     t_start = time.perf_counter()
     validate(cfg)
@@ -718,6 +755,9 @@ def _setup(run: _Run) -> None:
             objective, device_ids=[device.index] if device.type == "cuda" else None,
             # co uses both streams' BatchNorms; dense and gated leave the other stream's unused
             find_unused_parameters=cfg.method != "co")
+    if cfg.compile:
+        # in place, after DDP wrapping: state_dict keys and the wrapper stay as they are
+        objective.compile(backend=COMPILE_BACKEND)
     run.model, run.objective = model, objective
     run.opt = LARS(lars_param_groups(model, cfg.gate_lr_mult), lr=0.0,
                    weight_decay=cfg.weight_decay, eta=cfg.eta)
@@ -735,8 +775,8 @@ def _resume_state(run: _Run) -> None:
     ck = run.ck
     if ck is None:
         return
-    try:
-        run.opt.load_state_dict(ck["optimizer"])
+    try:  # a checkpoint from before issue 16 has three groups: regrouped as today's four
+        run.opt.load_state_dict(upgrade_lars_state(ck["optimizer"], run.model))
     except ValueError as exc:  # e.g. a checkpoint from an older hwbench's parameter groups
         raise UsageError(f"--resume: {run.ckpt_path}'s optimiser state does not fit this "
                          f"version's ({exc})") from None
@@ -909,12 +949,15 @@ def _step(run: _Run, views: tuple[torch.Tensor, torch.Tensor], epoch: int, s: in
           cfg: TrainConfig | None = None) -> dict:
     """Training step ``s`` of ``epoch`` on this process's share of the batch, ``views``
     (``_batches``): the learning rate of ``cfg``'s schedule (the run's by default), one
-    optimiser step; returns the loss terms."""
+    optimiser step; returns the loss terms (0-dim device tensors: nothing here waits for the
+    device, unless fp16's gradient scaler checks for overflow)."""
     cfg = cfg or run.cfg
     v1 = views[0].to(run.device, memory_format=run.fmt, non_blocking=True)
     v2 = views[1].to(run.device, memory_format=run.fmt, non_blocking=True)
     for g in run.opt.param_groups:
         g["lr"] = g["lr_mult"] * lr_at(cfg, epoch * run.steps_per_epoch + s, run.steps_per_epoch)
+    if run.cfg.compile:  # a tensor: a compiled forward would recompile for each new float
+        p = torch.full((), p, dtype=torch.float64, device=run.device)
     with torch.autocast(run.device.type, dtype=run.amp or torch.float32,
                         enabled=run.amp is not None):
         loss, terms = run.objective(v1, v2, p)
@@ -925,34 +968,51 @@ def _step(run: _Run, views: tuple[torch.Tensor, torch.Tensor], epoch: int, s: in
     return terms
 
 
+# On a GPU the loss terms are read to the host (a sync: the host waits for the queued step,
+# and the GPU then idles while the host launches the next step's first kernels) once every
+# READ_EVERY steps and at an epoch's end, not every step. At 25 that idle gap, at most one
+# step's host-side launch time, costs <= 4 % even of a launch-bound step, and the progress bar
+# still moves every few seconds at GPU step times (0.05-0.3 s). On a CPU a read is free.
+READ_EVERY = 25
+
+
+def read_every(device: torch.device) -> int:
+    """Steps between host reads of the loss terms on ``device`` (1 on a CPU)."""
+    return 1 if device.type == "cpu" else READ_EVERY
+
+
 def _epochs(run: _Run) -> None:
     """The remaining epochs, each reseeded from (seed, epoch, rank), evaluated on its cadence,
-    logged and checkpointed."""
+    logged and checkpointed. The terms are summed on the device (float64, in step order: the
+    same sums as on the host) and read at ``read_every``'s cadence for the progress callback
+    and once per epoch for the metrics."""
     cfg, spe = run.cfg, run.steps_per_epoch
     clock = {"done": 0, "total": (cfg.epochs - run.start_epoch) * spe,
              "t_run": time.perf_counter()}
+    every = read_every(run.device)
     run.model.train()
     for epoch in range(run.start_epoch, cfg.epochs):
         p = anneal_p(epoch, cfg.alpha)
         _seed_everything(cfg.seed * 100_003 + epoch * 1_009 + run.dist.rank)
         order = _epoch_order(cfg, len(run.data), epoch)
-        sums: dict[str, float] = {}
+        sums, names = None, []
         t0 = time.perf_counter()
         for s, views in zip(range(spe), _batches(run, order, list(range(spe)))):
             terms = _step(run, views, epoch, s, p)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
+            names, values = list(terms), torch.stack(list(terms.values()))
+            sums = values if sums is None else sums + values
             clock["done"] += 1
-            if run.progress and run.dist.main:
+            if run.progress and run.dist.main and ((s + 1) % every == 0 or s + 1 == spe):
                 elapsed = time.perf_counter() - clock["t_run"]
                 run.progress({"epoch": epoch, "epochs": cfg.epochs, "step": s + 1, "steps": spe,
-                              **terms, "images_per_s": (s + 1) * cfg.batch_size
+                              **dict(zip(names, values.tolist())),
+                              "images_per_s": (s + 1) * cfg.batch_size
                               / (time.perf_counter() - t0),
                               "eta_s": elapsed / clock["done"] * (clock["total"] - clock["done"])})
+        means = dict(zip(names, (v / spe for v in sums.tolist())))
         dt = time.perf_counter() - t0
         row = {"epoch": epoch, "p": p, "lr": run.opt.param_groups[0]["lr"], "seconds": dt,
-               "images_per_s": spe * cfg.batch_size / dt,
-               **{k: v / spe for k, v in sums.items()}}
+               "images_per_s": spe * cfg.batch_size / dt, **means}
         if run.dist.main:
             _end_epoch(run, epoch, row)
         run.dist.barrier()

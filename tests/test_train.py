@@ -437,3 +437,116 @@ def test_widths_that_are_not_multiples_of_the_width_gate_step_are_refused():
         validate(TrainConfig(dataset="synthetic", gate="width:16", widths=[24] * 8))
     with pytest.raises(UsageError, match="needs 8"):
         validate(TrainConfig(dataset="synthetic", widths=[32] * 3))
+
+
+def _metrics(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_terms_are_read_at_the_cadence_and_the_epoch_means_are_the_step_means(tmp_path,
+                                                                               monkeypatch):
+    cfg = {**TINY, "n_synthetic": 24, "batch_size": 4, "max_steps_per_epoch": 5, "epochs": 1,
+           "eval_initial": False, "models_dir": str(tmp_path / "m")}
+    every_step = []
+    train(TrainConfig(**cfg, out=str(tmp_path / "a")), progress=every_step.append)
+    assert [s["step"] for s in every_step] == list(range(1, 6))  # a CPU: every step
+    row = _metrics(tmp_path / "a")[0]
+    names = ("loss", "vicreg", "invariance", "variance", "covariance", "sparsity", "bound",
+             "macs_ratio", "deployed_macs_ratio")
+    for k in names:  # summed on the device in float64 as the host would: the same numbers
+        assert row[k] == sum(s[k] for s in every_step) / 5
+    monkeypatch.setattr("hwbench.train.read_every", lambda device: 2)  # as on a GPU
+    cadenced = []
+    train(TrainConfig(**cfg, out=str(tmp_path / "b")), progress=cadenced.append)
+    assert [s["step"] for s in cadenced] == [2, 4, 5]  # and the epoch's last
+    assert [s["loss"] for s in cadenced] == [every_step[i]["loss"] for i in (1, 3, 4)]
+    assert {k: _metrics(tmp_path / "b")[0][k] for k in names} == {k: row[k] for k in names}
+
+
+def test_the_training_loops_step_reads_nothing_from_the_device(tmp_path, monkeypatch):
+    import hwbench.train as trainmod
+    from hwbench.io import atomic_write_json
+    from tests.ssl.syncs import no_host_sync
+    from tests.test_budget import curved_profile
+
+    step, steps = trainmod._step, []
+
+    def guarded(*args, **kwargs):
+        with no_host_sync():
+            steps.append(step(*args, **kwargs))
+        return steps[-1]
+
+    monkeypatch.setattr(trainmod, "_step", guarded)
+    prof = atomic_write_json(tmp_path / "p.json", curved_profile(3))
+    train(TrainConfig(**TINY, epochs=1, eval_initial=False, gate="width:16", amp="bf16",
+                      budget="latency", latency_targets=({"device": "cpu", "profile": str(prof),
+                                                          "target_ms": 2.0},),
+                      out=str(tmp_path / "run"), models_dir=str(tmp_path / "m")))
+    assert len(steps) == 2 and "latency_ms_0" in steps[0]
+
+
+def test_a_checkpoint_with_the_old_three_optimizer_groups_resumes(tmp_path):
+    """Before issue 16 the gates' 1-D parameters sat in the plain group: such a checkpoint is
+    regrouped on resume and continues as a run of this version would."""
+    from hwbench.nets import net_from_config
+    from hwbench.ssl.model import LARS, SSLModel, lars_param_groups
+    from tests.ssl.test_lars import _old_groups
+
+    cfg = {**TINY, "epochs": 2, "gate_lr_mult": 2.0, "eval_initial": False, "eval_every": 2,
+           "models_dir": str(tmp_path / "m")}
+    train(TrainConfig(**cfg, out=str(tmp_path / "full")))
+
+    def interrupt(state):
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**cfg, out=str(tmp_path / "part")), progress=interrupt)
+    path = tmp_path / "part" / CHECKPOINT
+    ck = torch.load(path, weights_only=False)
+    model = SSLModel(net_from_config(ck["config"], "cifar"), tuple(ck["config"]["proj_dims"]))
+    new = LARS(lars_param_groups(model, 2.0), lr=0.0)
+    new.load_state_dict(ck["optimizer"])
+    old = LARS(_old_groups(model, 2.0), lr=0.0)
+    old.state.update({p: new.state[p] for p in model.parameters() if p in new.state})
+    ck["optimizer"] = old.state_dict()  # as an older hwbench saved it
+    assert len(ck["optimizer"]["param_groups"]) == 3
+    torch.save(ck, path)
+    train(TrainConfig(**cfg, out=str(tmp_path / "part"), resume=True))
+    assert [r["loss"] for r in _metrics(tmp_path / "part")] == \
+        pytest.approx([r["loss"] for r in _metrics(tmp_path / "full")], rel=1e-6, abs=1e-7)
+    ck = torch.load(path, weights_only=False)
+    assert [g["lr_mult"] for g in ck["optimizer"]["param_groups"]] == [1.0, 2.0, 1.0, 2.0]
+
+
+def test_a_compiled_run_trains_as_the_eager_one_and_records_it(tmp_path, monkeypatch):
+    """The wiring of --compile (Dynamo's eager backend: the captured graph, run as is; the
+    inductor step is checked in tests/ssl/test_compile.py)."""
+    import torch._dynamo
+
+    monkeypatch.setattr("hwbench.train.COMPILE_BACKEND", "eager")
+    cfg = {**TINY, "epochs": 1, "eval_initial": False, "models_dir": str(tmp_path / "m")}
+    train(TrainConfig(**cfg, out=str(tmp_path / "eager")))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    train(TrainConfig(**cfg, out=str(tmp_path / "compiled"), compile=True))
+    assert not torch._dynamo.utils.counters["graph_break"]  # one graph: nothing synced
+    assert json.loads((tmp_path / "compiled" / "config.json").read_text())["compile"] is True
+    assert _metrics(tmp_path / "compiled")[0]["loss"] == \
+        pytest.approx(_metrics(tmp_path / "eager")[0]["loss"], rel=1e-5)
+
+
+def test_compile_is_refused_in_one_line_where_it_cannot_run(tmp_path, monkeypatch):
+    from hwbench.train import check_compile
+
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(UsageError, match="C\\+\\+ compiler"):
+        check_compile(torch.device("cpu"))
+    with pytest.raises(UsageError, match="cpu or cuda"):
+        check_compile(torch.device("meta"))
+    monkeypatch.setattr("torch.utils._triton.has_triton", lambda: False)
+    with pytest.raises(UsageError, match="Triton"):
+        check_compile(torch.device("cuda"))
+    assert "C++ compiler" in _one_line(_cli("train", "--dataset", "synthetic", "--compile",
+                                            "--out", tmp_path / "x", "--no-energy"))

@@ -187,6 +187,7 @@ class GatedResNet(nn.Module):
                       for b in ref.blocks if b.name.startswith(f"layer{stage}.")]
             self.add_module(f"layer{stage}", nn.ModuleList(blocks))
         self._geometry_cache: dict[tuple[int, int], NetGeometry] = {}
+        self._macs_cache: dict[tuple, tuple] = {}
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -242,16 +243,37 @@ class GatedResNet(nn.Module):
         """A gated pass that also returns each block's mask and the per-sample MACs."""
         features, masks = self._run(x, "gated")
         geom = self.geometry(x.shape[-2:])
-        # float64: MAC counts near 1e9 lose their last digits in float32.
         deployed = [block.gate.deployed for _, block in self.blocks()]
+        const, c1, c2 = self._macs_polynomial(geom, x.device)
 
         def total(ms):
-            macs = torch.full((x.shape[0],), float(geom.stem_macs), device=x.device,
-                              dtype=torch.float64)
-            for g, mask in zip(geom.blocks, ms):
-                macs = macs + g.gated_macs(mask.sum(dim=1).to(torch.float64))
-            return macs
+            # channels on per sample and block, counted in float64 (a bf16 sum rounds counts
+            # above 256; MAC counts near 1e9 lose their last digits in float32); the sums of
+            # these integer products are exact, so the order of summation does not matter
+            on = torch.stack([m.sum(dim=1, dtype=torch.float64) for m in ms], dim=1)
+            return const + on @ c1 + (on * on) @ c2
 
         macs = total(masks)
         return GatedForward(features, masks, macs, geom.dense_macs(), deployed,
                             total(deployed) if self.training else macs)
+
+    def _macs_polynomial(self, geom: NetGeometry, device: torch.device):
+        """A gated pass's MACs as const + sum_b (c1_b on_b + c2_b on_b^2) in each block's
+        channels on (``BlockGeometry.gated_macs``: linear for basic blocks, quadratic for
+        bottlenecks), as (float, (L,) float64, (L,) float64) on ``device``: a handful of
+        kernels per pass instead of several per block. Cached in eager mode (the copy to the
+        device happens once); a compiled graph holds them as constants."""
+        key = (geom.input_hw, str(device))
+        if key in self._macs_cache:
+            return self._macs_cache[key]
+        const, c1, c2 = float(geom.stem_macs), [], []
+        for g in geom.blocks:
+            f0, f1, f2 = (int(g.gated_macs(k)) for k in (0, 1, 2))
+            quad = (f2 - 2 * f1 + f0) // 2
+            const += f0
+            c1.append(f1 - f0 - quad)
+            c2.append(quad)
+        out = (const, *(torch.tensor(c, dtype=torch.float64, device=device) for c in (c1, c2)))
+        if not torch.compiler.is_compiling():
+            self._macs_cache[key] = out
+        return out

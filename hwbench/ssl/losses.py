@@ -59,9 +59,10 @@ def sparsity(macs_ratio: torch.Tensor, t_d: float) -> torch.Tensor:
     return (macs_ratio.mean() - t_d) ** 2
 
 
-def bound(on_ratios: torch.Tensor, t_d: float, p: float) -> torch.Tensor:
+def bound(on_ratios: torch.Tensor, t_d: float, p: float | torch.Tensor) -> torch.Tensor:
     """mean_l [relu(p sqrt(t_d) - d_l)^2 + relu(d_l - 1 + p - p sqrt(t_d))^2].
-    on_ratios: (L,) each gated layer's mean fraction of channels on over the batch."""
+    on_ratios: (L,) each gated layer's mean fraction of channels on over the batch; p: a float
+    or a 0-dim (float64) tensor."""
     lo = p * math.sqrt(t_d)
     hi = 1.0 - p + p * math.sqrt(t_d)
     return (F.relu(lo - on_ratios) ** 2 + F.relu(on_ratios - hi) ** 2).mean()
@@ -87,7 +88,8 @@ class GatingLoss(nn.Module):
         self.latency = latency
 
     def forward(self, masks: list[torch.Tensor], macs_ratio: torch.Tensor,
-                p: float, deployed: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                p: float | torch.Tensor,
+                deployed: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """``deployed``: the pass's noise-free masks; the latency term is taken on them (the
         network that will be measured), else on ``masks``."""
         on = torch.stack([m.float().mean() for m in masks])  # (L,) mean over batch and channels

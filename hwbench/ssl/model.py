@@ -39,8 +39,17 @@ class SSLModel(nn.Module):
 
 @dataclass
 class StepOutput:
+    """The step's loss and its logged terms: detached 0-dim float64 tensors on the step's
+    device, so the step never waits for the device (read them with ``host_terms``, or stack
+    and sum them on the device as the training loop does)."""
+
     loss: torch.Tensor
-    terms: dict[str, float]
+    terms: dict[str, torch.Tensor]
+
+
+def host_terms(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The terms as Python floats: one device-to-host copy (a sync on a GPU)."""
+    return dict(zip(terms, torch.stack(list(terms.values())).tolist()))
 
 
 SPARSITY_ON = ("sampled", "deployed")
@@ -69,7 +78,8 @@ class CoTrainStep(nn.Module):
         self.gating = GatingLoss(t_d, lam, gamma, latency) if method != "dense" else None
 
     def forward(self, model: SSLModel, v1: torch.Tensor, v2: torch.Tensor,
-                p: float) -> StepOutput:
+                p: float | torch.Tensor) -> StepOutput:
+        """``p``: a float, or a 0-dim tensor (a compiled step: a new float would recompile)."""
         bb, proj = model.backbone, model.projector
         terms: dict[str, torch.Tensor] = {}
         if self.method == "dense":
@@ -102,9 +112,7 @@ class CoTrainStep(nn.Module):
         loss = vic["loss"] + (gate_loss["loss"] if gate_loss is not None else 0.0)
         terms.update(vicreg=vic["loss"], invariance=vic["invariance"],
                      variance=vic["variance"], covariance=vic["covariance"], loss=loss)
-        # one device-to-host copy for every logged term (one sync per step on GPUs)
-        values = torch.stack([t.detach().double() for t in terms.values()]).tolist()
-        return StepOutput(loss, dict(zip(terms, values)))
+        return StepOutput(loss, {k: t.detach().double() for k, t in terms.items()})
 
 
 def gather(z: torch.Tensor) -> torch.Tensor:
@@ -134,8 +142,15 @@ class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise adaptive rates (You et al. 2017), in the clipped form the
     reference trains with: a layer's step is ``lr * min(1, eta * |w| / (|g| + wd * |w|) / lr)``
     times its (weight-decayed) gradient, i.e. the smaller of the global rate and the layer's
-    trust-ratio rate. Parameter groups with ``lars=False`` (biases, norms) get neither the
-    adaptation nor weight decay (the reference's ``exclude_bias_n_norm``)."""
+    trust-ratio rate (``clip=False``: ``lr`` times the trust ratio). A layer with a zero weight
+    or gradient norm, and every layer where ``lr <= 0`` (clipped), takes rate 1. Parameter
+    groups with ``lars=False`` (biases, norms) get neither the adaptation nor weight decay (the
+    reference's ``exclude_bias_n_norm``).
+
+    No value leaves the device: the norms and rates of a group are computed for all its
+    parameters at once (``torch._foreach_norm``) and chosen with ``torch.where``, so a step on
+    a GPU never waits for it (the per-parameter ``float()`` of a plain loop waited once per
+    parameter). State: ``state[p]["momentum"]``, the first step's update at first."""
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4,
                  eta: float = 0.02, clip: bool = True):
@@ -146,38 +161,90 @@ class LARS(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            lr = group["lr"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad
-                if group["lars"]:
-                    wd = group["weight_decay"]
-                    w_norm, g_norm = p.norm(), d.norm()
-                    d = d.add(p, alpha=wd)
-                    if w_norm > 0 and g_norm > 0:
-                        rate = float(group["eta"] * w_norm / (g_norm + wd * w_norm + 1e-8))
-                        if group["clip"]:
-                            rate = min(rate / lr, 1.0) if lr > 0 else 1.0
-                        d = d.mul(rate)
-                buf = self.state[p].get("momentum")
-                if buf is None:
-                    buf = self.state[p]["momentum"] = d.clone()
-                else:
-                    buf.mul_(group["momentum"]).add_(d)
-                p.add_(buf, alpha=-lr)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["lars"]:
+                wd = group["weight_decay"]
+                d = torch._foreach_add(grads, params, alpha=wd)
+                torch._foreach_mul_(d, list(_trust_rates(params, grads, group).unbind(0)))
+            else:
+                d = grads
+            self._momentum_update(params, d, group)
         return loss
+
+    def _momentum_update(self, params: list, d: list, group: dict) -> None:
+        """buf = momentum * buf + d (buf = d at a parameter's first step); p -= lr * buf."""
+        old, new = [], []
+        for p, u in zip(params, d):
+            buf = self.state[p].get("momentum")
+            if buf is None:
+                self.state[p]["momentum"] = buf = u.clone()
+            else:
+                old.append((buf, u))
+            new.append(buf)
+        if old:
+            bufs = [b for b, _ in old]
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, [u for _, u in old])
+        torch._foreach_add_(params, new, alpha=-group["lr"])
+
+
+def _trust_rates(params: list, grads: list, group: dict) -> torch.Tensor:
+    """(n,) each parameter's LARS rate, on the device: eta * |w| / (|g| + wd * |w| + 1e-8),
+    clipped to min(rate / lr, 1) (1 where lr <= 0), and 1 where |w| or |g| is 0. The division
+    by lr and the clip run in float64, as a Python float would."""
+    w = torch.stack(torch._foreach_norm(params))
+    g = torch.stack(torch._foreach_norm(grads))
+    wd, lr = group["weight_decay"], group["lr"]
+    rate = group["eta"] * w / (g + wd * w + 1e-8)
+    if group["clip"]:
+        rate = ((rate.double() / lr).clamp(max=1.0).to(rate.dtype) if lr > 0
+                else torch.ones_like(rate))
+    return torch.where((w > 0) & (g > 0), rate, torch.ones_like(rate))
+
+
+GATE_GROUP = 3  # lars_param_groups' index of the gates' 1-D parameters (added in issue 16)
 
 
 def lars_param_groups(model: nn.Module, gate_lr_mult: float = 1.0) -> list[dict]:
-    """Weights get LARS + weight decay; biases and norm parameters (1-D) get neither; the gates'
-    weights get LARS without weight decay (as the reference) and ``gate_lr_mult`` x the rate."""
-    decay, gate, plain = [], [], []
+    """Four groups: weights get LARS + weight decay; the gates' weights LARS without weight
+    decay (as the reference); other biases and norm parameters (1-D) neither; the gates' 1-D
+    parameters (fc2's bias, the gate BN) neither either. Both gate groups take
+    ``gate_lr_mult`` x the rate, so the multiple reaches every gate parameter."""
+    decay, gate, plain, gate_plain = [], [], [], []
     for name, p in model.named_parameters():
+        is_gate = _is_gate(name)
         if p.ndim <= 1:
-            plain.append(p)
+            (gate_plain if is_gate else plain).append(p)
         else:
-            (gate if ".gate." in f".{name}" else decay).append(p)
+            (gate if is_gate else decay).append(p)
     return [{"params": decay, "lr_mult": 1.0},
             {"params": gate, "weight_decay": 0.0, "lr_mult": gate_lr_mult},
-            {"params": plain, "lars": False, "weight_decay": 0.0, "lr_mult": 1.0}]
+            {"params": plain, "lars": False, "weight_decay": 0.0, "lr_mult": 1.0},
+            {"params": gate_plain, "lars": False, "weight_decay": 0.0, "lr_mult": gate_lr_mult}]
+
+
+def _is_gate(name: str) -> bool:
+    return ".gate." in f".{name}"
+
+
+def upgrade_lars_state(state: dict, model: nn.Module) -> dict:
+    """An optimiser state dict saved with lars_param_groups' three groups (before issue 16:
+    the gates' 1-D parameters sat in the plain group at rate multiple 1), regrouped as today's
+    four for ``model``: the plain group's gate parameters move, with their momentum, to the
+    gate 1-D group, which takes the old gate group's ``lr_mult``. Other state dicts are
+    returned unchanged."""
+    groups = state["param_groups"]
+    if len(groups) != 3:
+        return state
+    ones = [_is_gate(n) for n, p in model.named_parameters() if p.ndim <= 1]
+    plain = groups[2]
+    if len(ones) != len(plain["params"]):
+        return state  # not this model's: load_state_dict says why
+    keep = [i for i, g in zip(plain["params"], ones) if not g]
+    moved = [i for i, g in zip(plain["params"], ones) if g]
+    return {"state": state["state"],
+            "param_groups": [*groups[:2], {**plain, "params": keep},
+                             {**plain, "params": moved, "lr_mult": groups[1]["lr_mult"]}]}

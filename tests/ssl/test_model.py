@@ -7,6 +7,7 @@ from hwbench.ssl.model import (
     METHODS,
     CoTrainStep,
     SSLModel,
+    host_terms,
     lars_param_groups,
 )
 
@@ -30,10 +31,11 @@ def test_a_few_steps_lower_the_loss(method):
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-        losses.append(out.terms["loss"])
+        losses.append(host_terms(out.terms)["loss"])
     assert losses[-1] < losses[0]
+    terms = host_terms(out.terms)
     if method != "dense":
-        assert 0 < out.terms["macs_ratio"] <= 1.01 and "bound" in out.terms
+        assert 0 < terms["macs_ratio"] <= 1.01 and "bound" in terms
 
 
 def test_co_step_uses_gated_view1_and_dense_view2():
@@ -49,8 +51,8 @@ def test_co_step_uses_gated_view1_and_dense_view2():
 def test_lars_excludes_biases_and_norms():
     groups = lars_param_groups(small_model())
     assert all(p.ndim > 1 for p in groups[0]["params"])
-    assert all(p.ndim <= 1 for p in groups[2]["params"])
-    decay, gate, plain = lars_param_groups(small_model(), gate_lr_mult=10.0)
+    assert all(p.ndim <= 1 for p in groups[2]["params"] + groups[3]["params"])
+    decay, gate, plain, _ = lars_param_groups(small_model(), gate_lr_mult=10.0)
     assert plain["lars"] is False and plain["weight_decay"] == 0.0
     assert gate["weight_decay"] == 0.0 and gate["lr_mult"] == 10.0 and decay["lr_mult"] == 1.0
     model = small_model()
@@ -91,7 +93,8 @@ def test_sparsity_on_deployed_pulls_the_noise_free_macs_to_t_d(method):
     terms = {}
     for on in ("sampled", "deployed"):
         torch.manual_seed(1)  # the same gate noise for both
-        terms[on] = CoTrainStep(method, t_d=0.3, sparsity_on=on)(model, v1, v2, p=0.0).terms
+        terms[on] = host_terms(CoTrainStep(method, t_d=0.3, sparsity_on=on)(model, v1, v2,
+                                                                            p=0.0).terms)
     # the same pass: both logs agree; only the sparsity term reads a different ratio
     assert terms["sampled"]["deployed_macs_ratio"] == terms["deployed"]["deployed_macs_ratio"]
     assert terms["sampled"]["macs_ratio"] == terms["deployed"]["macs_ratio"]
@@ -107,3 +110,23 @@ def test_deployed_macs_of_an_eval_pass_are_its_macs():
     with torch.no_grad():
         out = net.forward_gated(torch.randn(4, 3, 32, 32))
     assert torch.equal(out.deployed_macs, out.macs)
+
+
+def test_gated_macs_count_exactly_under_bf16_autocast():
+    """Masks come out of a bf16 autocast pass in bf16, whose sums round counts above 256 (301
+    channels on -> 300 or 302): the MACs count them in float64."""
+    net = create_net("resnet18", stem="cifar").eval()
+    on = {}
+    with torch.no_grad():
+        for i, (name, block) in enumerate(net.blocks()):
+            width = block.gate.fc2.out_channels
+            on[name] = min(width, 49 + 36 * i)  # 301 in layer4.1 (512 channels)
+            block.gate.fc2.weight.zero_()
+            block.gate.fc2.bias.fill_(-1.0)
+            block.gate.fc2.bias[:on[name]] = 1.0
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net.forward_gated(torch.randn(2, 3, 32, 32))
+    assert out.masks[-1].dtype == torch.bfloat16 and on["layer4.1"] == 301
+    geom = net.geometry((32, 32))
+    expected = geom.stem_macs + sum(g.gated_macs(on[g.name]) for g in geom.blocks)
+    assert out.macs.tolist() == [float(expected)] * 2
