@@ -18,7 +18,7 @@ import torch
 from hwbench.engine import build_engine, channel_groups, pattern_inputs, realise
 from hwbench.nets import list_nets
 from hwbench.patterns import GatePattern, mixed_pattern
-from tests.gpu.conftest import ROOT, injected, quick, run_logged, tail, write_json
+from tests.gpu.conftest import injected, quick, run_logged, tail, write_json
 
 pytestmark = pytest.mark.gpu
 
@@ -392,30 +392,3 @@ def test_report_renders(device_profile, trained_run, check_out):
                  120, work)
     assert r.returncode == 0, tail(r)
     assert (out / "report.html").stat().st_size > 0
-
-
-# ----------------------------------------------------------------------------------------------
-# Measurements of the full check (not QUICK): they assert only that they run and write JSON
-
-SPEEDUPS = (("1", "fp32", 60), ("1", "bf16", 60), ("256", "bf16", 80))  # batch, dtype, s
-
-
-@pytest.mark.skipif(quick(), reason="QUICK=1: benchmarks run in the full check only")
-@pytest.mark.parametrize("batch,dtype,limit_s", SPEEDUPS, ids=lambda v: str(v))
-def test_speedup_benchmark_runs(batch, dtype, limit_s, device, check_out):
-    if device.type == "cpu" and dtype != "fp32":
-        pytest.skip("the engine runs bf16 on CUDA only in benchmarks/speedup.py")
-    out = check_out / f"speedup_b{batch}_{dtype}.json"
-    r = run_logged([str(ROOT / "benchmarks" / "speedup.py"), "--device", str(device), "--quick",
-                    "--batch-sizes", batch, "--dtype", dtype, "--out", str(out)],
-                   out.with_suffix(".txt"), limit_s)
-    assert r.returncode == 0 and out.exists(), tail(r)
-
-
-@pytest.mark.skipif(quick(), reason="QUICK=1: benchmarks run in the full check only")
-def test_step_cost_benchmark_runs(device, check_out):
-    out = check_out / "step_cost.json"
-    r = run_logged([str(ROOT / "benchmarks" / "step_cost.py"), "--device", str(device),
-                    "--batch-size", "256", "--max-time", "15", "--out", str(out)],
-                   out.with_suffix(".txt"), 45)
-    assert r.returncode == 0 and out.exists(), tail(r)
