@@ -99,7 +99,7 @@ def run_script(tmp_path: Path, k: str, **env) -> tuple[subprocess.CompletedProce
 
 @pytest.mark.slow
 def test_the_script_exits_0_with_the_closing_line_when_checks_pass(tmp_path):
-    res, last = run_script(tmp_path, f"({CHEAP}) or energy")  # energy: skipped on the CPU
+    res, last = run_script(tmp_path, f"({CHEAP}) or energy_source")  # skipped on the CPU
     assert (res.returncode, last) == (0, "1 passed, 0 failed, 1 skipped"), res.stdout[-3000:]
     out = tmp_path / "out"
     assert {"gpu_check.tgz", "junit.xml", "pytest.txt", "env.txt", "summary.txt"} <= \

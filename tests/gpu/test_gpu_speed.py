@@ -181,10 +181,10 @@ def test_profile_sweep_is_not_flat(device, large_batch_profile, check_out):
             valid=large_batch_profile["valid"])
 
 
-def test_energy_per_inference_falls_with_t_d(device, large_batch_profile, check_out):
-    energy = large_batch_profile["energy"]
+def test_energy_per_inference_falls_with_t_d(device, check_out, request):
     if device.type != "cuda":
         pytest.skip(f"energy through NVML's counter is a CUDA check; the device is {device}")
+    energy = request.getfixturevalue("large_batch_profile")["energy"]
     assert (energy["method"], energy["measured"]) == ("nvml-counter", True), energy
     points = {(p["mode"], p["t_d"]): p for p in energy["points"]}
     dense = points[("dense", None)]["energy_j_total"]
