@@ -832,6 +832,48 @@ def verify(pattern_path, checkpoint, target_latency, device, percentile, profile
         sys.exit(4)
 
 
+@cli.command(name="export")
+@click.argument("source", metavar="RUN_OR_CHECKPOINT", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for model.onnx / model.pt and model.json (created; an export "
+                   "already there is replaced).")
+@click.option("--format", "fmt", default="onnx", show_default=True,
+              type=click.Choice(["onnx", "torchscript"]),
+              help="onnx: ONNX opset 17, checked with ONNX Runtime (pip install "
+                   "'hwbench[onnx]'); torchscript: torch.jit.script, checked with "
+                   "torch.jit.load.")
+@click.option("--pattern", "pattern_path", default=None, type=click.Path(dir_okay=False),
+              help="The gate pattern to deploy. [default: the run's pattern.json; none: the "
+                   "dense stream]")
+@click.option("--images", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Test images of the run's data set the equality check runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print model.json's contents.")
+def export_cmd(source, out, fmt, pattern_path, images, as_json) -> None:
+    """Export a trained run (its folder or checkpoint.pt; RUN/deployed for the deployed
+    network), or a pattern file realised on an untrained network, for a runtime: always-off
+    channels removed, BN folded, dynamic channels gated as in the static engine. Written only
+    if, loaded back, it equals the compact engine within 1e-4 (fp32) on real test images."""
+    from hwbench.export import export
+    from hwbench.nets.gate import parse_gate
+
+    res = export(source, out, fmt, pattern_path, images)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    chk, macs = res["check"], res["macs"]
+    rt = chk["runtime"]
+    what = "dense stream" if res["mode"] == "dense" else \
+        f"static engine's network, {parse_gate(res['gate']).text} gates"
+    click.echo(f"exported {res['arch']}/{res['stem']} {res['input_size']} px ({what}) as {fmt}: "
+               f"{res['written']['model']}")
+    click.echo(f"  equal to the compact engine ({res['mode']} mode, fp32): max relative error "
+               f"{chk['max_rel_err']:.2e} <= {chk['tolerance']:g} on {chk['images']['n']} "
+               f"{chk['images']['source']} images ({rt['name']} {rt['version']})")
+    click.echo(f"  MACs per image: dense {macs['dense']:,}" + (
+        f", pattern {macs['pattern']:,.0f} (ratio {macs['ratio']:.3f})" if "pattern" in macs
+        else "") + f"; {res['written']['metadata']}")
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--target-latency", required=True,
