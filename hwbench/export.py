@@ -387,9 +387,12 @@ def equality(run, src: Source, images: torch.Tensor, tolerance: float = TOLERANC
 
 @contextlib.contextmanager
 def _staging(out: Path):
-    """A temporary folder beside ``out``, removed on the way out (whatever is left in it)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    """A temporary folder in ``out``'s nearest existing ancestor (no folder is created before
+    the export passes), removed on the way out (whatever is left in it)."""
+    base = out.parent
+    while not base.exists():
+        base = base.parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=base))
     try:
         yield tmp
     finally:
@@ -403,6 +406,7 @@ def _publish(tmp: Path, out: Path) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
     if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)
         return
     for f in sorted(tmp.iterdir(), key=lambda p: p.name == METADATA):

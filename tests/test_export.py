@@ -206,7 +206,7 @@ def test_a_broken_export_fails_the_check_and_writes_nothing(runs, tmp_path, monk
         return mod
 
     monkeypatch.setattr(ex, "deployable", without_gates)
-    out = tmp_path / "exp"
+    out = tmp_path / "new" / "exp"
     with pytest.raises(EqualityError, match="max relative error"):
         export(runs["channel"], out, "onnx", images=4)
     line = one_line_error(run_cli("export", runs["channel"], "--out", out, "--format",
