@@ -852,7 +852,8 @@ def export_cmd(source, out, fmt, pattern_path, images, as_json) -> None:
     """Export a trained run (its folder or checkpoint.pt; RUN/deployed for the deployed
     network), or a pattern file realised on an untrained network, for a runtime: always-off
     channels removed, BN folded, dynamic channels gated as in the static engine. Written only
-    if, loaded back, it equals the compact engine within 1e-4 (fp32) on real test images."""
+    if, loaded back, it equals the compact engine within 1e-4 (fp32) on real test images
+    (exit 1 and nothing written if not)."""
     from hwbench.export import export
     from hwbench.nets.gate import parse_gate
 
