@@ -90,7 +90,8 @@ def interp(x: torch.Tensor, grid: torch.Tensor, values: torch.Tensor) -> torch.T
     x never leaves it)."""
     i = torch.searchsorted(grid, x.detach().reshape(-1).contiguous(), right=True)
     i = i.clamp(1, len(grid) - 1).reshape(x.shape)
-    x0, x1, y0, y1 = grid[i - 1], grid[i], values[i - 1], values[i]
+    # take, not grid[i]: indexing with a 0-dim tensor (a scalar x) reads it to the host
+    x0, x1, y0, y1 = grid.take(i - 1), grid.take(i), values.take(i - 1), values.take(i)
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 

@@ -13,7 +13,8 @@ dynamic = the pattern's expected MACs (dynamic channels at their on-rate).
 Execution (``--exec``, ``hwbench.engine.graphs``): every mode, dense included, runs eagerly,
 replayed from CUDA graphs or compiled, so a ratio compares like with like; ``run_speedups``
 times several executions in one interleaved measurement, each with ratios to *its own* dense.
-Under ``graphs`` the dynamic mode runs the graphable executors only (``engine_policy``).
+Under ``graphs`` and ``compile`` the dynamic mode runs the graphable executors only
+(``engine_policy``).
 ``--tile N`` pads every block's kept channels up to a multiple of N with zero channels (tensor
 cores): those are computed too, so each mode also reports ``macs_executed`` (padding included;
 efficiency stays on the pattern's MACs).
@@ -110,7 +111,8 @@ def validate(cfg: SpeedupConfig) -> torch.device:
     if device.type == "cpu" and cfg.dtype != "fp32":
         raise UsageError("on the CPU the engine runs fp32 only")
     check_execution(cfg.execution, device)
-    engine_policy(cfg.execution, cfg.dynamic_policy, "channel", cfg.batch_size)
+    kind = load_pattern(cfg.pattern).gate.kind
+    engine_policy(cfg.execution, cfg.dynamic_policy, kind, cfg.batch_size)
     return device
 
 

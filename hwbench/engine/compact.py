@@ -458,6 +458,9 @@ class _WidthBlock:
         self.executed = 0  # dynamic channels computed (w - always_on per input), when counting
         self.count = False
 
+    # never traced: a width first met inside a compiled forward must be packed eagerly, or its
+    # cached weights would be tensors that reduce-overhead's CUDA graphs later overwrite
+    @torch.compiler.disable
     def _pack(self, w: int) -> tuple:
         """The convs of width ``w`` (an empty tuple for width 0), cached; the ``w`` channels
         zero-padded up to the tile."""
@@ -519,8 +522,12 @@ class _WidthBlock:
         every sample has the same width (nothing gathered). One host read per block: the count
         of samples per width (a fixed-size ``bincount``)."""
         widths = self.gate.width(x)
-        counts = torch.bincount(widths // self.gate.step,
-                                minlength=self.gate.w2t.shape[1] + 1).tolist()
+        # a fixed-size count per width with index_add_ (on CUDA, bincount reads its min and
+        # max to the host first: two more syncs per block)
+        groups = widths // self.gate.step
+        counts = torch.zeros(self.gate.w2t.shape[1] + 1, dtype=groups.dtype,
+                             device=groups.device).index_add_(0, groups,
+                                                               torch.ones_like(groups)).tolist()
         present = [(k * self.gate.step, c) for k, c in enumerate(counts) if c]
         if self.count:
             self.executed += sum(w * c for w, c in present) - self.always_on * x.shape[0]

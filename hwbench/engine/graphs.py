@@ -93,15 +93,18 @@ def check_execution(execution: str, device: torch.device) -> str:
 
 
 def engine_policy(execution: str, dynamic_policy: str, gate_kind: str, batch_size: int) -> str:
-    """The ``dynamic_policy`` to build an engine with under ``execution``: under ``graphs`` the
-    graphable executors only (width at batch 1, else static; see the module docstring)."""
-    if execution != "graphs":
+    """The ``dynamic_policy`` to build an engine with under ``execution``: under ``graphs`` and
+    ``compile`` the graphable executors only (width at batch 1, else static; see the module
+    docstring). Under ``compile`` a gather would break the graph at its ``nonzero`` and
+    recompile for every new count of channels on (``dynamic=False``), timing recompiles or,
+    past dynamo's limit, eager code."""
+    if execution == "eager":
         return dynamic_policy
     width1 = gate_kind == "width" and batch_size == 1
     if dynamic_policy in ("gather-conv", "gather-gemm") or (dynamic_policy == "width"
                                                            and not width1):
         raise UsageError(f"--dynamic-policy {dynamic_policy} gathers per input (a host sync) and "
-                         "cannot run in CUDA graphs; use auto or static")
+                         f"cannot run under --exec {execution}; use auto or static")
     return dynamic_policy if width1 else "static"
 
 

@@ -117,8 +117,18 @@ def nested_st(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     product of the hard decisions). Straight-through: the backward pass is the gradient of the
     cumulative product of the *soft* values, which reaches every group (the hard product's
     gradient is zero past the first group that is off)."""
-    soft_cum = torch.cumprod(soft, dim=1)
+    soft_cum = _cumprod_no_sync(soft)
     return torch.cumprod(hard.detach(), dim=1) + (soft_cum - soft_cum.detach())
+
+
+def _cumprod_no_sync(soft: torch.Tensor) -> torch.Tensor:
+    """cumprod along dim 1 of values in (0, 1], as exp(cumsum(log)): the same gradient as
+    ``torch.cumprod`` (cumprod_j / soft_i for i <= j), without its backward's host read (it
+    checks the input for zeros with ``.item()``: a sync per gate per step on a GPU). A value
+    that underflowed to 0 is taken as 1e-30 (its gate saturated off; only the gradient is used:
+    ``nested_st`` cancels the value)."""
+    logs = torch.log(soft.float().clamp_min(1e-30))
+    return torch.exp(torch.cumsum(logs, dim=1)).to(soft.dtype)
 
 
 def expand_groups(mask: torch.Tensor, step: int) -> torch.Tensor:

@@ -99,8 +99,13 @@ def test_policy_under_graphs_replaces_gathers_with_static():
     assert engine_policy("graphs", "auto", "width", 1) == "auto"
     assert engine_policy("graphs", "auto", "width", 8) == "static"
     for bad in ("gather-conv", "gather-gemm"):
-        with pytest.raises(UsageError, match="cannot run in CUDA graphs"):
+        with pytest.raises(UsageError, match="cannot run under --exec graphs"):
             engine_policy("graphs", bad, "channel", 1)
+    # compile too: a gather breaks the graph and recompiles for every count of channels on
+    assert engine_policy("compile", "auto", "channel", 1) == "static"
+    assert engine_policy("compile", "auto", "width", 1) == "auto"
+    with pytest.raises(UsageError, match="cannot run under --exec compile"):
+        engine_policy("compile", "gather-conv", "channel", 1)
 
 
 @pytest.mark.parametrize("mode", ["dense", "masked", "static", "dynamic"])

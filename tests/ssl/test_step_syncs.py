@@ -76,3 +76,22 @@ def test_a_tensor_p_gives_the_float_p_loss():
         torch.manual_seed(1)
         losses.append(objective(v1, v2, p)[0].detach())
     assert torch.equal(losses[0], losses[1])
+
+
+@pytest.mark.parametrize("method,gate,budget", [("co", "width:16", "flops"),
+                                                ("co", "channel", "latency")])
+def test_no_host_read_inside_torch_either(method, gate, budget):
+    """The guard above sees Python; this sees torch's own C++: a host read inside an op (e.g.
+    cumprod's backward checking its input for zeros with ``.item()``) shows in the profiler as
+    ``aten::_local_scalar_dense``. A whole step must have none."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    objective = _objective(method, gate, budget)
+    opt = LARS(lars_param_groups(objective.model, 2.0), lr=0.1)
+    _step(objective, opt, 0.9)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        _step(objective, opt, 0.9)
+    reads = [e.key for e in prof.key_averages() if e.key in ("aten::_local_scalar_dense",
+                                                              "aten::item")]
+    assert reads == []
