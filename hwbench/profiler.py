@@ -263,7 +263,7 @@ class Profiler:
 
         # 5. energy
         self.progress("energy", 0.8)
-        profile["energy"] = self._energy(base, sweep_patterns, pool, profile) if cfg.energy \
+        profile["energy"] = self._energy(base, sweep_patterns, pool, profile, fns) if cfg.energy \
             else {"method": "none", "reason": "--no-energy"}
         if min(s["measured"]["min_ms"] for s in profile["sweep"]) * 0.01 < overhead:
             self._warn(Warn.TIMER_OVERHEAD, "sweep")
@@ -378,8 +378,12 @@ class Profiler:
                                     "probe of each phase (error_abs: of the p50 in ms)",
                 "dense": res.get("dense"), "points": points}
 
-    def _energy(self, base, patterns: list[GatePattern], pool, profile) -> dict:
-        cfg = self.cfg
+    def _energy(self, base, patterns: list[GatePattern], pool, profile,
+                engines: dict | None = None) -> dict:
+        """Energy per image of dense and each pattern. ``engines``: the sweep's, keyed "dense"
+        and "t_d=<t>", reused (the engines that were timed; under --exec compile or graphs a
+        rebuild would compile or capture every network again); built where absent."""
+        cfg, engines = self.cfg, engines or {}
         meter = self.meter or select_meter(self.device, cfg.energy_method)
         cooldown = cfg.energy_cooldown_s if cfg.energy_cooldown_s is not None else \
             COOLDOWN_S.get(self.device.type, 0.0)
@@ -400,9 +404,10 @@ class Profiler:
                 return out
             if not meter.measured:
                 self._warn(Warn.ENERGY_ESTIMATED, "energy")
-            settings = [("dense", None, lambda: self._engine(base, "dense"))] + [
-                ("dynamic", p.t_d, lambda p=p: self._engine(base, "dynamic", p, tune_inputs=pool))
-                for p in patterns]
+            settings = [("dense", None, lambda: engines.get("dense")
+                         or self._engine(base, "dense"))] + [
+                ("dynamic", p.t_d, lambda p=p: engines.get(f"t_d={p.t_d:g}")
+                 or self._engine(base, "dynamic", p, tune_inputs=pool)) for p in patterns]
             for mode, t_d, make in settings:
                 engine, calls = make(), [0]
 

@@ -125,6 +125,21 @@ def test_profiler_cools_down_between_settings_and_counts_images():
         assert pt["label"] == "measured (nvml-counter)" and pt["cooldown_s"] == 2.0
 
 
+def test_profiler_energy_reuses_the_sweeps_engines():
+    cfg = ProfileConfig(input_size=16, batch_size=2, t_d=(0.5, 1.0), energy_window_s=0.05,
+                        energy_cooldown_s=0.0)
+    prof = Profiler(cfg, meter=gpu_meter())
+    calls = {k: 0 for k in ("dense", "t_d=0.5", "t_d=1")}
+
+    def counting(key):
+        return lambda x: calls.__setitem__(key, calls[key] + 1)
+
+    prof._engine = lambda *a, **k: pytest.fail("an engine was rebuilt for the energy phase")
+    pats = [synthesise("resnet18", "cifar", 16, t) for t in cfg.t_d]
+    out = prof._energy(None, pats, prof.pool.batches, {}, {k: counting(k) for k in calls})
+    assert len(out["points"]) == 3 and all(n > 0 for n in calls.values())
+
+
 def test_profile_config_checks_tile_and_cooldown():
     with pytest.raises(UsageError, match="--tile must be a positive integer"):
         Profiler(ProfileConfig(input_size=16, tile=0))
