@@ -1,15 +1,8 @@
 """``hwbench export``: the deployable network, in a file a runtime loads (ONNX, TorchScript).
 
-``deployable(net, pattern)`` is a plain-torch module computing what the compact engine's
-``static`` mode computes (fp32): BatchNorm folded into the convs, a pattern's always-off channels
-removed, its always-on channels run without a gate, its dynamic channels computed and multiplied
-by their gate's decision 1[logit >= 0] (the gate's BN folded too: two small matmuls). Without a
-pattern it is the dense stream. Width-gated networks (``--gate width:G``) are one graph with the
-nested mask (a channel is on when its group and every group before it are:
-1[sum of the earlier groups' "off" decisions == 0], one matmul with a triangular 0/1 matrix).
-The alternative, one graph per width bucket with the input dispatched by its width, is left for
-measurement on each runtime (it skips the off channels' compute; the single graph computes every
-kept channel and masks them, as the static engine does).
+The network exported is ``hwbench.engine.deployable.deployable(net, pattern)``: a plain-torch
+module computing what the compact engine's ``static`` mode computes (fp32; the dense stream
+without a pattern; width-gated networks as one graph with the nested mask).
 
 ``export`` writes the module as ``model.onnx`` (``torch.onnx.export``, the TorchScript-based
 exporter: ``dynamo=False``; opset 17) or ``model.pt`` (``torch.jit.script``), with ``model.json``
@@ -31,13 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hwbench import __version__
-from hwbench.engine.fold import fold_bn
+from hwbench.engine.deployable import (  # noqa: F401  (re-exported: export's public names)
+    Deployable,
+    DeployBlock,
+    DeployGate,
+    check_pattern,
+    deployable,
+)
 from hwbench.errors import HwbenchError, UsageError
-from hwbench.nets.resnet import GatedBasicBlock, GatedResNet
+from hwbench.nets.resnet import GatedResNet
 from hwbench.patterns import GatePattern
 
 SCHEMA = "hwbench/export@1"
@@ -56,153 +54,6 @@ class EqualityError(HwbenchError):
     """The exported file does not compute what the engine computes: nothing was written."""
 
     exit_code = 1
-
-
-# --------------------------------------------------------------------------- the module
-
-
-def _frozen_conv(w: torch.Tensor, b: torch.Tensor, like: nn.Conv2d) -> nn.Conv2d:
-    """A Conv2d with weight ``w`` and bias ``b``, ``like``'s stride and padding."""
-    conv = nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), stride=like.stride,
-                     padding=like.padding, bias=True)
-    with torch.no_grad():
-        conv.weight.copy_(w)
-        conv.bias.copy_(b)
-    return conv
-
-
-class DeployGate(nn.Module):
-    """A block's gate, BN folded, for the channel ``rows`` it decides (the block's dynamic ones).
-
-    Channel gates: (B, C_in, H, W) -> (B, len(rows)) 1[logit >= 0], only the rows' logits
-    computed. Width gates (step G): all group logits; row i is on when no group up to
-    rows[i] // G is off (``nest[j, i] = 1[j <= rows[i] // G]``): the engine's ``rows < k * G``.
-    """
-
-    def __init__(self, gate, rows: torch.Tensor):
-        super().__init__()
-        w1, b1 = fold_bn(gate.fc1.weight.flatten(1), gate.bn)
-        w2, b2 = gate.fc2.weight.detach().flatten(1), gate.fc2.bias.detach()
-        spec = gate.spec
-        self.width = spec.kind == "width"
-        if self.width:
-            groups = torch.arange(w2.shape[0])[:, None]
-            nest = (groups <= (rows // spec.step)[None, :]).float()
-        else:
-            w2, b2 = w2[rows], b2[rows]
-            nest = torch.zeros(0, 0)
-        self.fc1, self.fc2 = nn.Linear(w1.shape[1], w1.shape[0]), nn.Linear(w2.shape[1],
-                                                                            w2.shape[0])
-        with torch.no_grad():
-            for fc, w, b in ((self.fc1, w1, b1), (self.fc2, w2, b2)):
-                fc.weight.copy_(w)
-                fc.bias.copy_(b)
-        self.register_buffer("nest", nest)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3)))))
-        if self.width:
-            off = (z < 0).to(x.dtype)
-            return (torch.matmul(off, self.nest) < 0.5).to(x.dtype)
-        return (z >= 0).to(x.dtype)
-
-
-class DeployBlock(nn.Module):
-    """One residual block (BasicBlock or Bottleneck), folded, over its ``kept`` inner channels
-    (always-on first, ``n_on`` of them, then the dynamic ones): the inner convs keep those
-    output channels, the following convs those input channels; the dynamic channels are
-    multiplied by the gate's decision after each inner conv. No kept channel: shortcut + the
-    last conv's bias + ReLU."""
-
-    def __init__(self, block, kept: torch.Tensor, n_on: int, stream: str):
-        super().__init__()
-        basic = isinstance(block, GatedBasicBlock)
-        convs = [block.conv1, block.conv2] if basic else [block.conv1, block.conv2, block.conv3]
-        bns = [block.bn1, block.bn2] if basic else [block.bn1, block.bn2, block.bn3]
-        folded = [fold_bn(c.weight, bn.dense if stream == "dense" else bn.gated)
-                  for c, bn in zip(convs, bns)]
-        self.n_on, self.empty = n_on, len(kept) == 0
-        mods = []
-        for i, (conv, (w, b)) in enumerate(zip(convs, folded)):
-            if i > 0:
-                w = w[:, kept]
-            if i < len(convs) - 1:
-                w, b = w[kept], b[kept]
-            mods.append(None if self.empty else _frozen_conv(w, b, conv))
-        self.inner = nn.ModuleList([] if self.empty else mods[:-1])
-        self.last = mods[-1]
-        self.register_buffer("bias_out", folded[-1][1].view(1, -1, 1, 1).clone())
-        ds = block.downsample
-        self.ds = None if ds is None else _frozen_conv(*fold_bn(ds.conv.weight, ds.bn_for(stream)),
-                                                       ds.conv)
-        dyn = kept[n_on:]
-        self.gate = DeployGate(block.gate, dyn) if len(dyn) and stream == "gated" else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sc = x if self.ds is None else self.ds(x)
-        if self.last is None:
-            return F.relu(sc + self.bias_out)
-        mask: torch.Tensor | None = None
-        if self.gate is not None:  # always-on channels: a decision of 1
-            mask = F.pad(self.gate(x), (self.n_on, 0), value=1.0)[:, :, None, None]
-        h = x
-        for conv in self.inner:
-            h = F.relu(conv(h))
-            if mask is not None:
-                h = h * mask
-        return F.relu(self.last(h) + sc)
-
-
-class Deployable(nn.Module):
-    """(B, 3, S, S) normalised images -> (B, num_features) features, as the engine returns."""
-
-    def __init__(self, net: GatedResNet, pattern: GatePattern | None):
-        super().__init__()
-        from hwbench.engine.compact import channel_groups
-
-        self.stem = _frozen_conv(*fold_bn(net.conv1.weight, net.bn1), net.conv1)
-        self.maxpool = net.stem == "imagenet"
-        groups = channel_groups(pattern) if pattern is not None else None
-        blocks = []
-        for i, (_, block) in enumerate(net.blocks()):
-            if groups is None:
-                width = block.conv1.out_channels
-                blocks.append(DeployBlock(block, torch.arange(width), width, "dense"))
-            else:
-                g = groups[i]
-                blocks.append(DeployBlock(block, g.kept, len(g.on), "gated"))
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.stem(x))
-        if self.maxpool:
-            x = F.max_pool2d(x, 3, 2, 1)
-        return self.blocks(x).mean(dim=(2, 3))
-
-
-def check_pattern(net: GatedResNet, pattern: GatePattern | None, where: str = "pattern") -> None:
-    """A one-line UsageError when ``pattern`` is not of ``net``'s arch, stem and gate kind."""
-    if pattern is None:
-        return
-    if (pattern.arch, pattern.stem) != (net.arch, net.stem):
-        raise UsageError(f"{where} is for {pattern.arch}/{pattern.stem}, the network is "
-                         f"{net.arch}/{net.stem}")
-    if pattern.gate != net.gate_spec:
-        raise UsageError(f"{where}'s gates are {pattern.gate.text}, the network's "
-                         f"{net.gate_spec.text}")
-
-
-def deployable(net: GatedResNet, pattern: GatePattern | None = None) -> nn.Module:
-    """The exportable module of ``net`` run as the compact engine's ``static`` mode runs it
-    with ``pattern`` (its ``dense`` mode without one), fp32, eval mode, no gradients. Tile
-    padding is not reproduced (zero channels: the same function)."""
-    check_pattern(net, pattern)
-    net = net.eval()
-    with torch.no_grad():
-        mod = Deployable(net, pattern).eval()
-    for p in mod.parameters():
-        p.requires_grad_(False)
-    return mod
 
 
 # --------------------------------------------------------------------------- what to export
