@@ -7,8 +7,10 @@ under. A profile *matches* a request when
   (virtual machines report one generic name, 'Intel(R) Xeon(R) Processor', for very different
   hosts), for GPUs the UUID too (two boards of one model are not one device);
 - the conditions are the same (:class:`Conditions`): arch, stem, input size, batch size, dtype,
-  the engine's execution (eager, graphs, compile; a profile without the key is eager), and for
-  CPUs the intra-op thread count.
+  the engine's execution (eager, graphs, compile; a profile without the key is eager), the
+  runtime (eager, onnxruntime, openvino; a profile without the key is eager) and, for a runtime
+  other than eager, its version (a new release brings other kernels), and for CPUs the intra-op
+  thread count.
 
 Of the matching profiles in a folder the newest by its own ``created`` timestamp wins. A profile
 file given by path may describe another machine (a *foreign* profile): training may pick ``t_d``
@@ -45,17 +47,28 @@ class Conditions:
     dtype: str  # fp32, bf16 or fp16
     batch_size: int  # images per inference
     execution: str = "eager"  # how the engine runs: hwbench.engine.graphs.EXECUTIONS
+    runtime: str = "eager"  # what runs the network: hwbench.engine.runtimes.RUNTIMES
+    runtime_version: str | None = None  # the runtime's version (None: eager, not compared)
 
     @classmethod
     def now(cls, arch: str, stem: str, input_size: int, dtype: str = "fp32",
-            batch_size: int = 1, execution: str = "eager") -> Conditions:
-        """These conditions at this process's current thread count."""
+            batch_size: int = 1, execution: str = "eager", runtime: str = "eager"
+            ) -> Conditions:
+        """These conditions at this process's current thread count (and the installed version
+        of ``runtime``)."""
+        version = None
+        if runtime != "eager":
+            from hwbench.engine.runtimes import check_runtime, runtime_record
+
+            check_runtime(runtime)
+            version = runtime_record(runtime)["runtime_version"]
         return cls(arch, stem, int(input_size), torch.get_num_threads(), dtype, int(batch_size),
-                   execution)
+                   execution, runtime, version)
 
     def describe(self) -> str:
+        on = "" if self.runtime == "eager" else f" / {self.runtime} {self.runtime_version}"
         return (f"{self.arch} / {self.stem} / {self.input_size}px / batch {self.batch_size} / "
-                f"{self.dtype} / {self.threads} threads")
+                f"{self.dtype} / {self.threads} threads{on}")
 
 
 def _int(value) -> int | None:
@@ -94,7 +107,10 @@ def mismatch(fp: dict, device: dict, cond: Conditions) -> str | None:
               ("input size", _int(fp.get("input_size")), cond.input_size),
               ("batch size", _int(fp.get("batch_size")), cond.batch_size),
               ("dtype", fp.get("dtype"), cond.dtype),
-              ("execution", fp.get("execution", "eager"), cond.execution)]
+              ("execution", fp.get("execution", "eager"), cond.execution),
+              ("runtime", fp.get("runtime", "eager"), cond.runtime)]
+    if cond.runtime != "eager":
+        fields.append(("runtime version", fp.get("runtime_version"), cond.runtime_version))
     if fp.get("type") == "cpu":
         fields.append(("threads", _int(fp.get("threads")), cond.threads))
     for name, got, want in fields:
@@ -188,11 +204,12 @@ def resolve_profile(target: str, arch: str, stem: str, input_size: int,
                     folder: str | Path = "profiles", quick: bool = True,
                     say: Callable[[str], None] = lambda s: None,
                     profile_fn: Callable[[str, Conditions], dict] | None = None,
-                    dtype: str = "fp32", batch_size: int = 1) -> TargetProfile:
+                    dtype: str = "fp32", batch_size: int = 1,
+                    runtime: str = "eager") -> TargetProfile:
     """The profile for ``target`` (``cpu``/``cuda[:N]`` or a ``.json`` file), checked against the
     network that will be trained. ``quick``: profile this machine now when nothing matches.
-    ``dtype`` and ``batch_size``: the conditions the network is deployed and verified under
-    (fp32, batch 1: what ``hwbench verify`` measures)."""
+    ``dtype``, ``batch_size`` and ``runtime``: the conditions the network is deployed and
+    verified under (fp32, batch 1: what ``hwbench verify`` measures)."""
     if target.endswith(".json"):
         prof = load_profile(target)
         tp = TargetProfile(Path(target), prof, local_device(prof["fingerprint"]))
@@ -200,10 +217,11 @@ def resolve_profile(target: str, arch: str, stem: str, input_size: int,
         if (f["arch"], f["stem"], int(f["input_size"])) != (arch, stem, int(input_size)):
             raise UsageError(f"{tp.path} profiles {f['arch']}/{f['stem']}/{f['input_size']}px; "
                              f"this run trains {arch}/{stem}/{input_size}px")
+        check_profile_runtime(prof, runtime, str(tp.path))
         return tp
     dev = parse_device(target)
     here = fingerprint(dev)
-    cond = Conditions.now(arch, stem, input_size, dtype, batch_size)
+    cond = Conditions.now(arch, stem, input_size, dtype, batch_size, runtime=runtime)
     misses: list[tuple[Path, str]] = []
     found = find_profile(here, cond, folder, misses)
     if found is not None:
@@ -222,33 +240,46 @@ def resolve_profile(target: str, arch: str, stem: str, input_size: int,
     return TargetProfile(path, prof, target, measured_now=True)
 
 
+def check_profile_runtime(profile: dict, runtime: str, where: str) -> None:
+    """A one-line UsageError when ``profile`` was measured on another runtime than
+    ``runtime``: its latencies are another program's."""
+    got = profile["fingerprint"].get("runtime", "eager")
+    if got != runtime:
+        raise UsageError(f"{where} was measured on runtime {got}, not {runtime}: profile "
+                         f"with --runtime {runtime}, or pass --runtime {got}")
+
+
 def quick_profile(device: str, cond: Conditions) -> dict:
     """A quick profile (``QUICK``) of ``device`` under ``cond``, marked ``quick``."""
     from hwbench.profiler import ProfileConfig, run_profile
 
     prof = run_profile(ProfileConfig(device=device, arch=cond.arch, stem=cond.stem,
                                      input_size=cond.input_size, batch_size=cond.batch_size,
-                                     dtype=cond.dtype, threads=cond.threads, **QUICK))
+                                     dtype=cond.dtype, threads=cond.threads,
+                                     runtime=cond.runtime, **QUICK))
     prof["quick"] = True
     return prof
 
 
 def measuring_profile(dev: torch.device, arch: str, stem: str, input_size: int,
                       profile_path: str | None = None, allow_foreign: bool = False,
-                      folder: str | Path = "profiles") -> tuple[dict | None, str | None]:
-    """The profile a measurement on ``dev`` (fp32, batch 1) is compared with, and its path:
-    the file ``profile_path``, refused when it describes another device unless
-    ``allow_foreign``; without a file the matching one in ``folder`` at the current thread count,
-    or (None, None)."""
+                      folder: str | Path = "profiles", runtime: str = "eager"
+                      ) -> tuple[dict | None, str | None]:
+    """The profile a measurement on ``dev`` (fp32, batch 1, ``runtime``) is compared with, and
+    its path: the file ``profile_path``, refused when it describes another device unless
+    ``allow_foreign``, or another runtime; without a file the matching one in ``folder`` at the
+    current thread count, or (None, None)."""
     if profile_path:
         prof = load_profile(profile_path)
+        check_profile_runtime(prof, runtime, str(profile_path))
         why = device_mismatch(prof["fingerprint"], fingerprint(dev))
         if why and not allow_foreign:
             raise UsageError(f"{profile_path} is a foreign profile ({why}): its latencies cannot "
                              f"be verified on this {dev.type}; run on the profiled device, or "
                              "pass --allow-foreign-profile to compare anyway")
         return prof, str(profile_path)
-    found = find_profile(fingerprint(dev), Conditions.now(arch, stem, input_size), folder)
+    found = find_profile(fingerprint(dev), Conditions.now(arch, stem, input_size,
+                                                          runtime=runtime), folder)
     return (found[1], str(found[0])) if found else (None, None)
 
 

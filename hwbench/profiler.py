@@ -87,6 +87,7 @@ class ProfileConfig:
     seed: int = 0
     execution: str = "eager"  # eager, graphs (CUDA), compile: hwbench.engine.graphs
     tile: int = 1  # tensor-core tile: kept channels rounded up to a multiple (patterns, engine)
+    runtime: str = "eager"  # what runs the networks: hwbench.engine.runtimes.RUNTIMES
 
 
 def _validate(cfg: ProfileConfig) -> torch.device:

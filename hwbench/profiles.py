@@ -75,13 +75,16 @@ def save_profile(profile: dict, path: str | Path) -> Path:
 
 
 def profile_filename(fp: dict) -> str:
-    """<device>_<threads>t_<arch>_<stem><size>_b<batch>_<dtype>[_<execution>].json (no suffix
-    for eager: the name of every profile taken before executions existed)."""
+    """<device>_<threads>t_<arch>_<stem><size>_b<batch>_<dtype>[_<execution>][_<runtime>]
+    [_tile<N>].json (no suffix for eager, eager and tile 1: the name of every profile taken
+    before executions, runtimes and tiles existed)."""
     name = re.sub(r"[^a-z0-9]+", "-", str(fp.get("name", fp["type"])).lower()).strip("-")
-    execution = fp.get("execution", "eager")
+    suffix = "".join(f"_{v}" for v in (fp.get("execution", "eager"), fp.get("runtime", "eager"))
+                     if v != "eager")
+    tile = int(fp.get("tile", 1) or 1)
+    suffix += f"_tile{tile}" if tile > 1 else ""
     return (f"{name}_{fp['threads']}t_{fp['arch']}_{fp['stem']}{fp['input_size']}"
-            f"_b{fp['batch_size']}_{fp['dtype']}{'' if execution == 'eager' else '_' + execution}"
-            ".json")
+            f"_b{fp['batch_size']}_{fp['dtype']}{suffix}.json")
 
 
 def interp(x: torch.Tensor, grid: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,7 @@ class SpeedupConfig:
     backend: str = "auto"  # engine kernels: auto, mkldnn (CPU fp32), aten
     execution: str = "eager"  # eager, graphs (CUDA), compile: hwbench.engine.graphs
     tile: int | None = None  # tensor-core tile (None: the pattern's; 8 or 16 suit tensor cores)
+    runtime: str = "eager"  # what runs the networks: hwbench.engine.runtimes.RUNTIMES
 
 
 @dataclass
