@@ -135,8 +135,9 @@ def flops(arch, stem, input_size, pattern_path, t_d, gate, save_pattern, tile, a
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
               help="Warm-up calls per mode (and at least 0.5 s in all).")
 @click.option("--dynamic-policy", default="auto", show_default=True,
-              type=click.Choice(["auto", "static", "gather-conv", "gather-gemm"]),
-              help="How the dynamic mode runs each block; auto times each way per block.")
+              type=click.Choice(["auto", "static", "gather-conv", "gather-gemm", "width"]),
+              help="How the dynamic mode runs each block; auto times each way per block. On a "
+                   "runtime: auto, static (one masked graph) or width (a graph per width).")
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(["auto", "mkldnn", "aten"]),
               help="Conv kernels for every mode: mkldnn (pre-packed oneDNN, CPU fp32) or aten "
@@ -148,9 +149,13 @@ def flops(arch, stem, input_size, pattern_path, t_d, gate, save_pattern, tile, a
 @click.option("--tile", type=int, default=None,
               help="Pad kept channels up to a multiple of N (zero channels, exact): 8 (bf16) or "
                    "16 suit tensor cores. [default: the pattern's, 1]")
+@click.option("--runtime", default="eager", show_default=True,
+              type=click.Choice(["eager", "onnxruntime", "openvino"]),
+              help="What runs every mode: hwbench's engine, or the exported graph on ONNX "
+                   "Runtime or OpenVINO (CPU, fp32; extras hwbench[onnx], hwbench[openvino]).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (raw samples too).")
 def speedup(pattern_path, device, batch_size, threads, dtype, max_time_s, min_runs, warmup,
-            dynamic_policy, backend, execution, tile, as_json) -> None:
+            dynamic_policy, backend, execution, tile, runtime, as_json) -> None:
     """Latency of the dense, masked, static and dynamic engines for one pattern, interleaved.
 
     speedup = dense p50 / mode p50; efficiency = speedup / (dense MACs / mode MACs).
@@ -160,7 +165,7 @@ def speedup(pattern_path, device, batch_size, threads, dtype, max_time_s, min_ru
     cfg = SpeedupConfig(pattern=pattern_path, device=device, batch_size=batch_size,
                         threads=threads, dtype=dtype, max_time_s=max_time_s, min_runs=min_runs,
                         warmup=warmup, dynamic_policy=dynamic_policy, backend=backend,
-                        execution=execution, tile=tile)
+                        execution=execution, tile=tile, runtime=runtime)
     validate(cfg)
     if as_json:
         result = run_speedup(cfg)
@@ -174,6 +179,13 @@ def speedup(pattern_path, device, batch_size, threads, dtype, max_time_s, min_ru
     _print_speedup(result)
 
 
+def _ran_on(result) -> str:
+    d = result.device
+    if result.runtime == "eager":
+        return f"{d['backend']}, {result.execution}"
+    return f"{d['runtime']} {d['runtime_version']}, {d['provider']}"
+
+
 def _print_speedup(result) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -183,7 +195,7 @@ def _print_speedup(result) -> None:
     p, d = result.pattern, result.device
     table = Table(title=f"{p['arch']} · {p['stem']} stem · {p['input_size']} px · batch "
                         f"{result.batch_size} · {result.dtype} · {d['name']} "
-                        f"({d['threads']} threads, {d['backend']}, {result.execution})")
+                        f"({d['threads']} threads, {_ran_on(result)})")
     for col in ("mode", "p50 ms", "p90 ms", "samples", "MACs/sample", "MACs ratio", "speedup",
                 "efficiency"):
         table.add_column(col, justify="left" if col == "mode" else "right")
@@ -198,8 +210,9 @@ def _print_speedup(result) -> None:
                   "efficiency = speedup / (dense MACs / mode MACs); latency measured wall clock")
     console.print(f"dynamic mode: batch strategy: {result.dynamic_batch_strategy}; "
                   f"per-block plan: {', '.join(result.dynamic_plan)}")
-    if result.execution != "eager":
-        what = "capture" if result.execution == "graphs" else "compilation"
+    if result.execution != "eager" or result.runtime != "eager":
+        what = {"graphs": "capture", "compile": "compilation"}.get(result.execution,
+                                                                    "export + compile")
         console.print(f"{what} per mode (s, wall clock): " + ", ".join(
             f"{m} {t:.1f}" for m, t in result.setup_s.items()))
     if p.get("tile", 1) != 1:

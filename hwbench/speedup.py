@@ -15,6 +15,13 @@ replayed from CUDA graphs or compiled, so a ratio compares like with like; ``run
 times several executions in one interleaved measurement, each with ratios to *its own* dense.
 Under ``graphs`` and ``compile`` the dynamic mode runs the graphable executors only
 (``engine_policy``).
+Runtime (``--runtime``, ``hwbench.engine.runtimes``): ``eager`` is the compact engine;
+``onnxruntime`` and ``openvino`` time each mode's deployable network compiled by that runtime
+(CPU, fp32, its threads pinned to ``--threads``), dense included, so a ratio is to the same
+runtime's dense; ``run_runtimes`` times several runtimes in one interleaved measurement. On a
+runtime the dynamic mode of channel gates is the static graph (a graph cannot skip a channel per
+input), and of width gates at batch 1 one graph per width bucket or the single masked graph,
+whichever the runtime ran faster (``dynamic_plan``).
 ``--tile N`` pads every block's kept channels up to a multiple of N with zero channels (tensor
 cores): those are computed too, so each mode also reports ``macs_executed`` (padding included;
 efficiency stays on the pattern's MACs).
@@ -26,8 +33,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from hwbench.engine import MODES, build_engine, realise, synthetic_inputs
-from hwbench.engine.graphs import check_execution, engine_policy, executable
+from hwbench.engine import MODES, realise, synthetic_inputs
+from hwbench.engine.graphs import check_execution, engine_policy
+from hwbench.engine.runtimes import POLICIES, check_runtime, runnable, runtime_record
 from hwbench.engine.tiling import executed_macs
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
@@ -83,11 +91,13 @@ class SpeedupResult:
     inputs: dict = field(default_factory=dict)  # which inputs were timed
     execution: str = "eager"
     setup_s: dict[str, float] = field(default_factory=dict)  # per mode: capture/compile, s
+    runtime: str = "eager"  # what ran the networks: hwbench.engine.runtimes.RUNTIMES
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["unit"] = ("latency in ms (wall clock per batch); MACs per sample; setup_s: seconds "
-                     "of capture (graphs) or compilation (compile) per mode")
+                     "of capture (graphs), compilation (compile) or export + runtime compile "
+                     "per mode")
         return d
 
 
@@ -112,14 +122,19 @@ def validate(cfg: SpeedupConfig) -> torch.device:
     if device.type == "cpu" and cfg.dtype != "fp32":
         raise UsageError("on the CPU the engine runs fp32 only")
     check_execution(cfg.execution, device)
+    check_runtime(cfg.runtime, device, cfg.execution, cfg.dtype)
+    if cfg.runtime != "eager" and cfg.dynamic_policy not in POLICIES:
+        raise UsageError(f"--dynamic-policy {cfg.dynamic_policy} gathers per input, which a "
+                         f"graph on --runtime {cfg.runtime} cannot; known: {', '.join(POLICIES)}")
     kind = load_pattern(cfg.pattern).gate.kind
-    engine_policy(cfg.execution, cfg.dynamic_policy, kind, cfg.batch_size)
+    if cfg.runtime == "eager":
+        engine_policy(cfg.execution, cfg.dynamic_policy, kind, cfg.batch_size)
     return device
 
 
 def run_speedup(cfg: SpeedupConfig, progress=None) -> SpeedupResult:
     """Measure dense/masked/static/dynamic latency of ``cfg.pattern`` on ``cfg.device``."""
-    return run_speedups(cfg, (cfg.execution,), progress)[cfg.execution]
+    return _variants(cfg, [cfg], progress)[_label(cfg)]
 
 
 def run_speedups(cfg: SpeedupConfig, executions: tuple[str, ...],
@@ -129,37 +144,62 @@ def run_speedups(cfg: SpeedupConfig, executions: tuple[str, ...],
     dense."""
     if not executions:
         raise UsageError("no execution to measure")
-    device = [validate(replace(cfg, execution=ex)) for ex in executions][0]
+    return _variants(cfg, [replace(cfg, execution=ex) for ex in executions], progress)
+
+
+def run_runtimes(cfg: SpeedupConfig, runtimes: tuple[str, ...],
+                 progress=None) -> dict[str, SpeedupResult]:
+    """``run_speedup`` on each of ``runtimes`` (``cfg.runtime`` ignored; eager engines run as
+    ``cfg.execution``), every (runtime, mode) timed in one interleaved measurement; ratios to
+    the same runtime's dense. Keyed by runtime."""
+    if not runtimes:
+        raise UsageError("no runtime to measure")
+    return _variants(cfg, [replace(cfg, runtime=rt) for rt in runtimes], progress)
+
+
+def _label(cfg: SpeedupConfig) -> str:
+    return cfg.execution if cfg.runtime == "eager" else cfg.runtime
+
+
+def _variants(cfg: SpeedupConfig, variants: list[SpeedupConfig], progress) -> dict:
+    device = [validate(v) for v in variants][0]
     with torch_threads(cfg.threads):
-        return _run_speedups(cfg, tuple(executions), device, progress)
+        return _run_speedups(cfg, variants, device, progress)
 
 
-def _run_speedups(cfg: SpeedupConfig, executions, device, progress) -> dict:
+def _build(v: SpeedupConfig, net, pattern: GatePattern, device, pool) -> dict:
+    """The four modes of one variant (runtime, execution), as they are timed."""
+    dtype, bsz = DTYPES[v.dtype], v.batch_size
+    policy = engine_policy(v.execution, v.dynamic_policy, pattern.gate.kind, bsz) \
+        if v.runtime == "eager" else v.dynamic_policy
+    return {m: runnable(net, m, pattern, runtime=v.runtime, execution=v.execution,
+                        example=pool.batches[0], threads=v.threads or torch.get_num_threads(),
+                        dynamic_policy=policy, tune_inputs=pool.batches, device=device,
+                        dtype=dtype, batch_size=bsz, backend=v.backend, tile=v.tile)
+            for m in MODES}
+
+
+def _run_speedups(cfg: SpeedupConfig, variants: list[SpeedupConfig], device, progress) -> dict:
     pattern = load_pattern(cfg.pattern)
-    dtype = DTYPES[cfg.dtype]
     net = realise(pattern, seed=cfg.seed)
-    size, bsz = pattern.input_size, cfg.batch_size
-    pool = synthetic_inputs(cfg.inputs, size, bsz, seed=cfg.seed + 7).to(device, dtype)
+    pool = synthetic_inputs(cfg.inputs, pattern.input_size, cfg.batch_size,
+                            seed=cfg.seed + 7).to(device, DTYPES[cfg.dtype])
     runs, fns = {}, {}
-    for ex in executions:
-        policy = engine_policy(ex, cfg.dynamic_policy, pattern.gate.kind, bsz)
-        runs[ex] = {m: executable(build_engine(net, m, pattern, device=device, dtype=dtype,
-                                               batch_size=bsz, dynamic_policy=policy,
-                                               backend=cfg.backend, tune_inputs=pool.batches,
-                                               tile=cfg.tile),
-                                  ex, pool.batches[0]) for m in MODES}
-        fns.update({f"{ex}:{m}": f for m, f in runs[ex].items()})
+    for v in variants:
+        runs[_label(v)] = (v, _build(v, net, pattern, device, pool))
+        fns.update({f"{_label(v)}:{m}": f for m, f in runs[_label(v)][1].items()})
     # a comparison of medians: no CI target, a fixed time (hyperfine's --min-runs/--runs)
     protocol = Protocol(quantile=0.5, ci_target=None, min_runs=cfg.min_runs,
                         max_time_s=cfg.max_time_s, warmup=cfg.warmup, seed=cfg.seed)
-    res = measure(fns, pool, protocol, device, reference=f"{executions[0]}:dense",
+    res = measure(fns, pool, protocol, device, reference=f"{_label(variants[0])}:dense",
                   progress=progress)
-    return {ex: _result(cfg, ex, exes, res, pattern, device) for ex, exes in runs.items()}
+    return {label: _result(v, label, exes, res, pattern, device)
+            for label, (v, exes) in runs.items()}
 
 
 def _result(cfg: SpeedupConfig, ex: str, exes: dict, res, pattern: GatePattern,
             device) -> SpeedupResult:
-    """One execution's modes, as ratios to the same execution's dense."""
+    """One variant's modes (``ex``: its label), as ratios to the same variant's dense."""
     macs, dynamic = mode_macs(pattern), exes["dynamic"].engine
     tile = exes["static"].engine.tile
     done = {**macs, "static": executed_macs(pattern, "static", tile),
@@ -174,14 +214,14 @@ def _result(cfg: SpeedupConfig, ex: str, exes: dict, res, pattern: GatePattern,
     return SpeedupResult(
         flops_ratio=macs["dynamic"] / macs["dense"], modes=modes,
         device={**fingerprint(device, cfg.threads), "backend": exes["static"].engine.backend,
-                "execution": ex},
+                "execution": cfg.execution, **runtime_record(cfg.runtime, cfg.threads)},
         batch_size=bsz, dtype=cfg.dtype,
         dynamic_batch_strategy="per sample" if bsz == 1 else dynamic.batch_strategy,
         dynamic_plan=dynamic.plan,
         pattern={"path": cfg.pattern, "arch": pattern.arch, "stem": pattern.stem,
                  "input_size": pattern.input_size, "t_d": pattern.t_d, "tile": tile},
-        inputs=res.inputs, config=asdict(replace(cfg, execution=ex)), execution=ex,
-        setup_s={m: e.setup_s for m, e in exes.items()})
+        inputs=res.inputs, config=asdict(cfg), execution=cfg.execution,
+        setup_s={m: e.setup_s for m, e in exes.items()}, runtime=cfg.runtime)
 
 
 def layer_times(engines: dict, x: torch.Tensor, min_runs: int = 30) -> dict[str, list[float]]:

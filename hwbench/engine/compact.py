@@ -97,24 +97,30 @@ class _Gate:
             w2, b2 = w2[rows], b2[rows]
         self.w1t, self.b1 = w1.t().contiguous(), b1
         self.w2t, self.b2 = w2.t().contiguous(), b2.clone()
+        # width gates run by a width executor: (always-on, always-on + dynamic) of the pattern,
+        # the widths the deployed network can take (its static function: always-on channels
+        # never gated, always-off ones removed), so every executor computes the same function
+        self.bounds: tuple[int, int] | None = None
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.addmm(self.b1, x.mean(dim=(2, 3)), self.w1t).relu_()
         return torch.addmm(self.b2, h, self.w2t)
 
     def width(self, x: torch.Tensor) -> torch.Tensor:
-        """Width gates: (B,) channels each input keeps (k * G)."""
-        return kept_groups(self.logits(x)) * self.step
+        """Width gates: (B,) channels each input keeps (k * G), within ``bounds``."""
+        w = kept_groups(self.logits(x)) * self.step
+        return w if self.bounds is None else w.clamp(*self.bounds)
 
     def width1(self, x: torch.Tensor) -> int:
         """Width gates, batch 1: the channels the input keeps, as a Python int (the leading
-        logits >= 0 counted on the host: fewer small ops than ``width``)."""
+        logits >= 0 counted on the host: fewer small ops than ``width``), within ``bounds``."""
         k = 0
         for v in self.logits(x)[0].tolist():
             if v < 0:
                 break
             k += 1
-        return k * self.step
+        return k * self.step if self.bounds is None else \
+            min(max(k * self.step, self.bounds[0]), self.bounds[1])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, rows) mask of 0/1 in x's dtype."""
@@ -452,6 +458,7 @@ class _WidthBlock:
         self.bias_out = b.t(self.w[-1][1])
         self.ds = b.shortcut(block, "gated", self.in_shape)
         self.gate = b.gate(block.gate)
+        self.gate.bounds = (lp.always_on, lp.always_on + lp.dynamic)
         self.packs: dict[int, tuple] = {}
         for w, _ in lp.widths():
             self._pack(w)

@@ -191,9 +191,10 @@ class _Head(nn.Module):
 
 class DeployWidth(nn.Module):
     """A width gate's decision as a number: (B, C, H, W) -> (B,) channels kept (k * G, k the
-    leading groups whose logit is >= 0: a triangular matmul, ONNX has no cumprod here)."""
+    leading groups whose logit is >= 0: a triangular matmul, ONNX has no cumprod here), within
+    the pattern's (always-on, always-on + dynamic), as the engine's width executor."""
 
-    def __init__(self, gate):
+    def __init__(self, gate, lo: int, hi: int):
         super().__init__()
         w1, b1 = fold_bn(gate.fc1.weight.flatten(1), gate.bn)
         w2, b2 = gate.fc2.weight.detach().flatten(1), gate.fc2.bias.detach()
@@ -204,12 +205,13 @@ class DeployWidth(nn.Module):
                 fc.bias.copy_(b)
         k = w2.shape[0]
         self.register_buffer("upto", torch.triu(torch.ones(k, k)))  # upto[j, i] = 1[j <= i]
-        self.step = float(gate.spec.step)
+        self.step, self.lo, self.hi = float(gate.spec.step), float(lo), float(hi)
 
     def forward(self, x):
         z = self.fc2(torch.relu(self.fc1(x.mean(dim=(2, 3)))))
         off_before = torch.matmul((z < 0).to(x.dtype), self.upto)
-        return (off_before < 0.5).to(x.dtype).sum(dim=1) * self.step
+        w = (off_before < 0.5).to(x.dtype).sum(dim=1) * self.step
+        return torch.clamp(w, self.lo, self.hi)
 
 
 class _Segment(nn.Module):
@@ -274,6 +276,7 @@ class RuntimeNet:
         self.module = deployable(net, self.pattern)
         self.tile, self.backend, self.execution, self.engine = 1, runtime, "eager", self
         self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.batch_strategy = "one graph over the batch (dynamic channels masked)"
         self.kept = None if pattern is None or mode in ("dense", "masked") else \
             pattern.kept_channels()
         self.bounds = width_bounds(net, pattern) if mode == "dynamic" else []
@@ -311,7 +314,9 @@ class RuntimeNet:
             pre: nn.Module = _Stem(d)
         else:
             pre = DeployBlock(blocks[bounds[j]][1], torch.arange(key[1]), key[1], "gated")
-        gate = DeployWidth(blocks[end][1].gate) if end < len(d.blocks) else None
+        lp = self.pattern.layers[end] if end < len(d.blocks) else None
+        gate = None if lp is None else DeployWidth(blocks[end][1].gate, lp.always_on,
+                                                   lp.always_on + lp.dynamic)
         return _Segment(pre, list(d.blocks[start:end]), gate).eval()
 
     def _segment_input(self, key) -> torch.Tensor:
