@@ -19,6 +19,7 @@ from hwbench.recipe import RECIPES, apply_recipe, format_recipe
 # hwbench.ssl.knn.KNN_PROTOCOLS and hwbench.data.VIEWS, spelled out: --help imports no torch
 KNN_PROTOCOL_NAMES = ("reference", "online", "cosine")
 VIEW_NAMES = ("hwbench", "reference")
+RUNTIME_NAMES = ("eager", "onnxruntime", "openvino")  # hwbench.engine.runtimes.RUNTIMES
 
 
 class _Group(click.Group):
@@ -327,15 +328,20 @@ def _t_d_list(ctx, param, value):
                    "or 16 suit tensor cores.")
 @click.option("--energy-cooldown", "energy_cooldown_s", type=float, default=None,
               help="Idle seconds before each energy setting. [default: 2 on CUDA, 0 on CPU]")
+@click.option("--runtime", default="eager", show_default=True, type=click.Choice(RUNTIME_NAMES),
+              help="What runs the networks: the compact engine (eager) or the exported graph "
+                   "compiled by ONNX Runtime or OpenVINO (CPU, fp32); recorded in the "
+                   "fingerprint with its version, provider and threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def profile(device, arch, stem, input_size, batch_size, dtype, threads, t_d, patterns, out,
             energy, max_time_s, min_runs, warmup, validation, grid, table_rounds,
-            execution, tile, energy_cooldown_s, as_json) -> None:
+            execution, tile, energy_cooldown_s, runtime, as_json) -> None:
     """Measure latency, energy and MACs of gate patterns here; write a device profile.
 
-    Latencies are of the compact engine in dynamic mode (dense and masked stored as references),
-    each pattern timed per inference, interleaved with the dense reference, until the median's
-    95% CI half-width is within 2% or --max-time runs out (then marked INVALID).
+    Latencies are of the compact engine in dynamic mode, or of the --runtime's compiled
+    networks (dense and masked stored as references), each pattern timed per inference,
+    interleaved with the dense reference, until the median's 95% CI half-width is within 2% or
+    --max-time runs out (then marked INVALID).
     """
     from pathlib import Path
 
@@ -347,7 +353,8 @@ def profile(device, arch, stem, input_size, batch_size, dtype, threads, t_d, pat
                         t_d=t_d or ProfileConfig.t_d, patterns=tuple(patterns), energy=energy,
                         max_time_s=max_time_s, min_runs=min_runs, warmup=warmup,
                         validation=validation, grid=grid, table_rounds=table_rounds,
-                        execution=execution, tile=tile, energy_cooldown_s=energy_cooldown_s)
+                        execution=execution, tile=tile, energy_cooldown_s=energy_cooldown_s,
+                        runtime=runtime)
     from hwbench.io import check_writable
 
     if out:
@@ -369,6 +376,7 @@ def profile(device, arch, stem, input_size, batch_size, dtype, threads, t_d, pat
         from hwbench.profiler import summary_rows
 
         click.echo(json.dumps({"profile": str(written), "valid": result["valid"],
+                               "runtime": _runtime_of(result),
                                "validation": {k: result["validation"][k] for k in
                                               ("n", "within_5pct", "within_10pct")},
                                "sweep": summary_rows(result)}, indent=2))
@@ -384,7 +392,8 @@ def _print_profile(p: dict, path) -> None:
 
     fp, e = p["fingerprint"], p.get("energy", {})
     t = Table(title=f"{fp['arch']} · {fp['stem']} stem · {fp['input_size']} px · batch "
-                    f"{fp['batch_size']} · {fp['dtype']} · {fp['name']} ({fp['threads']} threads)")
+                    f"{fp['batch_size']} · {fp['dtype']} · {fp['name']} ({fp['threads']} threads)"
+                    f" · runtime {_runtime_of(p)}")
     label = e.get("method", "none") + ("" if e.get("measured") else ", ESTIMATED")
     for col in ("t_d", "MACs ratio", "p50 ms", "p90 ms", "p99 ms", "predicted p50",
                 "vs dense", f"J/inference ({label})", "valid"):
@@ -413,11 +422,35 @@ def _print_profile(p: dict, path) -> None:
     console.print(f"wrote {path} in {p['duration_s']:.0f} s")
 
 
-def _load_profile_and_pattern(profile_path, pattern_path):
-    from hwbench.patterns import load_pattern
-    from hwbench.profiles import Predictor, load_profile
+def _runtime_of(profile: dict) -> str:
+    """The profile's runtime and its version ('eager' for a profile without the key)."""
+    fp = profile["fingerprint"]
+    rt = fp.get("runtime", "eager")
+    return rt if rt == "eager" else f"{rt} {fp.get('runtime_version')}"
+
+
+def _runtime_option(f):
+    return click.option("--runtime", default=None, type=click.Choice(RUNTIME_NAMES),
+                        help="The runtime the latency is for; refused when the profile was "
+                             "measured on another. [default: the profile's]")(f)
+
+
+def _load_checked_profile(profile_path, runtime):
+    """The profile, refused in one line when ``runtime`` is given and not the profile's."""
+    from hwbench.locate import check_profile_runtime
+    from hwbench.profiles import load_profile
 
     prof = load_profile(profile_path)
+    if runtime is not None:
+        check_profile_runtime(prof, runtime, str(profile_path))
+    return prof
+
+
+def _load_profile_and_pattern(profile_path, pattern_path, runtime=None):
+    from hwbench.patterns import load_pattern
+    from hwbench.profiles import Predictor
+
+    prof = _load_checked_profile(profile_path, runtime)
     pred = Predictor(prof)
     if pattern_path is None:
         return prof, pred, None
@@ -431,21 +464,24 @@ def _load_profile_and_pattern(profile_path, pattern_path):
               help="A device profile (profiles/*.json).")
 @click.option("--pattern", "pattern_path", required=True, type=click.Path(dir_okay=False),
               help="A gate-pattern file of the profile's arch, stem and input size.")
+@_runtime_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def predict(profile_path, pattern_path, as_json) -> None:
+def predict(profile_path, pattern_path, runtime, as_json) -> None:
     """Predicted p50/p90 latency (ms) of a pattern on the profiled device, from the table alone."""
     from hwbench.flops import pattern_report
 
-    prof, pred, pattern = _load_profile_and_pattern(profile_path, pattern_path)
+    prof, pred, pattern = _load_profile_and_pattern(profile_path, pattern_path, runtime)
     fp = prof["fingerprint"]
     out = {"p50_ms": pred.predict(pattern, "p50"), "p90_ms": pred.predict(pattern, "p90"),
            "p99_ms": pred.predict(pattern, "p99"), "macs_ratio": pattern_report(pattern).ratio,
            "device": fp["name"], "batch_size": fp["batch_size"], "mode": "dynamic",
+           "runtime": fp.get("runtime", "eager"), "runtime_version": fp.get("runtime_version"),
            "source": "predicted from the profile's latency table"}
     if as_json:
         click.echo(json.dumps(out, indent=2))
     else:
-        click.echo(f"predicted on {fp['name']} (batch {fp['batch_size']}, dynamic engine): "
+        click.echo(f"predicted on {fp['name']} (batch {fp['batch_size']}, dynamic mode, runtime "
+                   f"{_runtime_of(prof)}): "
                    f"p50 {out['p50_ms']:.3f} ms, p90 {out['p90_ms']:.3f} ms "
                    f"(MACs ratio {out['macs_ratio']:.3f})")
 
@@ -457,19 +493,23 @@ def predict(profile_path, pattern_path, as_json) -> None:
               help="Latency target with a unit: 5ms, 5 ms, 0.005s, 500us.")
 @click.option("--percentile", default="p90", show_default=True,
               type=click.Choice(["p50", "p90", "p99"]))
+@_runtime_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def pick(profile_path, target_latency, percentile, as_json) -> None:
+def pick(profile_path, target_latency, percentile, runtime, as_json) -> None:
     """The largest t_d whose predicted latency meets the target (exit 3 if none does)."""
-    from hwbench.profiles import load_profile, pick_t_d
+    from hwbench.profiles import pick_t_d
     from hwbench.units import parse_duration
 
     target = parse_duration(target_latency)
-    result = pick_t_d(load_profile(profile_path), target, percentile)
+    prof = _load_checked_profile(profile_path, runtime)
+    result = pick_t_d(prof, target, percentile)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        fp = prof["fingerprint"]
+        click.echo(json.dumps({**result.to_dict(), "runtime": fp.get("runtime", "eager"),
+                               "runtime_version": fp.get("runtime_version")}, indent=2))
     else:
         click.echo(f"t_d {result.t_d:g}: predicted {percentile} {result.predicted_ms:.3f} ms "
-                   f"<= target {result.target_ms:g} ms" +
+                   f"<= target {result.target_ms:g} ms on runtime {_runtime_of(prof)}" +
                    (f" ({result.note})" if result.note else ""))
 
 

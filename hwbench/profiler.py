@@ -1,6 +1,7 @@
 """``hwbench profile``: measure gate patterns on one device and write a device profile.
 
-Phases (all timings of the compact engine; ``dynamic`` mode unless named):
+Phases (all timings of the compact engine, or of a runtime's networks under ``runtime``;
+``dynamic`` mode unless named):
 1. latency table: the static executor at a grid of kept-channel fractions, with and without a
    gate, every network timed piece by piece in context (``segment_times``); rounds interleave
    all grid networks and the dense reference, so drift hits every grid point alike;
@@ -23,6 +24,21 @@ graphable executors, and ``dynamic_plan`` says which). The latency table (phase 
 block-by-block timing (a block alone is not a graph); the calibration scale, fitted on end-to-end
 runs of the chosen execution, carries the table over. The fingerprint records the execution,
 so a profile taken with graphs never matches a request for eager latencies.
+
+``runtime`` (``--runtime``; ``hwbench.engine.runtimes``): what runs the networks. ``eager`` is
+the compact engine above. ``onnxruntime`` and ``openvino`` (CPU, fp32, ``--exec eager``) time
+the runtime's compiled networks in every phase instead, dense included: each is built by
+``runnable`` (the one way hwbench builds something to time), with its intra-op threads pinned to
+the profile's thread count; the latency table times the runtime's graphs piece by piece (stem,
+each block, head: ``RuntimeNet.segment_times``), and the sweep, calibration, validation, user
+patterns and energy phases time the whole graph of each mode, interleaved with the same
+runtime's dense network, so the predictor is fitted and validated per runtime. The dynamic mode
+on a runtime is the static graph for channel gates (a graph cannot skip a channel per input) and
+for width gates at batch 1 whichever of the masked graph and the per-width graphs times faster
+(the probe's ``dynamic_plan`` says which). The fingerprint records the runtime, its version, its
+execution provider, its thread count and settings (``runtime_record``): a profile of one runtime
+never matches a request for another (``hwbench.locate``). A missing runtime is a one-line error
+naming the extra to install, before any measuring.
 """
 
 from __future__ import annotations
@@ -36,8 +52,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from hwbench.engine import build_engine, realise, synthetic_inputs
-from hwbench.engine.graphs import check_execution, engine_policy, executable
+from hwbench.engine import realise, synthetic_inputs
+from hwbench.engine.graphs import check_execution, engine_policy
+from hwbench.engine.runtimes import check_runtime, runnable, runtime_record
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
 from hwbench.measure.device import fingerprint, parse_device, torch_threads
@@ -109,6 +126,7 @@ def _validate(cfg: ProfileConfig) -> torch.device:
     if device.type == "cpu" and cfg.dtype != "fp32":
         raise UsageError("on the CPU the engine runs fp32 only")
     check_execution(cfg.execution, device)
+    check_runtime(cfg.runtime, device, cfg.execution, cfg.dtype)
     net_geometry(cfg.arch, cfg.stem, cfg.input_size)
     return device
 
@@ -180,18 +198,28 @@ class Profiler:
         return synthetic_inputs(n, self.cfg.input_size, self.cfg.batch_size, seed).to(
             self.device, self.dtype)
 
-    def _built(self, net, mode, pattern=None, **kw):
-        """The engine itself (eager), with the dynamic policy the execution allows."""
-        kind = pattern.gate.kind if pattern is not None else "channel"
-        kw["dynamic_policy"] = engine_policy(self.cfg.execution, kw.get("dynamic_policy", "auto"),
-                                             kind, self.cfg.batch_size)
-        return build_engine(net, mode, pattern, device=self.device, dtype=self.dtype,
-                            batch_size=self.cfg.batch_size, tile=self.cfg.tile, **kw)
+    def _threads(self) -> int:
+        """The profile's intra-op thread count (inside ``run``: what ``torch_threads`` set)."""
+        return self.cfg.threads or torch.get_num_threads()
 
-    def _engine(self, net, mode, pattern=None, **kw):
-        """The engine as the profile times it end to end: run as ``cfg.execution``."""
-        return executable(self._built(net, mode, pattern, **kw), self.cfg.execution,
-                          self.pool.batches[0])
+    def _engine(self, net, mode, pattern=None, execution: str | None = None, **kw):
+        """What the profile times end to end (``runnable``): the engine run as
+        ``cfg.execution`` (``execution`` overrides), or the mode compiled by ``cfg.runtime``."""
+        cfg = self.cfg
+        kind = pattern.gate.kind if pattern is not None else "channel"
+        policy = kw.pop("dynamic_policy", "auto")
+        if cfg.runtime == "eager":  # the dynamic policy the execution allows
+            policy = engine_policy(cfg.execution, policy, kind, cfg.batch_size)
+        return runnable(net, mode, pattern, runtime=cfg.runtime,
+                        execution=execution or cfg.execution, example=self.pool.batches[0],
+                        threads=self._threads(), dynamic_policy=policy, device=self.device,
+                        dtype=self.dtype, batch_size=cfg.batch_size, tile=cfg.tile, **kw)
+
+    def _built(self, net, mode, pattern=None, **kw):
+        """The network itself, as the latency table times it piece by piece
+        (``segment_times``) and as the probe's ``plan`` is read: the eager engine, or the
+        runtime's network (its own ``engine``)."""
+        return self._engine(net, mode, pattern, execution="eager", **kw).engine
 
     def _measure(self, fns: dict, where: str) -> dict[str, dict]:
         """Interleaved, CI-driven measurement (``measure``); summaries with raw samples."""
@@ -281,6 +309,7 @@ class Profiler:
         fp = {**fingerprint(self.device, cfg.threads), "dtype": cfg.dtype,
               "batch_size": cfg.batch_size, "tile": cfg.tile, "input_size": cfg.input_size,
               "arch": cfg.arch, "stem": cfg.stem, "execution": cfg.execution,
+              **runtime_record(cfg.runtime, self._threads()),
               "clock": _cpu_clock() if self.device.type == "cpu" else _gpu_state(self.device)}
         x0 = self._inputs(1, cfg.seed + 1).batches[0]
         self.progress("latency table", 0.0)

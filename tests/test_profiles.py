@@ -127,6 +127,7 @@ TINY = dict(input_size=16, t_d=(0.5, 1.0), max_time_s=0.05, min_runs=8, warmup=1
 def test_a_small_real_profile_has_every_part_and_exact_energy_arithmetic():
     prof = run_profile(ProfileConfig(**TINY), meter=gpu_meter())
     assert prof["schema"] == SCHEMA and prof["fingerprint"]["input_size"] == 16
+    assert prof["fingerprint"]["runtime"] == "eager"
     assert [s["t_d"] for s in prof["sweep"]] == [0.5, 1.0]
     for s in prof["sweep"]:
         m = s["measured"]
@@ -179,7 +180,7 @@ def test_predict_and_pick_cli(cli_profile, tmp_path):
     out, _ = cli_profile
     pat = synthesise("resnet18", "cifar", 16, 0.5).save(tmp_path / "p.json")
     d = json.loads(run("predict", "--profile", out, "--pattern", pat, "--json").output)
-    assert d["p90_ms"] >= d["p50_ms"] > 0
+    assert d["p90_ms"] >= d["p50_ms"] > 0 and d["runtime"] == "eager"
     target = f"{d['p90_ms'] * 1000 * 1.001:.3f}us"  # just above the prediction
     d2 = json.loads(run("pick", "--profile", out, "--target-latency", target, "--json").output)
     assert d2["t_d"] >= 0.5 and d2["predicted_ms"] <= d2["target_ms"]
