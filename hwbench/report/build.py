@@ -10,18 +10,21 @@ from pathlib import Path
 
 from hwbench.io import atomic_write_bytes, atomic_write_text
 from hwbench.report.inputs import Inputs, discover
-from hwbench.report.tables import Table, build_tables, columns_readme
+from hwbench.report.tables import RUNTIME_T_D, Table, build_tables, columns_readme
 
 # name -> (title, what it shows, the CSV table(s) holding its numbers)
 FIGURES = {
-    "latency_vs_td": ("Latency vs t_d", "Per device and batch size: the compact engine's p50 "
-                      "latency per t_d with its p10-p90 band; dense and masked execution as "
-                      "reference lines; the latency target of any run that had one.",
-                      ["latency", "targets"]),
+    "latency_vs_td": ("Latency vs t_d", "Per device and batch size, one line per runtime on "
+                      "the same axes: the measured p50 latency per t_d of dynamic execution "
+                      "(eager: the compact engine; onnxruntime/openvino: its compiled graphs) "
+                      "with its p10-p90 band; that runtime's dense and masked networks as "
+                      "reference lines in its colour; the latency target of any run that had "
+                      "one.", ["latency", "targets"]),
     "macs_not_time": ("MACs are not time", "Measured latency ratio against MACs ratio for "
                       "every measured pattern (uniform sweep, random validation patterns, "
-                      "learned networks). Points above the diagonal save less time than MACs; "
-                      "masked execution saves none.", ["macs_vs_latency"]),
+                      "learned networks), one series per device and runtime. Points above the "
+                      "diagonal save less time than MACs; masked execution saves none.",
+                      ["macs_vs_latency", "runtimes"]),
     "energy_vs_td": ("Energy per inference vs t_d", "Joules per inference, total (idle power "
                      "included) and above idle, per device, labelled measured or ESTIMATED.",
                      ["energy"]),
@@ -131,6 +134,17 @@ def _sections(inputs: Inputs, tables: dict[str, Table], res: ReportResult,
             secs.append(("Latency targets of training runs", [
                 ("p", "Target vs predicted (profile, at decision time) vs measured (verify, "
                       "the learned network)."), ("table", t, t.columns)]))
+    if not energy_only and tables["runtimes"].rows:
+        t = tables["runtimes"]
+        secs.append(("Runtimes side by side", [
+            ("p", "One row per profile (device x runtime), all numbers measured on that device "
+                  "with that runtime: the dense network's p50 (ms); at t_d "
+                  + " and ".join(f"{x:g}" for x in RUNTIME_T_D) + " the latency ratio "
+                  "(measured p50 / dense p50, profile sweep) and the efficiency (dense p50 / "
+                  "p50) / (dense MACs / MACs), where 1 means time falls as MACs do; and the "
+                  "share (0-1) of the predictor's validation patterns within +-10% and +-5% of "
+                  "their measured latency ratio. Columns: tables/runtimes.csv."),
+            ("table", t, [c for c in t.columns if c not in ("hardware", "profile")])]))
     if not energy_only and tables["dynamic_vs_static"].rows:
         t = tables["dynamic_vs_static"]
         secs.append(("At equal latency: dynamic vs static", [

@@ -7,6 +7,7 @@ outside the data. Each function returns a matplotlib figure, or None when its ta
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -88,33 +89,54 @@ def _grid(n: int, width: float = 4.6, height: float = 3.4):
     return fig, list(axes.flat[:n])
 
 
+def series_label(device, runtime) -> str:
+    """A series' legend label naming its runtime: the device label carries it unless eager."""
+    if isinstance(runtime, str) and runtime and runtime not in str(device):
+        return f"{device} · {runtime}"
+    return str(device)
+
+
 def latency_vs_td(lat: Table, tgt: Table, pal: Palette):
+    """One panel per device and setting; in it one line per runtime (profile), each with its
+    p10-p90 band and its own dense and masked references in its colour."""
     df = _df(lat)
     if df.empty:
         return None
-    panels = sorted(df.groupby(["device", "setting", "profile"]).groups)
+    panels = sorted(df.groupby(["hardware", "setting"]).groups)
     fig, axes = _grid(len(panels))
     targets = _df(tgt)
-    for ax, (device, setting, profile) in zip(axes, panels):
-        d = df[(df.device == device) & (df.setting == setting) & (df.profile == profile)]
-        dyn = d[d["mode"] == "dynamic"].sort_values("t_d")
-        c = pal[(device, setting)]
-        ax.fill_between(dyn.t_d, dyn.p10_ms, dyn.p90_ms, color=c, alpha=0.25,
-                        label="dynamic p10-p90")
-        ax.plot(dyn.t_d, dyn.p50_ms, "o-", color=c, label="dynamic p50 (compact engine)")
-        for mode, style in (("dense", "--"), ("masked", ":")):
-            ref = d[d["mode"] == mode]
-            if not ref.empty:
-                ax.axhline(float(ref.p50_ms.iloc[0]), color="0.25", ls=style,
-                           label=f"{mode} p50" + (" (full conv cost)" if mode == "masked" else ""))
-        t = targets[targets.profile == profile] if not targets.empty else targets
+    for ax, (hardware, setting) in zip(axes, panels):
+        d = df[(df.hardware == hardware) & (df.setting == setting)]
+        _runtime_lines(ax, d, setting, pal)
+        t = targets[targets.profile.isin(set(d.profile))] if not targets.empty else targets
         for target_ms, pct in sorted({(r.target_ms, r.percentile) for r in t.itertuples()}):
             ax.axhline(target_ms, color="#d62728", ls="-.", lw=1.2,
                        label=f"target {target_ms:.3g} ms ({pct})")
         ax.set(xlabel="t_d (gated/dense MACs budget)", ylabel="latency per inference (ms)",
-               title=f"{device}\n{setting}", ylim=(0, None))
-    _figure_legend(fig, axes, "Latency vs t_d (profile sweep, compact engine)")
+               title=f"{hardware}\n{setting}", ylim=(0, None))
+    _figure_legend(fig, axes, "Latency vs t_d per runtime (profile sweep, measured; dashed: "
+                              "that runtime's dense network, dotted: masked)")
     return fig
+
+
+def _runtime_lines(ax, d: pd.DataFrame, setting: str, pal: Palette) -> None:
+    series = sorted(d.groupby(["device", "runtime", "profile"]).groups)
+    per_runtime = pd.Series([rt for _, rt, _ in series]).value_counts()
+    for device, runtime, profile in series:
+        s = d[d.profile == profile]
+        # two profiles of one runtime (a re-profile): told apart by their files
+        name = runtime if per_runtime[runtime] == 1 else f"{runtime} ({Path(profile).name})"
+        c = pal[(device, setting)]
+        dyn = s[s["mode"] == "dynamic"].sort_values("t_d")
+        ax.fill_between(dyn.t_d, dyn.p10_ms, dyn.p90_ms, color=c, alpha=0.2,
+                        label=f"{name}: dynamic p10-p90")
+        ax.plot(dyn.t_d, dyn.p50_ms, "o-", color=c, label=f"{name}: dynamic p50")
+        for mode, style in (("dense", "--"), ("masked", ":")):
+            ref = s[s["mode"] == mode]
+            if not ref.empty:
+                ax.axhline(float(ref.p50_ms.iloc[0]), color=c, ls=style, lw=1.1,
+                           label=f"{name}: {mode} p50"
+                                 + (" (full conv cost)" if mode == "masked" else ""))
 
 
 def macs_not_time(mvl: Table, pal: Palette):
@@ -124,16 +146,20 @@ def macs_not_time(mvl: Table, pal: Palette):
     fig, ax = plt.subplots(figsize=(7.6, 4.8))
     ax.plot([0, 1], [0, 1], color="0.5", lw=1, ls="--", label="ideal: time ratio = MACs ratio")
     markers = {"sweep": "o", "validation": "^", "learned": "*"}
-    for (device, setting, source), d in df[df["mode"] != "masked"].groupby(
-            ["device", "setting", "source"], dropna=False):
+    # one series (colour) per device x runtime: the device label carries the runtime
+    for (device, setting, runtime, source), d in df[df["mode"] != "masked"].groupby(
+            ["device", "setting", "runtime", "source"], dropna=False):
         ax.scatter(d.macs_ratio, d.latency_ratio, color=pal[(device, setting)],
                    marker=markers.get(source, "s"), s=90 if source == "learned" else 30,
-                   edgecolor="k", linewidth=0.3, label=f"{device}, {setting}: dynamic, {source}")
+                   edgecolor="k", linewidth=0.3,
+                   label=f"{series_label(device, runtime)}, {setting}: dynamic, {source}")
     for r in df[df["mode"] == "masked"].itertuples():
         ax.axhline(r.latency_ratio, color=pal[(r.device, r.setting)], ls=":", lw=1.3,
-                   label=f"{r.device}, {r.setting}: masked (any pattern)")
-    ax.set(xlabel="gated/dense MACs ratio", ylabel="gated/dense latency ratio (p50)",
-           title="MACs are not time: measured latency ratio vs MACs ratio", xlim=(0, 1.05),
+                   label=f"{series_label(r.device, r.runtime)}, {r.setting}: masked "
+                         "(any pattern)")
+    ax.set(xlabel="gated/dense MACs ratio", ylabel="gated/dense latency ratio (p50, measured)",
+           title="MACs are not time, per runtime: measured latency ratio vs MACs ratio",
+           xlim=(0, 1.05),
            ylim=(0, max(1.3, float(df.latency_ratio.max()) * 1.05)))
     _legend_outside(ax)
     return fig

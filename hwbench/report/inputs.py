@@ -20,6 +20,7 @@ RUN_MARKERS = ("summary.json", "metrics.jsonl")
 COMPARISON = "dynamic_vs_static"  # benchmarks/dynamic_vs_static.py's results file
 COMPARISON_KEYS = {"target_ms", "method", "p50_ms", "p90_ms", "macs_ratio", "knn_top1", "knn_n",
                    "epochs", "seed"}
+EAGER_LABEL = "eager (hwbench engine)"  # a profile's runtime when it names none (older profiles)
 
 
 @dataclass
@@ -32,13 +33,35 @@ class Profile:
         return self.data["fingerprint"]
 
     @property
-    def device(self) -> str:
-        """The label a device carries in every table and figure (name, threads or GPU, dtype)."""
+    def hardware(self) -> str:
+        """The device alone: name, threads or GPU, dtype."""
         fp = self.fingerprint
         name = str(fp.get("name") or fp.get("type"))
         where = f"{fp['threads']} threads" if fp.get("type") == "cpu" and fp.get("threads") \
             else str(fp.get("type", ""))
         return f"{name} ({where}, {fp.get('dtype', 'fp32')})"
+
+    @property
+    def runtime(self) -> str:
+        """What ran the networks; a profile older than runtimes was run eagerly."""
+        return str(self.fingerprint.get("runtime") or "eager")
+
+    @property
+    def runtime_label(self) -> str:
+        """``eager (hwbench engine)`` or ``<runtime> <version>`` (``onnxruntime 1.32.0``)."""
+        if self.runtime == "eager":
+            return EAGER_LABEL
+        version = self.fingerprint.get("runtime_version")
+        return f"{self.runtime} {version}" if version else self.runtime
+
+    @property
+    def device(self) -> str:
+        """The label a series carries in every table and figure, and the key it is grouped by:
+        the hardware, then `` · <runtime> <version>`` unless eager (eager keeps the label of
+        every profile taken before runtimes existed), so two runtimes never merge."""
+        if self.runtime == "eager":
+            return self.hardware
+        return f"{self.hardware} · {self.runtime_label}"
 
     @property
     def setting(self) -> str:

@@ -17,11 +17,18 @@ import numpy as np
 from hwbench.report.inputs import Inputs, Profile, Run
 
 _SETTING = "arch, stem, input size (px) and batch size the profile measured"
+_DEVICE = ("series label: the device (name, threads or GPU, dtype), then ' · <runtime> "
+           "<version>' unless eager; the key every table and figure groups by, so two runtimes "
+           "never merge")
+_HARDWARE = "the device alone (name, threads or GPU, dtype), without the runtime"
+_RUNTIME = ("what ran the networks: 'eager (hwbench engine)' (also a profile naming no runtime) "
+            "or '<runtime> <version>' (onnxruntime, openvino)")
+RUNTIME_T_D = (0.3, 0.5)  # the t_d at which the runtimes table compares runtimes
 
 # name -> (what one row is, {column: meaning with unit})
 SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
-    "summary": ("one device x latency target", {
-        "device": "device label (name, threads or GPU, dtype)", "setting": _SETTING,
+    "summary": ("one device x runtime x latency target", {
+        "device": _DEVICE, "runtime": _RUNTIME, "setting": _SETTING,
         "target_ms": "latency target (ms), from a run's decision or --target-latency",
         "percentile": "the latency percentile the target is judged on (p50/p90/p99)",
         "t_d": "the largest profiled t_d whose measured percentile meets the target "
@@ -35,8 +42,9 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
         "learned_ms": "that run's learned network, measured at the percentile by verify (ms): "
                       "measured_ms is the profile's prior pattern, this is the trained one",
         "learned_met": "learned_ms <= target_ms (empty: not verified)"}),
-    "latency": ("one device x mode x t_d (profile sweep and references)", {
-        "device": "device label", "setting": _SETTING, "profile": "profile file",
+    "latency": ("one device x runtime x mode x t_d (profile sweep and references)", {
+        "device": _DEVICE, "hardware": _HARDWARE, "runtime": _RUNTIME, "setting": _SETTING,
+        "profile": "profile file",
         "batch_size": "images per inference", "input_size": "input height = width (px)",
         "mode": "dynamic (the compact engine: skipped channels are not computed), dense, or "
                 "masked (gates computed, skipped channels zeroed: full conv cost)",
@@ -46,7 +54,8 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
         "p50_ms": "median latency (ms)", "p90_ms": "90th percentile latency (ms)",
         "p99_ms": "99th percentile latency (ms)", "valid": "the protocol's validity flag"}),
     "targets": ("one run with a latency target", {
-        "run": "run directory name", "device": "the target device's label",
+        "run": "run directory name", "device": "the target device's series label (device, "
+                                               "then its runtime unless eager)",
         "setting": _SETTING, "profile": "the profile the target was picked from",
         "target_ms": "latency target (ms)", "percentile": "p50/p90/p99",
         "t_d": "the t_d the run trained at", "predicted_ms": "profile's prediction (ms)",
@@ -60,14 +69,15 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
         "gated_top1_pct": "the run's last gated kNN top-1 (%)",
         "stage": "trained (the network training produced) or trimmed (hwbench trim: least-used "
                  "channels switched off until the measured latency lands under the target)"}),
-    "macs_vs_latency": ("one measured pattern x mode", {
-        "device": "device label", "setting": _SETTING, "mode": "dynamic or masked", "source":
+    "macs_vs_latency": ("one measured pattern x mode (per device and runtime)", {
+        "device": _DEVICE, "hardware": _HARDWARE, "runtime": _RUNTIME, "setting": _SETTING,
+        "mode": "dynamic or masked", "source":
         "sweep (uniform pattern at t_d), validation (random mixed pattern), learned (a trained "
         "network, verify), masked (reference)", "pattern": "pattern name or run",
         "macs_ratio": "gated/dense MACs", "latency_ratio": "measured p50 / dense p50 "
         "(same device, same measurement phase)"}),
-    "energy": ("one device x mode x t_d x quantity", {
-        "device": "device label", "setting": _SETTING, "mode": "dense or dynamic",
+    "energy": ("one device x runtime x mode x t_d x quantity", {
+        "device": _DEVICE, "setting": _SETTING, "mode": "dense or dynamic",
         "t_d": "budget (empty: dense)",
         "quantity": "total (idle power included) or above_idle (idle power subtracted)",
         "energy_j": "J per inference (per image)",
@@ -81,7 +91,7 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
                                              "cosine k 20 by default; eval.json's protocol.knn "
                                              "names it) or linear_top1 (linear probe, hwbench "
                                              "eval)",
-        "top1_pct": "top-1 accuracy (%) on the data set's test split", "device": "device label",
+        "top1_pct": "top-1 accuracy (%) on the data set's test split", "device": _DEVICE,
         "setting": _SETTING,
         "p90_ms": "measured p90 latency (ms) of that stream on that device",
         "latency_source": "verify (the learned network, compact engine) or profile-dense "
@@ -120,11 +130,26 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
         "knn_top1": "kNN top-1 (%) of the timed network on the test split",
         "knn_se": "its standard error (percentage points, sqrt(p(1-p)/n))",
         "knn_n": "test images", "epochs": "training epochs", "seed": "seed"}),
-    "predictor": ("one predicted + measured pattern", {
-        "device": "device label", "setting": _SETTING,
+    "predictor": ("one predicted + measured pattern (per device and runtime)", {
+        "device": _DEVICE, "runtime": _RUNTIME, "setting": _SETTING,
         "source": "validation (out-of-sample random patterns), sweep, or learned (verify)",
         "pattern": "pattern name or run", "predicted_ratio": "predicted p50 / dense p50",
         "measured_ratio": "measured p50 / dense p50", "error": "predicted/measured - 1"}),
+    "runtimes": ("one profile: a device x runtime, side by side (all numbers measured)", {
+        "device": _DEVICE, "hardware": _HARDWARE, "setting": _SETTING, "runtime": _RUNTIME,
+        "provider": "the runtime's execution provider or device (empty: eager)",
+        "runtime_threads": "threads the runtime was given (empty: eager, see the device label)",
+        "profile": "profile file",
+        "dense_p50_ms": "the dense network's median latency (ms), measured with this runtime",
+        **{f"latency_ratio_td{t:g}": f"measured p50 at t_d {t:g} / dense p50, same runtime "
+                                     "(profile sweep; empty: t_d not swept)" for t in RUNTIME_T_D},
+        **{f"efficiency_td{t:g}": f"(dense p50 / p50) / (dense MACs / MACs) at t_d {t:g}, "
+                                  "measured: 1 = time falls as MACs do, below 1 = MACs saved "
+                                  "are not all time saved" for t in RUNTIME_T_D},
+        "validation_n": "random mixed patterns measured to validate the predictor",
+        "within_10pct": "share (0-1) of them whose predicted latency ratio is within +-10% of "
+                        "the measured one (out of sample, this runtime's table)",
+        "within_5pct": "the same within +-5% (0-1)"}),
 }
 
 
@@ -198,7 +223,8 @@ def latency(inputs: Inputs) -> Table:
     rows = []
     for p in inputs.profiles:
         fp = p.fingerprint
-        base = dict(device=p.device, setting=p.setting, profile=p.path,
+        base = dict(device=p.device, hardware=p.hardware, runtime=p.runtime_label,
+                    setting=p.setting, profile=p.path,
                     batch_size=fp.get("batch_size"),
                     input_size=fp.get("input_size"))
 
@@ -263,19 +289,18 @@ def macs_vs_latency(inputs: Inputs) -> Table:
     rows = []
     for p in inputs.profiles:
         refs = p.data.get("references") or {}
+        series = dict(device=p.device, hardware=p.hardware, runtime=p.runtime_label,
+                      setting=p.setting)
         if refs.get("masked") and refs.get("dense"):
-            rows.append(dict(device=p.device, setting=p.setting, mode="masked", source="masked",
-                             pattern="all on",
+            rows.append(dict(**series, mode="masked", source="masked", pattern="all on",
                              macs_ratio=1.0, latency_ratio=refs["masked"]["p50_ms"]
                              / refs["dense"]["p50_ms"]))
         for s in p.data["sweep"]:
-            rows.append(dict(device=p.device, setting=p.setting, mode=s.get("mode", "dynamic"),
-                             source="sweep",
+            rows.append(dict(**series, mode=s.get("mode", "dynamic"), source="sweep",
                              pattern=f"t_d={s['t_d']:g}", macs_ratio=s["macs_ratio"],
                              latency_ratio=s["ratio_to_dense"]))
         for s in (p.data.get("validation") or {}).get("points", []):
-            rows.append(dict(device=p.device, setting=p.setting, mode="dynamic",
-                             source="validation",
+            rows.append(dict(**series, mode="dynamic", source="validation",
                              pattern=s["pattern"], macs_ratio=s["macs_ratio"],
                              latency_ratio=s["ratio_to_dense"]))
     for r in inputs.runs:
@@ -287,6 +312,8 @@ def macs_vs_latency(inputs: Inputs) -> Table:
         if ratio is not None and macs is not None:
             prof = _verify_profile(r, inputs)
             rows.append(dict(device=_device_of_verify(r, inputs), mode=v.get("mode", "dynamic"),
+                             hardware=prof.hardware if prof else v.get("device"),
+                             runtime=prof.runtime_label if prof else v.get("runtime"),
                              setting=prof.setting if prof else None,
                              source="learned", pattern=r.name, macs_ratio=macs,
                              latency_ratio=ratio))
@@ -448,13 +475,15 @@ def predictor(inputs: Inputs) -> Table:
     for p in inputs.profiles:
         dense = (p.data.get("references") or {}).get("dense", {}).get("p50_ms")
         for s in (p.data.get("validation") or {}).get("points", []):
-            rows.append(dict(device=p.device, setting=p.setting, source="validation",
+            rows.append(dict(device=p.device, runtime=p.runtime_label, setting=p.setting,
+                             source="validation",
                              pattern=s["pattern"],
                              predicted_ratio=s["predicted_ratio_to_dense"],
                              measured_ratio=s["ratio_to_dense"]))
         for s in p.data["sweep"]:
             if dense:
-                rows.append(dict(device=p.device, setting=p.setting, source="sweep",
+                rows.append(dict(device=p.device, runtime=p.runtime_label, setting=p.setting,
+                                 source="sweep",
                                  pattern=f"t_d={s['t_d']:g}",
                                  predicted_ratio=s["predicted_p50_ms"] / dense,
                                  measured_ratio=s["ratio_to_dense"]))
@@ -465,7 +494,8 @@ def predictor(inputs: Inputs) -> Table:
         pred = (v.get("predicted") or {}).get("p50_ms")
         if prof and ratio and pred:
             dense = prof.data["references"]["dense"]["p50_ms"]
-            rows.append(dict(device=prof.device, setting=prof.setting, source="learned",
+            rows.append(dict(device=prof.device, runtime=prof.runtime_label,
+                             setting=prof.setting, source="learned",
                              pattern=r.name,
                              predicted_ratio=pred / dense, measured_ratio=ratio))
     for row in rows:
@@ -485,7 +515,8 @@ def summary(inputs: Inputs, extra_targets: list[tuple[float, str]] = ()) -> Tabl
         if not tgts:
             tgts = {(None, "p90")}
         for target_ms, pct in sorted(tgts, key=lambda t: (t[0] is None, t[0] or 0, t[1])):
-            row = dict(device=p.device, setting=p.setting, target_ms=target_ms, percentile=pct)
+            row = dict(device=p.device, runtime=p.runtime_label, setting=p.setting,
+                       target_ms=target_ms, percentile=pct)
             ok = [s for s in p.data["sweep"] if target_ms is not None
                   and s["measured"][f"{pct}_ms"] <= target_ms]
             if ok:
@@ -508,6 +539,31 @@ def summary(inputs: Inputs, extra_targets: list[tuple[float, str]] = ()) -> Tabl
     return Table("summary", rows)
 
 
+def runtimes(inputs: Inputs) -> Table:
+    """One row per profile: its runtime's dense p50, and at each of ``RUNTIME_T_D`` the
+    measured latency ratio and efficiency, and its predictor's validation, so runtimes of one
+    device and setting sit side by side."""
+    rows = []
+    for p in inputs.profiles:
+        fp = p.fingerprint
+        dense = ((p.data.get("references") or {}).get("dense") or {}).get("p50_ms")
+        val = p.data.get("validation") or {}
+        row = dict(device=p.device, hardware=p.hardware, setting=p.setting,
+                   runtime=p.runtime_label, provider=fp.get("provider"),
+                   runtime_threads=fp.get("runtime_threads"), profile=p.path, dense_p50_ms=dense,
+                   validation_n=val.get("n", len(val.get("points", []))) if val else None,
+                   within_10pct=val.get("within_10pct"), within_5pct=val.get("within_5pct"))
+        for t in RUNTIME_T_D:
+            s = next((s for s in p.data["sweep"] if s.get("mode", "dynamic") == "dynamic"
+                      and abs(s["t_d"] - t) < 1e-9), None)
+            ratio = s and s.get("ratio_to_dense")
+            row[f"latency_ratio_td{t:g}"] = ratio
+            # (dense p50 / p50) / (dense MACs / MACs) = MACs ratio / latency ratio
+            row[f"efficiency_td{t:g}"] = s["macs_ratio"] / ratio if ratio else None
+        rows.append(row)
+    return Table("runtimes", _sorted(rows, ["hardware", "setting", "runtime", "profile"]))
+
+
 def dynamic_vs_static(inputs: Inputs) -> Table:
     """The issue-14 comparison as measured by benchmarks/dynamic_vs_static.py."""
     cols = SCHEMAS["dynamic_vs_static"][1]
@@ -521,7 +577,7 @@ def build_tables(inputs: Inputs, extra_targets=()) -> dict[str, Table]:
         summary(inputs, extra_targets), latency(inputs), targets(inputs),
         macs_vs_latency(inputs), energy(inputs), accuracy(inputs), channels(inputs),
         training_energy(inputs), training_curves(inputs), predictor(inputs),
-        dynamic_vs_static(inputs))}
+        runtimes(inputs), dynamic_vs_static(inputs))}
 
 
 def columns_readme(tables: dict[str, Table]) -> str:
