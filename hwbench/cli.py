@@ -900,8 +900,11 @@ def verify(pattern_path, checkpoint, target_latency, device, percentile, profile
                    "dense stream]")
 @click.option("--images", type=click.IntRange(min=1), default=16, show_default=True,
               help="Test images of the run's data set the equality check runs.")
+@click.option("--check-on", "check_on", default="onnxruntime", show_default=True,
+              help="Comma-separated runtimes the ONNX file is checked on: onnxruntime, "
+                   "openvino (pip install 'hwbench[openvino]').")
 @click.option("--json", "as_json", is_flag=True, help="Print model.json's contents.")
-def export_cmd(source, out, fmt, pattern_path, images, as_json) -> None:
+def export_cmd(source, out, fmt, pattern_path, images, check_on, as_json) -> None:
     """Export a trained run (its folder or checkpoint.pt; RUN/deployed for the deployed
     network), or a pattern file realised on an untrained network, for a runtime: always-off
     channels removed, BN folded, dynamic channels gated as in the static engine. Written only
@@ -910,7 +913,9 @@ def export_cmd(source, out, fmt, pattern_path, images, as_json) -> None:
     from hwbench.export import export
     from hwbench.nets.gate import parse_gate
 
-    res = export(source, out, fmt, pattern_path, images)
+    runtimes = tuple(r.strip() for r in check_on.split(",") if r.strip()) \
+        if fmt == "onnx" or check_on != "onnxruntime" else None
+    res = export(source, out, fmt, pattern_path, images, runtimes)
     if as_json:
         click.echo(json.dumps(res, indent=2))
         return
@@ -923,6 +928,9 @@ def export_cmd(source, out, fmt, pattern_path, images, as_json) -> None:
     click.echo(f"  equal to the compact engine ({res['mode']} mode, fp32): max relative error "
                f"{chk['max_rel_err']:.2e} <= {chk['tolerance']:g} on {chk['images']['n']} "
                f"{chk['images']['source']} images ({rt['name']} {rt['version']})")
+    for other in chk.get("on_runtimes", [])[1:]:
+        click.echo(f"  and on {other['runtime']['name']} {other['runtime']['version']}: max "
+                   f"relative error {other['max_rel_err']:.2e}")
     click.echo(f"  MACs per image: dense {macs['dense']:,}" + (
         f", pattern {macs['pattern']:,.0f} (ratio {macs['ratio']:.3f})" if "pattern" in macs
         else "") + f"; {res['written']['metadata']}")

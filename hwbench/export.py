@@ -34,6 +34,7 @@ from hwbench.engine.deployable import (  # noqa: F401  (re-exported: export's pu
     check_pattern,
     deployable,
 )
+from hwbench.engine.runtimes import require_extra
 from hwbench.errors import HwbenchError, UsageError
 from hwbench.nets.resnet import GatedResNet
 from hwbench.patterns import GatePattern
@@ -145,19 +146,6 @@ def check_images(src: Source, n: int = CHECK_IMAGES) -> tuple[torch.Tensor, dict
 # --------------------------------------------------------------------------- writing, checking
 
 
-def require_extra(what: str, extra: str, *modules: str) -> None:
-    """A one-line UsageError naming the extra to install when one of ``modules`` cannot be
-    imported (``what`` needs it)."""
-    import importlib
-
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            raise UsageError(f"{what} needs {name}, which is not installed: "
-                             f"pip install 'hwbench[{extra}]'") from None
-
-
 @contextlib.contextmanager
 def _quiet():
     """torch's exporters warn that TorchScript is deprecated (torch 2.14): not the user's
@@ -193,19 +181,21 @@ def write_torchscript(module: nn.Module, path: Path, input_size: int) -> dict:
 WRITERS = {"onnx": write_onnx, "torchscript": write_torchscript}
 
 
-def load_runner(path: Path, fmt: str):
+def load_runner(path: Path, fmt: str, runtime: str = "onnxruntime"):
     """(callable (B, 3, S, S) float tensor -> (B, F) tensor, runtime record) of an exported
-    file: ONNX Runtime's CPU execution provider, or ``torch.jit.load`` on the CPU."""
+    file: ONNX on ``runtime`` (ONNX Runtime's CPU provider or OpenVINO's CPU device, 1 thread,
+    fp32: ``hwbench.engine.runtimes.Session``), or TorchScript through ``torch.jit.load``."""
     if fmt == "onnx":
-        import onnxruntime as ort
+        from hwbench.engine.runtimes import Session, runtime_record
 
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = Session(path.read_bytes(), runtime, threads=1)
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+            return torch.from_numpy(sess(x.numpy())[0])
 
-        return run, {"name": "onnxruntime", "version": ort.__version__,
-                     "provider": "CPUExecutionProvider"}
+        rec = runtime_record(runtime, 1)
+        return run, {"name": runtime, "version": rec["runtime_version"],
+                     "provider": rec["provider"]}
     with _quiet():
         mod = torch.jit.load(str(path), map_location="cpu")
 
@@ -305,16 +295,54 @@ def metadata(src: Source, fmt: str, written: dict, check: dict) -> dict:
     }
 
 
+def _check_on(fmt: str, check_on: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The runtimes the equality check runs on (one-line errors; a missing extra named)."""
+    from hwbench.engine.runtimes import check_runtime
+
+    if fmt != "onnx":
+        if check_on:
+            raise UsageError(f"--check-on names ONNX runtimes; a {fmt} export is checked with "
+                             "torch.jit.load")
+        return ("torch.jit",)
+    require_extra("--format onnx", "onnx", "onnx", "onnxruntime")
+    runtimes = tuple(dict.fromkeys(check_on or ("onnxruntime",)))
+    for rt in runtimes:
+        if rt == "eager":
+            raise UsageError("--check-on eager: the exported file is checked on a runtime that "
+                             "loads it (onnxruntime, openvino)")
+        check_runtime(rt)
+    return runtimes
+
+
+def _checked(path: Path, fmt: str, runtimes: tuple[str, ...], src: Source, xs, record) -> dict:
+    """The equality check on every runtime (the first one's result on top, all under
+    ``on_runtimes``); ``EqualityError`` naming the first that fails."""
+    checks = []
+    for rt in runtimes:
+        run, runtime = load_runner(path, fmt, rt) if fmt == "onnx" else load_runner(path, fmt)
+        check = {**equality(run, src, xs), "images": record, "runtime": runtime}
+        if not check["passed"]:
+            raise EqualityError(
+                f"the exported {fmt} model on {runtime['name']} is not the engine's function: "
+                f"max relative error {check['max_rel_err']:.3g} > {TOLERANCE:g} on "
+                f"{record['n']} {record['source']} images ({src.mode} mode); nothing written")
+        checks.append(check)
+    return {**checks[0], "on_runtimes": [{"runtime": c["runtime"],
+                                          "max_rel_err": c["max_rel_err"],
+                                          "passed": c["passed"]} for c in checks]}
+
+
 def export(source: str | os.PathLike, out_dir: str | os.PathLike, fmt: str,
-           pattern_path: str | os.PathLike | None = None, images: int = CHECK_IMAGES) -> dict:
+           pattern_path: str | os.PathLike | None = None, images: int = CHECK_IMAGES,
+           check_on: tuple[str, ...] | None = None) -> dict:
     """Export RUN_OR_CHECKPOINT ``source`` (``load_source``) to ``out_dir`` as ``fmt``
     (``onnx`` | ``torchscript``): ``model.onnx`` / ``model.pt`` and ``model.json``, written
-    only when the file, loaded back, equals the engine within ``TOLERANCE`` on ``images``
-    images (else ``EqualityError``, nothing written). Returns the metadata (plus ``written``)."""
+    only when the file, loaded back (an ONNX file on each runtime of ``check_on``; default
+    ONNX Runtime), equals the engine within ``TOLERANCE`` on ``images`` images (else
+    ``EqualityError``, nothing written). Returns the metadata (plus ``written``)."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-    if fmt == "onnx":
-        require_extra("--format onnx", "onnx", "onnx", "onnxruntime")
+    runtimes = _check_on(fmt, check_on)
     if images < 1:
         raise UsageError(f"the equality check needs at least 1 image, got {images}")
     from hwbench.io import check_writable
@@ -326,13 +354,7 @@ def export(source: str | os.PathLike, out_dir: str | os.PathLike, fmt: str,
     with _staging(out) as tmp:
         path = tmp / FILES[fmt]
         written = WRITERS[fmt](module, path, src.input_size)
-        run, runtime = load_runner(path, fmt)
-        check = {**equality(run, src, xs), "images": record, "runtime": runtime}
-        if not check["passed"]:
-            raise EqualityError(
-                f"the exported {fmt} model is not the engine's function: max relative error "
-                f"{check['max_rel_err']:.3g} > {TOLERANCE:g} on {record['n']} {record['source']} "
-                f"images ({src.mode} mode); nothing written")
+        check = _checked(path, fmt, runtimes, src, xs, record)
         meta = metadata(src, fmt, written, check)
         (tmp / METADATA).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _publish(tmp, out)

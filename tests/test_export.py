@@ -164,6 +164,31 @@ def test_the_cli_exports_and_says_what_it_checked(runs, tmp_path):
     assert (tmp_path / "exp" / "model.pt").is_file() and (tmp_path / "exp" / "model.json").is_file()
 
 
+def test_the_onnx_file_is_checked_on_every_runtime_named(runs, tmp_path):
+    pytest.importorskip("openvino")
+    r = run_cli("export", runs["width:16"], "--out", tmp_path / "exp", "--images", 4,
+                "--check-on", "onnxruntime,openvino")
+    assert r.exit_code == 0, r.output
+    assert "and on openvino" in r.output
+    meta = load_metadata(tmp_path / "exp")
+    on = meta["check"]["on_runtimes"]
+    assert [c["runtime"]["name"] for c in on] == ["onnxruntime", "openvino"]
+    assert all(c["passed"] and c["max_rel_err"] <= TOLERANCE for c in on)
+
+
+def test_check_on_is_refused_where_it_has_no_meaning(runs, tmp_path, monkeypatch):
+    out = tmp_path / "exp"
+    assert "torch.jit.load" in one_line_error(run_cli(
+        "export", runs["channel"], "--out", out, "--format", "torchscript", "--check-on",
+        "openvino"))
+    assert "unknown runtime" in one_line_error(run_cli(
+        "export", runs["channel"], "--out", out, "--check-on", "tensorrt"))
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert "pip install 'hwbench[openvino]'" in one_line_error(run_cli(
+        "export", runs["channel"], "--out", out, "--check-on", "onnxruntime,openvino"))
+    assert not out.exists()
+
+
 def test_a_missing_runtime_names_the_extra(runs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now fails
     line = one_line_error(run_cli("export", runs["channel"], "--out", tmp_path / "exp"))

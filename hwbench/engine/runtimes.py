@@ -139,7 +139,8 @@ class Session:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             opts.log_severity_level = 3
             self.sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-            self.run = lambda x: self.sess.run(None, {"x": x})
+            name = self.sess.get_inputs()[0].name
+            self.run = lambda x: self.sess.run(None, {name: x})
         elif runtime == "openvino":
             import openvino as ov
 
