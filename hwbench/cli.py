@@ -571,6 +571,12 @@ def pick(profile_path, target_latency, percentile, runtime, as_json) -> None:
                    "[default: on with --budget latency]")
 @click.option("--target-device", default=None, help="cpu, cuda or a profile JSON (possibly from "
               "another machine). [default: --device]")
+@click.option("--runtime", default="eager", show_default=True,
+              type=click.Choice(["eager", "onnxruntime", "openvino"]),
+              help="What the deployed network runs on (with --target-latency): the compact "
+                   "engine (eager) or the graph ONNX Runtime / OpenVINO compiled (CPU, fp32; "
+                   "pip install 'hwbench[onnx]' / 'hwbench[openvino]'). The target devices' "
+                   "profiles are that runtime's, and the trained network is measured on it.")
 @click.option("--percentile", default="p90", show_default=True,
               type=click.Choice(["p50", "p90", "p99"]), help="Percentile the target bounds.")
 @click.option("--eval-every", type=click.IntRange(min=1), default=5, show_default=True,
@@ -648,7 +654,8 @@ def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, t
               target_device, percentile, eval_every, amp, energy, country, warmup_epochs,
               bound_alpha, gate_lr_mult, max_steps_per_epoch, n_synthetic, trim, lam, gamma,
               surrogate, gate, width_mult, views, knn, schedule, warmup_start_lr,
-              separate_downsample_bn, vicreg_gather, compile_step, recipe, dry_run) -> None:
+              separate_downsample_bn, vicreg_gather, compile_step, recipe, dry_run,
+              runtime) -> None:
     """Co-train a dense encoder and its gated sub-network with VICReg (Krishna et al., 2023).
 
     With --target-latency, t_d is picked from the target device's profile and, when that device
@@ -663,7 +670,7 @@ def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, t
     """
     from hwbench.measure.device import parse_device
     from hwbench.pipeline import train_to_target
-    from hwbench.target import auto_gate, parse_device_targets
+    from hwbench.target import auto_gate, check_target_runtime, parse_device_targets
     from hwbench.train import BUDGET_MAX_EPOCHS, TrainConfig, budget_defaults, validate
     from hwbench.units import parse_wall_time
 
@@ -671,6 +678,8 @@ def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, t
         raise UsageError("--t-d and --target-latency are mutually exclusive")
     if target_device is not None and not target_latency:
         raise UsageError("--target-device needs --target-latency")
+    if runtime != "eager" and not target_latency:
+        raise UsageError(f"--runtime {runtime} needs --target-latency (the latency to meet on it)")
     if budget == "latency" and not target_latency:
         raise UsageError("--budget latency needs --target-latency (the latency to train for)")
     parse_device(device)
@@ -679,7 +688,8 @@ def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, t
         epochs = 10 if budget_s is None else BUDGET_MAX_EPOCHS
     # bad values, duplicate devices: fail before anything runs
     targets = parse_device_targets(list(target_latency), target_device)
-    gate = auto_gate(gate, arch, dataset, targets, device, say=click.echo)
+    check_target_runtime(targets, runtime, device)
+    gate = auto_gate(gate, arch, dataset, targets, device, say=click.echo, runtime=runtime)
     cfg = TrainConfig(dataset=dataset, data_dir=data_dir, download=download, workers=workers,
                       arch=arch,
                       method=method, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
@@ -707,7 +717,8 @@ def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, t
         check_writable(out, folder=True)  # before any profile, training or measuring
     with _TrainProgress() as bar:
         summary = train_to_target(cfg, percentile=percentile, say=bar.say,
-                                  progress=bar.update, targets=targets, trim=trim)
+                                  progress=bar.update, targets=targets, trim=trim,
+                                  runtime=runtime)
     if not summary:  # a torchrun process other than rank 0: rank 0 reports
         return
     sys.exit(_print_train_summary(summary, country))
@@ -758,7 +769,8 @@ def _print_train_summary(summary: dict, country: str) -> int:
                (f"; pattern {summary['pattern']}" if "pattern" in summary else ""))
     checks = summary.get("verify_all") or ([summary["verify"]] if "verify" in summary else [])
     for v in checks:
-        click.echo(f"  verify on {v['device']} (deployed network, {v['inputs']['n']} real "
+        click.echo(f"  verify on {v['device']}{_on_runtime(v)} (deployed network, "
+                   f"{v['inputs']['n']} real "
                    f"{v['inputs']['source']} images): {_verdict(v)}")
         if v.get("profile_stale"):
             click.echo(f"  {v['profile_stale']['note']}")
@@ -767,7 +779,7 @@ def _print_train_summary(summary: dict, country: str) -> int:
     t = summary.get("trim")
     if t:
         click.echo(f"  trimmed ({t['n_off']} of {t['candidates']} channels switched off), "
-                   f"measured anew: {_trim_verdict(t)}" +
+                   f"measured anew{_on_runtime(t)}: {_trim_verdict(t)}" +
                    (f"; kNN top-1 gated {t['knn_top1_gated']:.1f} % (compact engine)"
                     if "knn_top1_gated" in t else "") + f"; {t['dir']}")
         if not t["search_hit"]:
@@ -796,6 +808,14 @@ def _verdict(v: dict) -> str:
     if not v["valid"]:
         return line + "NO DECISION (" + v["reason"] + ")"
     return line + f"{'MET' if v['met'] else 'MISSED'} ({100 * (v['score'] - 1):+.1f}%)"
+
+
+def _on_runtime(res: dict) -> str:
+    """The words ``on onnxruntime 1.x`` for a result measured on a runtime other than eager."""
+    rec = res.get("runtime") or {"runtime": "eager"}
+    if rec["runtime"] == "eager":
+        return ""
+    return f" on {rec['runtime']} {rec.get('runtime_version', '')}".rstrip()
 
 
 def _trim_verdict(t: dict) -> str:
@@ -858,9 +878,13 @@ class _TrainProgress:
 @click.option("--allow-foreign-profile", "allow_foreign", is_flag=True,
               help="Accept a --profile of another device (its prediction is then not about "
                    "this one).")
+@click.option("--runtime", default="eager", show_default=True,
+              type=click.Choice(["eager", "onnxruntime", "openvino"]),
+              help="What runs the network: the compact engine (eager) or the graph ONNX Runtime / "
+                   "OpenVINO compiled (CPU, fp32); the profile must be of the same runtime.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def verify(pattern_path, checkpoint, target_latency, device, percentile, profile_path,
-           max_time_s, allow_foreign, as_json) -> None:
+           max_time_s, allow_foreign, runtime, as_json) -> None:
     """Measure a learned network on this device: target vs predicted vs measured (exit 4: missed).
     """
     from hwbench.units import LatencyTarget
@@ -868,15 +892,17 @@ def verify(pattern_path, checkpoint, target_latency, device, percentile, profile
 
     res = run_verify(pattern_path, LatencyTarget.parse(target_latency, percentile), device,
                      checkpoint, percentile, profile_path, max_time_s,
-                     allow_foreign=allow_foreign)
+                     allow_foreign=allow_foreign, runtime=runtime)
     if as_json:
         click.echo(json.dumps(res, indent=2))
     else:
-        click.echo(f"{res['device']} ({res['mode']} engine, batch 1, {res['inputs']['n']} "
-                   f"{res['inputs']['source']} images): {_verdict(res)}")
+        on = _on_runtime(res)
+        click.echo(f"{res['device']} ({res['mode']} {'mode' + on if on else 'engine'}, batch 1, "
+                   f"{res['inputs']['n']} {res['inputs']['source']} images): {_verdict(res)}")
         click.echo(f"gated/dense: latency {res['latency_ratio_p50']:.3f} (p50) vs MACs "
                    f"{res['macs_ratio']:.3f}; {res['dynamic_share']:.0%} of the gated channels "
-                   f"are data-dependent; engine plan {','.join(res['plan'])}")
+                   f"are data-dependent; {'plan' if on else 'engine plan'} "
+                   f"{','.join(res['plan'])}")
         if res.get("profile_stale"):
             click.echo(res["profile_stale"]["note"])
         if res["advice"]:
@@ -956,8 +982,13 @@ def export_cmd(source, out, fmt, pattern_path, images, check_on, as_json) -> Non
               help="Trimmed run folder. [default: RUN_DIR/trim-<target>]")
 @click.option("--knn/--no-knn", default=True, show_default=True,
               help="kNN top-1 of the trimmed network.")
+@click.option("--runtime", default="eager", show_default=True,
+              type=click.Choice(["eager", "onnxruntime", "openvino"]),
+              help="What runs the network while it is measured: the compact engine (eager) or "
+                   "the graph ONNX Runtime / OpenVINO compiled (CPU, fp32); the profile is that "
+                   "runtime's.")
 def trim(run_dir, target_latency, device, profile_path, percentile, tolerance, max_time_s, out,
-         knn) -> None:
+         knn, runtime) -> None:
     """Switch off a trained network's least-used channels until its measured latency on this
     device lands just under the target (hwbench.trim); exit 4 if the final measurement misses.
     """
@@ -966,8 +997,9 @@ def trim(run_dir, target_latency, device, profile_path, percentile, tolerance, m
 
     parse_target(target_latency)
     s = trim_run(run_dir, target_latency, device, profile_path, percentile, tolerance,
-                 max_time_s, out=out, knn=knn, say=click.echo)
-    click.echo(f"trimmed: {s['n_off']} of {s['candidates']} channels off; measured anew: "
+                 max_time_s, out=out, knn=knn, say=click.echo, runtime=runtime)
+    click.echo(f"trimmed: {s['n_off']} of {s['candidates']} channels off; measured anew"
+               f"{_on_runtime(s)}: "
                f"{_trim_verdict(s)}; MACs ratio {s['macs_ratio']:.3f}" +
                (f"; kNN top-1 gated {s['knn_top1_gated']:.1f} % (compact engine), "
                 f"dense {s['knn_top1_dense']:.1f} %" if "knn_top1_gated" in s else ""))

@@ -77,28 +77,32 @@ def evaluate_deployed(checkpoint: str | Path, pattern_path: str | Path, device: 
 
 
 def verify_local(summary: dict, resolved: list, say: Callable[[str], None],
-                 verify_max_time_s: float, evaluate: bool = True) -> list[dict]:
+                 verify_max_time_s: float, evaluate: bool = True,
+                 runtime: str = "eager") -> list[dict]:
     """Deploy the trained run once and verify it on every target device that is this machine
-    (``verify.json``, then ``verify-<device>.json``); others get the command to run there.
-    ``evaluate``: the deployed network's kNN top-1 (``deployed/eval.json``; skipped when trim
-    will replace it)."""
+    (``verify.json``, then ``verify-<device>.json``), run by ``runtime``; others get the command
+    to run there. ``evaluate``: the deployed network's kNN top-1 (``deployed/eval.json``;
+    skipped when trim will replace it)."""
     from hwbench.verify import run_verify
 
     results, deployed = [], None
+    on = "" if runtime == "eager" else f" --runtime {runtime}"
     for tp, target, where in resolved:
         if not tp.local:
             say(f"target device {tp.profile['fingerprint']['name']} is not this machine: run "
                 f"`hwbench verify --pattern {summary['dir']}/deployed/pattern.json --checkpoint "
-                f"{summary['dir']}/deployed/checkpoint.pt --target-latency {target.text}` there")
+                f"{summary['dir']}/deployed/checkpoint.pt --target-latency {target.text}{on}` "
+                "there")
             continue
         device = tp.device
         if deployed is None:
             deployed = deploy_run(summary["dir"], device)
             summary["deployed"] = deployed
-        say(f"verifying the deployed network on {tp.profile['fingerprint']['name']} (real "
+        say(f"verifying the deployed network on {tp.profile['fingerprint']['name']}"
+            + ("" if runtime == "eager" else f" ({runtime})") + " (real "
             f"{deployed['calibration']['source'].split(':')[0]} test images) ...")
         res = run_verify(deployed["pattern"], target, device, deployed["checkpoint"],
-                         target.percentile, str(tp.path), verify_max_time_s)
+                         target.percentile, str(tp.path), verify_max_time_s, runtime=runtime)
         tag = Path(where).stem if where.endswith(".json") else where
         name = "verify.json" if not results else \
             f"verify-{re.sub(r'[^a-z0-9]+', '-', tag.lower()).strip('-')}.json"
@@ -106,7 +110,9 @@ def verify_local(summary: dict, resolved: list, say: Callable[[str], None],
         if res.get("profile_stale"):
             say("  " + res["profile_stale"]["note"])
         if evaluate and "eval" not in deployed:
-            say("kNN top-1 of the deployed network (gated: the compact engine that was timed) ...")
+            say("kNN top-1 of the deployed network (gated: the compact engine" +
+                (" that was timed" if runtime == "eager" else f"; the {runtime} graph was timed")
+                + ") ...")
             deployed["eval"] = {k: v for k, v in evaluate_deployed(
                 deployed["checkpoint"], deployed["pattern"], device,
                 Path(deployed["dir"]) / "eval.json").items() if k.startswith("knn")}
@@ -124,13 +130,14 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
              tolerance: float = 0.05, max_time_s: float = 6.0, verify_max_time_s: float = 20.0,
              calib_samples: int = CALIB_IMAGES, out: str | Path | None = None, knn: bool = True,
              min_runs: int = 64, max_measurements: int = SearchRule.max_measurements,
-             say: Callable[[str], None] = lambda s: None) -> dict:
-    """Trim a training run's network to ``target`` on ``device`` (this machine) and write the
-    trimmed run to ``out`` (default ``RUN/trim-<target>``): checkpoint.pt, pattern.json,
-    trim.json (the search), verify.json (measured anew) and eval.json (kNN of the timed
-    network)."""
+             say: Callable[[str], None] = lambda s: None, runtime: str = "eager") -> dict:
+    """Trim a training run's network to ``target`` on ``device`` (this machine), measured as
+    ``runtime`` runs it (with that runtime's profile), and write the trimmed run to ``out``
+    (default ``RUN/trim-<target>``): checkpoint.pt, pattern.json, trim.json (the search),
+    verify.json (measured anew) and eval.json (kNN of the gated network)."""
     from hwbench.data import info, sample_images
     from hwbench.deploy import deploy
+    from hwbench.engine.runtimes import check_runtime, runtime_record
     from hwbench.evaluate import load_run
     from hwbench.locate import is_local, profile_threads, resolve_profile
     from hwbench.measure.device import parse_device, torch_threads
@@ -138,6 +145,8 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
     from hwbench.units import LatencyTarget
     from hwbench.verify import run_verify, timing_inputs
 
+    dev = parse_device(device)
+    check_runtime(runtime, dev)
     run = Path(run_dir)
     ckpt = run / "checkpoint.pt"
     if not ckpt.exists():
@@ -146,56 +155,69 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
         raise UsageError(f"--tolerance must be in (0, 1), got {tolerance:g}")
     goal = LatencyTarget.parse(target, percentile)
     out = check_writable(Path(out) if out else run / f"trim-{goal.text}", folder=True)
-    dev = parse_device(device)
     net, cfg, _ = load_run(ckpt)
     if cfg.get("method") == "dense":
         raise UsageError(f"{run} trained the dense stream only: there are no gates to trim")
     meta = info(cfg["dataset"])
     tp = resolve_profile(profile_path or device, cfg["arch"], meta.stem, meta.input_size,
-                         quick=False)
+                         quick=False, runtime=runtime)
     if not is_local(tp.profile["fingerprint"], dev):
         raise UsageError(f"{tp.path} profiles {tp.profile['fingerprint']['name']}, not this "
                          f"machine's {device}: trimming measures, so run it on the target device")
     calib, calib_record = sample_images(cfg["dataset"], True, calib_samples, **_data_kw(cfg))
     deploy(net, calib, dev)
     inputs = timing_inputs(cfg, meta.input_size)
+    on = "" if runtime == "eager" else f" ({runtime})"
     say(f"trimming {run} to {goal.text} ({percentile}) on "
-        f"{tp.profile['fingerprint']['name']}, profile {tp.path}")
+        f"{tp.profile['fingerprint']['name']}{on}, profile {tp.path}")
     with torch_threads(profile_threads(tp.profile)):  # the profile's conditions
+        threads = torch.get_num_threads()
         res = search(net.to(dev), calib, dev,
-                     _candidate_timer(goal, inputs, dev, max_time_s, min_runs),
+                     _candidate_timer(goal, inputs, dev, max_time_s, min_runs, runtime),
                      _score_predictor(goal, tp.profile), _predictor(tp.profile),
                      SearchRule(tolerance=tolerance, max_measurements=max_measurements),
                      say=say)
     if not res.hit:
         say(f"  trim could not land: {res.reason}")
-    save_network(ckpt, res.net, out / "checkpoint.pt",
-                 trim={"from": str(ckpt), "target": goal.to_dict(), "n_off": res.n_off})
-    pattern = res.pattern
-    pattern.t_d = cfg.get("t_d")
-    pattern.extra.update(dataset=cfg["dataset"], run=f"{run.name}-trim-{goal.text}",
-                         summarised_on=calib_record)
-    pattern.save(out / "pattern.json")
+    _save_trimmed(ckpt, res, cfg, goal, calib_record, out)
     atomic_write_json(out / "trim.json", {
         "schema": "hwbench/trim@2", "run": str(run), "target": goal.to_dict(),
         "tolerance": tolerance, "profile": str(tp.path),
         "device": tp.profile["fingerprint"]["name"], "calibration": calib_record,
-        "inputs": inputs.record,
-        "protocol": f"deployed candidates, compact engine, dynamic mode, batch 1, interleaved "
-                    f"with dense, {percentile} to a {CANDIDATE_CI:.0%} CI or {max_time_s:g} s "
-                    "per measurement", **res.to_dict()})
+        "inputs": inputs.record, "runtime": runtime_record(runtime, threads),
+        "protocol": f"deployed candidates, {_runner(runtime)}, dynamic mode, batch 1, "
+                    f"interleaved with dense, {percentile} to a {CANDIDATE_CI:.0%} CI or "
+                    f"{max_time_s:g} s per measurement", **res.to_dict()})
     say("measuring the trimmed network anew ...")
     ver = run_verify(str(out / "pattern.json"), goal, device, str(out / "checkpoint.pt"),
-                     percentile, str(tp.path), verify_max_time_s, inputs=inputs)
+                     percentile, str(tp.path), verify_max_time_s, inputs=inputs,
+                     runtime=runtime)
     atomic_write_json(out / "verify.json", ver)
     summary = _trim_summary(out, goal, res, ver, tolerance)
     if knn:
-        say("kNN top-1 of the trimmed network (gated: the compact engine that was timed) ...")
+        say("kNN top-1 of the trimmed network (gated: the compact engine" +
+            (" that was timed" if runtime == "eager" else f"; the {runtime} graph was timed")
+            + ") ...")
         ev = evaluate_deployed(out / "checkpoint.pt", out / "pattern.json", device,
                                out / "eval.json")
         summary.update({k: v for k, v in ev.items() if k.startswith("knn_top1")})
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _save_trimmed(ckpt: Path, res, cfg: dict, goal, calib_record: dict, out: Path) -> None:
+    """The trimmed network (checkpoint.pt) and its pattern (pattern.json) in ``out``."""
+    save_network(ckpt, res.net, out / "checkpoint.pt",
+                 trim={"from": str(ckpt), "target": goal.to_dict(), "n_off": res.n_off})
+    pattern = res.pattern
+    pattern.t_d = cfg.get("t_d")
+    pattern.extra.update(dataset=cfg["dataset"], run=f"{ckpt.parent.name}-trim-{goal.text}",
+                         summarised_on=calib_record)
+    pattern.save(out / "pattern.json")
+
+
+def _runner(runtime: str) -> str:
+    return "compact engine" if runtime == "eager" else f"{runtime} graph"
 
 
 def _predictor(profile: dict):
@@ -215,14 +237,16 @@ def _score_predictor(goal, profile: dict):
     return lambda pattern: goal.score(pred.predict(pattern, goal.percentile), dense or 1.0)
 
 
-def _candidate_timer(goal, inputs, dev, max_time_s: float, min_runs: int):
+def _candidate_timer(goal, inputs, dev, max_time_s: float, min_runs: int,
+                     runtime: str = "eager"):
     """``measure`` for ``trim.search``: the verify protocol (real inputs, the decided
-    percentile's CI), shorter; the score is decided as ``verify`` decides it."""
+    percentile's CI, the network built for ``runtime``), shorter; the score is decided as
+    ``verify`` decides it."""
     from hwbench.verify import decide, time_network
 
     def timer(net, pattern) -> dict:
         m, plan = time_network(net, pattern, inputs, dev, goal.percentile, max_time_s, min_runs,
-                               ci_target=CANDIDATE_CI)
+                               ci_target=CANDIDATE_CI, runtime=runtime)
         d = decide(m, goal, None)
         return {"score": d["score"], "valid": d["valid"], "ratio_to_dense": d["ratio_to_dense"],
                 "measured": m["dynamic"], "dense": m["dense"], "plan": plan}
@@ -242,7 +266,8 @@ def _trim_summary(out: Path, goal, res, ver: dict, tolerance: float) -> dict:
             "dense_ms": ver["dense"][f"{pct}_ms"],
             "profile_dense_ms": ver.get("profile_dense_ms"),
             "profile_stale": ver.get("profile_stale"), "macs_ratio": ver["macs_ratio"],
-            "dynamic_share": ver["dynamic_share"], "steps": len(res.steps)}
+            "dynamic_share": ver["dynamic_share"], "steps": len(res.steps),
+            "runtime": ver["runtime"]}
 
 
 def train_to_target(cfg, target: float | str | None = None, target_device: str | None = None,
@@ -250,7 +275,8 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
                     progress=None, verify_max_time_s: float = 10.0, quick: bool = True,
                     energy_factory=None,
                     targets: list[tuple[str | None, float | str]] | None = None,
-                    trim: bool | None = None, trim_options: dict | None = None) -> dict:
+                    trim: bool | None = None, trim_options: dict | None = None,
+                    runtime: str = "eager") -> dict:
     """The whole ``hwbench train``: pick ``t_d`` for each latency target (seconds, '5ms' or
     '0.65x' of the dense latency) on its device's profile, co-train, deploy, then measure the
     deployed network on every target device that is this machine (``verify.json``) and, with
@@ -260,7 +286,9 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
     ``target_device``. With the paper's MACs budget (``cfg.budget == 'flops'``) ``t_d`` is the
     smallest pick, so every target is met by the prior; with ``cfg.budget == 'latency'`` the
     targets enter the loss (``hwbench.budget``) and ``t_d`` sets the bound. A resumed run keeps
-    the ``t_d`` and decision it started with."""
+    the ``t_d`` and decision it started with. ``runtime``: what the network is deployed on
+    (``hwbench.engine.runtimes.RUNTIMES``): the target devices' profiles are that runtime's,
+    and the deployed (and trimmed) network is measured on it."""
     from hwbench.target import resolve_targets
     from hwbench.train import Dist, train, validate
 
@@ -271,7 +299,7 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
     validate(cfg)
     dist = Dist.from_env()
     resolved = resolve_targets(cfg, targets, percentile, quick=quick and dist.world == 1,
-                               say=say) if targets else []
+                               say=say, runtime=runtime) if targets else []
     summary = train(cfg, progress, energy_factory=energy_factory, say=say)
     if not dist.main or not resolved or "pattern" not in summary:
         return summary
@@ -279,7 +307,7 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
         trim = cfg.budget == "latency"
     local = [r for r in resolved if r[0].local]
     results = verify_local(summary, resolved, say, verify_max_time_s,
-                           evaluate=not (trim and local))
+                           evaluate=not (trim and local), runtime=runtime)
     if results:
         summary["verify"] = results[0]
         if len(resolved) > 1:
@@ -295,9 +323,11 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
             f"{tp.profile['fingerprint']['name']} ...")
         exact = goal.text if goal.ratio is not None else goal.ms * 1e-3
         summary["trim"] = trim_run(summary["dir"], exact, device, str(tp.path),
-                                   goal.percentile, say=say, **(trim_options or {}))
+                                   goal.percentile, say=say, runtime=runtime,
+                                   **(trim_options or {}))
         atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
     elif trim and resolved:
         say("no target device is this machine: nothing to trim here (run `hwbench trim RUN_DIR "
-            "--target-latency T` on the target device)")
+            "--target-latency T" + ("" if runtime == "eager" else f" --runtime {runtime}")
+            + "` on the target device)")
     return summary

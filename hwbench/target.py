@@ -4,7 +4,9 @@ network meets them is ``hwbench.pipeline``'s, through ``hwbench.verify``).
 
 The device that trains is often not the one that deploys, so the target device is either this
 machine (``cpu``, ``cuda``, ``cuda:N``: the matching profile in ``profiles/``, or a quick profile
-measured now when none matches) or a profile file from any machine (``hwbench.locate``).
+measured now when none matches) or a profile file from any machine (``hwbench.locate``). Targets
+are met on a runtime (``--runtime``: ``hwbench.engine.runtimes``): only that runtime's profiles
+describe it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from hwbench.profiles import pick_t_d
 def choose_t_d(tp: TargetProfile, target_s: float, percentile: str = "p90") -> tuple[float, dict]:
     """``t_d`` for the target on ``tp``'s device, and the decision as recorded in the run."""
     pick = pick_t_d(tp.profile, target_s, percentile)
-    return pick.t_d, {"profile": str(tp.path), "device": tp.profile["fingerprint"]["name"],
+    fp = tp.profile["fingerprint"]
+    return pick.t_d, {"profile": str(tp.path), "device": fp["name"],
+                      "runtime": fp.get("runtime", "eager"),
                       "quick_profile": tp.measured_now, "local": tp.local, **pick.to_dict()}
 
 
@@ -58,18 +62,33 @@ def parse_device_targets(texts: list[str], default_device: str | None = None
     return pairs
 
 
+def check_target_runtime(targets: list[tuple[str | None, object]], runtime: str,
+                         default_device: str = "cpu") -> str:
+    """A one-line UsageError, before any work, when ``runtime`` is unknown, its extra missing,
+    or a target device (not a profile file: its own runtime is checked when it is read) is one
+    the runtime does not run on."""
+    from hwbench.engine.runtimes import check_runtime
+
+    for where, _ in targets or [(None, None)]:
+        where = where or default_device
+        check_runtime(runtime, "cpu" if where.endswith(".json") else where)
+    return runtime
+
+
 def resolve_targets(cfg, targets: list[tuple[str | None, float | str]], percentile: str,
-                    quick: bool = True, say: Callable[[str], None] = lambda s: None) -> list:
-    """Each (device, target) pair's profile and ``LatencyTarget``, and ``cfg`` completed for
-    them: the run's name, ``t_d`` (the smallest pick, or the resumed run's) and, with
-    ``--budget latency``, the latency targets the loss reads. [(TargetProfile, LatencyTarget,
-    device)]"""
+                    quick: bool = True, say: Callable[[str], None] = lambda s: None,
+                    runtime: str = "eager") -> list:
+    """Each (device, target) pair's profile (of ``runtime``) and ``LatencyTarget``, and ``cfg``
+    completed for them: the run's name, ``t_d`` (the smallest pick, or the resumed run's) and,
+    with ``--budget latency``, the latency targets the loss reads. [(TargetProfile,
+    LatencyTarget, device)]"""
     import json
 
     from hwbench.data import info
     from hwbench.train import run_dir
     from hwbench.units import LatencyTarget
 
+    check_target_runtime(targets, runtime, cfg.device)
     meta = info(cfg.dataset)
     if cfg.out is None and cfg.run_name is None:
         cfg.run_name = target_run_name(cfg, targets[0][1]) + \
@@ -79,7 +98,8 @@ def resolve_targets(cfg, targets: list[tuple[str | None, float | str]], percenti
     resolved = []
     for where, text in targets:
         where = where or cfg.device
-        tp = resolve_profile(where, cfg.arch, meta.stem, meta.input_size, quick=quick, say=say)
+        tp = resolve_profile(where, cfg.arch, meta.stem, meta.input_size, quick=quick, say=say,
+                             runtime=runtime)
         resolved.append((tp, LatencyTarget.parse(text, percentile), where))
     if cfg.resume and old_cfg.exists():
         old = json.loads(old_cfg.read_text())
@@ -121,10 +141,11 @@ DEFAULT_STEP = 16  # oneDNN's channel block on AVX-512 CPUs (README, Executing p
 
 
 def auto_gate(gate: str, arch: str, dataset: str, targets: list[tuple[str | None, str]],
-              device: str, say: Callable[[str], None] = lambda s: None) -> str:
-    """``--gate width`` (no G): G read from the first target device's profile (the step of
-    its latency table, ``profiles.table_step``) where one is on disk, else 16; said in one line.
-    Any other value is returned as given."""
+              device: str, say: Callable[[str], None] = lambda s: None,
+              runtime: str = "eager") -> str:
+    """``--gate width`` (no G): G read from the first target device's profile of ``runtime``
+    (the step of its latency table, ``profiles.table_step``) where one is on disk, else 16;
+    said in one line. Any other value is returned as given."""
     if gate not in ("width", "width:auto"):
         return gate
     from hwbench.data import info
@@ -135,7 +156,8 @@ def auto_gate(gate: str, arch: str, dataset: str, targets: list[tuple[str | None
     step, why = DEFAULT_STEP, "no target device profile on disk"
     for where, _ in targets[:1]:
         try:
-            tp = resolve_profile(where or device, arch, meta.stem, meta.input_size, quick=False)
+            tp = resolve_profile(where or device, arch, meta.stem, meta.input_size, quick=False,
+                                 runtime=runtime)
         except HwbenchError:
             break
         found = table_step(tp.profile)

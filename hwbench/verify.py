@@ -1,7 +1,8 @@
 """``hwbench verify``: measure a learned gate pattern on the deployment device.
 
 The network is the run's deployed checkpoint (or, without one, the pattern realised on an
-untrained net), executed by the compact engine in ``dynamic`` mode at batch 1, timed per
+untrained net), in ``dynamic`` mode at batch 1 on a runtime (``hwbench.engine.runtimes``: the
+compact engine for ``eager``, else the graph ONNX Runtime or OpenVINO compiled), timed per
 inference through the one measurement path (``measure``), interleaved with the dense reference,
 until the decided percentile's 95% CI is within 2% (or the time runs out: then the measurement
 is not valid and nothing is decided on it). A trained network is timed on real images: a fixed,
@@ -9,16 +10,18 @@ class-balanced sample of its data set's test split, cycled, with the engine's pl
 same images; a realised pattern on synthetic ones. Every result names its inputs.
 
 Decisions: a relative target (``0.7x``) is decided on the ratio to the dense network measured
-alongside, an absolute one in ms. When the dense reference measured now differs from the
-profile's by more than 10%, the result says the profile is stale, by how much, and what an
-absolute target means as a ratio.
+alongside, an absolute one in ms. The profile compared with is one of the same runtime (another
+runtime's latencies are another program's: refused with one line). When the dense reference
+measured now differs from the profile's by more than 10%, the result says the profile is stale,
+by how much, and what an absolute target means as a ratio.
 """
 
 from __future__ import annotations
 
 import torch
 
-from hwbench.engine import build_engine, realise, synthetic_inputs
+from hwbench.engine import realise, synthetic_inputs
+from hwbench.engine.runtimes import check_runtime, runnable, runtime_record
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
 from hwbench.locate import measuring_profile, profile_threads
@@ -57,19 +60,24 @@ def timing_inputs(cfg: dict | None, input_size: int, n: int = TIMING_IMAGES) -> 
 
 
 def time_network(net, pattern, inputs: Inputs, dev: torch.device, percentile: str = "p90",
-                 max_time_s: float = 10.0, min_runs: int = 64,
-                 ci_target: float = 0.02) -> tuple[Measurement, list[str]]:
-    """The verify protocol: ``net`` compiled by the compact engine in ``dynamic`` mode at batch
-    1 with its plan tuned on ``inputs``, and the dense reference, timed per inference,
-    interleaved, cycling ``inputs``, until the ``percentile``'s 95% CI is within ``ci_target``
-    or ``max_time_s`` runs out. The measurement (raw samples kept) and the engine's plan."""
+                 max_time_s: float = 10.0, min_runs: int = 64, ci_target: float = 0.02,
+                 runtime: str = "eager", threads: int | None = None
+                 ) -> tuple[Measurement, list[str]]:
+    """The verify protocol: ``net`` in ``dynamic`` mode at batch 1 with its plan tuned on
+    ``inputs``, and the dense reference, both built for ``runtime`` (``runnable``: the compact
+    engine for ``eager``; ``threads``: the runtime's intra-op threads, None: torch's), timed
+    per inference, interleaved, cycling ``inputs``, until the ``percentile``'s 95% CI is within
+    ``ci_target`` or ``max_time_s`` runs out. The measurement (raw samples kept) and the
+    dynamic network's plan (per block)."""
     inputs = inputs.to(dev)
-    engines = {"dynamic": build_engine(net, "dynamic", pattern, device=dev,
-                                       tune_inputs=inputs.batches),
-               "dense": build_engine(net, "dense", pattern, device=dev)}
+    example = inputs.batches[0]
+    fns = {"dynamic": runnable(net, "dynamic", pattern, runtime=runtime, example=example,
+                               threads=threads, tune_inputs=inputs.batches, device=dev),
+           "dense": runnable(net, "dense", pattern, runtime=runtime, example=example,
+                             threads=threads, device=dev)}
     protocol = Protocol(quantile=quantile_of(percentile), ci_target=ci_target, min_runs=min_runs,
                         max_time_s=max_time_s)
-    return measure(engines, inputs, protocol, dev, where="verify"), list(engines["dynamic"].plan)
+    return measure(fns, inputs, protocol, dev, where="verify"), list(fns["dynamic"].engine.plan)
 
 
 def decide(m: Measurement, target: LatencyTarget, profile: dict | None) -> dict:
@@ -107,22 +115,27 @@ def decide(m: Measurement, target: LatencyTarget, profile: dict | None) -> dict:
 def run_verify(pattern_path: str, target: float | str | LatencyTarget, device: str = "cpu",
                checkpoint: str | None = None, percentile: str = "p90",
                profile_path: str | None = None, max_time_s: float = 10.0,
-               inputs: Inputs | None = None, allow_foreign: bool = False) -> dict:
+               inputs: Inputs | None = None, allow_foreign: bool = False,
+               runtime: str = "eager") -> dict:
     """Measure ``pattern_path``'s network (its checkpoint, or the pattern realised) against
-    ``target`` (seconds, '5ms', '0.7x' or a ``LatencyTarget``) on ``device``, at the profile's
-    CPU thread count. ``allow_foreign``: compare with a profile of another device (refused
-    otherwise: its prediction says nothing about this one)."""
+    ``target`` (seconds, '5ms', '0.7x' or a ``LatencyTarget``) on ``device`` run by ``runtime``
+    (``hwbench.engine.runtimes.RUNTIMES``), at the profile's CPU thread count.
+    ``allow_foreign``: compare with a profile of another device (refused otherwise: its
+    prediction says nothing about this one); a profile of another runtime is refused."""
     if not isinstance(target, LatencyTarget):
         target = LatencyTarget.parse(target, percentile)
     dev = parse_device(device)
+    check_runtime(runtime, dev)
     pattern = load_pattern(pattern_path)
     prof, profile_path = measuring_profile(dev, pattern.arch, pattern.stem, pattern.input_size,
-                                           profile_path, allow_foreign)
+                                           profile_path, allow_foreign, runtime=runtime)
     net, cfg = load_backbone(checkpoint, pattern.arch, pattern.stem) if checkpoint else \
         (realise(pattern), None)
     inputs = inputs or timing_inputs(cfg, pattern.input_size)
     with torch_threads(profile_threads(prof)):
-        m, plan = time_network(net, pattern, inputs, dev, target.percentile, max_time_s)
+        threads = torch.get_num_threads()
+        m, plan = time_network(net, pattern, inputs, dev, target.percentile, max_time_s,
+                               runtime=runtime, threads=threads)
     decision = decide(m, target, prof)
     predicted = None
     if prof is not None:
@@ -138,7 +151,8 @@ def run_verify(pattern_path: str, target: float | str | LatencyTarget, device: s
             "profile": profile_path, "dense_p50_ms": m["dense"]["p50_ms"],
             "latency_ratio_p50": m["dynamic"]["p50_ms"] / m["dense"]["p50_ms"],
             "macs_ratio": pattern_macs_ratio(pattern), "dynamic_share": share,
-            "mode": "dynamic", "plan": plan, "suggested_t_d": suggestion,
+            "mode": "dynamic", "plan": plan, "runtime": runtime_record(runtime, threads),
+            "suggested_t_d": suggestion,
             "advice": _advice(decision["met"] or not decision["valid"], suggestion, pattern.t_d,
                               share),
             "device": fingerprint(dev)["name"], "checkpoint": checkpoint,

@@ -242,7 +242,7 @@ def fake_timing(monkeypatch):
     seen = []
 
     def time_network(net, pattern, inputs, dev, percentile="p90", max_time_s=10.0,
-                     min_runs=64):
+                     min_runs=64, runtime="eager", threads=None):
         from hwbench.measure.protocol import Measurement, Protocol
         from hwbench.measure.stats import summarise
 

@@ -2,6 +2,7 @@
 this machine (finding the profile: tests/test_locate.py)."""
 
 import json
+import sys
 
 import pytest
 
@@ -99,3 +100,77 @@ def test_gate_width_reads_its_step_from_the_target_profile_else_16():
     assert "no target device profile" in said[-1]
     assert auto_gate("width:8", "resnet18", "mnist5k", [], "cpu") == "width:8"
     assert auto_gate("channel", "resnet18", "mnist5k", [], "cpu") == "channel"
+
+
+# --- runtimes ---------------------------------------------------------------------------------
+
+
+def test_a_runtime_takes_only_its_own_profile_from_the_folder(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from hwbench.errors import UsageError
+    from tests.test_verify import runtime_profile
+
+    folder = tmp_path / "profiles"
+    eager = save_profile(local_profile(), folder / "eager.json")
+    assert resolve_profile("cpu", "resnet18", "cifar", 32, folder=folder).path == eager
+    with pytest.raises(UsageError, match="runtime eager, not onnxruntime"):
+        resolve_profile("cpu", "resnet18", "cifar", 32, folder=folder, quick=False,
+                        runtime="onnxruntime")
+    asked = []  # with quick profiling allowed, one is measured on the runtime instead
+
+    def fake_quick(device, cond):
+        asked.append(cond.runtime)
+        return runtime_profile("onnxruntime")
+
+    tp = resolve_profile("cpu", "resnet18", "cifar", 32, folder=folder, runtime="onnxruntime",
+                         profile_fn=fake_quick)
+    assert asked == ["onnxruntime"] and tp.measured_now and tp.path != eager
+    # once there, the runtime finds its own and eager still finds its own
+    again = resolve_profile("cpu", "resnet18", "cifar", 32, folder=folder, quick=False,
+                            runtime="onnxruntime")
+    assert again.path == tp.path
+    assert resolve_profile("cpu", "resnet18", "cifar", 32, folder=folder).path == eager
+
+
+def test_train_to_target_on_a_runtime_verifies_on_it(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from tests.test_verify import fake_measurement, runtime_profile
+
+    timed = []
+
+    def fake_time_network(net, pattern, inputs, dev, *a, runtime="eager", threads=None, **kw):
+        timed.append(runtime)
+        return fake_measurement(4.0, 8.0), ["static"] * 8
+
+    monkeypatch.setattr("hwbench.verify.time_network", fake_time_network)
+    monkeypatch.chdir(tmp_path)
+    save_profile(local_profile(), "profiles/eager.json")  # never taken for onnxruntime
+    onnx = save_profile(runtime_profile("onnxruntime"), "profiles/onnx.json")
+    cfg = TrainConfig(dataset="synthetic", n_synthetic=32, batch_size=16, epochs=1,
+                      proj_dims=(32, 32, 16), max_steps_per_epoch=1, energy=False,
+                      eval_initial=False, out=str(tmp_path / "run"))
+    fast = {"max_time_s": 0.1, "min_runs": 10, "verify_max_time_s": 0.1, "knn": False,
+            "max_measurements": 2, "calib_samples": 32}
+    summary = train_to_target(cfg, "0.6x", "cpu", verify_max_time_s=0.1, trim=True,
+                              trim_options=fast, runtime="onnxruntime")
+    assert cfg.decision["profile"] == str(onnx) and cfg.decision["runtime"] == "onnxruntime"
+    # the deployed network, each trim candidate and the trimmed network: all on the runtime
+    assert timed == ["onnxruntime"] * 4
+    v = json.loads((tmp_path / "run" / "verify.json").read_text())
+    assert v["runtime"]["runtime"] == "onnxruntime" and v["profile"] == str(onnx)
+    assert summary["verify"]["runtime"]["runtime"] == "onnxruntime"
+    assert summary["trim"]["runtime"]["runtime"] == "onnxruntime"
+
+
+def test_train_refuses_a_runtime_it_cannot_use_with_one_line(monkeypatch):
+    from tests.conftest import one_line_error, run_cli
+
+    line = one_line_error(run_cli("train", "--runtime", "onnxruntime"))
+    assert "--runtime onnxruntime needs --target-latency" in line
+    line = one_line_error(run_cli("train", "--runtime", "openvino", "--target-latency",
+                                  "cuda:5ms"))
+    assert "runs on the CPU" in line
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now fails
+    line = one_line_error(run_cli("train", "--runtime", "onnxruntime", "--target-latency",
+                                  "5ms", "--gate", "width"))
+    assert "pip install 'hwbench[onnx]'" in line

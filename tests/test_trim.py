@@ -275,3 +275,47 @@ def test_width_gated_trimming_caps_widths_from_the_top():
                 assert lw.channels - lw.always_off <= min(gone)
             if i <= first:  # later gates see the changed features: the stand-in is a guess
                 assert lg.width_hist == pytest.approx(lw.width_hist)
+
+
+# --- runtimes ---------------------------------------------------------------------------------
+
+
+def test_trim_names_a_missing_runtime_extra_before_reading_the_run(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now fails
+    # a folder without a checkpoint: the runtime is checked first, so its line is the one said
+    line = one_line_error(run_cli("trim", tmp_path, "--target-latency", "5ms", "--runtime",
+                                  "onnxruntime"))
+    assert "pip install 'hwbench[onnx]'" in line and "checkpoint" not in line
+
+
+def test_trim_run_takes_its_runtimes_profile_and_measures_on_it(tiny_run, tmp_path,
+                                                                 monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from tests.test_locate import local_profile
+    from tests.test_verify import fake_measurement, runtime_profile
+
+    eager = atomic_write_json(tmp_path / "eager.json", local_profile())
+    with pytest.raises(UsageError, match="runtime eager, not onnxruntime"):
+        trim_run(tiny_run, "0.9x", "cpu", str(eager), runtime="onnxruntime")
+    onnx = atomic_write_json(tmp_path / "onnx.json", runtime_profile("onnxruntime"))
+    with pytest.raises(UsageError, match="runtime onnxruntime, not eager"):
+        trim_run(tiny_run, "0.9x", "cpu", str(onnx))
+    timed = []
+
+    def fake_time_network(net, pattern, inputs, dev, *a, runtime="eager", threads=None, **kw):
+        timed.append(runtime)
+        return fake_measurement(4.0, 8.0), ["static"] * 8
+
+    monkeypatch.setattr("hwbench.verify.time_network", fake_time_network)
+    said = []
+    s = trim_run(tiny_run, "0.9x", "cpu", str(onnx), max_time_s=0.1, min_runs=10,
+                 verify_max_time_s=0.1, knn=False, calib_samples=32, max_measurements=2,
+                 out=tmp_path / "trimmed", say=said.append, runtime="onnxruntime")
+    assert timed == ["onnxruntime"] * 3  # two candidates, then the trimmed network anew
+    rec = json.loads((tmp_path / "trimmed" / "trim.json").read_text())
+    assert rec["runtime"]["runtime"] == "onnxruntime" and "onnxruntime graph" in rec["protocol"]
+    ver = json.loads((tmp_path / "trimmed" / "verify.json").read_text())
+    assert ver["runtime"]["runtime"] == s["runtime"]["runtime"] == "onnxruntime"
+    assert ver["profile"] == str(onnx) and any("(onnxruntime)" in line for line in said)

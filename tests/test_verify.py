@@ -1,4 +1,5 @@
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -136,3 +137,74 @@ def test_advice_when_the_target_is_missed_says_why():
     slow = _advice(False, 0.5, 0.5, 0.99)
     assert "already pick t_d 0.5" in slow and "99% of its gated channels" in slow
     assert _advice(False, 0.3, 0.5, 0.2) == "the profile now suggests t_d 0.3 for this target"
+
+
+# --- runtimes ---------------------------------------------------------------------------------
+
+
+def runtime_profile(runtime="onnxruntime"):
+    """This machine's synthetic profile, fingerprinted as measured on ``runtime``."""
+    from hwbench.engine.runtimes import runtime_record
+
+    prof = local_profile()
+    rec = runtime_record(runtime, prof["fingerprint"]["threads"])
+    prof["fingerprint"] = {**prof["fingerprint"], **rec}
+    return prof
+
+
+def test_verify_on_a_runtime_times_its_graphs_and_records_it(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from hwbench.engine import runtimes
+    from hwbench.measure.device import torch_threads
+
+    built = []
+
+    class Spy(runtimes.RuntimeNet):
+        def __init__(self, net, mode, *a, **kw):
+            built.append(mode)
+            super().__init__(net, mode, *a, **kw)
+
+    monkeypatch.setattr(runtimes, "RuntimeNet", Spy)
+    pattern = mixed_pattern("resnet18", "cifar", 16, 0.4, seed=1).save(tmp_path / "p.json")
+    with torch_threads(1):
+        r = run_cli("verify", "--pattern", pattern, "--target-latency", "10s", "--max-time",
+                    "0.2", "--runtime", "onnxruntime", "--json")
+        assert r.exit_code in (0, 4), r.output
+        d = json.loads(r.output)
+        assert sorted(built) == ["dense", "dynamic"]  # what was timed is the runtime's
+        rt = d["runtime"]
+        assert rt["runtime"] == "onnxruntime" and rt["runtime_threads"] == 1
+        assert rt["provider"] == "CPUExecutionProvider" and rt["runtime_version"]
+        # channel gates on a graph: the static graph for every block (nothing skips per input)
+        assert d["plan"] == ["static"] * 8 and len(d["measured"]["samples_ms"]) >= 64
+    # the verdict names the runtime (printing only: the measured result is reused)
+    monkeypatch.setattr("hwbench.verify.run_verify", lambda *a, **kw: d)
+    head = run_cli("verify", "--pattern", pattern, "--target-latency", "10s").output
+    assert f"(dynamic mode on onnxruntime {rt['runtime_version']}, batch 1" in head, head
+    d = {**d, "runtime": {"runtime": "eager", "runtime_version": torch.__version__}}
+    head = run_cli("verify", "--pattern", pattern, "--target-latency", "10s").output
+    assert "(dynamic engine, batch 1" in head and "eager" not in head, head
+
+
+def test_verify_refuses_a_profile_of_another_runtime_with_one_line(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pattern = mixed_pattern("resnet18", "cifar", 32, 0.4, seed=1).save(tmp_path / "p.json")
+    eager = atomic_write_json(tmp_path / "eager.json", local_profile())
+    onnx = atomic_write_json(tmp_path / "onnx.json", runtime_profile("onnxruntime"))
+    line = one_line_error(run_cli("verify", "--pattern", pattern, "--target-latency", "5ms",
+                                  "--profile", eager, "--runtime", "onnxruntime"))
+    assert "runtime eager, not onnxruntime" in line and str(eager) in line
+    line = one_line_error(run_cli("verify", "--pattern", pattern, "--target-latency", "5ms",
+                                  "--profile", onnx))
+    assert "runtime onnxruntime, not eager" in line and "--runtime onnxruntime" in line
+
+
+@pytest.mark.parametrize("module,runtime,extra", [("onnxruntime", "onnxruntime", "onnx"),
+                                                  ("openvino", "openvino", "openvino")])
+def test_verify_names_a_missing_runtime_extra_before_any_work(tmp_path, monkeypatch, module,
+                                                              runtime, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # import now fails
+    # a pattern file that does not exist: the runtime is checked before anything is read
+    line = one_line_error(run_cli("verify", "--pattern", tmp_path / "none.json",
+                                  "--target-latency", "5ms", "--runtime", runtime))
+    assert f"pip install 'hwbench[{extra}]'" in line and module in line
