@@ -72,7 +72,7 @@ from hwbench.patterns import (
     round_to_tile,
     synthesise,
 )
-from hwbench.profiles import SCHEMA, Predictor
+from hwbench.profiles import SCHEMA, Predictor, fit_calibration
 
 DEFAULT_T_D = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -98,7 +98,7 @@ class ProfileConfig:
     grid: int = 32  # kept-channel fractions j/grid, j = 0..grid
     table_rounds: int = 15
     validation: int = 20
-    calibration: int = 6  # random mixed patterns the predictor's scale is fitted on
+    calibration: int = 8  # mixed patterns (MACs spread evenly) the predictor is calibrated on
     energy_window_s: float = 1.0
     energy_cooldown_s: float | None = None  # idle s before each energy setting (None: by device)
     seed: int = 0
@@ -262,20 +262,16 @@ class Profiler:
                                  round(rng.uniform(lo, hi), 3), seed=cfg.seed + 100 + i,
                                  tile=cfg.tile)
 
-        calib = [(f"calibration[{i}]", mixed(i, 0.15, 0.95)) for i in range(cfg.calibration)]
+        # calibration patterns spread evenly over the MACs range (stratified: an affine fit
+        # needs leverage at both ends); validation patterns drawn at random
+        n = cfg.calibration
+        calib = [(f"calibration[{i}]", mixed_pattern(
+            cfg.arch, cfg.stem, cfg.input_size, round(0.15 + 0.8 * (i + 0.5) / n, 3),
+            seed=cfg.seed + 100 + i, tile=cfg.tile)) for i in range(n)]
         val = [(f"random[{i}]", mixed(1000 + i, 0.15, 0.95)) for i in range(cfg.validation)]
         user = [(str(path), pat) for path, pat in self.user_patterns]
         res3 = self._measure_patterns(calib + val + user, pool, base, "validation")
-        table_only = Predictor(profile)
-        # Fit in units of the dense probe measured in the same phase, then express in ms of the
-        # sweep's dense reference: drift between phases (seen: 11%) cancels.
-        dense3 = res3["dense"]["p50_ms"] if calib else dense["p50_ms"]
-        fit = [res3[name]["p50_ms"] / dense3 / table_only.table_ms(pat) for name, pat in calib]
-        profile["calibration"] = {
-            "scale": float(np.median(fit)) * dense["p50_ms"] if fit else 1.0,
-            "per_pattern_ratio_per_table_ms": fit, "dense_reference_ms": dense["p50_ms"],
-            "fit_on": f"{len(fit)} random mixed patterns measured with the validation set "
-                      "(not part of it), as ratios to the dense probe of that phase"}
+        profile["calibration"] = self._calibration(profile, calib, res3, dense["p50_ms"])
         pred = Predictor(profile)
         profile["sweep"] = []
         for t, pat in zip(cfg.t_d, sweep_patterns):
@@ -301,6 +297,31 @@ class Profiler:
         profile["duration_s"] = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
         self.progress("done", 1.0)
         return profile
+
+    def _calibration(self, profile: dict, calib: list, res3: dict, dense_ms: float) -> dict:
+        """Table sums to latency (``profiles.fit_calibration``), fitted in units of the dense
+        probe measured in the same phase, then expressed in ms of the sweep's dense reference
+        (``dense_ms``): drift between phases (seen: 11%) cancels."""
+        table_only = Predictor(profile)
+        dense3 = res3["dense"]["p50_ms"] if calib else dense_ms
+        tables = [table_only.table_ms(pat) for _, pat in calib]
+        ratios = [res3[name]["p50_ms"] / dense3 for name, _ in calib]
+        nothing = [torch.zeros((), dtype=torch.float64)] * len(table_only.blocks)
+        floor = float(table_only.table_sum(nothing, [False] * len(nothing)))
+        fit = fit_calibration(tables, ratios, floor)
+        return {
+            "model": fit["model"],
+            "scale": fit["s"] * dense_ms if fit["s"] is not None else 1.0,
+            "offset_ms": fit["offset_ms"], "loo_error": fit["loo_error"],
+            "table_ms": tables, "ratio_to_dense": ratios,
+            "per_pattern_ratio_per_table_ms": [r / t for r, t in zip(ratios, tables)],
+            "dense_reference_ms": dense_ms,
+            "definition": "predicted p50 ms = scale * (table sum + offset_ms); model 'scale' "
+                          "(offset 0) or 'affine', whichever has the smaller leave-one-out "
+                          "error on the calibration patterns",
+            "fit_on": f"{len(calib)} mixed patterns at MACs ratios spread evenly over "
+                      "0.15-0.95, measured with the validation set (not part of it), as "
+                      "ratios to the dense probe of that phase"}
 
     def _header(self, base, started, overhead: float) -> dict:
         """Phase 1 and what the profile says of itself: fingerprint, protocol, latency table,

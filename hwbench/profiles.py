@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hwbench.errors import HwbenchError, UsageError
@@ -107,6 +108,49 @@ class BlockTable:
     gated: torch.Tensor
 
 
+def fit_calibration(table_ms: list[float], ratios: list[float], floor_ms: float) -> dict:
+    """The calibration from table sums to measured latency, fitted on patterns measured end to
+    end (``ratios``: their p50 as ratios to the dense probe of that phase; ``table_ms``: their
+    table sums). Two models, ``ratio = s * (table + c)``:
+
+    - ``scale``: c = 0, s the median of ratio / table (a table whose pieces are timed in
+      context, as the engine's are);
+    - ``affine``: least squares in (table, ratio), c = intercept / slope: a table whose pieces
+      each pay a fixed cost the whole network does not (a runtime's per-call overhead and its
+      layout conversions at every piece boundary; block outputs are never pruned, so that cost
+      does not depend on the pattern).
+
+    The model kept is the one with the smaller mean leave-one-out error (|predicted / measured
+    - 1| of each pattern from a fit on the others); affine needs 4 patterns, a positive slope
+    and ``floor_ms + c > 0`` (``floor_ms``: the table of the emptiest network) to be a
+    candidate. Returns ``model``, ``s`` (per table ms, in dense-probe units), ``offset_ms`` (c)
+    and the leave-one-out errors."""
+    t, r = np.asarray(table_ms, float), np.asarray(ratios, float)
+
+    def scale(ti, ri):
+        return float(np.median(ri / ti)), 0.0
+
+    def affine(ti, ri):
+        a, b = np.polyfit(ti, ri, 1)
+        return (float(a), float(b / a)) if a > 0 and floor_ms + b / a > 0 else (None, None)
+
+    loo: dict[str, float] = {}
+    for name, fit in (("scale", scale), ("affine", affine)):
+        if len(t) < (4 if name == "affine" else 2):
+            continue
+        errs = []
+        for i in range(len(t)):
+            keep = np.arange(len(t)) != i
+            s_, c_ = fit(t[keep], r[keep])
+            errs.append(abs(s_ * (t[i] + c_) / r[i] - 1) if s_ is not None else np.inf)
+        loo[name] = float(np.mean(errs))
+    model = "affine" if loo.get("affine", np.inf) < loo.get("scale", np.inf) else "scale"
+    if len(t) == 0:
+        return {"model": "scale", "s": None, "offset_ms": 0.0, "loo_error": loo}
+    s_, c_ = (affine if model == "affine" else scale)(t, r)
+    return {"model": model, "s": s_, "offset_ms": c_, "loo_error": loo}
+
+
 class Predictor:
     """Latency of a pattern on the profiled device, from the table alone (no network runs).
 
@@ -128,7 +172,12 @@ class Predictor:
                 raise ValueError("grid and latencies must have equal lengths, grid increasing")
             self.blocks.append(BlockTable(grid, plain, gated))
         self.executes = list(profile["dynamic_executes"])
-        self.scale = float(profile.get("calibration", {}).get("scale", 1.0))
+        cal = profile.get("calibration", {})
+        self.scale = float(cal.get("scale", 1.0))
+        # the affine calibration's offset (table ms; 0 for scale-only and older profiles): one
+        # constant of the table, so every use of table_sum (CLI, training's budget) has it
+        self.offset_ms = float(cal.get("offset_ms", 0.0))
+        self.fixed_ms += self.offset_ms
         self.ratios = {k: float(v) for k, v in profile["percentile_ratios"].items()}
         self.ratios["p50"] = 1.0
 

@@ -3,6 +3,7 @@ writes, and one small real profiling run through the library and the CLI."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -297,3 +298,33 @@ def test_table_step_finds_none_in_a_smooth_or_coarse_table():
     coarse = _staircase_profile(16)
     coarse["table"]["blocks"] = coarse["table"]["blocks"][2:]  # grids of 8 and 16 channels
     assert table_step(coarse) is None
+
+
+def test_calibration_keeps_the_model_that_predicts_left_out_patterns_better():
+    from hwbench.profiles import fit_calibration
+
+    rng = np.random.default_rng(0)
+    t = np.linspace(4.0, 13.0, 8)
+    noise = 1 + rng.normal(0, 0.004, t.size)  # timing noise, unevenly spread
+    # pieces that each pay a fixed cost: the table over-counts by 1.5 ms whatever the pattern
+    fit = fit_calibration(list(t), list(0.07 * (t - 1.5) * noise), floor_ms=2.0)
+    assert fit["model"] == "affine" and fit["loo_error"]["affine"] < fit["loo_error"]["scale"]
+    assert fit["offset_ms"] == pytest.approx(-1.5, abs=0.2) and fit["s"] == pytest.approx(0.07,
+                                                                                          rel=0.03)
+    # in-context pieces: proportional, the intercept is noise
+    fit = fit_calibration(list(t), list(0.08 * t * noise), floor_ms=2.0)
+    assert fit["model"] == "scale" and fit["offset_ms"] == 0.0
+    # an offset that would make the emptiest network take no time is not a candidate
+    fit = fit_calibration(list(t), list(0.07 * (t - 2.5) * noise), floor_ms=2.0)
+    assert fit["model"] == "scale" and fit["loo_error"]["affine"] == np.inf
+    assert fit_calibration([5.0, 6.0], [0.4, 0.5], 1.0)["model"] == "scale"  # too few for affine
+
+
+def test_the_predictor_adds_the_calibration_offset_to_every_table_sum():
+    prof = synthetic_profile()
+    base = Predictor(prof)
+    prof["calibration"]["offset_ms"] = -0.5
+    shifted = Predictor(prof)
+    pat = synthesise("resnet18", "cifar", 32, 0.5)
+    assert shifted.table_ms(pat) == pytest.approx(base.table_ms(pat) - 0.5)
+    assert shifted.p50_ms(pat) == pytest.approx(base.scale * (base.table_ms(pat) - 0.5))
