@@ -19,13 +19,25 @@ STAMP := $(VENV)/.hwbench-installed
 RUN_STAMP := $(shell date +%Y%m%d-%H%M%S)
 RUN_OUT ?= results/quickstart-$(RUN_STAMP)
 RUN_BUDGET ?= 10min
+# the runtime the final network is exported for and verified on: the fastest here for gated
+# networks (benchmarks/runtimes.py, README "Runtimes")
+RUN_RUNTIME ?= openvino
 
 # The report is written even when the target is missed (train exits 4); make exits with train's code.
+# Then the final network (trimmed, else deployed) is exported to ONNX, its equality checked on ONNX
+# Runtime and OpenVINO (a failed check fails make), and verified on RUN_RUNTIME (recorded beside it).
 run: $(STAMP)
 	$(BIN)/hwbench train --dataset mnist5k --time-budget $(RUN_BUDGET) --budget latency \
 		--sparsity-on deployed --target-latency 0.67x --target-device cpu --out $(RUN_OUT); rc=$$?; \
 	if [ -f $(RUN_OUT)/summary.json ]; then \
-		$(BIN)/hwbench report $(RUN_OUT) --out $(RUN_OUT)/report || exit $$?; fi; exit $$rc
+		$(BIN)/hwbench report $(RUN_OUT) --out $(RUN_OUT)/report || exit $$?; fi; \
+	net=$(RUN_OUT)/trim-0.67x; [ -d $$net ] || net=$(RUN_OUT)/deployed; \
+	if [ -f $$net/checkpoint.pt ]; then \
+		$(BIN)/hwbench export $$net --out $(RUN_OUT)/export --check-on onnxruntime,openvino \
+			|| exit $$?; \
+		$(BIN)/hwbench verify --pattern $$net/pattern.json --checkpoint $$net/checkpoint.pt \
+			--target-latency 0.67x --runtime $(RUN_RUNTIME) | tee $(RUN_OUT)/verify_$(RUN_RUNTIME).txt; \
+	fi; exit $$rc
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -304,7 +304,7 @@ def _check_on(fmt: str, check_on: tuple[str, ...] | None) -> tuple[str, ...]:
             raise UsageError(f"--check-on names ONNX runtimes; a {fmt} export is checked with "
                              "torch.jit.load")
         return ("torch.jit",)
-    require_extra("--format onnx", "onnx", "onnx", "onnxruntime")
+    require_extra("--format onnx", "onnx", "onnx")
     runtimes = tuple(dict.fromkeys(check_on or ("onnxruntime",)))
     for rt in runtimes:
         if rt == "eager":

@@ -6,9 +6,12 @@ end-to-end runs, at a grid of kept-channel counts, with and without a gate), a *
 t_d, the predictor's **validation**, and any user patterns. Predictions come from the table
 alone: stem + head + the sum over blocks of the block's latency at its executed channel count,
 linearly interpolated between grid points. Percentiles above p50 scale p50 by the ratio measured
-on the sweep. One scale factor, fitted on the sweep's end-to-end medians (``calibration``),
-absorbs what in-context block times miss (inter-block cache state, the timer's reads); the
-validation patterns are not used for fitting, so their error is an out-of-sample test.
+on the sweep. The calibration (``fit_calibration``: a scale, and an offset where it predicts
+left-out patterns better), fitted on end-to-end medians of calibration patterns, absorbs what
+block times miss (inter-block cache state, the timer's reads, a runtime's per-call cost of each
+piece); the validation patterns are not used for fitting, so their error is an out-of-sample
+test. The offset is part of the table's constant term (``Predictor.fixed_ms``), so every table
+sum below includes it; the scale is applied after.
 """
 
 from __future__ import annotations
@@ -147,7 +150,9 @@ def fit_calibration(table_ms: list[float], ratios: list[float], floor_ms: float)
     model = "affine" if loo.get("affine", np.inf) < loo.get("scale", np.inf) else "scale"
     if len(t) == 0:
         return {"model": "scale", "s": None, "offset_ms": 0.0, "loo_error": loo}
-    s_, c_ = (affine if model == "affine" else scale)(t, r)
+    s_, c_ = affine(t, r) if model == "affine" else (None, None)
+    if s_ is None:  # the fit on every pattern fails the guard its left-out fits passed: scale
+        model, (s_, c_) = "scale", scale(t, r)
     return {"model": model, "s": s_, "offset_ms": c_, "loo_error": loo}
 
 
@@ -176,7 +181,7 @@ class Predictor:
         self.scale = float(cal.get("scale", 1.0))
         # the affine calibration's offset (table ms; 0 for scale-only and older profiles): one
         # constant of the table, so every use of table_sum (CLI, training's budget) has it
-        self.offset_ms = float(cal.get("offset_ms", 0.0))
+        self.offset_ms = float(cal.get("offset_ms") or 0.0)
         self.fixed_ms += self.offset_ms
         self.ratios = {k: float(v) for k, v in profile["percentile_ratios"].items()}
         self.ratios["p50"] = 1.0
@@ -191,7 +196,7 @@ class Predictor:
     def table_sum(self, channels: list[torch.Tensor], gated: list[bool],
                   tables: list[BlockTable] | None = None) -> torch.Tensor:
         """stem + head + sum over blocks of the table at the executed channel counts (ms,
-        before calibration); ``tables``: the same tables on another device."""
+        before the calibration's scale); ``tables``: the same tables on another device."""
         tables = tables or self.blocks
         total = torch.zeros((), dtype=torch.float64, device=tables[0].grid.device)
         for b, k, g in zip(tables, channels, gated):
@@ -220,7 +225,7 @@ class Predictor:
         return self.scale * self.table_ms(pattern)
 
     def table_ms(self, pattern: GatePattern) -> float:
-        """The table's sum for ``pattern``, before calibration."""
+        """The table's sum for ``pattern``, before the calibration's scale."""
         self.check(pattern)
         with torch.no_grad():
             return float(self.table_sum(*self.executed(pattern)))
@@ -251,7 +256,7 @@ class Predictor:
 
     def width_distribution(self, pattern: GatePattern, draws: int = WIDTH_DRAWS,
                            seed: int = 0) -> torch.Tensor:
-        """(draws,) per-input latency (ms, before calibration) of a width-gated network:
+        """(draws,) per-input latency (ms, before the calibration's scale) of a width-gated network:
         stem + head + per block the table at that input's width. Layers are taken as
         independent (a pattern holds each layer's marginal histogram, not their joint); the
         draws are a seeded Latin-hypercube sample (each layer's widths in exact proportion

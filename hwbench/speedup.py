@@ -123,6 +123,12 @@ def validate(cfg: SpeedupConfig) -> torch.device:
         raise UsageError("on the CPU the engine runs fp32 only")
     check_execution(cfg.execution, device)
     check_runtime(cfg.runtime, device, cfg.execution, cfg.dtype)
+    if cfg.runtime != "eager" and (cfg.tile or 1) > 1:
+        raise UsageError(f"--tile pads channels for tensor cores in hwbench's engine; --runtime "
+                         f"{cfg.runtime} runs the exported graph unpadded")
+    if cfg.runtime != "eager" and cfg.backend != "auto":
+        raise UsageError(f"--backend {cfg.backend} picks hwbench's conv kernels; --runtime "
+                         f"{cfg.runtime} runs its own")
     if cfg.runtime != "eager" and cfg.dynamic_policy not in POLICIES:
         raise UsageError(f"--dynamic-policy {cfg.dynamic_policy} gathers per input, which a "
                          f"graph on --runtime {cfg.runtime} cannot; known: {', '.join(POLICIES)}")
@@ -151,10 +157,10 @@ def run_runtimes(cfg: SpeedupConfig, runtimes: tuple[str, ...],
                  progress=None) -> dict[str, SpeedupResult]:
     """``run_speedup`` on each of ``runtimes`` (``cfg.runtime`` ignored; eager engines run as
     ``cfg.execution``), every (runtime, mode) timed in one interleaved measurement; ratios to
-    the same runtime's dense. Keyed by runtime."""
+    the same runtime's dense. Keyed by runtime (eager: by ``cfg.execution``)."""
     if not runtimes:
         raise UsageError("no runtime to measure")
-    return _variants(cfg, [replace(cfg, runtime=rt) for rt in runtimes], progress)
+    return _variants(cfg, [replace(cfg, runtime=rt) for rt in dict.fromkeys(runtimes)], progress)
 
 
 def _label(cfg: SpeedupConfig) -> str:

@@ -176,6 +176,15 @@ def test_the_onnx_file_is_checked_on_every_runtime_named(runs, tmp_path):
     assert all(c["passed"] and c["max_rel_err"] <= TOLERANCE for c in on)
 
 
+def test_an_openvino_check_needs_no_onnxruntime(runs, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # only hwbench[openvino] installed
+    r = run_cli("export", runs["channel"], "--out", tmp_path / "exp", "--images", 2,
+                "--check-on", "openvino")
+    assert r.exit_code == 0, r.output
+    assert load_metadata(tmp_path / "exp")["check"]["runtime"]["name"] == "openvino"
+
+
 def test_check_on_is_refused_where_it_has_no_meaning(runs, tmp_path, monkeypatch):
     out = tmp_path / "exp"
     assert "torch.jit.load" in one_line_error(run_cli(

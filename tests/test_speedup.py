@@ -70,3 +70,15 @@ def test_speedup_pattern_of_an_unknown_arch(tmp_path, small_pattern):
     bad.write_text(json.dumps(d))
     line = _one_line_error(run("speedup", "--pattern", bad))
     assert "arch" in line and str(bad) in line
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--tile", "8"], "--tile pads channels"),
+    (["--backend", "aten"], "--backend aten"),
+    (["--dynamic-policy", "gather-conv"], "gathers per input"),
+    (["--exec", "compile"], "--exec compile"),
+])
+def test_engine_options_on_a_runtime_are_refused_in_one_line(small_pattern, args, needle):
+    line = _one_line_error(run("speedup", "--pattern", small_pattern, "--runtime",
+                               "onnxruntime", *args, *FAST))
+    assert needle in line

@@ -101,7 +101,8 @@ def runtime_record(runtime: str, threads: int | None = None) -> dict:
         return {"runtime": runtime, "runtime_version": ort.__version__,
                 "provider": "CPUExecutionProvider", "runtime_threads": n,
                 "settings": {"intra_op_num_threads": n, "inter_op_num_threads": 1,
-                             "execution_mode": "sequential", "graph_optimization": "all"}}
+                             "execution_mode": "sequential", "graph_optimization": "all",
+                             "intra_op_allow_spinning": 0}}
     import openvino as ov
 
     return {"runtime": runtime, "runtime_version": ov.__version__, "provider": "CPU",
@@ -138,6 +139,9 @@ class Session:
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             opts.log_severity_level = 3
+            # idle intra-op threads sleep: sessions timed interleaved must not spin on the cores
+            # the session being timed needs (no effect at 1 thread: no pool)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
             name = self.sess.get_inputs()[0].name
             self.run = lambda x: self.sess.run(None, {name: x})
@@ -230,7 +234,7 @@ class _Segment(nn.Module):
         return h, self.gate(h)
 
 
-def masked_pattern(pattern: GatePattern | None, net: GatedResNet, size: int) -> GatePattern:
+def masked_pattern(net: GatedResNet, size: int) -> GatePattern:
     """The masked mode as a pattern: every channel of every block dynamic (full-width convs,
     each channel multiplied by its gate's decision)."""
     geom = net.geometry((size, size))
@@ -270,7 +274,7 @@ class RuntimeNet:
         self.threads = threads or torch.get_num_threads()
         self.example = example.detach().to("cpu", torch.float32).contiguous()
         self.batch_size = self.example.shape[0]
-        self.pattern = masked_pattern(pattern, net, self.example.shape[-1]) if mode == "masked" \
+        self.pattern = masked_pattern(net, self.example.shape[-1]) if mode == "masked" \
             else (None if mode == "dense" else pattern)
         if mode in ("static", "dynamic") and pattern is None:
             raise UsageError(f"mode {mode!r} needs a gate pattern")
@@ -289,8 +293,11 @@ class RuntimeNet:
         use_width = bool(self.bounds) and self.batch_size == 1 and policy != "static"
         if use_width:
             self._compile_buckets()
+            for x in tune_inputs or []:  # the widths the inputs to be timed take: compiled now,
+                self._run_by_width(_to_np(x))  # never inside a timed call
             if policy == "auto":
                 use_width = self._width_faster(tune_inputs or [self.example])
+            self.reads = 0
         self.by_width = use_width
         blocks = len(self.module.blocks)
         self.plan = ["width" if use_width and i in self.bounds else "static"
@@ -381,7 +388,7 @@ class RuntimeNet:
     def _pieces(self) -> list[Session]:
         """Stem, each block, head: one graph each, for ``segment_times``."""
         if self.pieces is None:
-            d, h, mods = self.module, self.example, []
+            d, h = self.module, self.example
             mods = [_Stem(d), *d.blocks, _Head()]
             sessions = []
             with torch.no_grad():

@@ -23,6 +23,18 @@ COMPARISON_KEYS = {"target_ms", "method", "p50_ms", "p90_ms", "macs_ratio", "knn
 EAGER_LABEL = "eager (hwbench engine)"  # a profile's runtime when it names none (older profiles)
 
 
+def record_label(record) -> str:
+    """The label of a runtime record (``runtime_record``: a dict), a runtime name, or nothing
+    (eager): ``eager (hwbench engine)`` or ``<runtime> <version>``."""
+    if isinstance(record, dict):
+        name, version = record.get("runtime", "eager"), record.get("runtime_version")
+    else:
+        name, version = record or "eager", None
+    if name == "eager":
+        return EAGER_LABEL
+    return f"{name} {version}" if version else str(name)
+
+
 @dataclass
 class Profile:
     path: str
@@ -49,10 +61,8 @@ class Profile:
     @property
     def runtime_label(self) -> str:
         """``eager (hwbench engine)`` or ``<runtime> <version>`` (``onnxruntime 1.32.0``)."""
-        if self.runtime == "eager":
-            return EAGER_LABEL
-        version = self.fingerprint.get("runtime_version")
-        return f"{self.runtime} {version}" if version else self.runtime
+        return record_label({"runtime": self.runtime,
+                             "runtime_version": self.fingerprint.get("runtime_version")})
 
     @property
     def device(self) -> str:

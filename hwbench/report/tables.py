@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hwbench.report.inputs import Inputs, Profile, Run
+from hwbench.report.inputs import EAGER_LABEL, Inputs, Profile, Run, record_label
 
 _SETTING = "arch, stem, input size (px) and batch size the profile measured"
 _DEVICE = ("series label: the device (name, threads or GPU, dtype), then ' · <runtime> "
@@ -46,8 +46,10 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
         "device": _DEVICE, "hardware": _HARDWARE, "runtime": _RUNTIME, "setting": _SETTING,
         "profile": "profile file",
         "batch_size": "images per inference", "input_size": "input height = width (px)",
-        "mode": "dynamic (the compact engine: skipped channels are not computed), dense, or "
-                "masked (gates computed, skipped channels zeroed: full conv cost)",
+        "mode": "dynamic (eager: the compact engine, skipped channels are not computed; on a "
+                "runtime: its graph, channel gates masked, width gates per width bucket when "
+                "faster), dense, or masked (gates computed, skipped channels zeroed: full conv "
+                "cost)",
         "t_d": "the pattern's budget (empty for dense/masked references)",
         "macs_ratio": "gated/dense MACs of the pattern (masked: 1, it computes every MAC)",
         "n": "timed runs", "p10_ms": "10th percentile latency (ms)",
@@ -94,8 +96,9 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
         "top1_pct": "top-1 accuracy (%) on the data set's test split", "device": _DEVICE,
         "setting": _SETTING,
         "p90_ms": "measured p90 latency (ms) of that stream on that device",
-        "latency_source": "verify (the learned network, compact engine) or profile-dense "
-                          "(the dense reference of that device's profile)",
+        "latency_source": "verify (the learned network, on the runtime the device label "
+                          "names) or profile-dense (the dense reference of that device's "
+                          "profile)",
         "energy_j": "J per inference on that device (dense reference or the profile's pattern "
                     "at the same t_d; empty when not profiled)",
         "energy_source": "measured/estimated and method; 'prior pattern' marks the profile's "
@@ -215,8 +218,16 @@ def _verify_profile(run: Run, inputs: Inputs) -> Profile | None:
 
 
 def _device_of_verify(run: Run, inputs: Inputs) -> str | None:
+    """The series of a run's verified point: its profile's, else the machine verify names, with
+    the runtime it was timed on when not eager (never merged into the eager series)."""
     prof = _verify_profile(run, inputs)
-    return prof.device if prof is not None else (run.verify or {}).get("device")
+    if prof is not None:
+        return prof.device
+    v = run.verify or {}
+    rec = v.get("runtime")
+    if v.get("device") is None or record_label(rec) == EAGER_LABEL:
+        return v.get("device")
+    return f"{v['device']} · {record_label(rec)}"
 
 
 def latency(inputs: Inputs) -> Table:
@@ -313,7 +324,8 @@ def macs_vs_latency(inputs: Inputs) -> Table:
             prof = _verify_profile(r, inputs)
             rows.append(dict(device=_device_of_verify(r, inputs), mode=v.get("mode", "dynamic"),
                              hardware=prof.hardware if prof else v.get("device"),
-                             runtime=prof.runtime_label if prof else v.get("runtime"),
+                             runtime=prof.runtime_label if prof else record_label(
+                                 v.get("runtime")),
                              setting=prof.setting if prof else None,
                              source="learned", pattern=r.name, macs_ratio=macs,
                              latency_ratio=ratio))

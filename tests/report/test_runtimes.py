@@ -152,3 +152,23 @@ def test_the_figures_draw_one_line_per_runtime_on_the_same_axes(tmp_path):
     for fig in drawn.values():
         if fig is not None:
             figs.plt.close(fig)
+
+
+def test_a_verified_point_without_its_profile_keeps_its_runtime(monkeypatch):
+    """verify.json stores the runtime as a record (a dict): it labels the point's series, it
+    never joins the eager one, and it is a plain label in the tables (hashable, no repr)."""
+    from types import SimpleNamespace
+
+    from hwbench.engine.runtimes import runtime_record
+    from hwbench.report import tables
+    from hwbench.report.inputs import record_label
+
+    rec = runtime_record("onnxruntime", 1)
+    assert record_label(rec) == f"onnxruntime {rec['runtime_version']}"
+    assert record_label(None) == record_label("eager") == record_label(
+        runtime_record("eager")) == EAGER_LABEL
+    monkeypatch.setattr(tables, "_verify_profile", lambda run, inputs: None)
+    run = SimpleNamespace(verify={"device": "Xeon", "runtime": rec})
+    assert tables._device_of_verify(run, None) == f"Xeon · {record_label(rec)}"
+    run = SimpleNamespace(verify={"device": "Xeon", "runtime": runtime_record("eager")})
+    assert tables._device_of_verify(run, None) == "Xeon"
