@@ -5,7 +5,6 @@ from torch import nn
 
 from hwbench.cli import cli
 
-
 # modules that load OpenVINO into the test process: they run last (see below)
 OPENVINO_MODULES = ("tests/engine/test_runtimes.py", "tests/test_export.py",
                     "tests/test_profile_runtimes.py")
