@@ -65,7 +65,9 @@ def test_the_profile_records_its_conditions_where_the_matcher_reads_them(tmp_pat
     reads: a profile written by the real profiler is found under its conditions."""
     found = [find_profile(json.loads(p.read_text())["fingerprint"], Conditions(
         arch=f["arch"], stem=f["stem"], input_size=f["input_size"], threads=f["threads"],
-        dtype=f["dtype"], batch_size=f["batch_size"]), REPO_PROFILES)
+        dtype=f["dtype"], batch_size=f["batch_size"], runtime=f.get("runtime", "eager"),
+        runtime_version=f.get("runtime_version") if f.get("runtime", "eager") != "eager"
+        else None), REPO_PROFILES)
         for p in sorted(REPO_PROFILES.glob("*.json"))
         for f in [json.loads(p.read_text())["fingerprint"]]]
     assert found and all(hit is not None for hit in found)
