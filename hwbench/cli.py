@@ -593,6 +593,15 @@ def pick(profile_path, target_latency, percentile, runtime, as_json) -> None:
               help="Linear learning-rate warm-up before the cosine decay.")
 @click.option("--bound-alpha", type=click.FloatRange(min=0), default=0.02, show_default=True,
               help="The bound's slack decays as p = exp(-alpha * epoch) (the paper: 0.02).")
+@click.option("--finetune-steps", default="auto", show_default=True,
+              help="With --target-latency: steps of recovery fine-tuning of the delivered "
+                   "network (pattern frozen; SSL loss plus distillation from the co-trained "
+                   "dense stream), kNN before and after in the summary; auto: a quarter of the "
+                   "training's steps, inside --time-budget; 0: none.")
+@click.option("--gate-noise-anneal", type=float, default=None,
+              help="The last share of the steps over which the gates' training noise goes to "
+                   "0, so that the network trained at the end is the one deployed (0: the "
+                   "paper's noise to the last step). [default: 0.4; --recipe paper: 0]")
 @click.option("--gate-lr-mult", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="The gates' learning rate as a multiple of the backbone's.")
 @click.option("--sparsity-weight", "lam", type=click.FloatRange(min=0), default=None,
@@ -652,7 +661,8 @@ def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, t
               seed, device, out, resume, t_d, target_latency, budget, sparsity_on, budget_shape,
               budget_combine,
               target_device, percentile, eval_every, amp, energy, country, warmup_epochs,
-              bound_alpha, gate_lr_mult, max_steps_per_epoch, n_synthetic, trim, lam, gamma,
+              bound_alpha, finetune_steps, gate_noise_anneal, gate_lr_mult,
+              max_steps_per_epoch, n_synthetic, trim, lam, gamma,
               surrogate, gate, width_mult, views, knn, schedule, warmup_start_lr,
               separate_downsample_bn, vicreg_gather, compile_step, recipe, dry_run,
               runtime) -> None:
@@ -696,6 +706,9 @@ def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, t
                       device=device, out=out, resume=resume, eval_every=eval_every,
                       t_d=0.5 if t_d is None else t_d, amp=amp, energy=energy, country=country,
                       warmup_epochs=warmup_epochs, alpha=bound_alpha, gate_lr_mult=gate_lr_mult,
+                      finetune_steps=_finetune_steps(finetune_steps, bool(target_latency)),
+                      **({} if gate_noise_anneal is None
+                         else {"gate_noise_anneal": gate_noise_anneal}),
                       max_steps_per_epoch=max_steps_per_epoch, n_synthetic=n_synthetic,
                       budget=budget,
                       sparsity_on=sparsity_on,
@@ -722,6 +735,18 @@ def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, t
     if not summary:  # a torchrun process other than rank 0: rank 0 reports
         return
     sys.exit(_print_train_summary(summary, country))
+
+
+def _finetune_steps(text: str, target: bool) -> int | None:
+    """--finetune-steps: auto (None: a share of the training's steps) with a latency target, else
+    0; an integer >= 0 as given."""
+    t = str(text).strip().lower()
+    if t == "auto":
+        return None if target else 0
+    if not t.lstrip("-").isdigit() or int(t) < 0:
+        raise UsageError(f"--finetune-steps must be 'auto' or an integer >= 0 (0: no "
+                         f"fine-tuning), got {text!r}")
+    return int(t)
 
 
 # train's options whose TrainConfig field has another name

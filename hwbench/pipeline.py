@@ -103,6 +103,8 @@ def verify_local(summary: dict, resolved: list, say: Callable[[str], None],
             f"{deployed['calibration']['source'].split(':')[0]} test images) ...")
         res = run_verify(deployed["pattern"], target, device, deployed["checkpoint"],
                          target.percentile, str(tp.path), verify_max_time_s, runtime=runtime)
+        if not results:
+            summary["fidelity"] = fidelity(summary.get("final", {}), res)
         tag = Path(where).stem if where.endswith(".json") else where
         name = "verify.json" if not results else \
             f"verify-{re.sub(r'[^a-z0-9]+', '-', tag.lower()).strip('-')}.json"
@@ -119,6 +121,25 @@ def verify_local(summary: dict, resolved: list, say: Callable[[str], None],
         results.append({k: v for k, v in res.items() if k not in ("measured", "dense")}
                        | {"measured": _brief(res["measured"])})
     return results
+
+
+FIDELITY_TOLERANCE = 0.05  # issue 23: the deployed network within 5 % of training's estimate
+
+
+def fidelity(final: dict, verify: dict) -> dict:
+    """The deployed network against what training estimated in its last epoch: the MACs ratio
+    (the mean over the epoch's passes; the pattern's on the calibration images) and the
+    predicted latency at the target's percentile (the budget's estimate on the passes' masks;
+    the profile's prediction of the deployed pattern). ``gap``: deployed / training - 1."""
+    pct = verify["percentile"]
+    pairs = {"macs_ratio": (final.get("macs_ratio"), verify.get("macs_ratio")),
+             f"predicted_{pct}_ms": (final.get("latency_ms_0"),
+                                     (verify.get("predicted") or {}).get(f"{pct}_ms"))}
+    rows = {name: {"training": t, "deployed": d, "gap": d / t - 1.0}
+            for name, (t, d) in pairs.items() if t and d}
+    return {**rows, "tolerance": FIDELITY_TOLERANCE,
+            "within": bool(rows) and all(abs(r["gap"]) <= FIDELITY_TOLERANCE
+                                         for r in rows.values())}
 
 
 def _brief(summary: dict) -> dict:
@@ -203,6 +224,33 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
         summary.update({k: v for k, v in ev.items() if k.startswith("knn_top1")})
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def finetune_net(net_dir: str | Path, steps: int, device: str = "cpu",
+                 say: Callable[[str], None] = lambda s: None) -> dict:
+    """Recovery fine-tuning (``hwbench.finetune``) of the network in ``net_dir`` (a deployed or
+    trimmed run's folder), in place: ``checkpoint.pt`` becomes the tuned network, the one before
+    is kept as ``checkpoint-before-finetune.pt``; the pattern file stays (the tuning cannot move
+    it). Returns the record (also saved in the checkpoint under ``finetune``)."""
+    from hwbench.finetune import FinetuneConfig, finetune
+    from hwbench.train import amp_choice
+
+    net_dir = Path(net_dir)
+    ckpt = net_dir / "checkpoint.pt"
+    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    dev = torch.device(device)
+    amp, _ = amp_choice(ck["config"].get("amp", "auto"), dev)
+    say(f"fine-tuning the gated network for {steps} steps (pattern frozen; SSL loss and "
+        "distillation from the co-trained dense stream) ...")
+    model, record = finetune(ck, FinetuneConfig(steps=steps, seed=ck["config"].get("seed", 0)),
+                             dev, amp)
+    before = net_dir / "checkpoint-before-finetune.pt"
+    if not before.exists():
+        atomic_torch_save(before, ck)
+    ck["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ck["finetune"] = record
+    atomic_torch_save(ckpt, ck)
+    return record
 
 
 def _save_trimmed(ckpt: Path, res, cfg: dict, goal, calib_record: dict, out: Path) -> None:

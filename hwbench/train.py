@@ -60,7 +60,7 @@ from hwbench.data import (
 from hwbench.errors import UsageError
 from hwbench.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from hwbench.nets import list_nets, net_from_config, width_mult_widths
-from hwbench.nets.gate import parse_gate
+from hwbench.nets.gate import parse_gate, set_gate_noise
 from hwbench.nets.geometry import net_geometry
 from hwbench.patterns import summarise
 from hwbench.ssl.knn import KNN_PROTOCOLS, knn_top1
@@ -82,16 +82,24 @@ RESUME_KEYS = ("arch", "dataset", "method", "t_d", "epochs", "batch_size", "seed
                "warmup_epochs", "alpha", "lam", "gamma", "gate_lr_mult", "proj_dims", "amp",
                "budget", "latency_targets", "budget_shape", "budget_combine", "sparsity_on",
                "surrogate", "time_budget_s", "gate", "widths", "views", "schedule",
-               "warmup_start_lr", "shared_downsample_bn")
+               "warmup_start_lr", "shared_downsample_bn", "gate_noise_anneal")
 # (vicreg_gather is not one: it changes nothing in one process, and a DDP run may switch it)
 # what a checkpoint from before a resume key existed ran with (warmup_start_lr: unused by the
 # "hwbench" schedule every such checkpoint ran, so today's default)
 RESUME_DEFAULTS = {"gate": "channel", "widths": None, "views": "hwbench", "schedule": "hwbench",
-                   "warmup_start_lr": 0.003, "shared_downsample_bn": False}
+                   "warmup_start_lr": 0.003, "shared_downsample_bn": False,
+                   "gate_noise_anneal": 0.0}
 # the option that gives a resumed run an older checkpoint's value, for the error message
 RESUME_HINTS = {"shared_downsample_bn": "--separate-downsample-bn", "schedule": "--schedule"}
 SCHEDULES = ("hwbench", "reference")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+# measured (README, "Training what is deployed"): with the paper's noise to the end, a short
+# run's deployed network ran at half the MACs the training estimate saw, and its gated kNN fell
+# below the randomly initialised network's
+GATE_NOISE_ANNEAL = 0.4
+FINETUNE_SHARE = 0.25  # --finetune-steps auto: a quarter of the training's steps (a preset)
 
 
 @dataclass
@@ -112,6 +120,13 @@ class TrainConfig:
     lam: float = 5.0
     gamma: float = 1.0
     alpha: float = 0.02  # the bound's slack decays as p = exp(-alpha * epoch)
+    # the last share of the steps over which the gates' training noise goes to 0 (``noise_at``):
+    # the network trained at the end is the one deployed. 0: the paper's noise throughout
+    gate_noise_anneal: float = GATE_NOISE_ANNEAL
+    # recovery fine-tuning of the delivered network after a latency target's trim (hwbench.
+    # finetune), in steps: 0 none; None FINETUNE_SHARE of the training's steps (the CLI's
+    # default for a latency target); a --time-budget run plans for them
+    finetune_steps: int | None = 0
     proj_dims: tuple[int, ...] = (2048, 2048, 2048)
     seed: int = 0
     device: str = "cpu"
@@ -244,6 +259,11 @@ def validate(cfg: TrainConfig, files: bool = True) -> None:
         raise UsageError(f"--t-d must be in (0, 1], got {cfg.t_d}")
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise UsageError("--epochs must be >= 1 and --batch-size >= 2")
+    if cfg.finetune_steps is not None and cfg.finetune_steps < 0:
+        raise UsageError(f"--finetune-steps must be >= 0 (0: no fine-tuning), got "
+                         f"{cfg.finetune_steps}")
+    if not (math.isfinite(cfg.gate_noise_anneal) and 0 <= cfg.gate_noise_anneal <= 1):
+        raise UsageError(f"--gate-noise-anneal must be in [0, 1], got {cfg.gate_noise_anneal}")
     if cfg.sparsity_on not in ("sampled", "deployed"):
         raise UsageError(f"--sparsity-on must be sampled or deployed, got {cfg.sparsity_on!r}")
     from hwbench.nets.gate import SURROGATES
@@ -395,6 +415,18 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
+def noise_at(anneal: float, step: int, total_steps: int) -> float:
+    """The gates' training-noise scale at global step ``step`` of ``total_steps``: 1 (the
+    paper's Gumbel-sigmoid) until the last ``anneal`` share of the steps, then linearly to 0
+    over the first half of that share, and 0 for its second half: the gates train on the
+    decisions the deployed network takes, and so does the rest of the network."""
+    if anneal <= 0 or total_steps <= 0:
+        return 1.0
+    start, span = 1.0 - anneal, anneal / 2
+    progress = step / total_steps
+    return float(min(1.0, max(0.0, 1.0 - (progress - start) / span)))
+
+
 def _reference_lr(peak: float, start: float, epoch: int, warmup: int, epochs: int) -> float:
     if epoch < warmup:
         return start + epoch * (peak - start) / max(1, warmup - 1)
@@ -427,10 +459,11 @@ BUDGET_MAX_EPOCHS = 1000  # a --time-budget run without --epochs: in practice, a
 def plan_epochs(budget_s: float, step_s: float, eval_s: float, steps_per_epoch: int,
                 eval_every: int, max_epochs: int, *, spent_s: float = 0.0,
                 save_s: float = 0.0, final_s: float = 0.0,
-                margin: float = BUDGET_MARGIN) -> dict:
+                margin: float = BUDGET_MARGIN, extra_share: float = 0.0) -> dict:
     """How many epochs fit a time budget (all times in seconds).
 
-    A run of E epochs of S steps costs E * (S * step_s + save_s) (steps and a checkpoint per
+    A run of E epochs of S steps costs E * (S * step_s * (1 + extra_share) + save_s) (steps,
+    ``extra_share`` of them again for the fine-tuning after training, and a checkpoint per
     epoch) + ceil(E / eval_every) * eval_s (a kNN evaluation every ``eval_every`` epochs and
     after the last) + final_s (the pattern summary), on top of ``spent_s`` (loading, the
     initial evaluation, the measuring). The plan is the most epochs, at most ``max_epochs``,
@@ -439,8 +472,8 @@ def plan_epochs(budget_s: float, step_s: float, eval_s: float, steps_per_epoch: 
     usable = budget_s * (1 - margin) - spent_s
 
     def cost(epochs: int, steps: int) -> float:
-        return (epochs * (steps * step_s + save_s) + math.ceil(epochs / eval_every) * eval_s
-                + final_s)
+        return (epochs * (steps * step_s * (1 + extra_share) + save_s)
+                + math.ceil(epochs / eval_every) * eval_s + final_s)
 
     lo, hi = 0, max_epochs  # cost rises with epochs: the largest that fits, by bisection
     while lo < hi:
@@ -450,7 +483,8 @@ def plan_epochs(budget_s: float, step_s: float, eval_s: float, steps_per_epoch: 
     if epochs == 0:
         epochs = 1
         steps = min(steps_per_epoch,
-                    math.floor((usable - save_s - eval_s - final_s) / step_s) if step_s > 0
+                    math.floor((usable - save_s - eval_s - final_s)
+                               / (step_s * (1 + extra_share))) if step_s > 0
                     else steps_per_epoch)
         while steps >= 1 and cost(1, steps) > usable:  # floor's rounding, the other way
             steps -= 1
@@ -465,6 +499,7 @@ def plan_epochs(budget_s: float, step_s: float, eval_s: float, steps_per_epoch: 
             "eval_s": eval_s, "save_s": save_s, "final_s": final_s, "max_epochs": max_epochs,
             "epochs": epochs, "steps_per_epoch": steps, "steps": epochs * steps,
             "evaluations": math.ceil(epochs / eval_every), "limited_by": limited_by,
+            "finetune_share": extra_share,
             "predicted_s": spent_s + cost(epochs, steps)}
 
 
@@ -804,7 +839,10 @@ def _fit_budget(run: _Run) -> None:
                 plan = plan_epochs(cfg.time_budget_s, step_s, eval_s, run.steps_per_epoch,
                                    cfg.eval_every, cfg.epochs,
                                    spent_s=time.perf_counter() - run.t_start, save_s=save_s,
-                                   final_s=_final_s(run, eval_s))
+                                   final_s=_final_s(run, eval_s) + step_s * (
+                                       cfg.finetune_steps or 0),
+                                   extra_share=FINETUNE_SHARE if cfg.finetune_steps is None
+                                   else 0.0)
             except UsageError as exc:  # every process must learn of it, not rank 0 alone
                 plan = {"error": str(exc)}
         if run.dist.world > 1:  # every process trains rank 0's plan
@@ -819,8 +857,11 @@ def _fit_budget(run: _Run) -> None:
         run.steps_per_epoch = plan["steps_per_epoch"]
         run.say(_plan_line(plan))
     if run.ck is None:  # a resumed run's was settled with its checkpoint (_open_checkpoint)
-        lr, why = choose_lr(cfg.lr, cfg.epochs * run.steps_per_epoch, budgeted)
-        run.cfg = replace(cfg, lr=lr, lr_reason=why)
+        steps = cfg.epochs * run.steps_per_epoch
+        lr, why = choose_lr(cfg.lr, steps, budgeted)
+        ft = (round(FINETUNE_SHARE * steps) if cfg.finetune_steps is None
+              else cfg.finetune_steps)
+        run.cfg = replace(cfg, lr=lr, lr_reason=why, finetune_steps=ft)
         if budgeted and cfg.lr is None:
             run.say(f"learning rate {lr:g}: {why}")
 
@@ -956,8 +997,11 @@ def _step(run: _Run, views: tuple[torch.Tensor, torch.Tensor], epoch: int, s: in
     cfg = cfg or run.cfg
     v1 = views[0].to(run.device, memory_format=run.fmt, non_blocking=True)
     v2 = views[1].to(run.device, memory_format=run.fmt, non_blocking=True)
+    step = epoch * run.steps_per_epoch + s
     for g in run.opt.param_groups:
-        g["lr"] = g["lr_mult"] * lr_at(cfg, epoch * run.steps_per_epoch + s, run.steps_per_epoch)
+        g["lr"] = g["lr_mult"] * lr_at(cfg, step, run.steps_per_epoch)
+    set_gate_noise(run.model, noise_at(cfg.gate_noise_anneal, step,
+                                       cfg.epochs * run.steps_per_epoch))
     if run.cfg.compile:  # a tensor: a compiled forward would recompile for each new float
         p = torch.full((), p, dtype=torch.float64, device=run.device)
     with torch.autocast(run.device.type, dtype=run.amp or torch.float32,

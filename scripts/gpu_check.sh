@@ -14,8 +14,9 @@
 # tests/gpu/conftest.py).
 # The last line printed is `N passed, N failed` (`, N skipped` when some were); exit 1 when a check
 # failed or the run did not finish, else 0.
-# That machine has torch, pytest, click, seaborn, pandas, numpy and nvidia-ml-py; codecarbon and
-# its missing needs, and ptflops, travel in .whl/ (see the device tool's README); hwbench itself
+# That machine has torch, pytest, click, seaborn, pandas, numpy and nvidia-ml-py; zeus, codecarbon
+# and their missing needs, and ptflops, travel in .whl/ (`bash scripts/gpu_wheels.sh` fetches
+# them here first; the device call carries .whl); hwbench itself
 # is pure Python, run from the checkout. The device returns at most 8 files, so every raw output
 # is written under $WORK and packed into $OUT/gpu_check.tgz (checkpoints left out); the pytest
 # log, the junit XML, the environment and the closing line come back beside it.

@@ -550,3 +550,24 @@ def test_compile_is_refused_in_one_line_where_it_cannot_run(tmp_path, monkeypatc
         check_compile(torch.device("cuda"))
     assert "C++ compiler" in _one_line(_cli("train", "--dataset", "synthetic", "--compile",
                                             "--out", tmp_path / "x", "--no-energy"))
+
+
+def test_gate_noise_anneals_to_zero_over_the_last_share_of_the_steps():
+    from hwbench.train import noise_at
+
+    total = 100
+    assert [noise_at(0.0, s, total) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]  # the paper's
+    curve = [noise_at(0.4, s, total) for s in range(total)]
+    assert curve[59] == 1.0 and curve[60] == 1.0  # full noise until 60 % of the steps
+    assert 0.45 < curve[70] < 0.55  # halfway down the ramp (60 % -> 80 %)
+    assert curve[79] > 0.0 and curve[80] == 0.0 and curve[99] == 0.0  # noise-free at the end
+    assert all(a >= b for a, b in zip(curve, curve[1:]))
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+def test_a_bad_gate_noise_anneal_is_a_usage_error(value):
+    from hwbench.errors import UsageError
+    from hwbench.train import TrainConfig, validate
+
+    with pytest.raises(UsageError, match="--gate-noise-anneal"):
+        validate(TrainConfig(dataset="synthetic", gate_noise_anneal=value), files=False)

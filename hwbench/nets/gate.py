@@ -24,17 +24,24 @@ from hwbench.nets.geometry import GATE_REDUCTION
 GATE_TEMPERATURE = 2.0 / 3.0
 
 
+def logistic_noise(logits: torch.Tensor, scale: float | torch.Tensor = 1.0,
+                   eps: float = 1e-8) -> torch.Tensor:
+    """Logistic noise log(u) - log(1 - u) (the difference of two Gumbels) shaped like
+    ``logits``, times ``scale`` (a float or a 0-dim tensor: 0 gives the noise-free decision;
+    the random draw is taken either way, so the random stream does not depend on it)."""
+    u = torch.rand_like(logits)
+    return (torch.log(u + eps) - torch.log1p(-u + eps)) * scale
+
+
 def gumbel_sigmoid_st(logits: torch.Tensor, temperature: float = GATE_TEMPERATURE,
-                      eps: float = 1e-8) -> torch.Tensor:
+                      eps: float = 1e-8, noise_scale: float | torch.Tensor = 1.0) -> torch.Tensor:
     """Hard {0, 1} sample of a Gumbel-sigmoid with a straight-through gradient.
 
-    Logistic noise log(u) - log(1 - u) (the difference of two Gumbels) is added to the logits;
-    the forward value is 1[sigmoid((logits + noise) / T) >= 0.5], the backward pass is the
-    gradient of the soft sigmoid.
+    Logistic noise (``logistic_noise``, times ``noise_scale``) is added to the logits; the
+    forward value is 1[sigmoid((logits + noise) / T) >= 0.5], the backward pass is the gradient
+    of the soft sigmoid. At ``noise_scale`` 0 the value is the deployed decision 1[logit >= 0].
     """
-    u = torch.rand_like(logits)
-    noise = torch.log(u + eps) - torch.log1p(-u + eps)
-    soft = torch.sigmoid((logits + noise) / temperature)
+    soft = torch.sigmoid((logits + logistic_noise(logits, noise_scale, eps)) / temperature)
     hard = (soft >= 0.5).to(soft.dtype)
     return hard + (soft - soft.detach())
 
@@ -163,6 +170,10 @@ class ChannelGate(nn.Module):
         self.init_bias()
         self.deployed: torch.Tensor | None = None
         self.surrogate = "sigmoid"  # the deployed decisions' gradient (deterministic_st)
+        # the training noise's scale (1: the paper's; 0: the deployed decisions), set per step
+        # by the training loop (``set_gate_noise``); a buffer so that a compiled step reads a
+        # new value without recompiling; not saved: the schedule sets it
+        self.register_buffer("noise_scale", torch.ones(()), persistent=False)
 
     @torch.no_grad()
     def init_bias(self) -> None:
@@ -221,7 +232,7 @@ class ChannelGate(nn.Module):
                                                  "linear")
             else:
                 self.deployed = deterministic_st(logits, self.temperature)
-            return gumbel_sigmoid_st(logits, self.temperature)
+            return gumbel_sigmoid_st(logits, self.temperature, noise_scale=self.noise_scale)
         self.deployed = (logits >= 0).to(logits.dtype)
         return self.deployed
 
@@ -235,6 +246,13 @@ class ChannelGate(nn.Module):
             self.deployed = self._nested(self._logits_gate_only(x), "linear")
         else:
             self.deployed = self._nested(logits)
-        u = torch.rand_like(logits)
-        noise = torch.log(u + 1e-8) - torch.log1p(-u + 1e-8)
-        return self._nested(logits + noise)
+        return self._nested(logits + logistic_noise(logits, self.noise_scale))
+
+
+def set_gate_noise(net: nn.Module, scale: float) -> None:
+    """Set the training noise of every gate in ``net`` (1: the paper's Gumbel-sigmoid; 0: the
+    gates train on the decisions the deployed network takes). In place, on the device: no
+    host sync."""
+    for m in net.modules():
+        if isinstance(m, ChannelGate):
+            m.noise_scale.fill_(float(scale))

@@ -170,3 +170,37 @@ def test_width_gates_start_at_full_width_deployed_and_mostly_full_when_sampled()
     assert 0.5 < float(sampled.macs_ratio.mean()) < 0.95
     # channel gates keep the reference's zero bias
     assert float(create_net("resnet18").layer1[0].gate.fc2.bias.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("gate_kind", ["channel", "width:16"])
+def test_without_noise_the_training_pass_runs_the_deployed_decisions(gate_kind):
+    """noise scale 0: the sampled masks a training pass runs are its noise-free decisions
+    (what the deployed network runs), and the straight-through gradient still reaches the gate;
+    scale 1: they differ (the paper's noise)."""
+    from hwbench.nets import create_net
+    from hwbench.nets.gate import set_gate_noise
+
+    torch.manual_seed(3)
+    net = create_net("resnet18", stem="cifar", gate=gate_kind).train()
+    for _, block in net.blocks():  # logits spread around 0, as after some training
+        torch.nn.init.normal_(block.gate.fc2.bias, 0.0, 1.0)
+    x = torch.randn(16, 3, 32, 32)
+    noisy = net.forward_gated(x)
+    assert any(not torch.equal(m, d) for m, d in zip(noisy.masks, noisy.deployed_masks))
+    set_gate_noise(net, 0.0)
+    quiet = net.forward_gated(x)
+    for m, d in zip(quiet.masks, quiet.deployed_masks):
+        assert torch.equal(m.detach(), d.detach())
+    assert torch.allclose(quiet.macs_ratio, quiet.deployed_macs_ratio)
+    quiet.macs_ratio.sum().backward()
+    assert all(b.gate.fc2.bias.grad is not None and b.gate.fc2.bias.grad.abs().sum() > 0
+               for _, b in net.blocks())
+
+
+def test_half_the_noise_flips_fewer_decisions_than_the_full_noise():
+    torch.manual_seed(4)
+    logits = torch.randn(256, 64)
+    hard = (logits >= 0).float()
+    flips = [float((gumbel_sigmoid_st(logits, noise_scale=s) != hard).float().mean())
+             for s in (1.0, 0.5, 0.0)]
+    assert flips[0] > flips[1] > flips[2] == 0.0
