@@ -15,6 +15,7 @@ import click
 from hwbench import __version__
 from hwbench.errors import HwbenchError, UsageError
 from hwbench.recipe import RECIPES, apply_recipe, format_recipe
+from hwbench.verdict import EXIT_CODES, exit_help
 
 # hwbench.ssl.knn.KNN_PROTOCOLS and hwbench.data.VIEWS, spelled out: --help imports no torch
 KNN_PROTOCOL_NAMES = ("reference", "online", "cosine")
@@ -807,7 +808,7 @@ def _verdict(v: dict) -> str:
              f"({v['ratio_to_dense']['value']:.3f}x dense) -> ")
     if not v["valid"]:
         return line + "NO DECISION (" + v["reason"] + ")"
-    return line + f"{'MET' if v['met'] else 'MISSED'} ({100 * (v['score'] - 1):+.1f}%)"
+    return line + f"{v['verdict']} ({v['verdict_message']})"
 
 
 def _on_runtime(res: dict) -> str:
@@ -860,7 +861,7 @@ class _TrainProgress:
                              info=info)
 
 
-@cli.command()
+@cli.command(epilog=exit_help((0, 4, 5, 2)))
 @click.option("--pattern", "pattern_path", required=True, type=click.Path(dir_okay=False),
               help="The learned pattern (models/<run>.json).")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
@@ -885,7 +886,8 @@ class _TrainProgress:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def verify(pattern_path, checkpoint, target_latency, device, percentile, profile_path,
            max_time_s, allow_foreign, runtime, as_json) -> None:
-    """Measure a learned network on this device: target vs predicted vs measured (exit 4: missed).
+    """Measure a learned network on this device: target vs predicted vs measured. It lands when
+    the measured latency is within [0.90, 1.00] x the target: far under it is UNDERSHOT.
     """
     from hwbench.units import LatencyTarget
     from hwbench.verify import run_verify
@@ -907,8 +909,7 @@ def verify(pattern_path, checkpoint, target_latency, device, percentile, profile
             click.echo(res["profile_stale"]["note"])
         if res["advice"]:
             click.echo(res["advice"])
-    if not res["met"]:
-        sys.exit(4)
+    sys.exit(EXIT_CODES[res["verdict"]])
 
 
 @cli.command(name="export")

@@ -70,9 +70,10 @@ def _latency(score: float | None, valid: bool, band: tuple[float, float]) -> Ver
                        f"{100 * (score - 1):+.1f} % over the target")
     if score < low:
         return Verdict(UNDERSHOT, EXIT_CODES[UNDERSHOT],
-                       f"{100 * (1 - score):.1f} % of the latency budget unused (the band "
-                       f"starts at {low:.2f} x target)")
-    return Verdict(MET, EXIT_CODES[MET], f"inside the band ({100 * (score - 1):+.1f} %)")
+                       f"{100 * (1 - score):.1f} % of the latency budget unused (band "
+                       f"{low:.2f}-{high:.2f} x target)")
+    return Verdict(MET, EXIT_CODES[MET], f"{100 * (score - 1):+.1f} % from the target, inside "
+                                         f"the band {low:.2f}-{high:.2f} x target")
 
 
 def exit_help(codes: tuple[int, ...] | None = None) -> str:
