@@ -388,9 +388,16 @@ def test_a_latency_budget_run_on_this_machine_is_trimmed_by_default(tmp_path, mo
     saved = json.loads((tmp_path / "lat" / "summary.json").read_text())
     assert saved["trim"]["measured_ms"] == s["trim"]["measured_ms"]
     assert any("trimming the learned network" in line for line in said)
+    assert json.loads((tmp_path / "lat" / "final.json").read_text())["network"] == "trim-0.8x"
     s = train_to_target(cfg("flops", "flops"), targets=[(str(prof), "0.8x")],
                         verify_max_time_s=0.3, trim_options=fast)
     assert "trim" not in s and not list((tmp_path / "flops").glob("trim-*"))
+    # untrimmed, the deployed network is the one delivered, judged as verify.json measured it
+    final = json.loads((tmp_path / "flops" / "final.json").read_text())
+    ver = json.loads((tmp_path / "flops" / "verify.json").read_text())
+    assert final == s["delivered"] and final["network"] == "deployed"
+    assert final["verdict"] == ver["verdict"] and final["measured"]["valid"] == ver["valid"]
+    assert final["knn_top1"]["gated"] == s["deployed"]["eval"]["knn_top1_gated"]
 
 
 def test_width_gated_trimming_caps_widths_from_the_top():

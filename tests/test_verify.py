@@ -67,6 +67,16 @@ def test_far_under_the_target_is_undershot_not_met(target, verdict):
         assert "% of the latency budget unused" in d["verdict_message"]
 
 
+def test_a_narrower_band_is_decided_as_given():
+    from hwbench.units import LatencyTarget
+    from hwbench.verify import decide
+
+    m = fake_measurement(4.98, 7.12)  # p90 4.971 ms: 0.938 x 5.3 ms
+    d = decide(m, LatencyTarget.parse("5.3ms"), None, band=(0.95, 1.0))
+    assert (d["verdict"], d["band"]) == ("UNDERSHOT", [0.95, 1.0])
+    assert decide(m, LatencyTarget.parse("5.3ms"), None)["verdict"] == "MET"
+
+
 def test_a_relative_target_is_immune_to_drift_an_absolute_one_is_not():
     from hwbench.units import LatencyTarget
     from hwbench.verify import decide
