@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from hwbench.errors import UsageError
 from hwbench.final import final_record, write_final
 from hwbench.io import atomic_torch_save, atomic_write_json, check_writable
 from hwbench.trim import SearchRule
+from hwbench.units import LatencyTarget
 
 CALIB_IMAGES = 1024  # class-balanced training images the deployed pattern is summarised on
 # A trim candidate's p90 needs a 95% CI within 3% (the final verify: 2%): the search confirms a
@@ -141,48 +143,28 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
     (default ``RUN/trim-<target>``): checkpoint.pt, pattern.json, trim.json (the search),
     verify.json (measured anew) and eval.json (kNN of the gated network); and ``RUN/final.json``
     (the verdict on it)."""
-    from hwbench.data import info, sample_images
-    from hwbench.engine.runtimes import check_runtime, runtime_record
-    from hwbench.evaluate import load_run
-    from hwbench.locate import is_local, profile_threads, resolve_profile
-    from hwbench.measure.device import parse_device, torch_threads
+    from hwbench.data import sample_images
+    from hwbench.engine.runtimes import runtime_record
+    from hwbench.locate import profile_threads
+    from hwbench.measure.device import torch_threads
     from hwbench.trim import search
-    from hwbench.units import LatencyTarget
     from hwbench.verify import run_verify, timing_inputs
 
-    dev = parse_device(device)
-    check_runtime(runtime, dev)
-    run = Path(run_dir)
-    ckpt = run / "checkpoint.pt"
-    if not ckpt.exists():
-        raise UsageError(f"{run}: no checkpoint.pt (is it a training run directory?)")
-    if not 0 < tolerance < 1:
-        raise UsageError(f"--tolerance must be in (0, 1), got {tolerance:g}")
-    goal = LatencyTarget.parse(target, percentile)
-    out = check_writable(Path(out) if out else run / f"trim-{goal.text}", folder=True)
-    net, cfg, _ = load_run(ckpt)
-    if cfg.get("method") == "dense":
-        raise UsageError(f"{run} trained the dense stream only: there are no gates to trim")
-    meta = info(cfg["dataset"])
-    tp = resolve_profile(profile_path or device, cfg["arch"], meta.stem, meta.input_size,
-                         quick=False, runtime=runtime)
-    if not is_local(tp.profile["fingerprint"], dev):
-        raise UsageError(f"{tp.path} profiles {tp.profile['fingerprint']['name']}, not this "
-                         f"machine's {device}: trimming measures, so run it on the target device")
+    job = _trim_job(run_dir, target, device, profile_path, percentile, tolerance, out, runtime)
+    run, goal, out, cfg, tp, dev = job.run, job.goal, job.out, job.cfg, job.tp, job.dev
     calib, calib_record = sample_images(cfg["dataset"], True, calib_samples, **_data_kw(cfg))
-    inputs = timing_inputs(cfg, meta.input_size)
-    on = "" if runtime == "eager" else f" ({runtime})"
-    say(f"trimming {run} to {goal.text} ({percentile}) on "
-        f"{tp.profile['fingerprint']['name']}{on}, profile {tp.path}")
+    inputs = timing_inputs(cfg, job.input_size)
+    say(f"trimming {run} to {goal.text} ({percentile}) on {tp.profile['fingerprint']['name']}"
+        + ("" if runtime == "eager" else f" ({runtime})") + f", profile {tp.path}")
     rule = SearchRule(tolerance=tolerance, max_measurements=max_measurements)
     with torch_threads(profile_threads(tp.profile)):  # the profile's conditions
         threads = torch.get_num_threads()
-        res = search(net.to(dev), calib, dev,  # deploys net on calib, then searches
+        res = search(job.net.to(dev), calib, dev,  # deploys the net on calib, then searches
                      _candidate_timer(goal, inputs, dev, max_time_s, min_runs, runtime),
                      _score_predictor(goal, tp.profile), _predictor(tp.profile), rule, say=say)
     if not res.hit:
         say(f"  trim could not land: {res.reason}")
-    _save_trimmed(ckpt, res, cfg, goal, calib_record, out)
+    _save_trimmed(run / "checkpoint.pt", res, cfg, goal, calib_record, out)
     atomic_write_json(out / "trim.json", {
         "schema": "hwbench/trim@3", "run": str(run), "target": goal.to_dict(),
         "tolerance": tolerance, "band": list(rule.band), "profile": str(tp.path),
@@ -197,19 +179,67 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
                      runtime=runtime, band=rule.band)
     atomic_write_json(out / "verify.json", ver)
     summary = _trim_summary(out, goal, res, ver, tolerance)
-    ev = {}
-    if knn:
-        say("kNN top-1 of the trimmed network (gated: the compact engine" +
-            (" that was timed" if runtime == "eager" else f"; the {runtime} graph was timed")
-            + ") ...")
-        ev = evaluate_deployed(out / "checkpoint.pt", out / "pattern.json", device,
-                               out / "eval.json")
-        summary.update({k: v for k, v in ev.items() if k.startswith("knn_top1")})
+    ev = _trimmed_knn(out, device, runtime, say) if knn else {}
+    summary.update({k: v for k, v in ev.items() if k.startswith("knn_top1")})
     summary["delivered"] = final_record(_name_in(run, out), ver, rule.band, ev,
                                         _random_init_knn(run), cfg.get("knn", "cosine"))
     atomic_write_json(out / "summary.json", summary)
     write_final(run, summary["delivered"])
     return summary
+
+
+@dataclass
+class _TrimJob:
+    """What a trim works on, checked: the run, its network and config, the target, the folder
+    it writes, this machine's profile (``hwbench.locate``) and device."""
+
+    run: Path
+    goal: LatencyTarget
+    out: Path
+    net: torch.nn.Module
+    cfg: dict
+    input_size: int
+    tp: object
+    dev: torch.device
+
+
+def _trim_job(run_dir, target, device: str, profile_path: str | None, percentile: str,
+              tolerance: float, out, runtime: str) -> _TrimJob:
+    """Check a trim's inputs, one-line errors (``UsageError``) before any measuring."""
+    from hwbench.data import info
+    from hwbench.engine.runtimes import check_runtime
+    from hwbench.evaluate import load_run
+    from hwbench.locate import is_local, resolve_profile
+    from hwbench.measure.device import parse_device
+
+    dev = parse_device(device)
+    check_runtime(runtime, dev)
+    run = Path(run_dir)
+    if not (run / "checkpoint.pt").exists():
+        raise UsageError(f"{run}: no checkpoint.pt (is it a training run directory?)")
+    if not 0 < tolerance < 1:
+        raise UsageError(f"--tolerance must be in (0, 1), got {tolerance:g}")
+    goal = LatencyTarget.parse(target, percentile)
+    out = check_writable(Path(out) if out else run / f"trim-{goal.text}", folder=True)
+    net, cfg, _ = load_run(run / "checkpoint.pt")
+    if cfg.get("method") == "dense":
+        raise UsageError(f"{run} trained the dense stream only: there are no gates to trim")
+    meta = info(cfg["dataset"])
+    tp = resolve_profile(profile_path or device, cfg["arch"], meta.stem, meta.input_size,
+                         quick=False, runtime=runtime)
+    if not is_local(tp.profile["fingerprint"], dev):
+        raise UsageError(f"{tp.path} profiles {tp.profile['fingerprint']['name']}, not this "
+                         f"machine's {device}: trimming measures, so run it on the target device")
+    return _TrimJob(run, goal, out, net, cfg, meta.input_size, tp, dev)
+
+
+def _trimmed_knn(out: Path, device: str, runtime: str, say) -> dict:
+    """kNN top-1 of the trimmed network in ``out`` (``eval.json``)."""
+    say("kNN top-1 of the trimmed network (gated: the compact engine" +
+        (" that was timed" if runtime == "eager" else f"; the {runtime} graph was timed")
+        + ") ...")
+    return evaluate_deployed(out / "checkpoint.pt", out / "pattern.json", device,
+                             out / "eval.json")
 
 
 def _name_in(run: Path, out: Path) -> str:
