@@ -31,13 +31,26 @@ def set_channels(net, block: int, channels: list[int], bias: float) -> None:
     would not cap the width: the nesting already switches off every group after it, so it is
     refused as a mistake); the group's bias is set. Channels past a thinner network's width
     (``--width-mult``) do not exist there and are skipped."""
+    _set_bias(net, block, channels, bias, edge=True)
+
+
+def reopen(net, block: int, channels: list[int]) -> None:
+    """Switch always-off ``channels`` of block ``block`` back on for good (``ON_BIAS``). A
+    channel gate's channels are then always on. A width gate's ``channels`` must be whole,
+    contiguous groups (anywhere in the block): each reopened group follows the group before it
+    (the decisions are nested), so reopening the groups just above a block's widest kept width
+    raises that width for the inputs that kept it, and leaves the others as they were."""
+    _set_bias(net, block, channels, ON_BIAS, edge=False)
+
+
+def _set_bias(net, block: int, channels: list[int], bias: float, edge: bool) -> None:
     if not channels:
         return
     gate = [b for _, b in net.blocks()][block].gate
     spec, outputs = gate.spec, gate.fc2.out_channels
     idx = sorted(set(int(c) for c in channels))
     if spec.kind == "width":
-        idx = _width_groups(idx, outputs * spec.step, spec.step, bias > 0, block)
+        idx = _width_groups(idx, outputs * spec.step, spec.step, bias > 0, block, edge)
     idx = [c for c in idx if c < outputs]
     if idx:
         with torch.no_grad():
@@ -45,18 +58,21 @@ def set_channels(net, block: int, channels: list[int], bias: float) -> None:
 
 
 def _width_groups(channels: list[int], width: int, step: int, on: bool,
-                  block: int) -> list[int]:
-    """The width-gate groups of ``channels`` (sorted): whole groups, a prefix (``on``) or a
-    suffix of the block's ``width`` channels, else a ValueError."""
+                  block: int, edge: bool = True) -> list[int]:
+    """The width-gate groups of ``channels`` (sorted): whole, contiguous groups and, with
+    ``edge``, a prefix (``on``) or a suffix of the block's ``width`` channels; else a
+    ValueError."""
     groups = sorted({c // step for c in channels})
     whole = set(channels) == {c for g in groups for c in range(g * step, (g + 1) * step)}
     n = max(width // step, groups[-1] + 1)
     contiguous = groups == list(range(groups[0], groups[-1] + 1))
-    edge = groups[0] == 0 if on else groups[-1] == n - 1
-    if not (whole and contiguous and edge):
-        raise ValueError(f"block {block}: a width gate (step {step}) can only fix whole groups "
-                         f"{'on from the first' if on else 'off up to the last'} channel, got "
-                         f"channels {channels[0]}..{channels[-1]} ({len(channels)})")
+    at_edge = not edge or (groups[0] == 0 if on else groups[-1] == n - 1)
+    if not (whole and contiguous and at_edge):
+        where = "" if not edge else " on from the first channel" if on else \
+            " off up to the last channel"
+        raise ValueError(f"block {block}: a width gate (step {step}) can only fix whole "
+                         f"groups{where}, contiguous, got channels "
+                         f"{channels[0]}..{channels[-1]} ({len(channels)})")
     return groups
 
 

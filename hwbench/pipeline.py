@@ -5,21 +5,26 @@
 
 Files a target run gets (``RUN/``): the training run's own, ``deployed/`` (checkpoint.pt with the
 pattern's decided channels closed, pattern.json summarised on a class-balanced sample of the
-training split), ``verify.json`` (the deployed network timed on real test images), and, when
-trimmed, ``trim-<target>/`` (checkpoint.pt, pattern.json, trim.json, verify.json, eval.json).
+training split), ``verify.json`` (the deployed network timed on real test images), when
+trimmed, ``trim-<target>/`` (checkpoint.pt, pattern.json, trim.json, verify.json, eval.json),
+and ``final.json`` (``hwbench.final``: the delivered network and the verdict on it).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from hwbench.errors import UsageError
+from hwbench.final import final_record, write_final
 from hwbench.io import atomic_torch_save, atomic_write_json, check_writable
 from hwbench.trim import SearchRule
+from hwbench.units import LatencyTarget
 
 CALIB_IMAGES = 1024  # class-balanced training images the deployed pattern is summarised on
 # A trim candidate's p90 needs a 95% CI within 3% (the final verify: 2%): the search confirms a
@@ -148,81 +153,62 @@ def _brief(summary: dict) -> dict:
 
 def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
              profile_path: str | None = None, percentile: str = "p90",
-             tolerance: float = 0.05, max_time_s: float = 6.0, verify_max_time_s: float = 20.0,
+             tolerance: float = SearchRule.tolerance, max_time_s: float = 6.0,
+             verify_max_time_s: float = 20.0,
              calib_samples: int = CALIB_IMAGES, out: str | Path | None = None, knn: bool = True,
              min_runs: int = 64, max_measurements: int = SearchRule.max_measurements,
-             say: Callable[[str], None] = lambda s: None, runtime: str = "eager") -> dict:
+             say: Callable[[str], None] = lambda s: None, runtime: str = "eager",
+             finetune_steps: int = 0) -> dict:
     """Trim a training run's network to ``target`` on ``device`` (this machine), measured as
-    ``runtime`` runs it (with that runtime's profile), and write the trimmed run to ``out``
-    (default ``RUN/trim-<target>``): checkpoint.pt, pattern.json, trim.json (the search),
-    verify.json (measured anew) and eval.json (kNN of the gated network)."""
-    from hwbench.data import info, sample_images
-    from hwbench.deploy import deploy
-    from hwbench.engine.runtimes import check_runtime, runtime_record
-    from hwbench.evaluate import load_run
-    from hwbench.locate import is_local, profile_threads, resolve_profile
-    from hwbench.measure.device import parse_device, torch_threads
+    ``runtime`` runs it (with that runtime's profile): channels off, or always-off ones back on,
+    until it lands in ``[1 - tolerance, 1] x target``; then ``finetune_steps`` of recovery
+    fine-tuning (``finetune_net``). Writes the trimmed run to ``out`` (default
+    ``RUN/trim-<target>``): checkpoint.pt, pattern.json, trim.json (the search), verify.json
+    (the final network measured anew) and eval.json (kNN of its gated stream;
+    eval-before-finetune.json); and ``RUN/final.json`` (the verdict on it)."""
+    from hwbench.data import sample_images
+    from hwbench.engine.runtimes import runtime_record
+    from hwbench.locate import profile_threads
+    from hwbench.measure.device import torch_threads
     from hwbench.trim import search
-    from hwbench.units import LatencyTarget
     from hwbench.verify import run_verify, timing_inputs
 
-    dev = parse_device(device)
-    check_runtime(runtime, dev)
-    run = Path(run_dir)
-    ckpt = run / "checkpoint.pt"
-    if not ckpt.exists():
-        raise UsageError(f"{run}: no checkpoint.pt (is it a training run directory?)")
-    if not 0 < tolerance < 1:
-        raise UsageError(f"--tolerance must be in (0, 1), got {tolerance:g}")
-    goal = LatencyTarget.parse(target, percentile)
-    out = check_writable(Path(out) if out else run / f"trim-{goal.text}", folder=True)
-    net, cfg, _ = load_run(ckpt)
-    if cfg.get("method") == "dense":
-        raise UsageError(f"{run} trained the dense stream only: there are no gates to trim")
-    meta = info(cfg["dataset"])
-    tp = resolve_profile(profile_path or device, cfg["arch"], meta.stem, meta.input_size,
-                         quick=False, runtime=runtime)
-    if not is_local(tp.profile["fingerprint"], dev):
-        raise UsageError(f"{tp.path} profiles {tp.profile['fingerprint']['name']}, not this "
-                         f"machine's {device}: trimming measures, so run it on the target device")
+    job = _trim_job(run_dir, target, device, profile_path, percentile, tolerance, out, runtime)
+    run, goal, out, cfg, tp, dev = job.run, job.goal, job.out, job.cfg, job.tp, job.dev
     calib, calib_record = sample_images(cfg["dataset"], True, calib_samples, **_data_kw(cfg))
-    deploy(net, calib, dev)
-    inputs = timing_inputs(cfg, meta.input_size)
-    on = "" if runtime == "eager" else f" ({runtime})"
-    say(f"trimming {run} to {goal.text} ({percentile}) on "
-        f"{tp.profile['fingerprint']['name']}{on}, profile {tp.path}")
+    inputs = timing_inputs(cfg, job.input_size)
+    say(f"trimming {run} to {goal.text} ({percentile}) on {tp.profile['fingerprint']['name']}"
+        + ("" if runtime == "eager" else f" ({runtime})") + f", profile {tp.path}")
+    rule = SearchRule(tolerance=tolerance, max_measurements=max_measurements)
     with torch_threads(profile_threads(tp.profile)):  # the profile's conditions
         threads = torch.get_num_threads()
-        res = search(net.to(dev), calib, dev,
+        res = search(job.net.to(dev), calib, dev,  # deploys the net on calib, then searches
                      _candidate_timer(goal, inputs, dev, max_time_s, min_runs, runtime),
-                     _score_predictor(goal, tp.profile), _predictor(tp.profile),
-                     SearchRule(tolerance=tolerance, max_measurements=max_measurements),
-                     say=say)
+                     _score_predictor(goal, tp.profile), _predictor(tp.profile), rule, say=say)
     if not res.hit:
         say(f"  trim could not land: {res.reason}")
-    _save_trimmed(ckpt, res, cfg, goal, calib_record, out)
+    _save_trimmed(run / "checkpoint.pt", res, cfg, goal, calib_record, out)
     atomic_write_json(out / "trim.json", {
-        "schema": "hwbench/trim@2", "run": str(run), "target": goal.to_dict(),
-        "tolerance": tolerance, "profile": str(tp.path),
+        "schema": "hwbench/trim@3", "run": str(run), "target": goal.to_dict(),
+        "tolerance": tolerance, "band": list(rule.band), "profile": str(tp.path),
         "device": tp.profile["fingerprint"]["name"], "calibration": calib_record,
         "inputs": inputs.record, "runtime": runtime_record(runtime, threads),
         "protocol": f"deployed candidates, {_runner(runtime)}, dynamic mode, batch 1, "
                     f"interleaved with dense, {percentile} to a {CANDIDATE_CI:.0%} CI or "
                     f"{max_time_s:g} s per measurement", **res.to_dict()})
+    tuned = _finetune_trimmed(out, finetune_steps, device, runtime, say, knn)
     say("measuring the trimmed network anew ...")
     ver = run_verify(str(out / "pattern.json"), goal, device, str(out / "checkpoint.pt"),
                      percentile, str(tp.path), verify_max_time_s, inputs=inputs,
-                     runtime=runtime)
+                     runtime=runtime, band=rule.band)
     atomic_write_json(out / "verify.json", ver)
     summary = _trim_summary(out, goal, res, ver, tolerance)
-    if knn:
-        say("kNN top-1 of the trimmed network (gated: the compact engine" +
-            (" that was timed" if runtime == "eager" else f"; the {runtime} graph was timed")
-            + ") ...")
-        ev = evaluate_deployed(out / "checkpoint.pt", out / "pattern.json", device,
-                               out / "eval.json")
-        summary.update({k: v for k, v in ev.items() if k.startswith("knn_top1")})
+    ev = _trimmed_knn(out, device, runtime, say) if knn else {}
+    summary.update({k: v for k, v in ev.items() if k.startswith("knn_top1")}, **tuned)
+    summary["delivered"] = final_record(_name_in(run, out), ver, rule.band, ev,
+                                        _random_init_knn(run), cfg.get("knn", "cosine"))
     atomic_write_json(out / "summary.json", summary)
+    write_final(run, summary["delivered"])
     return summary
 
 
@@ -253,10 +239,98 @@ def finetune_net(net_dir: str | Path, steps: int, device: str = "cpu",
     return record
 
 
+@dataclass
+class _TrimJob:
+    """What a trim works on, checked: the run, its network and config, the target, the folder
+    it writes, this machine's profile (``hwbench.locate``) and device."""
+
+    run: Path
+    goal: LatencyTarget
+    out: Path
+    net: torch.nn.Module
+    cfg: dict
+    input_size: int
+    tp: object
+    dev: torch.device
+
+
+def _trim_job(run_dir, target, device: str, profile_path: str | None, percentile: str,
+              tolerance: float, out, runtime: str) -> _TrimJob:
+    """Check a trim's inputs, one-line errors (``UsageError``) before any measuring."""
+    from hwbench.data import info
+    from hwbench.engine.runtimes import check_runtime
+    from hwbench.evaluate import load_run
+    from hwbench.locate import is_local, resolve_profile
+    from hwbench.measure.device import parse_device
+
+    dev = parse_device(device)
+    check_runtime(runtime, dev)
+    run = Path(run_dir)
+    if not (run / "checkpoint.pt").exists():
+        raise UsageError(f"{run}: no checkpoint.pt (is it a training run directory?)")
+    if not 0 < tolerance < 1:
+        raise UsageError(f"--tolerance must be in (0, 1), got {tolerance:g}")
+    goal = LatencyTarget.parse(target, percentile)
+    out = check_writable(Path(out) if out else run / f"trim-{goal.text}", folder=True)
+    net, cfg, _ = load_run(run / "checkpoint.pt")
+    if cfg.get("method") == "dense":
+        raise UsageError(f"{run} trained the dense stream only: there are no gates to trim")
+    meta = info(cfg["dataset"])
+    tp = resolve_profile(profile_path or device, cfg["arch"], meta.stem, meta.input_size,
+                         quick=False, runtime=runtime)
+    if not is_local(tp.profile["fingerprint"], dev):
+        raise UsageError(f"{tp.path} profiles {tp.profile['fingerprint']['name']}, not this "
+                         f"machine's {device}: trimming measures, so run it on the target device")
+    return _TrimJob(run, goal, out, net, cfg, meta.input_size, tp, dev)
+
+
+def _trimmed_knn(out: Path, device: str, runtime: str, say) -> dict:
+    """kNN top-1 of the trimmed network in ``out`` (``eval.json``)."""
+    say("kNN top-1 of the trimmed network (gated: the compact engine" +
+        (" that was timed" if runtime == "eager" else f"; the {runtime} graph was timed")
+        + ") ...")
+    return evaluate_deployed(out / "checkpoint.pt", out / "pattern.json", device,
+                             out / "eval.json")
+
+
+def _finetune_trimmed(out: Path, steps: int, device: str, runtime: str, say,
+                      knn: bool) -> dict:
+    """``steps`` of recovery fine-tuning of the network in ``out``, with its kNN before
+    (``eval-before-finetune.json``); {} for 0 steps."""
+    if not steps:
+        return {}
+    before = {}
+    if knn:
+        say("kNN top-1 before fine-tuning ...")
+        before = evaluate_deployed(out / "checkpoint.pt", out / "pattern.json", device,
+                                   out / "eval-before-finetune.json")
+    record = finetune_net(out, steps, device, say)
+    return {"finetune": {**record, "knn_top1_gated_before": before.get("knn_top1_gated")}}
+
+
+def _name_in(run: Path, out: Path) -> str:
+    """``out`` as final.json names the delivered network: relative to the run, else whole."""
+    try:
+        return str(out.resolve().relative_to(run.resolve()))
+    except ValueError:
+        return str(out)
+
+
+def _random_init_knn(run: Path) -> float | None:
+    """The randomly initialised network's gated kNN top-1 (%), from the run's summary.json
+    (None: not evaluated, or no summary)."""
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return (summary.get("initial") or {}).get("knn_top1_gated")
+
+
 def _save_trimmed(ckpt: Path, res, cfg: dict, goal, calib_record: dict, out: Path) -> None:
     """The trimmed network (checkpoint.pt) and its pattern (pattern.json) in ``out``."""
     save_network(ckpt, res.net, out / "checkpoint.pt",
-                 trim={"from": str(ckpt), "target": goal.to_dict(), "n_off": res.n_off})
+                 trim={"from": str(ckpt), "target": goal.to_dict(), "n": res.n,
+                       "n_off": res.n_off, "n_restored": res.n_restored})
     pattern = res.pattern
     pattern.t_d = cfg.get("t_d")
     pattern.extra.update(dataset=cfg["dataset"], run=f"{ckpt.parent.name}-trim-{goal.text}",
@@ -306,10 +380,13 @@ def _trim_summary(out: Path, goal, res, ver: dict, tolerance: float) -> dict:
     pct = goal.percentile
     measured, target_ms = ver["measured"][f"{pct}_ms"], ver["target_ms"]
     return {"dir": str(out), "target": goal.to_dict(), "target_ms": target_ms,
-            "n_off": res.n_off, "candidates": res.candidates, "search_hit": res.hit,
+            "n": res.n, "n_off": res.n_off, "n_restored": res.n_restored,
+            "candidates": res.candidates, "restore_candidates": res.restorable,
+            "search_hit": res.hit,
             "search_score": res.score, "search_spread": res.spread,
             "search_reason": res.reason, "measured_ms": measured, "score": ver["score"],
             "error": ver["score"] - 1.0, "valid": ver["valid"], "met": ver["met"],
+            "band": ver["band"], "verdict": ver["verdict"],
             "within_tolerance": ver["valid"] and abs(ver["score"] - 1.0) <= tolerance,
             "dense_ms": ver["dense"][f"{pct}_ms"],
             "profile_dense_ms": ver.get("profile_dense_ms"),
@@ -362,20 +439,38 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
             summary["verify_all"] = results
         atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
     if trim and local:
-        tp, goal, where = local[0]
-        if len(local) > 1:
-            say(f"trimming to the first target on this machine ({where}); the others keep the "
-                "trained network")
-        device = tp.device
-        say(f"trimming the learned network to {goal.text} ({goal.percentile}) on "
-            f"{tp.profile['fingerprint']['name']} ...")
-        exact = goal.text if goal.ratio is not None else goal.ms * 1e-3
-        summary["trim"] = trim_run(summary["dir"], exact, device, str(tp.path),
-                                   goal.percentile, say=say, runtime=runtime,
-                                   **(trim_options or {}))
-        atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
+        summary["trim"] = _trim_first(summary, local, say, runtime, trim_options)
+        summary["delivered"] = summary["trim"]["delivered"]
     elif trim and resolved:
         say("no target device is this machine: nothing to trim here (run `hwbench trim RUN_DIR "
             "--target-latency T" + ("" if runtime == "eager" else f" --runtime {runtime}")
             + "` on the target device)")
+    if local and "delivered" not in summary:
+        summary["delivered"] = _deployed_final(summary, cfg)
+        write_final(summary["dir"], summary["delivered"])
+    if local:
+        atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
     return summary
+
+
+def _trim_first(summary: dict, local: list, say, runtime: str, options: dict | None) -> dict:
+    """Trim the run to the first target on this machine (``trim_run``); its summary."""
+    tp, goal, where = local[0]
+    if len(local) > 1:
+        say(f"trimming to the first target on this machine ({where}); the others keep the "
+            "trained network")
+    say(f"trimming the learned network to {goal.text} ({goal.percentile}) on "
+        f"{tp.profile['fingerprint']['name']} ...")
+    exact = goal.text if goal.ratio is not None else goal.ms * 1e-3
+    return trim_run(summary["dir"], exact, tp.device, str(tp.path), goal.percentile, say=say,
+                    runtime=runtime, finetune_steps=summary["config"].get("finetune_steps") or 0,
+                    **(options or {}))
+
+
+def _deployed_final(summary: dict, cfg) -> dict:
+    """final.json for an untrimmed run: the deployed network, as verified at the first target
+    on this machine (``summary["verify"]``), with its kNN (``deployed/eval.json``)."""
+    ev = summary.get("deployed", {}).get("eval") or {}
+    random_init = (summary.get("initial") or {}).get("knn_top1_gated")
+    return final_record("deployed", summary["verify"], tuple(summary["verify"]["band"]), ev,
+                        random_init, cfg.knn)

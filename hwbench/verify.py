@@ -10,8 +10,10 @@ class-balanced sample of its data set's test split, cycled, with the engine's pl
 same images; a realised pattern on synthetic ones. Every result names its inputs.
 
 Decisions: a relative target (``0.7x``) is decided on the ratio to the dense network measured
-alongside, an absolute one in ms. The profile compared with is one of the same runtime (another
-runtime's latencies are another program's: refused with one line). When the dense reference
+alongside, an absolute one in ms, by ``hwbench.verdict``: ``met`` means inside the band
+(``[0.90, 1.00] x target``), ``verdict`` says MET, UNDERSHOT, MISSED or NO DECISION. The
+profile compared with is one of the same runtime (another runtime's latencies are another
+program's: refused with one line). When the dense reference
 measured now differs from the profile's by more than 10%, the result says the profile is stale,
 by how much, and what an absolute target means as a ratio.
 """
@@ -31,6 +33,7 @@ from hwbench.measure.stats import quantile_of
 from hwbench.patterns import load_pattern
 from hwbench.profiles import Predictor, Unattainable, pick_t_d
 from hwbench.units import LatencyTarget
+from hwbench.verdict import BAND, MET, NO_DECISION, UNDERSHOT, verdict
 
 TIMING_IMAGES = 64  # distinct real images a trained network is timed on
 STALE = 0.10  # the profile's dense reference this far from the one measured now: stale
@@ -80,17 +83,21 @@ def time_network(net, pattern, inputs: Inputs, dev: torch.device, percentile: st
     return measure(fns, inputs, protocol, dev, where="verify"), list(fns["dynamic"].engine.plan)
 
 
-def decide(m: Measurement, target: LatencyTarget, profile: dict | None) -> dict:
-    """Whether ``m`` meets ``target``: only on a valid measurement of the decided percentile
-    (both the network's and, for a relative target, the dense reference's)."""
+def decide(m: Measurement, target: LatencyTarget, profile: dict | None,
+           band: tuple[float, float] = BAND) -> dict:
+    """Whether ``m`` lands in ``band`` x ``target`` (``met``, and the ``verdict``): only on a
+    valid measurement of the decided percentile (both the network's and, for a relative target,
+    the dense reference's)."""
     pct = target.percentile
     gated, dense = m.at("dynamic"), m.at("dense")
     ratio = m.ratio("dynamic", "dense")
     needs = ["dynamic"] + (["dense"] if target.ratio is not None else [])
     invalid = [k for k in needs if not m[k]["valid"]]
     score = target.score(gated, dense)
+    v = verdict(score, not invalid, band)
     out = {"target_ms": target.ms_for(dense), "target": target.to_dict(), "score": score,
-           "ratio_to_dense": ratio, "valid": not invalid, "met": not invalid and score <= 1.0}
+           "ratio_to_dense": ratio, "valid": not invalid, "band": list(band),
+           "met": v.name == MET, "verdict": v.name, "verdict_message": v.message}
     if invalid:
         ci = m.protocol.get("ci_target") or 0
         out["reason"] = (f"no valid {pct} for {', '.join(invalid)}: its 95% CI did not reach "
@@ -116,12 +123,13 @@ def run_verify(pattern_path: str, target: float | str | LatencyTarget, device: s
                checkpoint: str | None = None, percentile: str = "p90",
                profile_path: str | None = None, max_time_s: float = 10.0,
                inputs: Inputs | None = None, allow_foreign: bool = False,
-               runtime: str = "eager") -> dict:
+               runtime: str = "eager", band: tuple[float, float] = BAND) -> dict:
     """Measure ``pattern_path``'s network (its checkpoint, or the pattern realised) against
     ``target`` (seconds, '5ms', '0.7x' or a ``LatencyTarget``) on ``device`` run by ``runtime``
     (``hwbench.engine.runtimes.RUNTIMES``), at the profile's CPU thread count.
     ``allow_foreign``: compare with a profile of another device (refused otherwise: its
-    prediction says nothing about this one); a profile of another runtime is refused."""
+    prediction says nothing about this one); a profile of another runtime is refused.
+    ``band``: the scores that land (``hwbench.verdict``)."""
     if not isinstance(target, LatencyTarget):
         target = LatencyTarget.parse(target, percentile)
     dev = parse_device(device)
@@ -136,7 +144,7 @@ def run_verify(pattern_path: str, target: float | str | LatencyTarget, device: s
         threads = torch.get_num_threads()
         m, plan = time_network(net, pattern, inputs, dev, target.percentile, max_time_s,
                                runtime=runtime, threads=threads)
-    decision = decide(m, target, prof)
+    decision = decide(m, target, prof, band)
     predicted = None
     if prof is not None:
         pred = Predictor(prof)
@@ -153,15 +161,14 @@ def run_verify(pattern_path: str, target: float | str | LatencyTarget, device: s
             "macs_ratio": pattern_macs_ratio(pattern), "dynamic_share": share,
             "mode": "dynamic", "plan": plan, "runtime": runtime_record(runtime, threads),
             "suggested_t_d": suggestion,
-            "advice": _advice(decision["met"] or not decision["valid"], suggestion, pattern.t_d,
-                              share),
+            "advice": _advice(decision["verdict"], suggestion, pattern.t_d, share),
             "device": fingerprint(dev)["name"], "checkpoint": checkpoint,
             "pattern": pattern_path}
 
 
 def _suggest(decision: dict, prof: dict | None, target: LatencyTarget,
              dense_ms: float) -> float | None:
-    if decision["met"] or not decision["valid"] or prof is None:
+    if decision["verdict"] in (MET, NO_DECISION) or prof is None:
         return None
     try:
         return pick_t_d(prof, target.ms_for(dense_ms) * 1e-3, target.percentile).t_d
@@ -173,9 +180,15 @@ def pattern_macs_ratio(pattern) -> float:
     return pattern_report(pattern).ratio
 
 
-def _advice(met: bool, suggestion: float | None, t_d: float | None, share: float) -> str:
-    if met:
+def _advice(name: str, suggestion: float | None, t_d: float | None, share: float) -> str:
+    """What to do about verdict ``name``: nothing for MET or NO DECISION."""
+    if name in (MET, NO_DECISION):
         return ""
+    if name == UNDERSHOT:
+        more = "" if suggestion is None or (t_d is not None and suggestion <= t_d + 1e-9) else \
+            f"; the profile suggests t_d {suggestion:g} for this target"
+        return ("faster than the target needs (latency it could spend on accuracy): `hwbench "
+                "trim RUN --target-latency T` switches channels back on until it lands" + more)
     if suggestion is None:
         return "no t_d in the profile's range meets this target on this device"
     if t_d is not None and suggestion >= t_d - 1e-9:

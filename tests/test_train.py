@@ -375,6 +375,8 @@ def test_train_cli_picks_t_d_from_a_profile(tmp_path, monkeypatch):
     assert "t_d 0.35 picked" in r.output
     assert "kNN top-1 dense" in r.output and "standard error on 64 test images" in r.output
     assert (tmp_path / "models" / "run.json").exists()
+    # the target device is not this machine: nothing measured, no verdict to give
+    assert not (tmp_path / "run" / "final.json").exists()
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -52,6 +52,31 @@ def test_met_is_decided_near_the_target_in_the_targets_own_terms(target, met):
         float(target[:-1]) * m.at("dense")))
 
 
+@pytest.mark.parametrize("target,verdict", [("5.52ms", "MET"), ("5.53ms", "UNDERSHOT"),
+                                            ("4.97ms", "MISSED"), ("0.777x", "MET"),
+                                            ("0.778x", "UNDERSHOT")])
+def test_far_under_the_target_is_undershot_not_met(target, verdict):
+    from hwbench.units import LatencyTarget
+    from hwbench.verify import decide
+
+    m = fake_measurement(4.98, 7.12)  # p90 4.971 ms: 0.9005 x 5.52 ms, 0.8989 x 5.53 ms,
+    # 1.0002 x 4.97 ms; ratio 0.6994 to dense: 0.9002 x 0.777, 0.8990 x 0.778
+    d = decide(m, LatencyTarget.parse(target), None)
+    assert d["verdict"] == verdict and d["met"] is (verdict == "MET") and d["band"] == [0.9, 1]
+    if verdict == "UNDERSHOT":
+        assert "% of the latency budget unused" in d["verdict_message"]
+
+
+def test_a_narrower_band_is_decided_as_given():
+    from hwbench.units import LatencyTarget
+    from hwbench.verify import decide
+
+    m = fake_measurement(4.98, 7.12)  # p90 4.971 ms: 0.938 x 5.3 ms
+    d = decide(m, LatencyTarget.parse("5.3ms"), None, band=(0.95, 1.0))
+    assert (d["verdict"], d["band"]) == ("UNDERSHOT", [0.95, 1.0])
+    assert decide(m, LatencyTarget.parse("5.3ms"), None)["verdict"] == "MET"
+
+
 def test_a_relative_target_is_immune_to_drift_an_absolute_one_is_not():
     from hwbench.units import LatencyTarget
     from hwbench.verify import decide
@@ -93,11 +118,15 @@ def test_verify_a_checkpoint_on_real_test_images(trained, tmp_path):
     assert sum(d["inputs"]["class_counts"].values()) == 32
     assert d["predicted"]["p90_ms"] > 0 and d["measured"]["quantile"] == 0.9
     assert len(d["measured"]["samples_ms"]) == d["measured"]["n"] >= 64
-    # exit code follows the decision: 0 only when met on a valid measurement
-    assert (r.exit_code == 0) == (d["valid"] and d["met"]), r.output
+    # exit code follows the verdict: a network measured in ms is far under a 10 s target
+    assert d["verdict"] in ("UNDERSHOT", "NO DECISION") and not d["met"]
+    assert r.exit_code == {"UNDERSHOT": 4, "NO DECISION": 5}[d["verdict"]], r.output
+    assert d["band"] == [0.9, 1.0]
     r = run_cli("verify", "--pattern", pattern, "--checkpoint", ckpt, "--target-latency", "1us",
                 "--profile", prof, "--max-time", "0.2")
-    assert r.exit_code == 4 and ("MISSED" in r.output or "NO DECISION" in r.output)
+    assert (r.exit_code, "MISSED" in r.output or "NO DECISION" in r.output) in \
+        ((4, True), (5, True)), r.output
+    assert ("NO DECISION" in r.output) == (r.exit_code == 5), r.output
 
 
 def test_verify_without_checkpoint_realises_the_pattern(tmp_path):
@@ -107,7 +136,8 @@ def test_verify_without_checkpoint_realises_the_pattern(tmp_path):
     d = json.loads(r.output)
     assert d["predicted"] is None  # no 16-px profile exists
     assert d["inputs"]["source"] == "synthetic" and d["checkpoint"] is None
-    assert (r.exit_code == 0) == (d["valid"] and d["met"]), r.output
+    assert r.exit_code == {"MET": 0, "UNDERSHOT": 4, "MISSED": 4, "NO DECISION": 5}[
+        d["verdict"]], r.output
 
 
 def test_verify_bad_input(trained, tmp_path):
@@ -132,11 +162,14 @@ def test_verify_bad_input(trained, tmp_path):
 def test_advice_when_the_target_is_missed_says_why():
     from hwbench.verify import _advice
 
-    assert _advice(True, 0.3, 0.5, 0.9) == ""
-    assert "no t_d" in _advice(False, None, 0.5, 0.9)
-    slow = _advice(False, 0.5, 0.5, 0.99)
+    assert _advice("MET", 0.3, 0.5, 0.9) == "" == _advice("NO DECISION", None, 0.5, 0.9)
+    assert "no t_d" in _advice("MISSED", None, 0.5, 0.9)
+    slow = _advice("MISSED", 0.5, 0.5, 0.99)
     assert "already pick t_d 0.5" in slow and "99% of its gated channels" in slow
-    assert _advice(False, 0.3, 0.5, 0.2) == "the profile now suggests t_d 0.3 for this target"
+    assert _advice("MISSED", 0.3, 0.5, 0.2) == "the profile now suggests t_d 0.3 for this target"
+    fast = _advice("UNDERSHOT", 0.7, 0.5, 0.2)
+    assert "faster than the target needs" in fast and "hwbench trim" in fast
+    assert "suggests t_d 0.7" in fast and "suggests" not in _advice("UNDERSHOT", 0.4, 0.5, 0.2)
 
 
 # --- runtimes ---------------------------------------------------------------------------------
@@ -169,7 +202,7 @@ def test_verify_on_a_runtime_times_its_graphs_and_records_it(tmp_path, monkeypat
     with torch_threads(1):
         r = run_cli("verify", "--pattern", pattern, "--target-latency", "10s", "--max-time",
                     "0.2", "--runtime", "onnxruntime", "--json")
-        assert r.exit_code in (0, 4), r.output
+        assert r.exit_code in (4, 5), r.output  # under a 10 s target, or no valid p90
         d = json.loads(r.output)
         assert sorted(built) == ["dense", "dynamic"]  # what was timed is the runtime's
         rt = d["runtime"]

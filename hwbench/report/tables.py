@@ -62,7 +62,8 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
         "target_ms": "latency target (ms)", "percentile": "p50/p90/p99",
         "t_d": "the t_d the run trained at", "predicted_ms": "profile's prediction (ms)",
         "measured_ms": "verify's measurement of the learned network (ms; empty: not verified)",
-        "met": "verify's decision: measured <= target on a valid measurement of the percentile "
+        "met": "verify's decision: measured within [0.90, 1.00] x target (verify files from "
+               "before the band: measured <= target) on a valid measurement of the percentile "
                "(a relative target: as a ratio to the dense network measured alongside; "
                "empty: not verified, or no valid measurement)",
         "error": "measured / target - 1, in the target's own terms (ratio or ms)",

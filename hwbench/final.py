@@ -1,0 +1,85 @@
+"""``RUN/final.json``: what a latency-target run delivered, and the verdict on it.
+
+Written at the end of ``hwbench train --target-latency`` (when the target device is this
+machine) and of ``hwbench trim``: the delivered network (``trim-<target>`` or ``deployed``), the
+verdict (``hwbench.verdict``) and its exit code, the target and the band, the measurement the
+verdict was decided on (``verify.json`` of that network) and the kNN top-1 beside it: the gated
+stream the engine timed, the dense stream, and the randomly initialised network's (the floor),
+all by one protocol on one test split. ``baseline`` is reserved (null for now). The CLI prints
+``line(final)`` and exits with ``exit_code``; it recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from hwbench.io import atomic_write_json
+from hwbench.verdict import MET, verdict
+
+SCHEMA = "hwbench/final@1"
+
+
+def final_record(network: str, ver: dict, band: tuple[float, float], knn: dict,
+                 random_init: float | None, protocol: str | None) -> dict:
+    """The final.json object for ``network`` (its name in the run folder) measured as ``ver``
+    (a ``verify.json`` object: score, valid, target, ratio_to_dense, measured, runtime).
+    ``knn``: its kNN top-1 (``knn_top1_gated``, ``knn_top1_dense``, ``knn_test_n``; empty when
+    not evaluated); ``random_init``: the randomly initialised network's gated kNN top-1 (None
+    when the run did not evaluate it: DEGRADED is then not judged)."""
+    target = ver["target"]
+    pct = target["percentile"]
+    gated = knn.get("knn_top1_gated")
+    v = verdict(ver["score"], ver["valid"], band, gated, random_init)
+    return {"schema": SCHEMA, "network": network, "verdict": v.name, "exit_code": v.exit_code,
+            "message": v.message,
+            "target": {"percentile": pct, "ratio": target["ratio"], "ms": target["ms"]},
+            "band": list(band),
+            "measured": {"ratio": ver["ratio_to_dense"]["value"],
+                         "ms": ver["measured"][f"{pct}_ms"],
+                         "runtime": (ver.get("runtime") or {}).get("runtime", "eager"),
+                         "valid": ver["valid"]},
+            "knn_top1": {"gated": gated, "dense_stream": knn.get("knn_top1_dense"),
+                         "random_init": random_init, "protocol": protocol,
+                         "n_test": knn.get("knn_test_n")},
+            "baseline": None, "commit": source_commit()}
+
+
+def write_final(run_dir: str | Path, record: dict) -> Path:
+    return atomic_write_json(Path(run_dir) / "final.json", record)
+
+
+def source_commit() -> str | None:
+    """The git commit of the hwbench source that ran, or None (an installed copy, no git)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if len(commit) == 40 else None
+
+
+def line(final: dict) -> str:
+    """One line: the verdict, the measured latency beside the band, the accuracy beside it:
+    ``MET: p90 0.65x dense (band 0.60-0.67x) · gated kNN 88.0 % (dense stream 91.3 %, random
+    init 48.5 %)``."""
+    t, m, (lo, hi) = final["target"], final["measured"], final["band"]
+    if t["ratio"] is not None:
+        got = f"{m['ratio']:.3f}x dense"
+        band = f"band {lo * t['ratio']:.3f}-{hi * t['ratio']:.3f}x"
+    else:
+        got = f"{m['ms']:.3f} ms"
+        band = f"band {lo * t['ms']:.3f}-{hi * t['ms']:.3f} ms"
+    text = f"{final['verdict']}: {t['percentile']} {got} ({band})"
+    if final["verdict"] != MET:
+        text += f"; {final['message']}"
+    k = final["knn_top1"]
+    if k["gated"] is None:
+        return text + " · gated kNN not evaluated"
+    others = [f"{name} {k[key]:.1f} %" for name, key in (("dense stream", "dense_stream"),
+                                                         ("random init", "random_init"))
+              if k[key] is not None]
+    return text + f" · gated kNN {k['gated']:.1f} %" + (f" ({', '.join(others)})" if others
+                                                         else "")
