@@ -573,3 +573,14 @@ def test_a_bad_gate_noise_anneal_is_a_usage_error(value):
 
     with pytest.raises(UsageError, match="--gate-noise-anneal"):
         validate(TrainConfig(dataset="synthetic", gate_noise_anneal=value), files=False)
+
+
+@pytest.mark.parametrize("args,word", [
+    (["--finetune-steps", "-1", "--target-latency", "0.67x"], "--finetune-steps"),
+    (["--finetune-steps", "many"], "--finetune-steps"),
+    (["--gate-noise-anneal", "2"], "--gate-noise-anneal"),
+])
+def test_bad_fine_tuning_and_noise_options_are_one_line_before_any_work(tmp_path, args, word):
+    out = tmp_path / "run"
+    err = _one_line(_cli("train", "--dataset", "synthetic", "--out", str(out), *args))
+    assert word in err and not out.exists()
