@@ -121,12 +121,18 @@ def switch_off(net, cands: list[Candidate]) -> None:
         set_channels(net, block, channels, OFF_BIAS)
 
 
+def _by_block(cands: list[Candidate]) -> dict[int, set[int]]:
+    """Block index -> the channels (width gates: group starts) of ``cands`` in it."""
+    out: dict[int, set[int]] = {}
+    for c in cands:
+        out.setdefault(c.block, set()).add(c.channel)
+    return out
+
+
 def trimmed_pattern(pattern: GatePattern, cands: list[Candidate]) -> GatePattern:
     """The pattern with ``cands`` moved to always-off, other groups unchanged: the cheap stand-in
     the predictor reads during the search (the real one is summarised)."""
-    gone: dict[int, set[int]] = {}
-    for c in cands:
-        gone.setdefault(c.block, set()).add(c.channel)
+    gone = _by_block(cands)
     p = copy.deepcopy(pattern)
     for i, lp in enumerate(p.layers):
         g = gone.get(i)
@@ -216,9 +222,7 @@ def restored_pattern(pattern: GatePattern, cands: list[Candidate]) -> GatePatter
     """The pattern with ``cands`` moved from always-off to always-on (width gates: the inputs
     that kept a block's widest width keep its reopened groups too): the stand-in the predictor
     reads while restoring."""
-    back: dict[int, set[int]] = {}
-    for c in cands:
-        back.setdefault(c.block, set()).add(c.channel)
+    back = _by_block(cands)
     p = copy.deepcopy(pattern)
     for i, lp in enumerate(p.layers):
         g = back.get(i)
