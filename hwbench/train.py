@@ -95,9 +95,9 @@ SCHEDULES = ("hwbench", "reference")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
-# measured (README, "Training what is deployed"): with the paper's noise to the end, a short
-# run's deployed network ran at half the MACs the training estimate saw, and its gated kNN fell
-# below the randomly initialised network's
+# a preset, not yet measured here (README, "Training what is deployed"): issue 23 saw, with the
+# paper's noise to the end, a short run's deployed network at half the MACs the training
+# estimate saw and a gated kNN below the randomly initialised network's
 GATE_NOISE_ANNEAL = 0.4
 FINETUNE_SHARE = 0.25  # --finetune-steps auto: a quarter of the training's steps (a preset)
 
