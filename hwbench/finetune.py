@@ -21,13 +21,12 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from hwbench.data import SSL_SPLIT, TwoViews, auto_workers, info, load_split, view_transforms
+from hwbench.data import SSL_SPLIT, TwoViews, info, load_split, view_transforms
 from hwbench.errors import UsageError
 from hwbench.nets import net_from_config
 from hwbench.ssl.losses import VICRegLoss
@@ -74,8 +73,9 @@ def freeze_gates(model: SSLModel) -> None:
 
 
 def step_loss(model: SSLModel, teacher: SSLModel, v1: torch.Tensor, v2: torch.Tensor,
-              distill: float, vicreg: VICRegLoss) -> tuple[torch.Tensor, dict[str, float]]:
-    """One step's loss (the module docstring's) and its terms."""
+              distill: float, vicreg: VICRegLoss) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One step's loss (the module docstring's) and its terms (detached 0-dim tensors on the
+    device: nothing here waits for it)."""
     g1, g2 = model.backbone(v1, stream="gated"), model.backbone(v2, stream="gated")
     with torch.no_grad():
         t1, t2 = teacher.backbone(v1, stream="dense"), teacher.backbone(v2, stream="dense")
@@ -84,8 +84,7 @@ def step_loss(model: SSLModel, teacher: SSLModel, v1: torch.Tensor, v2: torch.Te
     dist = 0.5 * ((1 - F.cosine_similarity(g1.float(), t1.float())).mean()
                   + (1 - F.cosine_similarity(g2.float(), t2.float())).mean())
     loss = vic + distill * dist
-    return loss, {"vicreg": float(vic.detach()), "distill": float(dist.detach()),
-                  "loss": float(loss.detach())}
+    return loss, {"vicreg": vic.detach(), "distill": dist.detach(), "loss": loss.detach()}
 
 
 def lr_at(peak: float, step: int, steps: int) -> float:
@@ -103,10 +102,7 @@ def _batches(cfg: dict, batch: int, steps: int, seed: int):
     split = load_split(name, SSL_SPLIT.get(name, "train"), **kw)
     data = TwoViews(split, *view_transforms(name, cfg.get("views", "hwbench")))
     gen = torch.Generator().manual_seed(seed)
-    batch = min(batch, len(data))
-    if auto_workers(split.lazy) > 0:
-        raise UsageError(f"fine-tuning reads {name} in this process; lazily loaded sets "
-                         "are not supported yet: --finetune-steps 0")
+    batch = min(batch, len(data))  # lazily loaded sets are read here too: slower, not wrong
     order = torch.randperm(len(data), generator=gen)
     for s in range(steps):
         lo = (s * batch) % max(1, len(data) - batch + 1)
@@ -115,9 +111,7 @@ def _batches(cfg: dict, batch: int, steps: int, seed: int):
 
 
 def finetune(ck: dict, fc: FinetuneConfig, device: torch.device,
-             amp: torch.dtype | None = None,
-             progress: Callable[[int, dict], None] = lambda s, t: None
-             ) -> tuple[SSLModel, dict]:
+             amp: torch.dtype | None = None) -> tuple[SSLModel, dict]:
     """Fine-tune the network of checkpoint dict ``ck`` (a deployed or trimmed run's) for
     ``fc.steps`` steps; returns the tuned model (eval mode, on ``device``) and the record."""
     fc.check()
@@ -144,7 +138,7 @@ def finetune(ck: dict, fc: FinetuneConfig, device: torch.device,
         loss.backward()
         opt.step()
         first, last = first or terms, terms
-        progress(s + 1, terms)
+    first, last = ({k: float(v) for k, v in t.items()} if t else None for t in (first, last))
     record = {"steps": fc.steps, "batch_size": batch, "peak_lr": peak, "distill": fc.distill,
               "lr_share": fc.lr_share, "seed": fc.seed, "first": first, "last": last,
               "seconds": time.perf_counter() - t0,
