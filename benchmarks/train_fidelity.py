@@ -35,6 +35,7 @@ from hwbench.patterns import load_pattern  # noqa: E402
 from hwbench.pipeline import deploy_run, fidelity  # noqa: E402
 from hwbench.profiles import Predictor, load_profile  # noqa: E402
 from hwbench.train import TrainConfig, train  # noqa: E402
+from hwbench.units import LatencyTarget  # noqa: E402
 from hwbench.verify import pattern_macs_ratio  # noqa: E402
 
 
@@ -88,7 +89,8 @@ def main() -> None:
     args = ap.parse_args()
     profile = load_profile(args.profile)
     dense = profile["references"]["dense"]["p90_ms"]
-    target_ms = _target_ms(args.target, dense)
+    goal = LatencyTarget.parse(args.target, "p90")
+    target_ms = goal.ms if goal.ratio is None else goal.ratio * dense
     meta = info(args.dataset)
     rows = []
     for anneal in (float(a) for a in args.anneal.split(",")):
@@ -106,11 +108,6 @@ def main() -> None:
         "commit": _commit(), "machine": platform.processor() or platform.machine(),
         "profile": args.profile, "target": args.target, "target_ms": target_ms,
         "input_size": meta.input_size, "rows": rows})
-
-
-def _target_ms(text: str, dense_ms: float) -> float:
-    t = text.strip().lower()
-    return float(t[:-1]) * dense_ms if t.endswith("x") else float(t.removesuffix("ms"))
 
 
 def _commit() -> str | None:
