@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 from hwbench.deploy import OFF_BIAS, deploy, reopen, set_channels
 from hwbench.patterns import GatePattern, summarise
 from hwbench.profiles import Predictor
-from hwbench.verdict import BAND
+from hwbench.verdict import BAND, band_of
 
 
 @dataclass
@@ -295,7 +295,7 @@ class SearchRule:
 
     @property
     def band(self) -> tuple[float, float]:
-        return (1.0 - self.tolerance, 1.0)
+        return band_of(self.tolerance)
 
     @property
     def aim(self) -> float:
