@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hwbench.data import info  # noqa: E402
+from hwbench.final import source_commit  # noqa: E402
 from hwbench.io import atomic_write_json  # noqa: E402
 from hwbench.patterns import load_pattern  # noqa: E402
 from hwbench.pipeline import deploy_run, fidelity  # noqa: E402
@@ -105,17 +105,9 @@ def main() -> None:
     atomic_write_json(Path(args.out), {
         "what": "training estimate vs deployed network, per --gate-noise-anneal (issue 23)",
         "command": "python " + " ".join(sys.argv),
-        "commit": _commit(), "machine": platform.processor() or platform.machine(),
+        "commit": source_commit(), "machine": platform.processor() or platform.machine(),
         "profile": args.profile, "target": args.target, "target_ms": target_ms,
         "input_size": meta.input_size, "rows": rows})
-
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 if __name__ == "__main__":
