@@ -497,21 +497,32 @@ def predict(profile_path, pattern_path, runtime, as_json) -> None:
 @_runtime_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def pick(profile_path, target_latency, percentile, runtime, as_json) -> None:
-    """The largest t_d whose predicted latency meets the target (exit 3 if none does)."""
-    from hwbench.profiles import pick_t_d
+    """The largest t_d whose predicted latency meets the target (exit 3 if none does), and the
+    widest thinner dense network (--width-mult) predicted to meet it: the baseline."""
+    from hwbench.baseline import pick_width_mult
+    from hwbench.profiles import Unattainable, pick_t_d
     from hwbench.units import parse_duration
 
     target = parse_duration(target_latency)
     prof = _load_checked_profile(profile_path, runtime)
     result = pick_t_d(prof, target, percentile)
+    try:
+        thin = pick_width_mult(prof, target, percentile)
+    except Unattainable as exc:
+        thin, thin_text = None, f"thin baseline: none ({exc})"
+    else:
+        thin_text = (f"thin baseline: --width-mult {thin.width_mult:g}: predicted {percentile} "
+                     f"{thin.predicted_ms:.3f} ms")
     if as_json:
         fp = prof["fingerprint"]
         click.echo(json.dumps({**result.to_dict(), "runtime": fp.get("runtime", "eager"),
-                               "runtime_version": fp.get("runtime_version")}, indent=2))
+                               "runtime_version": fp.get("runtime_version"),
+                               "thin": thin.to_dict() if thin else None}, indent=2))
     else:
         click.echo(f"t_d {result.t_d:g}: predicted {percentile} {result.predicted_ms:.3f} ms "
                    f"<= target {result.target_ms:g} ms on runtime {_runtime_of(prof)}" +
                    (f" ({result.note})" if result.note else ""))
+        click.echo(thin_text)
 
 
 @cli.command(name="train", epilog=exit_help())
@@ -623,6 +634,12 @@ def pick(profile_path, target_latency, percentile, runtime, as_json) -> None:
               help="Every block's gated width x m, m in (0, 1], rounded to a multiple of G (the "
                    "width gate's step; 16 for channel gates): with --method dense, the thinner "
                    "static baseline.")
+@click.option("--baseline", type=click.Choice(["none", "thin"]), default="none",
+              show_default=True,
+              help="thin: also train the thinner dense network (--width-mult m, m picked from "
+                   "the profile and checked by measuring) for the same budget, land it on the "
+                   "same target and put it in final.json beside the gated network. Needs "
+                   "--target-latency on this machine.")
 @click.option("--views", type=click.Choice(VIEW_NAMES), default="hwbench", show_default=True,
               help="The two views' augmentations. hwbench: hwbench.data.ssl_transform for both "
                    "(digit_transform on mnist5k/digits); reference: the reference scripts' "
@@ -664,7 +681,7 @@ def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, t
               target_device, percentile, eval_every, amp, energy, country, warmup_epochs,
               bound_alpha, finetune_steps, gate_noise_anneal, gate_lr_mult,
               max_steps_per_epoch, n_synthetic, trim, lam, gamma,
-              surrogate, gate, width_mult, views, knn, schedule, warmup_start_lr,
+              surrogate, gate, width_mult, baseline, views, knn, schedule, warmup_start_lr,
               separate_downsample_bn, vicreg_gather, compile_step, recipe, dry_run,
               runtime) -> None:
     """Co-train a dense encoder and its gated sub-network with VICReg (Krishna et al., 2023).
@@ -696,6 +713,9 @@ def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, t
         raise UsageError(f"--runtime {runtime} needs --target-latency (the latency to meet on it)")
     if budget == "latency" and not target_latency:
         raise UsageError("--budget latency needs --target-latency (the latency to train for)")
+    if baseline != "none" and not target_latency:
+        raise UsageError(f"--baseline {baseline} needs --target-latency (the latency it is "
+                         "landed on)")
     parse_device(device)
     budget_s = None if time_budget is None else parse_wall_time(time_budget, "--time-budget")
     if epochs is None:
@@ -735,7 +755,8 @@ def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, t
     with _TrainProgress() as bar:
         summary = train_to_target(cfg, percentile=percentile, say=bar.say,
                                   progress=bar.update, targets=targets, trim=trim,
-                                  runtime=runtime)
+                                  runtime=runtime,
+                                  baseline=None if baseline == "none" else baseline)
     if not summary:  # a torchrun process other than rank 0: rank 0 reports
         return
     sys.exit(_print_train_summary(summary, country))
@@ -839,11 +860,14 @@ def _print_fidelity(summary: dict) -> None:
 def _print_final(final: dict | None) -> int:
     """The verdict line of final.json's data (``hwbench.final``); its exit code (0 without one:
     nothing was measured on this machine)."""
-    from hwbench.final import line
+    from hwbench.final import baseline_line, line
 
     if final is None:
         return 0
     click.echo(f"  {final['network']}: {line(final)}")
+    extra = baseline_line(final)
+    if extra:
+        click.echo(f"  {extra}")
     return final["exit_code"]
 
 

@@ -5,8 +5,10 @@ machine) and of ``hwbench trim``: the delivered network (``trim-<target>`` or ``
 verdict (``hwbench.verdict``) and its exit code, the target and the band, the measurement the
 verdict was decided on (``verify.json`` of that network) and the kNN top-1 beside it: the gated
 stream the engine timed, the dense stream, and the randomly initialised network's (the floor),
-all by one protocol on one test split. ``baseline`` is reserved (null for now). The CLI prints
-``line(final)`` and exits with ``exit_code``; it recomputes nothing.
+all by one protocol on one test split. ``baseline``: with ``--baseline thin``, the thinner dense
+network landed on the same target in the same run (``hwbench.baseline``), else null. The CLI
+prints ``line(final)`` (and ``baseline_line``) and exits with ``exit_code``; it recomputes
+nothing.
 """
 
 from __future__ import annotations
@@ -83,3 +85,17 @@ def line(final: dict) -> str:
               if k[key] is not None]
     return text + f" · gated kNN {k['gated']:.1f} %" + (f" ({', '.join(others)})" if others
                                                          else "")
+
+
+def baseline_line(final: dict) -> str | None:
+    """One line on the baseline beside the delivered network, or None without one:
+    ``thin baseline (width x 0.62): p90 0.655x dense, MET · kNN 93.0 % (gated 88.0 %)``."""
+    b = final.get("baseline")
+    if not b:
+        return None
+    m, t = b["measured"], final["target"]
+    got = f"{m['ratio']:.3f}x dense" if t["ratio"] is not None else f"{m['ms']:.3f} ms"
+    knn = "kNN not evaluated" if b.get("knn_top1") is None else f"kNN {b['knn_top1']:.1f} %"
+    gated = final["knn_top1"]["gated"]
+    return (f"{b['method']} baseline (width x {b['width_mult']:g}): {t['percentile']} {got}, "
+            f"{b['verdict']} · {knn}" + ("" if gated is None else f" (gated {gated:.1f} %)"))

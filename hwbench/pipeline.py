@@ -401,7 +401,7 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
                     energy_factory=None,
                     targets: list[tuple[str | None, float | str]] | None = None,
                     trim: bool | None = None, trim_options: dict | None = None,
-                    runtime: str = "eager") -> dict:
+                    runtime: str = "eager", baseline: str | None = None) -> dict:
     """The whole ``hwbench train``: pick ``t_d`` for each latency target (seconds, '5ms' or
     '0.65x' of the dense latency) on its device's profile, co-train, deploy, then measure the
     deployed network on every target device that is this machine (``verify.json``) and, with
@@ -413,7 +413,9 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
     targets enter the loss (``hwbench.budget``) and ``t_d`` sets the bound. A resumed run keeps
     the ``t_d`` and decision it started with. ``runtime``: what the network is deployed on
     (``hwbench.engine.runtimes.RUNTIMES``): the target devices' profiles are that runtime's,
-    and the deployed (and trimmed) network is measured on it."""
+    and the deployed (and trimmed) network is measured on it. ``baseline="thin"``: the thinner
+    dense network is trained and landed on the first local target too
+    (``hwbench.baseline.thin_baseline``) and fills ``final.json``'s ``baseline``."""
     from hwbench.target import resolve_targets
     from hwbench.train import Dist, train, validate
 
@@ -448,6 +450,8 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
     if local and "delivered" not in summary:
         summary["delivered"] = _deployed_final(summary, cfg)
         write_final(summary["dir"], summary["delivered"])
+    if baseline and local:
+        _add_baseline(summary, cfg, local[0], runtime, verify_max_time_s, say)
     if local:
         atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
     return summary
@@ -465,6 +469,18 @@ def _trim_first(summary: dict, local: list, say, runtime: str, options: dict | N
     return trim_run(summary["dir"], exact, tp.device, str(tp.path), goal.percentile, say=say,
                     runtime=runtime, finetune_steps=summary["config"].get("finetune_steps") or 0,
                     **(options or {}))
+
+
+def _add_baseline(summary: dict, cfg, target: tuple, runtime: str, max_time_s: float,
+                  say) -> None:
+    """The thin baseline trained and landed on ``target`` (the first local one), put into the
+    delivered network's final.json."""
+    from hwbench.baseline import thin_baseline
+
+    tp, goal, _ = target
+    record = thin_baseline(cfg, goal, tp, runtime, max_time_s, say)
+    summary["delivered"]["baseline"] = record
+    write_final(summary["dir"], summary["delivered"])
 
 
 def _deployed_final(summary: dict, cfg) -> dict:

@@ -230,6 +230,20 @@ class Predictor:
         with torch.no_grad():
             return float(self.table_sum(*self.executed(pattern)))
 
+    def thin_ms(self, widths: list[int], percentile: str = "p50") -> float:
+        """A thinner dense network (``--width-mult``: block i runs ``widths[i]`` channels, no
+        gate): stem + head + each block's plain table at its width, times the calibration scale
+        and the sweep's percentile ratio. The table's plain entries are the time of exactly
+        such a block (a compacted one of that width), so this is the channel pattern's rule."""
+        if percentile not in PERCENTILES:
+            raise UsageError(f"unknown percentile {percentile!r}; use p50, p90 or p99")
+        if len(widths) != len(self.blocks):
+            raise UsageError(f"{len(widths)} widths for the profile's {len(self.blocks)} blocks")
+        ks = [torch.tensor(float(w), dtype=torch.float64) for w in widths]
+        with torch.no_grad():
+            table = float(self.table_sum(ks, [False] * len(ks)))
+        return self.scale * table * self.ratios[percentile]
+
     def predict(self, pattern: GatePattern, percentile: str = "p50") -> float:
         if percentile not in PERCENTILES:
             raise UsageError(f"unknown percentile {percentile!r}; use p50, p90 or p99")
