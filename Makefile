@@ -1,5 +1,5 @@
 # Two targets a newcomer needs: `make run` and `make test`. Both create .venv on first use
-# (with the extras the tests use: dev, data, onnx and openvino).
+# (with the extras the tests use: dev, data, onnx, openvino and prune).
 PYTHON ?= python3
 VENV ?= .venv
 # The versions served from this machine's local disk (a CUDA build that also runs on CPU).
@@ -50,7 +50,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e '.[dev,data,onnx,openvino]'
+	$(BIN)/pip install -q -e '.[dev,data,onnx,openvino,prune]'
 	touch $(STAMP)
 
 clean:

@@ -101,40 +101,53 @@ def time_thin(net, full, inputs, dev: torch.device, goal: LatencyTarget, max_tim
 def land_prior(pick: ThinPick, profile: dict, goal: LatencyTarget, dev: torch.device,
                runtime: str = "eager", max_time_s: float = 4.0,
                say: Callable[[str], None] = lambda s: None) -> tuple[ThinPick, list[dict]]:
-    """Check the table's choice on this machine (``profile``'s device): measure randomly
-    initialised thin networks against the dense one (synthetic inputs: a prior), starting at
-    ``pick``. After each probe the table's predictions are rescaled by what that probe measured
-    (measured / predicted score) and the next probe is the candidate whose rescaled score is
-    nearest ``AIM`` at or under the target; it stops inside the band, on a candidate already
-    probed, or after ``PRIOR_PROBES``. Keeps the probe nearest ``AIM`` at or under the target
-    (the fastest probed when none is). Returns the pick and every probe."""
+    """``land`` over the thin candidates, from ``pick``: the pick it lands on and every probe."""
+    cands = thin_candidates(Predictor(profile).arch)
+    start = next(j for j, (_, w) in enumerate(cands) if w == pick.widths)
+    best, probes = land(cands, start, pick.target_ms, profile, goal, dev, runtime, max_time_s,
+                        say=say, what="thin prior: width x")
+    m, widths = cands[best]
+    return dataclasses.replace(pick, width_mult=m, widths=tuple(widths)), probes
+
+
+def land(cands: list[tuple[float, tuple[int, ...]]], start: int, target_ms: float,
+         profile: dict, goal: LatencyTarget, dev: torch.device, runtime: str = "eager",
+         max_time_s: float = 4.0, say: Callable[[str], None] = lambda s: None,
+         what: str = "widths") -> tuple[int, list[dict]]:
+    """Check the table's choice among static networks ``cands`` ((key, per-block widths)) on
+    this machine (``profile``'s device): measure randomly initialised networks of those widths
+    against the dense one (synthetic inputs: a prior; a dense network's latency does not depend
+    on its weights), from ``cands[start]``. After each probe the table's scores (predicted /
+    ``target_ms``) are rescaled by what it measured (measured / predicted score), and the next
+    probe is the candidate whose rescaled score is nearest ``AIM`` at or under the target; it
+    stops inside the band, on a candidate already probed, or after ``PRIOR_PROBES``. Returns
+    the index of the probe nearest ``AIM`` at or under the target (the fastest probed when none
+    is) and every probe."""
     from hwbench.engine import synthetic_inputs
 
-    pred, fp = Predictor(profile), profile["fingerprint"]
-    cands = thin_candidates(pred.arch)
-    table = [pred.thin_ms(list(w), goal.percentile) / pick.target_ms for _, w in cands]
-    i = next(j for j, (_, w) in enumerate(cands) if w == pick.widths)
-    full = create_net(pred.arch, stem=fp["stem"]).eval()
+    pred, stem = Predictor(profile), profile["fingerprint"]["stem"]
+    table = [pred.thin_ms(list(w), goal.percentile) / target_ms for _, w in cands]
+    full = create_net(pred.arch, stem=stem).eval()
     inputs = synthetic_inputs(16, pred.input_size, seed=3)
     probes: list[dict] = []
+    i = start
     while len(probes) < PRIOR_PROBES and i not in {p["index"] for p in probes}:
-        m, widths = cands[i]
-        meas = time_thin(_thin_net(pred.arch, fp["stem"], widths), full, inputs, dev, goal,
+        key, widths = cands[i]
+        meas = time_thin(_thin_net(pred.arch, stem, widths), full, inputs, dev, goal,
                          max_time_s, runtime, min_runs=32, ci_target=0.03)
         score = goal.score(meas.at("dynamic"), meas.at("dense"))
-        probes.append({"width_mult": m, "widths": list(widths), "score": score, "index": i,
+        probes.append({"key": key, "widths": list(widths), "score": score, "index": i,
                        "predicted_score": table[i],
                        "ratio": meas.ratio("dynamic", "dense")["value"],
                        "valid": meas["dynamic"]["valid"] and meas["dense"]["valid"]})
-        say(f"thin prior: width x {m:g} measures {score:.3f} x the target")
+        say(f"{what} {key:g} measures {score:.3f} x the target (synthetic inputs)")
         if BAND[0] <= score <= BAND[1]:
             break
         i = _next_probe(table, score / table[i])
     under = [p for p in probes if p["score"] <= BAND[1]]
     best = min(under, key=lambda p: abs(p["score"] - AIM)) if under else \
         min(probes, key=lambda p: p["score"])
-    m, widths = cands[best["index"]]
-    return dataclasses.replace(pick, width_mult=m, widths=tuple(widths)), probes
+    return best["index"], probes
 
 
 def _next_probe(table: list[float], factor: float) -> int:

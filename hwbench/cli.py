@@ -1091,6 +1091,59 @@ def trim(run_dir, target_latency, device, profile_path, percentile, tolerance, m
     sys.exit(_print_final(s["delivered"]))
 
 
+@cli.command(epilog="\b\nExit codes:\n  0  every row written (each row carries its own verdict)\n"
+                     "  2  a usage error (one line, before any work)")
+@click.option("--targets", default="0.45x,0.6x,0.75x", show_default=True,
+              help="Latency targets, ratios of the dense latency measured alongside.")
+@click.option("--methods", default="thin,channel,width,pruned", show_default=True,
+              help="Some of thin, channel, width, pruned.")
+@click.option("--dataset", default="mnist5k", show_default=True)
+@click.option("--arch", default="resnet18", show_default=True)
+@click.option("--time-budget", default="10min", show_default=True,
+              help="Wall-clock training budget of every network (0: use --epochs).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs of every network, with --time-budget 0.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--runtime", default="eager", show_default=True, type=click.Choice(RUNTIME_NAMES),
+              help="The runtime every network is measured on (this machine's profile of it).")
+@click.option("--out", default="results/compare_mnist5k_cpu.json", show_default=True,
+              help="The results file (JSON, rewritten after every row); the figure goes beside "
+                   "it (.png).")
+@click.option("--work-dir", default=None,
+              help="Where the training runs go. [default: <out>_runs]")
+@click.option("--resume", is_flag=True,
+              help="Keep the rows of --out written with the same settings and skip them.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None, hidden=True)
+@click.option("--n-synthetic", type=click.IntRange(min=8), default=512, hidden=True)
+def compare(targets, methods, dataset, arch, time_budget, epochs, seed, device, runtime, out,
+            work_dir, resume, batch_size, max_steps_per_epoch, n_synthetic) -> None:
+    """At equal measured latency, which network is worth deploying: a thinner dense network,
+    channel or width gates, or a structurally pruned dense network (Torch-Pruning)? One network
+    per target and method, same data, seed and budget, each landed in the band by its own path,
+    measured on real test images, with its kNN top-1."""
+    from hwbench.compare import CompareConfig, run_compare
+    from hwbench.report.figures import compare_figure
+    from hwbench.units import parse_wall_time
+
+    budget = None if str(time_budget).strip() in ("0", "none") else \
+        parse_wall_time(time_budget, "--time-budget")
+    cc = CompareConfig(targets=_split(targets), methods=_split(methods), dataset=dataset,
+                       arch=arch, time_budget_s=budget, epochs=epochs, seed=seed, device=device,
+                       runtime=runtime, out=out, work_dir=work_dir, resume=resume,
+                       batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch,
+                       n_synthetic=n_synthetic, command=" ".join(["hwbench", *sys.argv[2:]])
+                       if sys.argv[1:2] == ["compare"] else None)
+    results = run_compare(cc, say=click.echo)
+    png = compare_figure(results["rows"], os.path.splitext(out)[0] + ".png")
+    click.echo(f"written {out}" + (f" and {png}" if png else ""))
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in str(text).split(",") if t.strip())
+
+
 @cli.command(name="eval")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
               help="A run's checkpoint.pt.")

@@ -73,10 +73,12 @@ def freeze_gates(model: SSLModel) -> None:
 
 
 def step_loss(model: SSLModel, teacher: SSLModel, v1: torch.Tensor, v2: torch.Tensor,
-              distill: float, vicreg: VICRegLoss) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One step's loss (the module docstring's) and its terms (detached 0-dim tensors on the
-    device: nothing here waits for it)."""
-    g1, g2 = model.backbone(v1, stream="gated"), model.backbone(v2, stream="gated")
+              distill: float, vicreg: VICRegLoss, stream: str = "gated"
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One step's loss (the module docstring's; ``stream``: the student's, the gated one but
+    for a pruned dense network) and its terms (detached 0-dim tensors on the device: nothing
+    here waits for it)."""
+    g1, g2 = model.backbone(v1, stream=stream), model.backbone(v2, stream=stream)
     with torch.no_grad():
         t1, t2 = teacher.backbone(v1, stream="dense"), teacher.backbone(v2, stream="dense")
         z_t = teacher.projector(t2)
@@ -111,14 +113,19 @@ def _batches(cfg: dict, batch: int, steps: int, seed: int):
 
 
 def finetune(ck: dict, fc: FinetuneConfig, device: torch.device,
-             amp: torch.dtype | None = None) -> tuple[SSLModel, dict]:
+             amp: torch.dtype | None = None, teacher_ck: dict | None = None,
+             stream: str = "gated") -> tuple[SSLModel, dict]:
     """Fine-tune the network of checkpoint dict ``ck`` (a deployed or trimmed run's) for
-    ``fc.steps`` steps; returns the tuned model (eval mode, on ``device``) and the record."""
+    ``fc.steps`` steps; returns the tuned model (eval mode, on ``device``) and the record.
+    ``teacher_ck``: the teacher's checkpoint (default: ``ck``'s own dense stream); ``stream``:
+    the student's (``dense`` for a pruned dense network, taught by the network it was pruned
+    from)."""
     fc.check()
     cfg = ck["config"]
     torch.manual_seed(fc.seed)
     model = load_model(ck).to(device)
-    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    teacher = (load_model(teacher_ck).to(device) if teacher_ck is not None
+               else copy.deepcopy(model)).eval().requires_grad_(False)
     batch = fc.batch_size or int(cfg.get("batch_size", 128))
     peak = fc.lr_share * float(cfg.get("lr") or 0.05) * batch / 256
     freeze_gates(model)  # their parameters get no gradient: LARS leaves them as they are
@@ -133,7 +140,7 @@ def finetune(ck: dict, fc: FinetuneConfig, device: torch.device,
             g["lr"] = lr_at(peak, s, fc.steps)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss, terms = step_loss(model, teacher, v1.to(device), v2.to(device), fc.distill,
-                                    vicreg)
+                                    vicreg, stream)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -142,7 +149,8 @@ def finetune(ck: dict, fc: FinetuneConfig, device: torch.device,
     record = {"steps": fc.steps, "batch_size": batch, "peak_lr": peak, "distill": fc.distill,
               "lr_share": fc.lr_share, "seed": fc.seed, "first": first, "last": last,
               "seconds": time.perf_counter() - t0,
-              "loss": "VICReg(gated view 1, frozen dense view 2) + distill x (1 - cos) to "
+              "student_stream": stream,
+              "loss": f"VICReg({stream} view 1, frozen dense view 2) + distill x (1 - cos) to "
                       "the frozen dense stream, both views; gates frozen (deployed decisions)"}
     return model.eval(), record
 

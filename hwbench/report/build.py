@@ -48,10 +48,10 @@ FIGURES = {
                            ["targets"]),
     "dynamic_vs_static": ("At equal latency: does dynamic computation beat static?", "kNN "
                           "top-1 against measured p90 latency (batch 1, real test images) of "
-                          "a thinner dense network, per-channel gates (trimmed) and width "
-                          "gates, each landed on the same targets by its own path "
-                          "(benchmarks/dynamic_vs_static.py); error bars: the kNN's standard "
-                          "error; hollow: not within 5% of its target.", ["dynamic_vs_static"]),
+                          "a thinner dense network, a pruned dense network, per-channel and "
+                          "width gates, each landed on the same targets by its own path "
+                          "(hwbench compare); error bars: the kNN's standard error; hollow: "
+                          "not landed on its target.", ["dynamic_vs_static"]),
 }
 
 
@@ -150,7 +150,7 @@ def _sections(inputs: Inputs, tables: dict[str, Table], res: ReportResult,
         secs.append(("At equal latency: dynamic vs static", [
             ("p", "Each method landed on each target by its own path and timed at batch 1 on "
                   "real test images against the dense network measured alongside "
-                  "(benchmarks/dynamic_vs_static.py); kNN top-1 of the timed network with its "
+                  "(hwbench compare); kNN top-1 of the timed network with its "
                   "standard error."), ("table", t, t.columns)]))
     secs.append(("Energy: what was measured and what was estimated",
                  _energy_blocks(inputs, tables)))

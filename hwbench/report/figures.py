@@ -378,9 +378,23 @@ def accuracy_vs_latency(dvs: Table):
                    edgecolor=line[0].get_color(), zorder=3)
     ax.set(xlabel="measured p90 latency (ms, batch 1, real test images)",
            ylabel="kNN top-1 of the timed network (%)",
-           title="At equal latency: thinner dense vs channel vs width gates")
+           title="At equal latency: thin, pruned, channel and width gates")
     _legend_outside(ax)
     return fig
+
+
+def compare_figure(rows: list[dict], path: str | Path) -> Path | None:
+    """``hwbench compare``'s figure (``accuracy_vs_latency``) of ``rows``, saved to ``path``;
+    None when no row has both a latency and a kNN."""
+    from hwbench.report.inputs import Inputs
+    from hwbench.report.tables import dynamic_vs_static
+
+    fig = accuracy_vs_latency(dynamic_vs_static(Inputs(comparisons=[(str(path), rows)])))
+    if fig is None:
+        return None
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
 
 
 def draw_all(tables: dict[str, Table], energy_only: bool = False) -> dict[str, object]:

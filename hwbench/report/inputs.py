@@ -17,7 +17,9 @@ from hwbench.profiles import SCHEMA as PROFILE_SCHEMA
 from hwbench.profiles import ProfileError, load_profile
 
 RUN_MARKERS = ("summary.json", "metrics.jsonl")
-COMPARISON = "dynamic_vs_static"  # benchmarks/dynamic_vs_static.py's results file
+# results of `hwbench compare` ("compare") and of the benchmark it replaced
+COMPARISON = "dynamic_vs_static"
+COMPARISONS = (COMPARISON, "compare")
 COMPARISON_KEYS = {"target_ms", "method", "p50_ms", "p90_ms", "macs_ratio", "knn_top1", "knn_n",
                    "epochs", "seed"}
 EAGER_LABEL = "eager (hwbench engine)"  # a profile's runtime when it names none (older profiles)
@@ -126,7 +128,7 @@ class Inputs:
     profiles: list[Profile] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    # benchmarks/dynamic_vs_static.py results: (path, rows), one row per target x method
+    # hwbench compare results: (path, rows), one row per target x method
     comparisons: list[tuple[str, list[dict]]] = field(default_factory=list)
 
     def skip(self, path, reason: str) -> None:
@@ -189,13 +191,13 @@ def _classify_file(path: Path, inputs: Inputs) -> None:
         inputs.skip(path, "not readable JSON")
         return
     schema = obj.get("schema") if isinstance(obj, dict) else None
-    if isinstance(obj, dict) and obj.get("benchmark") == COMPARISON:
+    if isinstance(obj, dict) and obj.get("benchmark") in COMPARISONS:
         rows = obj.get("rows")
         if isinstance(rows, list) and all(isinstance(r, dict) and COMPARISON_KEYS <= set(r)
                                           for r in rows):
             inputs.comparisons.append((str(path), rows))
         else:
-            inputs.skip(path, f"a {COMPARISON} result without rows of "
+            inputs.skip(path, f"a {obj['benchmark']} result without rows of "
                               f"{', '.join(sorted(COMPARISON_KEYS))}")
     elif schema == PROFILE_SCHEMA:
         try:

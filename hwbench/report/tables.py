@@ -122,14 +122,16 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
                   "(%), eval_macs_ratio (test split, hard gates), latency_ms_i (--budget latency:"
                   " predicted latency on target device i, ms)",
         "value": "the metric's value at the end of the epoch"}),
-    "dynamic_vs_static": ("one latency target x method (benchmarks/dynamic_vs_static.py)", {
+    "dynamic_vs_static": ("one latency target x method (hwbench compare)", {
         "source": "the results file", "target": "the target as given (0.6x: of the dense p90)",
         "target_ms": "the target in ms against the dense p90 measured alongside",
         "method": "thin (a thinner dense network, --width-mult), channel (per-channel gates, "
-                  "--budget latency, trimmed) or width (width gates, --budget latency)",
+                  "--budget latency, trimmed), width (width gates, --budget latency) or pruned "
+                  "(a dense network pruned by Torch-Pruning, fine-tuned)",
         "p50_ms": "measured median latency (ms, batch 1, real test images)",
         "p90_ms": "measured p90 latency (ms)", "ratio_p90": "p90 / the dense p90 measured "
-        "alongside", "landed": "within +-5% of the target on a valid p90",
+        "alongside", "landed": "inside the band [0.90, 1.00] x target on a valid p90 "
+        "(compare; the older benchmark: within +-5%)",
         "macs_ratio": "MACs of the timed network / dense MACs (expected over inputs)",
         "knn_top1": "kNN top-1 (%) of the timed network on the test split",
         "knn_se": "its standard error (percentage points, sqrt(p(1-p)/n))",
@@ -578,7 +580,8 @@ def runtimes(inputs: Inputs) -> Table:
 
 
 def dynamic_vs_static(inputs: Inputs) -> Table:
-    """The issue-14 comparison as measured by benchmarks/dynamic_vs_static.py."""
+    """The dynamic-vs-static comparison as measured by ``hwbench compare`` (and by the benchmark
+    it replaced)."""
     cols = SCHEMAS["dynamic_vs_static"][1]
     rows = [{**{k: r.get(k) for k in cols if k != "source"}, "source": path}
             for path, rs in inputs.comparisons for r in rs]
