@@ -497,7 +497,7 @@ def predict(profile_path, pattern_path, runtime, as_json) -> None:
 @_runtime_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def pick(profile_path, target_latency, percentile, runtime, as_json) -> None:
-    """The largest t_d whose predicted latency meets the target (exit 3 if none does), and the
+    """The largest t_d whose predicted latency meets the target (exit 2 if none does), and the
     widest thinner dense network (--width-mult) predicted to meet it: the baseline."""
     from hwbench.baseline import pick_width_mult
     from hwbench.profiles import Unattainable, pick_t_d

@@ -40,9 +40,10 @@ class ProfileError(HwbenchError):
 
 
 class Unattainable(HwbenchError):
-    """No t_d meets the latency target on this device (exit code 3)."""
+    """No network meets the latency target on this device: bad input, refused before any work
+    (exit code 2, a usage error's)."""
 
-    exit_code = 3
+    exit_code = 2
 
 
 def load_profile(path: str | Path) -> dict:
@@ -366,7 +367,7 @@ def pick_t_d(profile: dict, target_s: float, percentile: str = "p90",
              step: float = 0.01) -> Pick:
     """The largest t_d (on a ``step`` grid, within the profiled sweep's range: the predictor is
     not trusted below the smallest measured t_d) whose prior pattern's predicted latency at
-    ``percentile`` meets ``target_s``. Raises ``Unattainable`` (exit 3) when none does."""
+    ``percentile`` meets ``target_s``. Raises ``Unattainable`` (exit 2) when none does."""
     pred = Predictor(profile)
     target_ms = target_s * 1e3
     fp = profile["fingerprint"]

@@ -19,7 +19,7 @@ MET, UNDERSHOT, MISSED, NO_DECISION, DEGRADED = \
     "MET", "UNDERSHOT", "MISSED", "NO DECISION", "DEGRADED"
 EXIT_CODES = {MET: 0, UNDERSHOT: 4, MISSED: 4, NO_DECISION: 5, DEGRADED: 6}
 EXIT_USAGE = 2  # hwbench.errors.UsageError: a one-line error before any long work
-EXIT_UNATTAINABLE = 3  # hwbench.profiles.Unattainable: a target below the profile's fastest
+EXIT_UNATTAINABLE = EXIT_USAGE  # hwbench.profiles.Unattainable: bad input, like a usage error
 BAND = (0.90, 1.00)  # the landing band, in scores (measured / target)
 
 # (exit code, what it means), in the order ``--help`` and README list them
@@ -29,8 +29,8 @@ EXIT_MEANINGS = (
                             "MISSED: measured over the target"),
     (EXIT_CODES[NO_DECISION], "NO DECISION: no valid measurement of the decided percentile"),
     (EXIT_CODES[DEGRADED], "DEGRADED: gated kNN top-1 below the randomly initialised network's"),
-    (EXIT_UNATTAINABLE, "the target is below the profile's fastest (refused before training)"),
-    (EXIT_USAGE, "a usage error (one line, before any work)"),
+    (EXIT_USAGE, "a usage error, or a target below the profile's fastest network (one line, "
+                 "before any work)"),
 )
 
 

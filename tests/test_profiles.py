@@ -81,7 +81,7 @@ def test_pick_largest_t_d_meeting_the_target():
     assert pick_t_d(prof, 10.0).t_d == 1.0 and "no gating needed" in pick_t_d(prof, 10.0).note
     with pytest.raises(Unattainable, match="fastest") as err:
         pick_t_d(prof, 1e-6)
-    assert err.value.exit_code == 3
+    assert err.value.exit_code == 2
     # the predictor is not trusted below the smallest measured t_d of the sweep
     prof["sweep"] = [{"t_d": 0.3}, {"t_d": 1.0}]
     below = pred.predict(synthesise("resnet18", "cifar", 32, 0.3), "p90") * 0.99
@@ -186,7 +186,7 @@ def test_predict_and_pick_cli(cli_profile, tmp_path):
     d2 = json.loads(run("pick", "--profile", out, "--target-latency", target, "--json").output)
     assert d2["t_d"] >= 0.5 and d2["predicted_ms"] <= d2["target_ms"]
     assert "fastest" in one_line_error(run("pick", "--profile", out, "--target-latency", "1us"),
-                                       code=3)
+                                       code=2)
 
 
 def test_profile_cli_bad_input_leaves_nothing_behind(tmp_path, monkeypatch, cli_profile):

@@ -345,7 +345,8 @@ def test_train_cli_bad_input(tmp_path):
     prof = atomic_write_json(tmp_path / "prof.json", synthetic_profile())
     r = _cli("train", "--dataset", "synthetic", "--target-latency", "1us", "--target-device",
              prof, "--out", tmp_path / "i")
-    assert "below the fastest" in _one_line(r, code=3)
+    assert "below the fastest" in _one_line(r, code=2)  # bad input: nothing trained
+    assert not (tmp_path / "i").exists()
     other = synthetic_profile()
     other["fingerprint"] = {**other["fingerprint"], "stem": "imagenet", "input_size": 96}
     atomic_write_json(tmp_path / "stl.json", other)
