@@ -99,3 +99,23 @@ def baseline_line(final: dict) -> str | None:
     gated = final["knn_top1"]["gated"]
     return (f"{b['method']} baseline (width x {b['width_mult']:g}): {t['percentile']} {got}, "
             f"{b['verdict']} · {knn}" + ("" if gated is None else f" (gated {gated:.1f} %)"))
+
+
+GUARD_GAP = 5.0  # kNN points the delivered gated network may trail its own dense stream by
+
+
+def guard(final: dict | None, gap: float = GUARD_GAP) -> str | None:
+    """Why the delivered network is not worth deploying, for CI (None: it is): no final.json,
+    DEGRADED, no gated or dense-stream kNN, or a gated kNN top-1 more than ``gap`` points
+    under the dense stream's. The latency verdict is left out: machines are noisy."""
+    if final is None:
+        return "no final.json: the run delivered nothing"
+    if final["verdict"] == "DEGRADED":
+        return f"DEGRADED: {final['message']}"
+    k = final["knn_top1"]
+    if k.get("gated") is None or k.get("dense_stream") is None:
+        return "final.json has no gated or dense-stream kNN top-1 to judge"
+    if k["gated"] < k["dense_stream"] - gap:
+        return (f"gated kNN top-1 {k['gated']:.1f} % is more than {gap:g} points under the "
+                f"dense stream's {k['dense_stream']:.1f} %")
+    return None

@@ -138,3 +138,40 @@ def test_trim_rewrites_final_json_and_exits_with_its_code(degraded_run, tmp_path
     assert final["network"] == str(tmp_path / "t")  # outside the run: named in full
     assert final["target"]["ratio"] == 0.6 and final["knn_top1"]["gated"] == 100.0
     assert f": {verdict}: p90 " in r.output
+
+
+# --- CI's guard on what make run delivers ------------------------------------------------------
+
+
+@pytest.mark.parametrize("gated,dense,verdict,ok", [
+    (86.3, 91.3, "MET", True),  # exactly 5 points under: still worth it
+    (86.29, 91.3, "MET", False),  # just over 5 under
+    (91.0, 91.3, "UNDERSHOT", True),  # the latency verdict is not CI's business
+    (91.0, 91.3, "NO DECISION", True),
+    (40.0, 91.3, "DEGRADED", False),
+])
+def test_the_guard_judges_accuracy_not_latency(gated, dense, verdict, ok):
+    from hwbench.final import guard
+
+    rec = final_record("deployed", verify_result(), (0.9, 1.0),
+                       {**KNN, "knn_top1_gated": gated, "knn_top1_dense": dense}, 10.0, "cosine")
+    rec["verdict"] = verdict
+    assert (guard(rec) is None) is ok, guard(rec)
+
+
+def test_the_guard_script_fails_in_one_line_without_a_final_json(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hwbench.io import atomic_write_json
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_final.py"
+    r = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "no final.json" in r.stderr
+    atomic_write_json(tmp_path / "final.json", final_record(
+        "trim-0.67x", verify_result(), (0.9, 1.0), KNN, 48.5, "cosine"))
+    r = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("check_final: ok: trim-0.67x: MET")
