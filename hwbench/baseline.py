@@ -59,13 +59,17 @@ def thin_candidates(arch: str, step: int = STEP) -> list[tuple[float, tuple[int,
 
 def pick_width_mult(profile: dict, target_s: float, percentile: str = "p90",
                     step: int = STEP) -> ThinPick:
-    """The widest thin network whose predicted latency at ``percentile`` meets ``target_s``
-    (the rule ``pick_t_d`` applies to t_d). Raises ``Unattainable`` when even the thinnest
-    tried does not."""
+    """The widest thin network whose predicted latency at ``percentile``, as a monotone
+    envelope over the candidates (``profiles.envelope``), meets ``target_s``: the rule
+    ``pick_t_d`` applies to t_d. Raises ``Unattainable`` when even the thinnest tried does
+    not."""
     pred = Predictor(profile)
     target_ms = target_s * 1e3
-    cands = [(m, w, pred.thin_ms(list(w), percentile)) for m, w in
-             thin_candidates(pred.arch, step)]
+    from hwbench.profiles import envelope
+
+    pairs = thin_candidates(pred.arch, step)
+    env = envelope([(i, pred.thin_ms(list(w), percentile)) for i, (_, w) in enumerate(pairs)])
+    cands = [(m, w, ms) for (m, w), (_, ms) in zip(pairs, env)]
     meets = [c for c in cands if c[2] <= target_ms]
     if not meets:
         m, _, ms = cands[0]

@@ -351,23 +351,43 @@ def table_step(profile: dict, candidates: tuple[int, ...] = STEP_CANDIDATES,
     return (step, share) if share < margin else None
 
 
+# The one rule by which hwbench decides which t_d meets a latency target on a profile: ``pick``,
+# ``train --target-latency``, verify's suggestion and the report's summary all call pick_t_d.
+RULE = ("the largest t_d on a 0.01 grid, within the profiled sweep, whose predicted latency at "
+        "the percentile (the profile's latency table, the prior pattern, as a monotone "
+        "envelope: no t_d counts as faster than a smaller one) meets the target")
+
+
 @dataclass
 class Pick:
     t_d: float
-    predicted_ms: float
+    predicted_ms: float  # the envelope at t_d: what the decision was made on
     target_ms: float
     percentile: str
     note: str
+    rule: str = RULE
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
+def envelope(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(t_d, ms) points as a non-decreasing function of t_d: each point's ms raised to the
+    largest at any smaller t_d (a table can predict a larger t_d faster than a smaller one: the
+    measured steps are not monotone; no decision may rest on that). Ascending t_d."""
+    out, top = [], -float("inf")
+    for t_d, ms in sorted(points):
+        top = max(top, ms)
+        out.append((t_d, top))
+    return out
+
+
 def pick_t_d(profile: dict, target_s: float, percentile: str = "p90",
              step: float = 0.01) -> Pick:
-    """The largest t_d (on a ``step`` grid, within the profiled sweep's range: the predictor is
-    not trusted below the smallest measured t_d) whose prior pattern's predicted latency at
-    ``percentile`` meets ``target_s``. Raises ``Unattainable`` (exit 2) when none does."""
+    """``RULE``: the largest t_d (on a ``step`` grid, within the profiled sweep's range: the
+    predictor is not trusted below the smallest measured t_d) whose prior pattern's predicted
+    latency at ``percentile``, as a monotone envelope (``envelope``), meets ``target_s``.
+    Raises ``Unattainable`` (exit 2) when none does."""
     pred = Predictor(profile)
     target_ms = target_s * 1e3
     fp = profile["fingerprint"]
@@ -382,9 +402,10 @@ def pick_t_d(profile: dict, target_s: float, percentile: str = "p90",
         except HwbenchError:
             break  # below the network's smallest reachable MACs ratio
         points.append((t_d, pred.predict(pattern, percentile)))
-    meets = [(t, ms) for t, ms in points if ms <= target_ms]
+    env = envelope(points)
+    meets = [(t, ms) for t, ms in env if ms <= target_ms]
     if not meets:
-        t_fast, fastest = min(points, key=lambda p: p[1])
+        t_fast, fastest = env[0]
         raise Unattainable(
             f"target {target_ms:g} ms ({percentile}) is below the fastest this device reaches: "
             f"{fastest:.3f} ms at t_d {t_fast:g} ({fp['name']}, batch {fp['batch_size']}; the "

@@ -31,10 +31,13 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
         "device": _DEVICE, "runtime": _RUNTIME, "setting": _SETTING,
         "target_ms": "latency target (ms), from a run's decision or --target-latency",
         "percentile": "the latency percentile the target is judged on (p50/p90/p99)",
-        "t_d": "the largest profiled t_d whose measured percentile meets the target "
-               "(empty: none does)",
-        "measured_ms": "that t_d's measured latency at the percentile (ms), profile sweep",
-        "macs_ratio": "that pattern's gated/dense MACs ratio",
+        "t_d": "the t_d pick chooses for the target (empty: none meets it)",
+        "predicted_ms": "the predicted latency pick decided on (ms; the table's monotone "
+                        "envelope)",
+        "rule": "the decision rule (profiles.RULE: pick, train and this table share it)",
+        "swept_t_d": "the largest profiled t_d at or under t_d with a valid measurement",
+        "measured_ms": "swept_t_d's measured latency at the percentile (ms), profile sweep",
+        "macs_ratio": "swept_t_d's pattern's gated/dense MACs ratio",
         "energy_j": "J per inference (per image) of that pattern, total (idle included)",
         "energy_source": "measured (counter) or estimated (model), and the method",
         "gated_top1_pct": "best gated top-1 (%) of a run trained at that t_d (empty: none)",
@@ -519,7 +522,8 @@ def predictor(inputs: Inputs) -> Table:
 
 
 def summary(inputs: Inputs, extra_targets: list[tuple[float, str]] = ()) -> Table:
-    """Per device and target: the largest profiled t_d that meets it, with its numbers."""
+    """Per device and target: the t_d ``pick`` chooses (``profiles.pick_t_d``, the one rule),
+    and beside it the largest validly measured swept t_d at or under it, with its numbers."""
     rows = []
     for p in inputs.profiles:
         tgts = {(round(t * 1e3, 9), pct) for t, pct in extra_targets}
@@ -532,26 +536,53 @@ def summary(inputs: Inputs, extra_targets: list[tuple[float, str]] = ()) -> Tabl
         for target_ms, pct in sorted(tgts, key=lambda t: (t[0] is None, t[0] or 0, t[1])):
             row = dict(device=p.device, runtime=p.runtime_label, setting=p.setting,
                        target_ms=target_ms, percentile=pct)
-            ok = [s for s in p.data["sweep"] if target_ms is not None
-                  and s["measured"][f"{pct}_ms"] <= target_ms]
-            if ok:
-                best = max(ok, key=lambda s: s["t_d"])
-                pt = _energy_at(p, "dynamic", best["t_d"])
-                row.update(t_d=best["t_d"], measured_ms=best["measured"][f"{pct}_ms"],
-                           macs_ratio=best["macs_ratio"],
-                           energy_j=pt and pt.get("energy_j_total"),
-                           energy_source=pt and _energy_label(pt))
-                acc = [(top1, f"{r.name} {metric}", r) for r in inputs.runs
-                       if r.t_d is not None and abs(r.t_d - best["t_d"]) < 1e-9
-                       for (metric, stream), top1 in r.evaluated.items() if stream == "gated"]
-                if acc:
-                    top1, source, run = max(acc, key=lambda a: (a[0], a[1]))
-                    row["gated_top1_pct"], row["top1_source"] = top1, source
-                    learned = ((run.verify or {}).get("measured") or {}).get(f"{pct}_ms")
-                    if learned is not None and _verify_profile(run, inputs) is p:
-                        row["learned_ms"], row["learned_met"] = learned, learned <= target_ms
+            pick = _pick(p, target_ms, pct)
+            if pick is not None:
+                row.update(t_d=pick.t_d, predicted_ms=pick.predicted_ms, rule=pick.rule)
+                row.update(_swept_at(p, pick.t_d, pct))
+                row.update(_accuracy_at(inputs, p, pick.t_d, pct, target_ms))
             rows.append(row)
     return Table("summary", rows)
+
+
+def _pick(p, target_ms: float | None, pct: str):
+    """``pick``'s answer for ``target_ms`` on profile ``p`` (None: no target, or none meets)."""
+    from hwbench.profiles import Unattainable, pick_t_d
+
+    if target_ms is None:
+        return None
+    try:
+        return pick_t_d(p.data, target_ms * 1e-3, pct)
+    except Unattainable:
+        return None
+
+
+def _swept_at(p, t_d: float, pct: str) -> dict:
+    """The largest swept t_d at or under ``t_d`` with a valid measurement, and its numbers."""
+    ok = [s for s in p.data["sweep"] if s["t_d"] <= t_d + 1e-9
+          and s.get("valid", s["measured"].get("valid", True))]
+    if not ok:
+        return {}
+    best = max(ok, key=lambda s: s["t_d"])
+    pt = _energy_at(p, "dynamic", best["t_d"])
+    return dict(swept_t_d=best["t_d"], measured_ms=best["measured"][f"{pct}_ms"],
+                macs_ratio=best["macs_ratio"], energy_j=pt and pt.get("energy_j_total"),
+                energy_source=pt and _energy_label(pt))
+
+
+def _accuracy_at(inputs: Inputs, p, t_d: float, pct: str, target_ms: float) -> dict:
+    """The best gated top-1 of a run trained at ``t_d``, and that run's verified latency."""
+    acc = [(top1, f"{r.name} {metric}", r) for r in inputs.runs
+           if r.t_d is not None and abs(r.t_d - t_d) < 1e-9
+           for (metric, stream), top1 in r.evaluated.items() if stream == "gated"]
+    if not acc:
+        return {}
+    top1, source, run = max(acc, key=lambda a: (a[0], a[1]))
+    out = {"gated_top1_pct": top1, "top1_source": source}
+    learned = ((run.verify or {}).get("measured") or {}).get(f"{pct}_ms")
+    if learned is not None and _verify_profile(run, inputs) is p:
+        out.update(learned_ms=learned, learned_met=learned <= target_ms)
+    return out
 
 
 def runtimes(inputs: Inputs) -> Table:

@@ -80,31 +80,39 @@ def test_tables_hold_the_expected_rows(report):
             float(r["predicted_ratio"]) / float(r["measured_ratio"]) - 1, abs=1e-5)
 
 
-def test_the_summary_picks_the_largest_t_d_meeting_the_run_target(report, tmp_path):
+def test_the_summary_decides_as_pick_does(report, tmp_path):
+    from hwbench.profiles import RULE, Unattainable, pick_t_d
+
     out, _, inp = report
     prof = json.loads(inp["estimated"].read_text())
     target = json.loads((inp["runs"] / "co" / "config.json").read_text())["decision"]
     summary = [r for r in rows(out, "summary") if r["setting"] == "resnet18 cifar 32px b1"]
     assert len(summary) == 1 and float(summary[0]["target_ms"]) == pytest.approx(
         target["target_ms"])
-    # two targets whose answers are fixed by the measured sweep: just above the run's t_d's p90
-    # (the largest t_d at or under it wins), and below the fastest p90 (nothing meets it)
-    p90 = {s["t_d"]: s["measured"]["p90_ms"] for s in prof["sweep"]}
-    reach, none = p90[inp["t_d"]] * 1.0001, min(p90.values()) * 0.5
-    build_report([inp["estimated"]], tmp_path, targets=[(reach * 1e-3, "p90"),
-                                                        (none * 1e-3, "p90")])
+    assert float(summary[0]["t_d"]) == target["t_d"] == inp["t_d"]  # the run's own pick
+    assert summary[0]["rule"] == RULE
+    # more targets: each row's t_d is pick's; the measured columns are the largest validly
+    # measured swept t_d at or under it; below the fastest prediction nothing meets
+    preds = sorted(x["predicted_p90_ms"] for x in prof["sweep"])
+    targets = [preds[0] * 1.3, preds[-1] * 1.01, preds[0] * 0.5]
+    build_report([inp["estimated"]], tmp_path, targets=[(t * 1e-3, "p90") for t in targets])
     got = rows(tmp_path, "summary")
-    assert len(got) == 2
-
-    def at(ms):  # the CSV keeps 6 significant digits
-        return min(got, key=lambda r: abs(float(r["target_ms"]) - ms))
-
-    best = max(t for t, v in p90.items() if v <= reach)
-    row = at(reach)
-    assert float(row["t_d"]) == best == inp["t_d"]
-    assert float(row["measured_ms"]) == pytest.approx(p90[best], rel=1e-5)  # CSV rounding
-    assert "estimated" in row["energy_source"]
-    assert at(none)["t_d"] == "" and at(none)["measured_ms"] == ""
+    assert len(got) == 3
+    for t in targets:
+        row = min(got, key=lambda r: abs(float(r["target_ms"]) - t))
+        try:
+            pick = pick_t_d(prof, t * 1e-3, "p90")
+        except Unattainable:
+            assert row["t_d"] == "" and row["measured_ms"] == ""
+            continue
+        assert float(row["t_d"]) == pick.t_d
+        valid = [s for s in prof["sweep"] if s["t_d"] <= pick.t_d + 1e-9 and s["valid"]]
+        if valid:
+            best = max(valid, key=lambda s: s["t_d"])
+            assert float(row["swept_t_d"]) == best["t_d"]
+            assert float(row["measured_ms"]) == pytest.approx(best["measured"]["p90_ms"],
+                                                              rel=1e-5)
+            assert "estimated" in row["energy_source"]
     tg = rows(out, "targets")
     verify = json.loads((inp["runs"] / "co" / "verify.json").read_text())
     # verify's own decision; none (empty) when its p90 was not valid
@@ -130,21 +138,15 @@ def test_a_trimmed_network_is_a_second_point_of_its_run(report):
 
 def test_the_summary_reports_the_learned_network_of_a_run_at_the_chosen_t_d(report_inputs,
                                                                           tmp_path):
-    prof = json.loads(report_inputs["estimated"].read_text())
     conf = json.loads((report_inputs["runs"] / "co" / "config.json").read_text())
-    t_d = report_inputs["t_d"]
-    assert conf["t_d"] == t_d  # the fixture's target makes pick choose this swept t_d
-    p90 = {s["t_d"]: s["measured"]["p90_ms"] for s in prof["sweep"]}
-    # so a target just above p90[t_d] picks t_d in the summary
-    assert all(v > p90[t_d] for t, v in p90.items() if t > t_d)
-    build_report([report_inputs["estimated"], report_inputs["runs"] / "co"], tmp_path,
-                 targets=[(p90[t_d] * 1.0001e-3, "p90")])
+    target_ms = conf["decision"]["target_ms"]
+    build_report([report_inputs["estimated"], report_inputs["runs"] / "co"], tmp_path)
     row = next(r for r in rows(tmp_path, "summary")
-               if float(r["target_ms"]) == pytest.approx(p90[t_d] * 1.0001))
+               if float(r["target_ms"]) == pytest.approx(target_ms))
     verify = json.loads((report_inputs["runs"] / "co" / "verify.json").read_text())
-    assert float(row["t_d"]) == t_d and row["top1_source"].startswith("co ")
+    assert float(row["t_d"]) == conf["t_d"] and row["top1_source"].startswith("co ")
     assert float(row["learned_ms"]) == pytest.approx(verify["measured"]["p90_ms"])
-    assert row["learned_met"] == str(verify["measured"]["p90_ms"] <= p90[t_d] * 1.0001)
+    assert row["learned_met"] == str(verify["measured"]["p90_ms"] <= target_ms)
 
 
 def test_the_report_states_what_is_measured_and_what_is_estimated(report):
@@ -288,3 +290,51 @@ def test_the_dynamic_vs_static_comparison_is_a_table_and_a_figure(report):
     with pytest.raises(UsageError, match="without rows"):
         discover([bad])
     assert len(discover([inp["runs"] / "dynamic_vs_static_cpu.json"]).comparisons) == 1
+
+
+def nonmonotone_profile():
+    """A fake device whose full width is faster than 90 % of it (a kernel that runs the full
+    width best), in its table and in its measured sweep, as committed profiles show."""
+    from tests.test_profiles import synthetic_profile
+
+    prof = synthetic_profile()
+    for i, b in enumerate(prof["table"]["blocks"]):
+        w = b["channels"]
+        b["grid"] = [0, w // 2, (9 * w) // 10, w]
+        cost = [0, 0.5 * w, 0.9 * w, 0.75 * w]  # full width: cheaper than 0.9 of it
+        b["plain_ms"] = [(i + 1) * 0.01 * c for c in cost]
+        b["gated_ms"] = [(i + 1) * 0.01 * c + 0.05 for c in cost]
+    prof["created"] = "2026-12-05T00:00:00+00:00"
+    prof["fingerprint"] = {**prof["fingerprint"], "name": "fake nonmonotone", "type": "cpu"}
+
+    def point(t_d, p90):
+        m = {"n": 64, "p50_ms": p90 / 1.1, "p90_ms": p90, "p99_ms": p90 * 1.3,
+             "valid": True, "samples_ms": [p90 * (0.8 + 0.5 * i / 63) for i in range(64)]}
+        return {"t_d": t_d, "macs_ratio": t_d, "mode": "dynamic", "pattern": f"prior {t_d}",
+                "measured": m, "valid": True, "ratio_to_dense": p90 / 33.0,
+                "predicted_p50_ms": p90 / 1.1, "predicted_p90_ms": p90,
+                "predicted_p99_ms": p90 * 1.3}
+    prof["sweep"] = [point(0.3, 12.0), point(0.6, 20.0), point(0.9, 29.0), point(1.0, 25.0)]
+    prof["references"] = {"dense": point(1.0, 33.0)["measured"]}
+    return prof
+
+
+def test_pick_and_the_report_agree_where_t_d_1_is_faster_than_0_9(tmp_path):
+    from hwbench.patterns import synthesise
+    from hwbench.profiles import Predictor, pick_t_d, save_profile
+
+    prof = nonmonotone_profile()
+    pred = Predictor(prof)
+    p90 = {t: pred.predict(synthesise("resnet18", "cifar", 32, t), "p90") for t in (0.9, 1.0)}
+    assert p90[1.0] < p90[0.9]  # the fake is what it claims
+    target_ms = (p90[1.0] + p90[0.9]) / 2  # met by t_d 1.0 alone, were it taken at its word
+    pick = pick_t_d(prof, target_ms * 1e-3, "p90")
+    assert pick.t_d < 0.9 and pick.predicted_ms <= target_ms
+    path = save_profile(prof, tmp_path / "fake.json")
+    # the report's old rule (the largest swept t_d measured under the target) said 1.0
+    assert max(s["t_d"] for s in prof["sweep"] if s["measured"]["p90_ms"] <= target_ms) == 1.0
+    build_report([path], tmp_path / "out", targets=[(target_ms * 1e-3, "p90")])
+    (row,) = rows(tmp_path / "out", "summary")
+    assert float(row["t_d"]) == pick.t_d and float(row["predicted_ms"]) == pytest.approx(
+        pick.predicted_ms, rel=1e-5)
+    assert float(row["swept_t_d"]) == 0.6 and float(row["measured_ms"]) == 20.0
