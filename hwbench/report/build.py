@@ -122,8 +122,9 @@ def _sections(inputs: Inputs, tables: dict[str, Table], res: ReportResult,
         s = tables["summary"]
         secs.append(("Summary", [
             ("p", f"{res.inputs[0]} device profile(s), {res.inputs[1]} training run(s). Per "
-                  "device and latency target: the t_d `pick` chooses (one rule, in the rule column: "
-                  "the table's predicted latency as a monotone envelope), beside it the largest "
+                  "device and latency target: the t_d `pick` chooses (one rule, in the rule "
+                  "column: the table's predicted latency as a monotone envelope), beside it the "
+                  "largest "
                   "validly measured swept t_d at or under it, with its energy and MACs ratio, "
                   "the best gated top-1 of a run trained at the picked t_d, and that run's learned "
                   "network as measured (learned_ms): a prior that meets the target does not make "
