@@ -420,6 +420,11 @@ def _print_profile(p: dict, path) -> None:
         where = ", ".join(w["where"] for w in ws[:4]) + (f" and {len(ws) - 4} more"
                                                          if len(ws) > 4 else "")
         console.print(f"warning {code} ({where}): {ws[0]['advice']}")
+    from hwbench.measure.load import describe
+
+    if describe(p.get("load")):
+        console.print(f"warning BUSY: {describe(p.get('load'))}; profile again on an idle "
+                      "machine")
     console.print(f"wrote {path} in {p['duration_s']:.0f} s")
 
 

@@ -29,6 +29,7 @@ import torch
 
 from hwbench.errors import HwbenchError, UsageError
 from hwbench.measure.device import fingerprint, parse_device
+from hwbench.measure.load import describe as describe_load
 from hwbench.profiles import load_profile, profile_filename, save_profile
 
 # A quick profile: the latency table and the sweep, fewer timing rounds, no validation phase.
@@ -137,8 +138,9 @@ def _version(path: Path) -> tuple[str, int]:  # x.json < x-v2.json < x-v10.json
 def find_profile(device: dict, cond: Conditions, folder: str | Path = "profiles",
                  misses: list[tuple[Path, str]] | None = None) -> tuple[Path, dict] | None:
     """The newest (by ``created``; ties: the higher ``-vN`` file version, then the file name)
-    readable profile in ``folder`` that describes ``device`` (a fingerprint) under ``cond``, or
-    None. Unreadable files are skipped. ``misses`` collects (path, why) of this device's
+    readable profile in ``folder`` that describes ``device`` (a fingerprint) under ``cond``, one
+    measured on an idle machine before any measured while it was busy (``busy``), or None.
+    Unreadable files are skipped. ``misses`` collects (path, why) of this device's
     profiles for other conditions."""
     found: list[tuple[tuple, Path, dict]] = []
     for path in sorted(Path(folder).glob("*.json")):
@@ -149,7 +151,8 @@ def find_profile(device: dict, cond: Conditions, folder: str | Path = "profiles"
         fp = prof["fingerprint"]
         why = mismatch(fp, device, cond)
         if why is None:
-            found.append(((_created(prof), _version(path)[1], path.name), path, prof))
+            found.append(((not busy(prof), _created(prof), _version(path)[1], path.name), path,
+                          prof))
         elif misses is not None and same_machine(fp, device):
             misses.append((path, why))
     if not found:
@@ -200,6 +203,11 @@ class TargetProfile:
         return self.device is not None
 
 
+def busy(profile: dict) -> bool:
+    """Whether the profile was measured while the machine was busy (``measure.load``)."""
+    return bool((profile.get("load") or {}).get("busy"))
+
+
 def resolve_profile(target: str, arch: str, stem: str, input_size: int,
                     folder: str | Path = "profiles", quick: bool = True,
                     say: Callable[[str], None] = lambda s: None,
@@ -224,7 +232,9 @@ def resolve_profile(target: str, arch: str, stem: str, input_size: int,
     cond = Conditions.now(arch, stem, input_size, dtype, batch_size, runtime=runtime)
     misses: list[tuple[Path, str]] = []
     found = find_profile(here, cond, folder, misses)
-    if found is not None:
+    if found is not None and not (busy(found[1]) and found[1].get("quick") and quick):
+        if busy(found[1]):
+            say(f"{found[0]}: {describe_load(found[1].get('load'))}")
         return TargetProfile(found[0], found[1], target)
     wanted = f"{here['name']} / {cond.describe()}"
     near = f" ({misses[0][0].name} has {misses[0][1]})" if misses else ""
@@ -232,11 +242,13 @@ def resolve_profile(target: str, arch: str, stem: str, input_size: int,
         raise UsageError(f"no profile in {folder}/ for {wanted}{near}: run `hwbench profile "
                          f"--device {target} --arch {arch} --stem {stem} --input-size "
                          f"{input_size}` first, or pass --target-device PROFILE.json")
-    say(f"no profile in {folder}/ matches {wanted}{near}: running a quick profile of this "
-        f"{dev.type} first (~1-3 min; `hwbench profile` makes a full one)")
+    say(f"{found[0]} is a quick profile measured while the machine was busy: measuring it "
+        "again" if found else f"no profile in {folder}/ matches {wanted}{near}: running a "
+        f"quick profile of this {dev.type} first (~1-3 min; `hwbench profile` makes a full one)")
     prof = (profile_fn or quick_profile)(target, cond)
     path = save_profile(prof, Path(folder) / profile_filename(prof["fingerprint"]))
-    say(f"quick profile written to {path}")
+    say(f"quick profile written to {path}" + (f"; {describe_load(prof.get('load'))}"
+                                              if busy(prof) else ""))
     return TargetProfile(path, prof, target, measured_now=True)
 
 

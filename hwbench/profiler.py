@@ -59,6 +59,8 @@ from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
 from hwbench.measure.device import fingerprint, parse_device, torch_threads
 from hwbench.measure.energy import COOLDOWN_S, energy_per_inference, idle_power_w, select_meter
+from hwbench.measure.load import snapshot as load_snapshot
+from hwbench.measure.load import window as load_window
 from hwbench.measure.protocol import Inputs, Protocol, measure
 from hwbench.measure.stats import Warn
 from hwbench.measure.timer import timer_overhead_ms
@@ -234,6 +236,7 @@ class Profiler:
     def _run(self) -> dict:
         cfg = self.cfg
         started = dt.datetime.now(dt.timezone.utc)
+        before = load_snapshot()
         base = realise(synthesise(cfg.arch, cfg.stem, cfg.input_size, 1.0), seed=cfg.seed)
         overhead = timer_overhead_ms(self.device)
         profile = self._header(base, started, overhead)
@@ -294,6 +297,8 @@ class Profiler:
             self._warn(Warn.TIMER_OVERHEAD, "sweep")
         profile["warnings"] = self.warnings
         profile["valid"] = all(s["valid"] for s in profile["sweep"])
+        # how busy the machine was (others' CPU time, steal): hwbench.measure.load
+        profile["load"] = load_window(before, load_snapshot())
         profile["duration_s"] = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
         self.progress("done", 1.0)
         return profile

@@ -179,6 +179,62 @@ def test_no_matching_profile_runs_a_quick_one_under_the_wanted_conditions(tmp_pa
     assert again.path == tp.path and not again.measured_now
 
 
+BUSY = {"wall_s": 60.0, "others_cores": 1.6, "steal_share": 0.0, "loadavg_1m": 3.5,
+        "cpus": 2, "busy": True, "rule": "busy: ..."}
+IDLE = {**BUSY, "others_cores": 0.05, "loadavg_1m": 0.3, "busy": False}
+
+
+def profile_with(load, quick=False, created="2026-11-28T09:00:00+00:00"):
+    prof = local_profile(created=created)
+    prof["load"] = load
+    if quick:
+        prof["quick"] = True
+    return prof
+
+
+def test_an_idle_profile_wins_over_a_newer_busy_one(tmp_path):
+    folder = tmp_path / "profiles"
+    idle = save_profile(profile_with(IDLE, created="2026-11-27T09:00:00+00:00"),
+                        folder / "idle.json")
+    save_profile(profile_with(BUSY, created="2026-11-29T09:00:00+00:00"), folder / "busy.json")
+    assert find_profile(HERE, cond(), folder)[0] == idle
+    # older profiles record no load: taken as idle, the newest wins among them
+    old = save_profile(local_profile(created="2026-11-28T00:00:00+00:00"), folder / "old.json")
+    assert find_profile(HERE, cond(), folder)[0] == old
+
+
+def test_a_busy_quick_profile_is_measured_again_not_reused_silently(tmp_path):
+    folder, said, calls = tmp_path / "profiles", [], []
+    busy = save_profile(profile_with(BUSY, quick=True), folder / "quick.json")
+
+    def fake_profile(device, conditions):
+        calls.append(device)
+        return profile_with(IDLE if len(calls) > 1 else BUSY, quick=True,
+                            created=f"2026-11-30T0{len(calls)}:00:00+00:00")
+
+    tp = resolve_profile("cpu", "resnet18", "cifar", 32, folder=folder, say=said.append,
+                         profile_fn=fake_profile)
+    assert calls == ["cpu"] and tp.measured_now and str(busy) in said[0]
+    assert "busy: measuring it again" in said[0]
+    # still busy: written, and said in the same line
+    assert "other processes took 1.60 cores" in said[-1]
+    tp2 = resolve_profile("cpu", "resnet18", "cifar", 32, folder=folder, say=said.append,
+                          profile_fn=fake_profile)
+    assert len(calls) == 2 and not (tp2.profile.get("load") or {}).get("busy")
+    said.clear()
+    tp3 = resolve_profile("cpu", "resnet18", "cifar", 32, folder=folder, say=said.append,
+                          profile_fn=fake_profile)
+    assert len(calls) == 2 and not tp3.measured_now and said == []  # idle: reused quietly
+
+
+def test_a_busy_full_profile_is_used_and_said(tmp_path):
+    folder, said = tmp_path / "profiles", []
+    full = save_profile(profile_with(BUSY), folder / "full.json")
+    tp = resolve_profile("cpu", "resnet18", "cifar", 32, folder=folder, say=said.append,
+                         quick=True, profile_fn=lambda *a: pytest.fail("measured again"))
+    assert tp.path == full and len(said) == 1 and "busy" in said[0]
+
+
 def test_a_relative_target_is_a_fraction_of_the_profiled_dense_latency(tmp_path):
     path = atomic_write_json(tmp_path / "p.json", synthetic_profile())
     tp = resolve_profile(str(path), "resnet18", "cifar", 32)

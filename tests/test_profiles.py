@@ -148,6 +148,9 @@ def test_a_small_real_profile_has_every_part_and_exact_energy_arithmetic():
     codes = {w["code"] for w in prof["warnings"]}
     assert "ENERGY_WINDOW_SHORT" in codes  # 0.05 s windows are too short, and say so
     Predictor(prof)  # what was written can be read back
+    # how busy the machine was over the whole profile (Linux /proc; others' share >= 0)
+    load = prof["load"]
+    assert load["wall_s"] > 0 and load["others_cores"] >= 0 and isinstance(load["busy"], bool)
 
 
 
