@@ -99,11 +99,7 @@ def decide(m: Measurement, target: LatencyTarget, profile: dict | None,
            "ratio_to_dense": ratio, "valid": not invalid, "band": list(band),
            "met": v.name == MET, "verdict": v.name, "verdict_message": v.message}
     if invalid:
-        ci = m.protocol.get("ci_target") or 0
-        out["reason"] = (f"no valid {pct} for {', '.join(invalid)}: its 95% CI did not reach "
-                         f"{ci:.0%} "
-                         "(or does not exist at this sample count) within --max-time; nothing "
-                         "is decided on it")
+        out["reason"], out["needs"] = no_decision(m, invalid, pct)
     ref = (profile or {}).get("references", {}).get("dense", {}).get(f"{pct}_ms")
     if ref:
         off = dense / ref - 1.0
@@ -117,6 +113,27 @@ def decide(m: Measurement, target: LatencyTarget, profile: dict | None,
                            f"the dense {pct} now ({target.ms / ref:.3f}x when profiled)"
                            if target.ms is not None else "")}
     return out
+
+
+def no_decision(m: Measurement, invalid: list[str], pct: str) -> tuple[str, dict]:
+    """Why nothing is decided on ``m`` (``invalid``: the engines without a valid ``pct``), with
+    what would decide it: how many samples the CI needs and about how long that takes at the
+    rate this measurement ran (``stats.time_needed``), and what to pin. One line."""
+    from hwbench.measure.stats import time_needed
+
+    ci = m.protocol.get("ci_target") or 0.02
+    spent = float(m.protocol.get("max_time_s") or 0.0)
+    needs = {k: time_needed(m[k]["samples_ms"], quantile_of(pct), ci, spent) for k in invalid}
+    worst = max(needs.values(), key=lambda n: n["needed_s"] or 0)
+    got = (f"its 95% CI is +-{worst['ci_rel_halfwidth']:.1%}"
+           if worst["ci_rel_halfwidth"] is not None else "no CI exists yet at this count")
+    seconds = worst["needed_s"]
+    text = (f"no valid {pct} for {', '.join(invalid)}: {worst['n']} samples in {spent:g} s, "
+            f"{got}, +-{ci:.0%} asked; about {worst['needed_n']} samples"
+            + (f", ~{seconds} s: rerun with --max-time {max(seconds, 1)}" if seconds else "")
+            + " on an idle machine (no other jobs; threads pinned, e.g. taskset); nothing is "
+              "decided on it")
+    return text, needs
 
 
 def run_verify(pattern_path: str, target: float | str | LatencyTarget, device: str = "cpu",

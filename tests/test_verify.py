@@ -241,3 +241,17 @@ def test_verify_names_a_missing_runtime_extra_before_any_work(tmp_path, monkeypa
     line = one_line_error(run_cli("verify", "--pattern", tmp_path / "none.json",
                                   "--target-latency", "5ms", "--runtime", runtime))
     assert f"pip install 'hwbench[{extra}]'" in line and module in line
+
+
+def test_no_decision_says_what_would_decide_it():
+    from hwbench.units import LatencyTarget
+    from hwbench.verify import decide
+
+    m = fake_measurement(4.98, 7.12, n=30)  # 30 samples: no p90 CI exists yet
+    m.protocol["max_time_s"] = 3.0
+    d = decide(m, LatencyTarget.parse("0.7x"), None)
+    assert not d["valid"] and d["verdict"] == "NO DECISION"
+    assert "30 samples in 3 s" in d["reason"] and "no CI exists yet" in d["reason"]
+    assert "about 36 samples, ~4 s: rerun with --max-time 4" in d["reason"]
+    assert "idle machine" in d["reason"] and "\n" not in d["reason"]
+    assert d["needs"]["dynamic"]["needed_n"] == 36

@@ -141,6 +141,36 @@ def ci_rel_halfwidth(samples: np.ndarray | list[float], q: float) -> float:
     return (hi - lo) / 2.0 / est
 
 
+def min_samples_for_ci(q: float, level: float = LEVEL, limit: int = 100_000) -> int:
+    """The fewest samples for which the ``q`` quantile's two-sided CI at ``level`` exists
+    (``ci_ranks``): 36 for p90, 368 for p99, 6 for the median, at 95 %."""
+    n = 1
+    while ci_ranks(n, q, level) is None:
+        n = n + 1 if n < 64 else int(n * 1.05) + 1
+        if n > limit:
+            return limit
+    lo = max(1, int(n / 1.05) - 1) if n > 64 else n
+    while lo < n and ci_ranks(lo, q, level) is None:
+        lo += 1
+    return lo
+
+
+def time_needed(samples: list[float], q: float, ci_target: float, spent_s: float) -> dict:
+    """How long a measurement that did not reach its precision would need: the samples a CI of
+    the ``q`` quantile within ``ci_target`` needs (the CI's width falls as 1 / sqrt(n); where no
+    CI exists yet, the fewest for which it does, then that rule from there) and the seconds
+    they take at the rate of ``spent_s`` for ``len(samples)``. A projection, not a promise."""
+    n = len(samples)
+    h = ci_rel_halfwidth(samples, q) if n else math.inf
+    need = max(n, min_samples_for_ci(q))
+    if math.isfinite(h) and h > ci_target:
+        need = max(need, math.ceil(n * (h / ci_target) ** 2))
+    rate = spent_s / n if n else spent_s
+    return {"n": n, "ci_rel_halfwidth": h if math.isfinite(h) else None,
+            "ci_target": ci_target, "needed_n": need,
+            "needed_s": math.ceil(rate * need) if n else None}
+
+
 def outlier_mask(samples: np.ndarray | list[float], z: float = OUTLIER_Z) -> np.ndarray:
     a = np.asarray(samples, dtype=float)
     med = np.median(a)

@@ -103,3 +103,32 @@ def test_summary_of_known_samples_and_warnings():
 def test_drift_and_advice():
     assert drift([10.0] * 10 + [12.0] * 10) == pytest.approx(0.2)
     assert all(w.advice for w in Warn)
+
+
+# --- how long an invalid measurement would need ------------------------------------------------
+
+
+@pytest.mark.parametrize("q", [0.5, 0.9, 0.99])
+def test_the_fewest_samples_for_a_ci_are_where_it_first_exists(q):
+    from hwbench.measure.stats import ci_ranks, min_samples_for_ci
+
+    n = min_samples_for_ci(q)
+    assert ci_ranks(n, q) is not None and ci_ranks(n - 1, q) is None
+    assert {0.5: 6, 0.9: 36, 0.99: 368}[q] == n
+
+
+def test_time_needed_projects_from_the_width_and_the_rate():
+    from hwbench.measure.stats import ci_rel_halfwidth, time_needed
+
+    rng = np.random.default_rng(0)
+    xs = list(10 + rng.exponential(1.0, 200))  # a skewed latency
+    h = ci_rel_halfwidth(xs, 0.9)
+    got = time_needed(xs, 0.9, h / 2, spent_s=10.0)  # twice as tight: about 4x the samples
+    assert got["needed_n"] in (800, 801)  # ceil of 200 x 2**2, up to rounding
+    assert got["needed_s"] == math.ceil(10.0 / 200 * got["needed_n"])
+    assert got["ci_rel_halfwidth"] == pytest.approx(h)
+    # already tight enough: no more samples than it has
+    assert time_needed(xs, 0.9, h * 2, 10.0)["needed_n"] == 200
+    # too few for any p90 CI: the fewest for which one exists, at the same rate
+    few = time_needed(xs[:20], 0.9, 0.02, spent_s=2.0)
+    assert few["ci_rel_halfwidth"] is None and few["needed_n"] == 36 and few["needed_s"] == 4
