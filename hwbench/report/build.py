@@ -180,8 +180,11 @@ def _energy_blocks(inputs: Inputs, tables: dict[str, Table]) -> list:
         measured = bool(e.get("measured"))
         windows = [pt["window_s"] for pt in pts if pt.get("window_s")] or [float("nan")]
         idle = e.get("idle_w")
-        if method.startswith("nvml"):
+        if method == "nvml-counter":
             unc = "NVML counter resolution 1 mJ"
+        elif method == "nvml-power":
+            unc = ("integrated polled power (Zeus polls the board's power, W, and integrates it "
+                   "over the window): no counter, the sampling interval bounds it")
         elif "rapl" in method:
             unc = "RAPL counter resolution ~15 uJ"
         else:

@@ -338,3 +338,22 @@ def test_pick_and_the_report_agree_where_t_d_1_is_faster_than_0_9(tmp_path):
     assert float(row["t_d"]) == pick.t_d and float(row["predicted_ms"]) == pytest.approx(
         pick.predicted_ms, rel=1e-5)
     assert float(row["swept_t_d"]) == 0.6 and float(row["measured_ms"]) == 20.0
+
+
+@pytest.mark.parametrize("method,words", [
+    ("nvml-counter", "NVML counter resolution 1 mJ"),
+    ("nvml-power", "integrated polled power"),
+])
+def test_polled_power_is_not_labelled_a_counter(method, words):
+    from hwbench.report.build import _energy_blocks
+    from hwbench.report.inputs import Inputs, Profile
+    from tests.test_profiles import synthetic_profile
+
+    prof = synthetic_profile()
+    prof["fingerprint"] = {**prof["fingerprint"], "type": "cuda", "name": "Old GPU"}
+    prof["energy"] = {"method": method, "measured": True, "idle_w": 30.0,
+                      "points": [{"window_s": 1.2, "energy_j_total": 0.01}]}
+    text = " ".join(str(b) for b in _energy_blocks(Inputs(profiles=[Profile("p.json", prof)]),
+                                                   {}))
+    assert words in text
+    assert ("resolution 1 mJ" in text) is (method == "nvml-counter")
