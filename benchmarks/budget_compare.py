@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from hwbench.io import atomic_write_json  # noqa: E402
 from hwbench.measure.device import fingerprint, parse_device  # noqa: E402
 from hwbench.pipeline import train_to_target, trim_run  # noqa: E402
+from hwbench.provenance import provenance  # noqa: E402
 from hwbench.train import TrainConfig, budget_defaults  # noqa: E402
 
 TOLERANCE = 0.05
@@ -127,7 +128,8 @@ def main() -> None:
                      f"{t['dense_p50_ms'] / t['profile_dense_p50_ms']:21.3f}")
         print(line)
     out = args.out or str(ROOT / "results" / f"budget_compare_{dev.type}.json")
-    atomic_write_json(out, {"benchmark": "budget_compare", "device": fingerprint(dev),
+    atomic_write_json(out, {"benchmark": "budget_compare", "provenance": provenance(),
+                            "device": fingerprint(dev),
                             "args": vars(args), "wall_s": time.perf_counter() - t0,
                             "tolerance": TOLERANCE, "runs": rows,
                             "verify": {r["run"]: json.loads(

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from hwbench.engine.runtimes import RUNTIMES  # noqa: E402
 from hwbench.io import atomic_write_json  # noqa: E402
+from hwbench.provenance import provenance  # noqa: E402
 from hwbench.speedup import SpeedupConfig, run_runtimes  # noqa: E402
 
 PATTERNS = [
@@ -101,6 +102,7 @@ def main() -> None:
               + ", ".join(
             f"{r['runtime']} {r['dense_p50_ms'] / rows[0]['dense_p50_ms']:.2f}" for r in rows))
     out["duration_s"] = time.time() - t0
+    out["provenance"] = provenance()
     gate = f"_{args.gate.replace(':', '')}" if args.gate else ""
     dest = Path(args.out) if args.out else \
         ROOT / "results" / f"runtimes_cpu_{args.threads}t{gate}.json"

@@ -38,6 +38,7 @@ from hwbench.engine import build_engine, pattern_inputs, realise  # noqa: E402
 from hwbench.engine.graphs import EXECUTIONS  # noqa: E402
 from hwbench.io import atomic_write_json  # noqa: E402
 from hwbench.patterns import load_pattern, mixed_pattern  # noqa: E402
+from hwbench.provenance import provenance  # noqa: E402
 from hwbench.speedup import SpeedupConfig, layer_times, mode_macs, run_speedups  # noqa: E402
 
 MATRIX = [  # (pattern, batch sizes)
@@ -96,7 +97,8 @@ def main() -> None:
                 per_layer(cfg)
     dev = args.device.replace(":", "")
     out = Path(args.out) if args.out else ROOT / "results" / f"speedup_{dev}_{platform.node()}.json"
-    atomic_write_json(out, {"benchmark": "speedup", "runs": results})
+    atomic_write_json(out, {"benchmark": "speedup", "provenance": provenance(),
+                            "runs": results})
     print(f"\nwrote {out} ({time.time() - t0:.0f} s in all)")
 
 

@@ -38,6 +38,7 @@ from hwbench.measure.device import fingerprint, parse_device  # noqa: E402
 from hwbench.measure.protocol import Inputs, Protocol, measure  # noqa: E402
 from hwbench.measure.stats import summarise  # noqa: E402
 from hwbench.nets import create_net  # noqa: E402
+from hwbench.provenance import provenance  # noqa: E402
 from hwbench.ssl.model import LARS, CoTrainStep, Objective, SSLModel, lars_param_groups  # noqa: E402
 from hwbench.train import amp_dtype  # noqa: E402
 
@@ -120,7 +121,8 @@ def main() -> None:
         rows.append({"method": m, **st.to_dict(), "ratio_to_dense": ratio,
                      "images_per_s": args.batch_size / st.p50_ms * 1e3})
     out = Path(args.out) if args.out else ROOT / "results" / f"step_cost_{device.type}.json"
-    atomic_write_json(out, {"benchmark": "step_cost", "fingerprint": fp, "dtype": dtype,
+    atomic_write_json(out, {"benchmark": "step_cost", "provenance": provenance(),
+                            "fingerprint": fp, "dtype": dtype,
                             "batch_size": args.batch_size, "arch": args.arch,
                             "dataset": args.dataset, "platform": platform.platform(),
                             "input_size": meta.input_size, "stem": meta.stem,

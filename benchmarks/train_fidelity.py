@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import replace
@@ -29,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hwbench.data import info  # noqa: E402
-from hwbench.final import source_commit  # noqa: E402
 from hwbench.io import atomic_write_json  # noqa: E402
 from hwbench.patterns import load_pattern  # noqa: E402
 from hwbench.pipeline import deploy_run, fidelity  # noqa: E402
 from hwbench.profiles import Predictor, load_profile  # noqa: E402
+from hwbench.provenance import provenance  # noqa: E402
 from hwbench.train import TrainConfig, train  # noqa: E402
 from hwbench.units import LatencyTarget  # noqa: E402
 from hwbench.verify import pattern_macs_ratio  # noqa: E402
@@ -104,8 +103,7 @@ def main() -> None:
                                                    "knn_top1")}), flush=True)
     atomic_write_json(Path(args.out), {
         "what": "training estimate vs deployed network, per --gate-noise-anneal (issue 23)",
-        "command": "python " + " ".join(sys.argv),
-        "commit": source_commit(), "machine": platform.processor() or platform.machine(),
+        "provenance": provenance(),
         "profile": args.profile, "target": args.target, "target_ms": target_ms,
         "input_size": meta.input_size, "rows": rows})
 

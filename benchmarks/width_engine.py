@@ -49,6 +49,7 @@ from hwbench.io import atomic_write_json  # noqa: E402
 from hwbench.measure.device import fingerprint  # noqa: E402
 from hwbench.measure.protocol import Inputs, Protocol, measure  # noqa: E402
 from hwbench.patterns import GatePattern, LayerPattern, mixed_pattern, synthesise  # noqa: E402
+from hwbench.provenance import provenance  # noqa: E402
 
 TARGETS = (0.3, 0.5, 0.7)
 BAR = {0.3: 0.55, 0.5: 0.70, 0.7: 0.70}  # the dynamic-efficiency bar at batch 1
@@ -257,7 +258,7 @@ def main() -> None:
         out = Path(args.out) if args.out else (
             ROOT / "results" / f"width_engine_large_batch_{dev}_b{args.batch}_{args.dtype}_"
                                f"{platform.node()}.json")
-        atomic_write_json(out, r)
+        atomic_write_json(out, {**r, "provenance": provenance()})
         print(f"\nwrote {out} ({time.time() - t0:.0f} s in all)")
         return
     n, reps, bt = (8, 3, 2.0) if args.quick else (args.inputs, args.reps, args.batch_time)
@@ -283,7 +284,8 @@ def main() -> None:
               f"[{ra['lo']:.3f}, {ra['hi']:.3f}]; plan {','.join(r['plan_auto'])}")
     out = Path(args.out) if args.out else (ROOT / "results" /
                                            f"width_engine_cpu_{platform.node()}.json")
-    atomic_write_json(out, {"benchmark": "width_engine", "device": fp,
+    atomic_write_json(out, {"benchmark": "width_engine", "provenance": provenance(),
+                            "device": fp,
                             "threads": torch.get_num_threads(), "batch1": runs,
                             "batch64": batches})
     print(f"\nwrote {out} ({time.time() - t0:.0f} s in all)")

@@ -127,8 +127,10 @@ def run_compare(cc: CompareConfig, say: Callable[[str], None] = lambda s: None) 
     goals = check_compare(cc)
     tp = _profile(cc, say)
     done = _previous_rows(cc, say) if cc.resume else []
+    from hwbench.provenance import provenance
+
     results = {"schema": SCHEMA, "benchmark": BENCHMARK, "command": cc.command,
-               "settings": cc.settings(), "rows": list(done)}
+               "provenance": provenance(), "settings": cc.settings(), "rows": list(done)}
     for goal in goals:
         for method in cc.methods:
             if any(r["target"] == goal.text and r["method"] == method for r in done):
@@ -174,7 +176,7 @@ def make_row(cc: CompareConfig, goal: LatencyTarget, method: str, part: dict,
              wall_s: float) -> dict:
     """One results row from a method's ``part`` (its verify-like record ``ver``, kNN, MACs,
     config and run folder)."""
-    from hwbench.final import source_commit
+    from hwbench.provenance import source_commit
 
     ver, pct = part["ver"], goal.percentile
     knn, n = part["knn_top1"], part.get("knn_n") or 0

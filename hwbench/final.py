@@ -13,10 +13,10 @@ nothing.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from hwbench.io import atomic_write_json
+from hwbench.provenance import source_commit
 from hwbench.verdict import MET, verdict
 
 SCHEMA = "hwbench/final@1"
@@ -49,18 +49,6 @@ def final_record(network: str, ver: dict, band: tuple[float, float], knn: dict,
 
 def write_final(run_dir: str | Path, record: dict) -> Path:
     return atomic_write_json(Path(run_dir) / "final.json", record)
-
-
-def source_commit() -> str | None:
-    """The git commit of the hwbench source that ran, or None (an installed copy, no git)."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit if len(commit) == 40 else None
 
 
 def line(final: dict) -> str:
