@@ -131,6 +131,15 @@ def _sections(inputs: Inputs, tables: dict[str, Table], res: ReportResult,
                   "a trained network that does. Latencies are wall-clock times of the compact "
                   "engine, which skips the work (not masked execution)."),
             ("table", s, s.columns)]))
+        if tables["delivered"].rows:
+            d = tables["delivered"]
+            secs.append(("What each target run delivered", [
+                ("p", "RUN/final.json of every run trained to a latency target: the verdict "
+                      "(MET inside [0.90, 1.00] x target; DEGRADED when the gated kNN is below "
+                      "the randomly initialised network's), the measured latency beside the "
+                      "accuracy of the network that was timed, and the thinner dense network "
+                      "landed on the same target when the run trained one (--baseline thin)."),
+                ("table", d, d.columns)]))
         if tables["targets"].rows:
             t = tables["targets"]
             secs.append(("Latency targets of training runs", [

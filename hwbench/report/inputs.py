@@ -98,6 +98,7 @@ class Run:
     verify: dict | None = None
     pattern: dict | None = None
     eval: dict | None = None
+    final: dict | None = None  # RUN/final.json: the delivered network and its verdict
     # hwbench trim's results inside the run (RUN/trim-<target>/): name, summary, verify
     trims: list[dict] = field(default_factory=list)
 
@@ -173,6 +174,9 @@ def load_run(path: Path) -> Run | str:
               summary=summary if isinstance(summary, dict) else None,
               energy=_json(path / "energy.json"), verify=_json(path / "verify.json"),
               eval=_json(path / "eval.json"))
+    final = _json(path / "final.json")
+    if isinstance(final, dict) and str(final.get("schema", "")).startswith("hwbench/final@"):
+        run.final = final
     pat = _json(path / "pattern.json")
     if isinstance(pat, dict) and pat.get("schema") == PATTERN_SCHEMA:
         run.pattern = pat

@@ -58,6 +58,20 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
         "n": "timed runs", "p10_ms": "10th percentile latency (ms)",
         "p50_ms": "median latency (ms)", "p90_ms": "90th percentile latency (ms)",
         "p99_ms": "99th percentile latency (ms)", "valid": "the protocol's validity flag"}),
+    "delivered": ("one latency-target run: what it delivered (RUN/final.json)", {
+        "run": "the run", "network": "the delivered network (trim-<target> or deployed)",
+        "verdict": "MET, UNDERSHOT, MISSED, NO DECISION or DEGRADED (hwbench.verdict)",
+        "target": "the target (0.67x: of the dense latency measured alongside; or ms)",
+        "percentile": "the percentile decided on", "band": "the landing band, x target",
+        "measured_ratio": "measured / dense at the percentile",
+        "measured_ms": "measured latency at the percentile (ms)", "runtime": _RUNTIME,
+        "knn_gated": "kNN top-1 (%) of the delivered gated network (the function timed)",
+        "knn_dense_stream": "kNN top-1 (%) of the run's dense stream",
+        "knn_random_init": "kNN top-1 (%) of the randomly initialised network (the floor)",
+        "baseline": "the obvious alternative landed on the same target (--baseline thin)",
+        "baseline_measured_ratio": "the baseline's measured / dense",
+        "baseline_verdict": "the baseline's latency verdict",
+        "baseline_knn": "the baseline's kNN top-1 (%)"}),
     "targets": ("one run with a latency target", {
         "run": "run directory name", "device": "the target device's series label (device, "
                                                "then its runtime unless eager)",
@@ -290,6 +304,29 @@ def targets(inputs: Inputs) -> Table:
                              budget=r.config.get("budget", "flops"),
                              gated_top1_pct=ts.get("knn_top1_gated"), stage="trimmed"))
     return Table("targets", _sorted(rows, ["device", "run"]))
+
+
+def delivered(inputs: Inputs) -> Table:
+    """What each latency-target run delivered: final.json's verdict, the latency beside the
+    accuracy (gated, dense stream, random init) and the baseline beside both."""
+    rows = []
+    for r in inputs.runs:
+        f = r.final
+        if not f:
+            continue
+        t, m, k = f["target"], f["measured"], f["knn_top1"]
+        b = f.get("baseline") or {}
+        rows.append(dict(
+            run=r.name, network=f["network"], verdict=f["verdict"],
+            target=f"{t['ratio']:g}x" if t.get("ratio") is not None else f"{t['ms']:g}ms",
+            percentile=t["percentile"], band=f"{f['band'][0]:g}-{f['band'][1]:g}",
+            measured_ratio=m.get("ratio"), measured_ms=m.get("ms"), runtime=m.get("runtime"),
+            knn_gated=k.get("gated"), knn_dense_stream=k.get("dense_stream"),
+            knn_random_init=k.get("random_init"),
+            baseline=(f"{b['method']} (width x {b['width_mult']:g})" if b else None),
+            baseline_measured_ratio=(b.get("measured") or {}).get("ratio") if b else None,
+            baseline_verdict=b.get("verdict"), baseline_knn=b.get("knn_top1")))
+    return Table("delivered", _sorted(rows, ["run"]))
 
 
 def _decision(v: dict, measured: float | None, target_ms: float) -> tuple:
@@ -621,7 +658,7 @@ def dynamic_vs_static(inputs: Inputs) -> Table:
 
 def build_tables(inputs: Inputs, extra_targets=()) -> dict[str, Table]:
     return {t.name: t for t in (
-        summary(inputs, extra_targets), latency(inputs), targets(inputs),
+        summary(inputs, extra_targets), delivered(inputs), latency(inputs), targets(inputs),
         macs_vs_latency(inputs), energy(inputs), accuracy(inputs), channels(inputs),
         training_energy(inputs), training_curves(inputs), predictor(inputs),
         runtimes(inputs), dynamic_vs_static(inputs))}

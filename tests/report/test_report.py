@@ -357,3 +357,32 @@ def test_polled_power_is_not_labelled_a_counter(method, words):
                                                    {}))
     assert words in text
     assert ("resolution 1 mJ" in text) is (method == "nvml-counter")
+
+
+def test_the_verdict_accuracy_and_baseline_sit_beside_the_latency(report, tmp_path):
+    out, _, inp = report
+    final = json.loads((inp["runs"] / "co" / "final.json").read_text())
+    (row,) = [r for r in rows(out, "delivered") if r["run"] == "co"]
+    assert row["verdict"] == final["verdict"] and row["network"] == final["network"]
+    assert float(row["measured_ratio"]) == pytest.approx(final["measured"]["ratio"], rel=1e-5)
+    assert float(row["knn_gated"]) == pytest.approx(final["knn_top1"]["gated"], rel=1e-5)
+    assert row["baseline"] == ""  # the fixture's run trained none
+    assert "## What each target run delivered" in (out / "report.md").read_text()
+    # a run with a thin baseline: its row carries it
+    from hwbench.final import final_record
+    from tests.test_final import KNN, verify_result
+
+    run = tmp_path / "runs" / "with_baseline"
+    run.mkdir(parents=True)
+    cfg = json.loads((inp["runs"] / "co" / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "summary.json").write_text(json.dumps({"config": cfg}))
+    rec = final_record("trim-0.67x", verify_result(), (0.9, 1.0), KNN, 48.5, "cosine")
+    rec["baseline"] = {"method": "thin", "width_mult": 0.59375, "verdict": "MET",
+                       "measured": {"ratio": 0.64}, "knn_top1": 93.0}
+    (run / "final.json").write_text(json.dumps(rec))
+    build_report([run], tmp_path / "out")
+    (b,) = rows(tmp_path / "out", "delivered")
+    assert (b["verdict"], b["baseline"], b["baseline_verdict"]) == (
+        "MET", "thin (width x 0.59375)", "MET")
+    assert float(b["baseline_knn"]) == 93.0 and float(b["knn_gated"]) == 88.0
