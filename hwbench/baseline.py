@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from hwbench.nets import create_net, width_mult_widths
-from hwbench.profiles import Predictor, Unattainable
+from hwbench.profiles import Predictor, Unattainable, envelope
 from hwbench.units import LatencyTarget
 from hwbench.verdict import BAND, verdict
 
@@ -65,8 +65,6 @@ def pick_width_mult(profile: dict, target_s: float, percentile: str = "p90",
     not."""
     pred = Predictor(profile)
     target_ms = target_s * 1e3
-    from hwbench.profiles import envelope
-
     pairs = thin_candidates(pred.arch, step)
     env = envelope([(i, pred.thin_ms(list(w), percentile)) for i, (_, w) in enumerate(pairs)])
     cands = [(m, w, ms) for (m, w), (_, ms) in zip(pairs, env)]
@@ -165,16 +163,15 @@ def measure_trained(run: Path, goal: LatencyTarget, dev: torch.device, runtime: 
                     max_time_s: float = 10.0, threads: int | None = None) -> dict:
     """The trained thin network of ``run`` against the dense network, on real test images of
     its data set (the verify protocol), decided in the band: a verify-like record."""
+    from hwbench.data import info
     from hwbench.evaluate import load_run
     from hwbench.verify import decide, timing_inputs
 
     net, cfg, _ = load_run(run / "checkpoint.pt")
     full = create_net(cfg["arch"], stem=net.stem).eval()
-    from hwbench.data import info
-
-    inputs = timing_inputs(cfg, info(cfg["dataset"]).input_size)
-    m = time_thin(net.eval(), full, inputs, dev, goal, max_time_s, runtime, threads)
     size = info(cfg["dataset"]).input_size
+    m = time_thin(net.eval(), full, timing_inputs(cfg, size), dev, goal, max_time_s, runtime,
+                  threads)
     macs = net.geometry((size, size)).dense_macs() / full.geometry((size, size)).dense_macs()
     return {**decide(m, goal, None), "measured": m["dynamic"], "dense": m["dense"],
             "inputs": m.inputs, "protocol": m.protocol, "warnings": m.warnings,

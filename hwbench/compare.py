@@ -289,14 +289,15 @@ def _land_pruned(scores, goal: LatencyTarget, tp, cc: CompareConfig, say):
 
     from hwbench.baseline import land
     from hwbench.locate import resolve_target
-    from hwbench.profiles import Predictor
+    from hwbench.profiles import Predictor, envelope
     from hwbench.prune import candidates
 
     cands = candidates(scores)
     target_ms = resolve_target(goal.text, tp, goal.percentile) * 1e3
     pred = Predictor(tp.profile)
-    meets = [i for i, (_, w) in enumerate(cands)
-             if pred.thin_ms(list(w), goal.percentile) <= target_ms]
+    env = envelope([(i, pred.thin_ms(list(w), goal.percentile)) for i, (_, w) in
+                    enumerate(cands)])  # the rule pick_t_d and the thin pick apply
+    meets = [i for i, ms in env if ms <= target_ms]
     best, probes = land(cands, meets[-1] if meets else 0, target_ms, tp.profile, goal,
                         torch.device(cc.device), cc.runtime, say=say,
                         what="pruned: kept share")
