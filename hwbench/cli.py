@@ -856,10 +856,13 @@ def _print_fidelity(summary: dict) -> None:
                    (" (within 5 %)" if fid.get("within") else " (NOT within 5 %)"))
     ft = (summary.get("trim") or {}).get("finetune")
     if ft:
-        before, after = ft.get("knn_top1_gated_before"), summary["trim"].get("knn_top1_gated")
+        before = ft.get("knn_top1_gated_before")
+        after = ft.get("knn_top1_gated_after", summary["trim"].get("knn_top1_gated"))
         knn = (f": gated kNN top-1 {before:.1f} -> {after:.1f} %"
                if before is not None and after is not None else "")
-        click.echo(f"  fine-tuned {ft['steps']} steps ({ft['seconds']:.0f} s){knn}")
+        kept = ("; the network before it is delivered (higher kNN)"
+                if ft.get("kept") == "before" else "")
+        click.echo(f"  fine-tuned {ft['steps']} steps ({ft['seconds']:.0f} s){knn}{kept}")
 
 
 def _print_final(final: dict | None) -> int:

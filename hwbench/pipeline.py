@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,13 +133,15 @@ FIDELITY_TOLERANCE = 0.05  # issue 23: the deployed network within 5 % of traini
 
 
 def fidelity(final: dict, verify: dict) -> dict:
-    """The deployed network against what training estimated in its last epoch: the MACs ratio
-    (the mean over the epoch's passes; the pattern's on the calibration images) and the
+    """The deployed network against what training estimated at its end: the MACs ratio (the
+    mean over the last epoch's last quarter of passes, ``train.END_SHARE``, else over the
+    epoch; the pattern's on the calibration images) and the
     predicted latency at the target's percentile (the budget's estimate on the passes' masks;
     the profile's prediction of the deployed pattern). ``gap``: deployed / training - 1."""
     pct = verify["percentile"]
-    pairs = {"macs_ratio": (final.get("macs_ratio"), verify.get("macs_ratio")),
-             f"predicted_{pct}_ms": (final.get("latency_ms_0"),
+    pairs = {"macs_ratio": (final.get("end_macs_ratio", final.get("macs_ratio")),
+                            verify.get("macs_ratio")),
+             f"predicted_{pct}_ms": (final.get("end_latency_ms_0", final.get("latency_ms_0")),
                                      (verify.get("predicted") or {}).get(f"{pct}_ms"))}
     rows = {name: {"training": t, "deployed": d, "gap": d / t - 1.0}
             for name, (t, d) in pairs.items() if t and d}
@@ -162,7 +165,8 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
     """Trim a training run's network to ``target`` on ``device`` (this machine), measured as
     ``runtime`` runs it (with that runtime's profile): channels off, or always-off ones back on,
     until it lands in ``[1 - tolerance, 1] x target``; then ``finetune_steps`` of recovery
-    fine-tuning (``finetune_net``). Writes the trimmed run to ``out`` (default
+    fine-tuning (``finetune_net``; the tuned network is delivered unless its kNN is lower than
+    before, ``_keep_better``). Writes the trimmed run to ``out`` (default
     ``RUN/trim-<target>``): checkpoint.pt, pattern.json, trim.json (the search), verify.json
     (the final network measured anew) and eval.json (kNN of its gated stream;
     eval-before-finetune.json); and ``RUN/final.json`` (the verdict on it)."""
@@ -197,13 +201,15 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
                     f"interleaved with dense, {percentile} to a {CANDIDATE_CI:.0%} CI or "
                     f"{max_time_s:g} s per measurement", **res.to_dict()})
     tuned = _finetune_trimmed(out, finetune_steps, device, runtime, say, knn)
+    ev = tuned.pop("eval", None)
     say("measuring the trimmed network anew ...")
     ver = run_verify(str(out / "pattern.json"), goal, device, str(out / "checkpoint.pt"),
                      percentile, str(tp.path), verify_max_time_s, inputs=inputs,
                      runtime=runtime, band=rule.band)
     atomic_write_json(out / "verify.json", ver)
     summary = _trim_summary(out, goal, res, ver, tolerance)
-    ev = _trimmed_knn(out, device, runtime, say) if knn else {}
+    if ev is None:
+        ev = _trimmed_knn(out, device, runtime, say) if knn else {}
     summary.update({k: v for k, v in ev.items() if k.startswith("knn_top1")}, **tuned)
     summary["delivered"] = final_record(_name_in(run, out), ver, rule.band, ev,
                                         _random_init_knn(run), cfg.get("knn", "cosine"))
@@ -296,7 +302,9 @@ def _trimmed_knn(out: Path, device: str, runtime: str, say) -> dict:
 def _finetune_trimmed(out: Path, steps: int, device: str, runtime: str, say,
                       knn: bool) -> dict:
     """``steps`` of recovery fine-tuning of the network in ``out``, with its kNN before
-    (``eval-before-finetune.json``); {} for 0 steps."""
+    (``eval-before-finetune.json``) and after (``eval.json``); {} for 0 steps. Where the tuned
+    network's gated kNN is below the one before, the one before is delivered (``_keep_better``).
+    With ``knn``, the returned ``eval`` is the delivered network's (``eval.json``)."""
     if not steps:
         return {}
     before = {}
@@ -305,7 +313,33 @@ def _finetune_trimmed(out: Path, steps: int, device: str, runtime: str, say,
         before = evaluate_deployed(out / "checkpoint.pt", out / "pattern.json", device,
                                    out / "eval-before-finetune.json")
     record = finetune_net(out, steps, device, say)
-    return {"finetune": {**record, "knn_top1_gated_before": before.get("knn_top1_gated")}}
+    rec = {**record, "knn_top1_gated_before": before.get("knn_top1_gated")}
+    if not knn:
+        return {"finetune": rec}
+    after = _trimmed_knn(out, device, runtime, say)
+    kept, ev = _keep_better(out, before, after)
+    if kept == "before":
+        say(f"  fine-tuning lowered the gated kNN top-1 ({before['knn_top1_gated']:.1f} -> "
+            f"{after['knn_top1_gated']:.1f} %): the network before it is delivered "
+            "(the tuned one: checkpoint-finetuned.pt)")
+    return {"finetune": {**rec, "knn_top1_gated_after": after.get("knn_top1_gated"),
+                         "kept": kept}, "eval": ev}
+
+
+def _keep_better(out: Path, before: dict, after: dict) -> tuple[str, dict]:
+    """Which of the fine-tuned network and the one before it is delivered: the tuned one unless
+    its gated kNN top-1 is strictly below the one before (the pattern is the same, so the
+    latency is too; the choice is made on the kNN test images whose number is reported). A
+    reverted network's tuned checkpoint and eval are kept as ``*-finetuned``."""
+    b, a = before.get("knn_top1_gated"), after.get("knn_top1_gated")
+    if b is None or a is None or a >= b:
+        return "finetuned", after
+    for name, ext in (("checkpoint", "pt"), ("eval", "json")):
+        tmp = out / f".{name}.{ext}.tmp"  # copied, then renamed: never a half-written file
+        shutil.copyfile(out / f"{name}-before-finetune.{ext}", tmp)
+        (out / f"{name}.{ext}").replace(out / f"{name}-finetuned.{ext}")
+        tmp.replace(out / f"{name}.{ext}")
+    return "before", before
 
 
 def _name_in(run: Path, out: Path) -> str:

@@ -458,6 +458,10 @@ def test_terms_are_read_at_the_cadence_and_the_epoch_means_are_the_step_means(tm
              "macs_ratio", "deployed_macs_ratio")
     for k in names:  # summed on the device in float64 as the host would: the same numbers
         assert row[k] == sum(s[k] for s in every_step) / 5
+    # the end of the epoch (fidelity's training side): its last ceil(5 / 4) = 2 steps only
+    assert sorted(k for k in row if k.startswith("end_")) == \
+        ["end_deployed_macs_ratio", "end_macs_ratio"]
+    assert row["end_macs_ratio"] == pytest.approx(sum(s["macs_ratio"] for s in every_step[3:]) / 2)
     monkeypatch.setattr("hwbench.train.read_every", lambda device: 2)  # as on a GPU
     cadenced = []
     train(TrainConfig(**cfg, out=str(tmp_path / "b")), progress=cadenced.append)
