@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hwbench-installed
 
-.PHONY: run test lint venv clean
+.PHONY: run test test-slow lint venv clean
 
 # The whole loop on the embedded default (mnist5k): reuse this CPU's profile in profiles/ (or run
 # a quick one), pick t_d for 0.67x of the dense p90 latency, co-train against this CPU's
@@ -43,8 +43,14 @@ run: $(STAMP)
 		if [ "$$vrc" -gt "$$rc" ]; then rc=$$vrc; fi; \
 	fi; exit $$rc
 
+# `make test`: every test not marked slow (minutes); `make test-slow`: the slow ones (long
+# end-to-end runs, real profiles, the report's inputs; most of an hour on a 2-core CPU). CI runs
+# both (.ci/run). GPU checks run only from scripts/gpu_check.sh.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check hwbench tests benchmarks

@@ -119,6 +119,7 @@ def test_a_bad_baseline_is_one_line_and_exit_2_before_any_work(tmp_path, args, m
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_train_with_a_thin_baseline_fills_final_json(tmp_path, monkeypatch):
     """The gated run and its thin baseline, each landed on 0.67x by its own path (a fake device
     that runs the thin networks 20 % faster than the table says)."""

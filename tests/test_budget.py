@@ -53,6 +53,7 @@ def test_the_estimate_equals_the_predictor_at_pattern_files(percentile):
             assert est.of_pattern(p) == pytest.approx(pred.predict(p, percentile), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_the_estimate_from_a_hard_pass_equals_the_predictor_of_its_pattern():
     """Eval-mode masks of a batch, and the pattern summarised from that same batch."""
     prof = curved_profile(1)
@@ -103,6 +104,7 @@ def test_deployed_masks_are_the_noise_free_decisions():
         assert d.requires_grad and set(d.detach().unique().tolist()) <= {0.0, 1.0}
 
 
+@pytest.mark.slow
 def test_the_budget_term_shapes_and_combines():
     prof = synthetic_profile()
     e1, e2 = LatencyEstimate(prof, "p50"), LatencyEstimate(prof, "p50")
@@ -149,6 +151,7 @@ def test_train_cli_refuses_bad_multi_device_targets(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_a_latency_budget_run_records_its_targets_and_predicted_latency(tmp_path):
     import json
 

@@ -81,6 +81,7 @@ def test_train_time_budget_bad_text_is_one_line(tmp_path, text, needle):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_train_time_budget_sizes_a_run_end_to_end(tmp_path):
     # dense, one epoch at most, 64 synthetic images: the kNN evaluations (at the start and the
     # end of a budgeted run) are most of this test's time

@@ -53,6 +53,7 @@ def compared(tmp_path_factory):
     return tmp, r
 
 
+@pytest.mark.slow
 def test_every_target_and_method_is_a_row_with_its_verdict_and_samples(compared):
     tmp, r = compared
     assert r.exit_code == 0, r.output
@@ -76,6 +77,7 @@ def test_every_target_and_method_is_a_row_with_its_verdict_and_samples(compared)
     assert "written" in r.output and "MET: p90 " in r.output
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_rows_and_runs_the_missing_ones(compared, monkeypatch):
     import shutil
 

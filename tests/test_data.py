@@ -17,6 +17,7 @@ from hwbench.data import (
 from hwbench.errors import UsageError
 
 
+@pytest.mark.slow
 def test_mnist5k_is_real_fixed_and_stratified():
     xtr, ytr = load_tensors("mnist5k", train=True)
     xte, yte = load_tensors("mnist5k", train=False)

@@ -180,6 +180,7 @@ def test_stl10_pretrains_on_unlabeled_and_evaluates_on_the_labelled_splits(tmp_p
     assert summary["config"]["workers"] >= 1  # auto: the unlabeled split is read from disk
 
 
+@pytest.mark.slow
 def test_image_folder_streams_resized_images_and_trains(tmp_path):
     write_image_folder(tmp_path / "data", side=(40, 30))
     split = load_split("imagenet100", "train", data_dir=str(tmp_path / "data"), size=24)

@@ -43,6 +43,7 @@ def engine_vs_eager(net, pattern, x):
     return worst
 
 
+@pytest.mark.slow
 def test_a_deployed_network_is_one_function_on_held_out_images(trained_net):
     calib, _ = sample_images("synthetic", True, 4, n_synthetic=64, seed=0)  # few: the pattern
     # calls channels always on/off that other images use differently

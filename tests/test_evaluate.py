@@ -32,6 +32,7 @@ def run(tmp_path_factory):
     return d / "run" / "checkpoint.pt"
 
 
+@pytest.mark.slow
 def test_eval_reports_both_streams_macs_and_on_ratios(run):
     res = run_eval(run)
     assert {"knn_top1_dense", "knn_top1_gated", "linear_top1_dense",
@@ -52,6 +53,7 @@ def test_eval_reports_both_streams_macs_and_on_ratios(run):
     assert on_disk["linear_top1_gated"] == res["linear_top1_gated"]
 
 
+@pytest.mark.slow
 def test_eval_knn_protocols_and_the_sgd_linear_evaluation(run, tmp_path):
     r = run_cli("eval", "--checkpoint", run, "--no-linear", "--knn-protocol", "reference",
                 "--linear-sgd-epochs", "1", "--out", tmp_path / "e.json")
@@ -68,6 +70,7 @@ def test_eval_knn_protocols_and_the_sgd_linear_evaluation(run, tmp_path):
         "eval", "--checkpoint", run, "--knn-protocol", "l2")).lower()
 
 
+@pytest.mark.slow
 def test_eval_cli(run, tmp_path):
     r = run_cli("eval", "--checkpoint", run, "--no-knn", "--out", tmp_path / "e.json")
     assert r.exit_code == 0, r.output

@@ -72,6 +72,7 @@ def runs(nets, tmp_path_factory):
     return {kind: _save_run(root / kind.replace(":", "-"), *nets[kind], kind) for kind in KINDS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,kind", [("resnet18", k) for k in KINDS] +
                          [pytest.param("resnet50", "channel", marks=pytest.mark.slow)])
 def test_the_deployable_module_is_the_static_engine_traced_and_scripted(nets, arch, kind):
@@ -148,6 +149,7 @@ def test_model_json_round_trips(runs, nets, tmp_path):
         load_metadata(tmp_path / "bad.json")
 
 
+@pytest.mark.slow
 def test_a_pattern_file_exports_on_synthetic_images_labelled_so(tmp_path):
     p = mixed_pattern("resnet18", "cifar", 32, 0.5, seed=1)
     p.save(tmp_path / "p.json")

@@ -105,6 +105,7 @@ def degraded_run(tmp_path_factory):
     return tmp / "run", r
 
 
+@pytest.mark.slow
 def test_train_to_a_target_writes_final_json_and_exits_with_its_code(degraded_run):
     run, r = degraded_run
     final = json.loads((run / "final.json").read_text())
@@ -122,6 +123,7 @@ def test_train_to_a_target_writes_final_json_and_exits_with_its_code(degraded_ru
     assert "(latency: MET)" in r.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("valid,verdict,code", [(True, "MET", 0), (False, "NO DECISION", 5)])
 def test_trim_rewrites_final_json_and_exits_with_its_code(degraded_run, tmp_path, monkeypatch,
                                                           valid, verdict, code):

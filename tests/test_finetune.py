@@ -37,6 +37,7 @@ def _state(model, gate: bool) -> dict:
             if (".gate." in f".{k}") == gate and v.is_floating_point()}
 
 
+@pytest.mark.slow
 def test_finetuning_moves_the_network_and_never_its_gates(deployed_ck):
     ck, calib = deployed_ck
     before = load_model(ck)
@@ -56,6 +57,7 @@ def test_finetuning_moves_the_network_and_never_its_gates(deployed_ck):
                                                             rec["last"].values())))
 
 
+@pytest.mark.slow
 def test_the_teacher_is_the_dense_stream_before_tuning(deployed_ck):
     """Distillation alone, many steps at a high rate: the gated features approach the dense
     stream's of the checkpoint, not of the tuned network (which moves with the shared convs)."""

@@ -123,6 +123,7 @@ def test_the_script_exits_1_when_stopped_at_its_time_limit(tmp_path):
     assert "stopped at the time limit" in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mark,inject", [(None, ""), ("gpu", ""), ("gpu", "engnie")])
 def test_gpu_checks_run_only_when_asked_for(mark, inject):
     args = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",

@@ -40,3 +40,20 @@ def test_make_run_exits_with_the_worst_of_its_steps(tmp_path, train, verify, wan
     assert (f"Error {want}" in r.stderr) == bool(want), r.stderr
     assert (tmp_path / "run" / "verify_openvino.txt").read_text().strip() == "verify: NO DECISION"
     assert not (tmp_path / "run" / ".verify_rc").exists()
+
+
+def _recipe(target: str) -> str:
+    text = (ROOT / "Makefile").read_text()
+    body = text.split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
+    return body
+
+
+def test_make_test_and_make_test_slow_split_the_suite_and_ci_runs_both():
+    """No test is dropped: ``make test`` selects ``not slow``, ``make test-slow`` selects
+    ``slow`` (the complement, with the same deselection of GPU checks), and .ci/run runs both
+    after the README's test command."""
+    fast, slow = _recipe("test"), _recipe("test-slow")
+    assert '-m "not slow"' in fast and "-m slow" in slow
+    ci = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert ci.index("make test") < ci.index("make test-slow")
+    assert "make test" in (ROOT / "README.md").read_text()

@@ -31,6 +31,7 @@ def ort_profile(tmp_path_factory):
     return prof, save_profile(prof, folder / profile_filename(prof["fingerprint"]))
 
 
+@pytest.mark.slow
 def test_an_onnxruntime_profile_records_its_runtime_and_times_the_runtime(ort_profile):
     import onnxruntime as ort
 
@@ -58,6 +59,7 @@ def test_an_onnxruntime_profile_records_its_runtime_and_times_the_runtime(ort_pr
     assert load_profile(path)["fingerprint"]["runtime"] == "onnxruntime"
 
 
+@pytest.mark.slow
 def test_a_runtime_profile_matches_only_its_runtime(ort_profile):
     import onnxruntime as ort
 
@@ -77,6 +79,7 @@ def test_a_runtime_profile_matches_only_its_runtime(ort_profile):
     assert found is not None and found[0] == path
 
 
+@pytest.mark.slow
 def test_predict_and_pick_name_the_runtime_and_refuse_another(ort_profile, tmp_path):
     _, path = ort_profile
     pat = synthesise("resnet18", "cifar", 16, 0.5).save(tmp_path / "p.json")
@@ -97,6 +100,7 @@ def test_predict_and_pick_name_the_runtime_and_refuse_another(ort_profile, tmp_p
     assert "not eager" in line
 
 
+@pytest.mark.slow
 def test_profile_cli_passes_the_runtime_and_names_it(ort_profile, tmp_path, monkeypatch):
     """The CLI's part: --runtime reaches the profiler's config and the summary names it (the
     measuring itself is the library's, timed above)."""

@@ -71,6 +71,7 @@ def test_predictor_rejects_other_conditions_and_percentiles():
         pred.predict(synthesise("resnet18", "cifar", 32, 0.5), "p95")
 
 
+@pytest.mark.slow
 def test_pick_largest_t_d_meeting_the_target():
     prof = synthetic_profile()
     pred = Predictor(prof)
@@ -125,6 +126,7 @@ TINY = dict(input_size=16, t_d=(0.5, 1.0), max_time_s=0.05, min_runs=8, warmup=1
             energy_window_s=0.05)
 
 
+@pytest.mark.slow
 def test_a_small_real_profile_has_every_part_and_exact_energy_arithmetic():
     prof = run_profile(ProfileConfig(**TINY), meter=gpu_meter())
     assert prof["schema"] == SCHEMA and prof["fingerprint"]["input_size"] == 16
@@ -170,6 +172,7 @@ def cli_profile(tmp_path_factory):
     return out, r.output
 
 
+@pytest.mark.slow
 def test_profile_cli_writes_a_profile_and_prints_a_summary(cli_profile):
     out, text = cli_profile
     prof = load_profile(out)
@@ -180,6 +183,7 @@ def test_profile_cli_writes_a_profile_and_prints_a_summary(cli_profile):
     assert "p90 ms" in text and "wrote" in text and "predictor" in text
 
 
+@pytest.mark.slow
 def test_predict_and_pick_cli(cli_profile, tmp_path):
     out, _ = cli_profile
     pat = synthesise("resnet18", "cifar", 16, 0.5).save(tmp_path / "p.json")
@@ -192,6 +196,7 @@ def test_predict_and_pick_cli(cli_profile, tmp_path):
                                        code=2)
 
 
+@pytest.mark.slow
 def test_profile_cli_bad_input_leaves_nothing_behind(tmp_path, monkeypatch, cli_profile):
     import torch
 

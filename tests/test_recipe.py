@@ -191,6 +191,7 @@ def test_a_checkpoint_from_before_shared_downsample_bn_loads_its_own_architectur
     assert torch.allclose(net(x, stream="gated"), old_net.eval()(x, stream="gated"))
 
 
+@pytest.mark.slow
 def test_resuming_a_checkpoint_from_before_issue_15_names_the_flag_it_needs(tmp_path):
     from hwbench.train import CHECKPOINT, train
     from tests.test_train import TINY

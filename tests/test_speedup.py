@@ -37,6 +37,7 @@ def test_speedup_json_reports_every_mode_from_its_raw_samples(small_pattern):
     assert d["modes"]["masked"]["macs"] > dense["macs"] > d["modes"]["static"]["macs"]
 
 
+@pytest.mark.slow
 def test_speedup_text_and_batch_strategy(small_pattern):
     r = run("speedup", "--pattern", small_pattern, "--batch-size", "2", "--threads", "1", *FAST)
     assert r.exit_code == 0, r.output

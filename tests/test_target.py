@@ -27,6 +27,7 @@ def test_choose_t_d_records_the_decision(tmp_path):
     assert decision["local"] is False and decision["quick_profile"] is False
 
 
+@pytest.mark.slow
 def test_train_to_target_on_this_machine_picks_trains_and_verifies(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = save_profile(local_profile(), "profiles/here.json")  # found from the cwd
@@ -61,6 +62,7 @@ def test_train_to_target_on_this_machine_picks_trains_and_verifies(tmp_path, mon
     assert any("hwbench verify --pattern" in s for s in said)
 
 
+@pytest.mark.slow
 def test_two_targets_on_this_machine_are_both_verified_under_their_own_names(tmp_path,
                                                                             monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -134,6 +136,7 @@ def test_a_runtime_takes_only_its_own_profile_from_the_folder(tmp_path):
     assert resolve_profile("cpu", "resnet18", "cifar", 32, folder=folder).path == eager
 
 
+@pytest.mark.slow
 def test_train_to_target_on_a_runtime_verifies_on_it(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     from tests.test_verify import fake_measurement, runtime_profile

@@ -13,6 +13,7 @@ TINY = dict(dataset="synthetic", n_synthetic=64, batch_size=16, proj_dims=(32, 3
             max_steps_per_epoch=2, eval_every=1, energy=False)
 
 
+@pytest.mark.slow
 def test_a_tiny_co_training_run_writes_everything(tmp_path):
     cfg = TrainConfig(**TINY, epochs=2, out=str(tmp_path / "run"),
                       models_dir=str(tmp_path / "models"), t_d=0.4)
@@ -40,6 +41,7 @@ def test_top1_standard_error():
     assert top1_se(100.0, 50) == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])  # 1: the views come from a DataLoader worker
 def test_ctrl_c_leaves_a_checkpoint_and_resume_reproduces_the_loss_curve(tmp_path, workers):
     full = TrainConfig(**TINY, epochs=3, out=str(tmp_path / "full"),
@@ -65,6 +67,7 @@ def test_ctrl_c_leaves_a_checkpoint_and_resume_reproduces_the_loss_curve(tmp_pat
     assert losses("part") == pytest.approx(losses("full"), rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_bad_runs_are_refused_without_damage(tmp_path):
     with pytest.raises(UsageError, match="no checkpoint"):
         train(TrainConfig(**TINY, out=str(tmp_path / "x"), resume=True))
@@ -82,6 +85,7 @@ def test_bad_runs_are_refused_without_damage(tmp_path):
     assert not list((tmp_path / "done").glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_energy_is_tracked_per_launch_and_a_resumed_run_adds_a_segment(tmp_path):
     from tests.measure.test_energy import _CC
 
@@ -208,6 +212,7 @@ def test_short_budgeted_runs_default_to_a_lower_learning_rate():
     assert choose_lr(0.2, 400, True) == (0.2, "given (--lr)")
 
 
+@pytest.mark.slow
 def test_a_time_budget_run_trains_as_its_chosen_epochs_would_and_resumes_them(tmp_path):
     full = TrainConfig(**TINY, epochs=2, lr=0.05, out=str(tmp_path / "full"),
                        models_dir=str(tmp_path / "m"))
@@ -249,6 +254,7 @@ def test_a_time_budget_run_trains_as_its_chosen_epochs_would_and_resumes_them(tm
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_a_budget_too_short_for_one_epoch_trains_fewer_steps(tmp_path, monkeypatch):
     from hwbench import train as tr
 
@@ -269,6 +275,7 @@ def test_a_budget_too_short_for_one_epoch_trains_fewer_steps(tmp_path, monkeypat
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("final,warned", [
     ({"dense": 60.0, "gated": 39.9}, ["gated"]),
     ({"dense": 49.9, "gated": 40.1}, ["dense"]),
@@ -297,6 +304,7 @@ def test_features_worse_than_random_are_flagged(tmp_path, monkeypatch, final, wa
         assert w.startswith("WARNING:") and "randomly initialised" in w and w in said
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_configuration(tmp_path):
     cfg = dict(TINY, epochs=1, out=str(tmp_path / "r"), models_dir=str(tmp_path / "m"))
     train(TrainConfig(**cfg))
@@ -356,6 +364,7 @@ def test_train_cli_bad_input(tmp_path):
     assert not any((tmp_path / d).exists() for d in "abcdefghij")
 
 
+@pytest.mark.slow
 def test_train_cli_picks_t_d_from_a_profile(tmp_path, monkeypatch):
     from hwbench.io import atomic_write_json
     from hwbench.patterns import synthesise
@@ -394,6 +403,7 @@ def test_train_cli_bad_gate_or_width_mult_is_one_line(tmp_path, args, needle):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_a_width_gated_cli_run_writes_a_width_pattern(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the learned pattern also goes to ./models/<run>.json
     r = _cli("train", "--dataset", "synthetic", "--gate", "width:16", "--epochs", "1",
@@ -411,6 +421,7 @@ def test_a_width_gated_cli_run_writes_a_width_pattern(tmp_path, monkeypatch):
         == "width:16"
 
 
+@pytest.mark.slow
 def test_a_thinner_dense_run_records_its_widths_and_reloads(tmp_path):
     from hwbench.evaluate import load_run
     from hwbench.nets import width_mult_widths
@@ -446,6 +457,7 @@ def _metrics(run_dir):
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_terms_are_read_at_the_cadence_and_the_epoch_means_are_the_step_means(tmp_path,
                                                                                monkeypatch):
     cfg = {**TINY, "n_synthetic": 24, "batch_size": 4, "max_steps_per_epoch": 5, "epochs": 1,
@@ -470,6 +482,7 @@ def test_terms_are_read_at_the_cadence_and_the_epoch_means_are_the_step_means(tm
     assert {k: _metrics(tmp_path / "b")[0][k] for k in names} == {k: row[k] for k in names}
 
 
+@pytest.mark.slow
 def test_the_training_loops_step_reads_nothing_from_the_device(tmp_path, monkeypatch):
     import hwbench.train as trainmod
     from hwbench.io import atomic_write_json
@@ -492,6 +505,7 @@ def test_the_training_loops_step_reads_nothing_from_the_device(tmp_path, monkeyp
     assert len(steps) == 2 and "latency_ms_0" in steps[0]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_the_old_three_optimizer_groups_resumes(tmp_path):
     """Before issue 16 the gates' 1-D parameters sat in the plain group: such a checkpoint is
     regrouped on resume and continues as a run of this version would."""
@@ -526,6 +540,7 @@ def test_a_checkpoint_with_the_old_three_optimizer_groups_resumes(tmp_path):
     assert [g["lr_mult"] for g in ck["optimizer"]["param_groups"]] == [1.0, 2.0, 1.0, 2.0]
 
 
+@pytest.mark.slow
 def test_a_compiled_run_trains_as_the_eager_one_and_records_it(tmp_path, monkeypatch):
     """The wiring of --compile (Dynamo's eager backend: the captured graph, run as is; the
     inductor step is checked in tests/ssl/test_compile.py)."""

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 @pytest.mark.parametrize("method", ["co", "gated"])  # gated leaves the dense BNs unused
 def test_torchrun_two_processes_gloo_trains_in_sync_and_rank0_alone_writes(tmp_path, method):

@@ -30,6 +30,7 @@ def fake_cifar100(name, split, **kw):
                        torch.arange(32) % 4)
 
 
+@pytest.mark.slow
 def test_reference_views_and_knn_reach_the_run(tmp_path, monkeypatch):
     asked = []
     real = train_mod.view_transforms

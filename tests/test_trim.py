@@ -46,6 +46,7 @@ def _learned(seed):
     return net, summarise(net, [calib_images()])
 
 
+@pytest.mark.slow
 def test_ranking_is_on_rate_per_ms_saved_and_keeps_a_channel_in_every_block():
     net, pattern = learned()
     pred = Predictor(synthetic_profile())  # block i: (i + 1) * 0.01 ms per channel
@@ -314,12 +315,14 @@ def tiny_run(tmp_path_factory):
     return d / "run"
 
 
+@pytest.mark.slow
 def test_trim_run_needs_this_machines_profile(tiny_run, tmp_path):
     other = atomic_write_json(tmp_path / "other.json", synthetic_profile())  # a "Test CPU"
     with pytest.raises(UsageError, match="not this machine"):
         trim_run(tiny_run, "5ms", "cpu", str(other))
 
 
+@pytest.mark.slow
 def test_trim_run_writes_a_trimmed_run_measured_anew(tiny_run, tmp_path):
     from tests.test_locate import local_profile
 
@@ -365,6 +368,7 @@ def test_trim_run_writes_a_trimmed_run_measured_anew(tiny_run, tmp_path):
     assert "optimizer" not in ck and any("trim:" in line for line in said)
 
 
+@pytest.mark.slow
 def test_a_latency_budget_run_on_this_machine_is_trimmed_by_default(tmp_path, monkeypatch):
     from hwbench.pipeline import train_to_target
     from hwbench.train import TrainConfig
@@ -441,6 +445,7 @@ def test_trim_names_a_missing_runtime_extra_before_reading_the_run(tmp_path, mon
     assert "pip install 'hwbench[onnx]'" in line and "checkpoint" not in line
 
 
+@pytest.mark.slow
 def test_trim_run_takes_its_runtimes_profile_and_measures_on_it(tiny_run, tmp_path,
                                                                  monkeypatch):
     pytest.importorskip("onnxruntime")

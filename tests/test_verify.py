@@ -108,6 +108,7 @@ def test_no_valid_measurement_no_decision_and_a_stale_profile_is_said():
                                          prof)
 
 
+@pytest.mark.slow
 def test_verify_a_checkpoint_on_real_test_images(trained, tmp_path):
     pattern, ckpt = trained
     prof = atomic_write_json(tmp_path / "p.json", local_profile())
@@ -129,6 +130,7 @@ def test_verify_a_checkpoint_on_real_test_images(trained, tmp_path):
     assert ("NO DECISION" in r.output) == (r.exit_code == 5), r.output
 
 
+@pytest.mark.slow
 def test_verify_without_checkpoint_realises_the_pattern(tmp_path):
     pattern = mixed_pattern("resnet18", "cifar", 16, 0.4, seed=1).save(tmp_path / "p.json")
     r = run_cli("verify", "--pattern", pattern, "--target-latency", "10s", "--max-time", "0.5",
@@ -185,6 +187,7 @@ def runtime_profile(runtime="onnxruntime"):
     return prof
 
 
+@pytest.mark.slow
 def test_verify_on_a_runtime_times_its_graphs_and_records_it(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     from hwbench.engine import runtimes

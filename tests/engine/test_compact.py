@@ -46,6 +46,7 @@ def check_modes(pattern, backend, batch=3, policies=("gather-conv", "gather-gemm
     assert rel_err(dense, net(x, stream="dense")) <= TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list_nets())
 @pytest.mark.parametrize("stem,size", [("cifar", 32), ("imagenet", 64)])
@@ -53,12 +54,14 @@ def test_modes_equal_masked_on_mixed_patterns(backend, name, stem, size):
     check_modes(mixed_pattern(name, stem, size, 0.3, seed=2), backend)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list_nets())
 def test_modes_equal_masked_on_edge_cases(backend, name):
     check_modes(edge_pattern(name, "cifar", 32), backend)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list_nets())
 def test_modes_equal_masked_with_a_downsample_bn_per_stream(backend, name):
@@ -69,11 +72,13 @@ def test_modes_equal_masked_with_a_downsample_bn_per_stream(backend, name):
     check_modes(pattern, backend, shared_downsample_bn=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_modes_equal_masked_without_dynamic_channels(backend):
     check_modes(synthesise("resnet18", "imagenet", 64, 0.5), backend, batch=2)
 
 
+@pytest.mark.slow
 def test_auto_policy_records_a_plan_and_stays_exact():
     p = mixed_pattern("resnet18", "cifar", 32, 0.3, seed=2)
     net = realise(p)
@@ -84,6 +89,7 @@ def test_auto_policy_records_a_plan_and_stays_exact():
     assert rel_err(engine(x), build_engine(net, "masked", p)(x)) <= TOL
 
 
+@pytest.mark.slow
 def test_dynamic_mode_really_skips_off_channels():
     p = mixed_pattern("resnet18", "cifar", 32, 0.3, seed=2)
     net = realise(p)
@@ -99,6 +105,7 @@ def test_dynamic_mode_really_skips_off_channels():
         assert n < 8 * lp.dynamic
 
 
+@pytest.mark.slow
 def test_static_engine_drops_always_off_weights():
     p = synthesise("resnet18", "cifar", 32, 0.3)
     engine = build_engine(realise(p), "static", p, backend="aten")

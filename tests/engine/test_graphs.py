@@ -182,6 +182,7 @@ def test_graphed_output_is_not_overwritten_by_the_next_call(width_net):
         exe(pattern_inputs(2, SIZE, seed=1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["dense", "dynamic"])
 def test_compiled_engine_equals_eager(width_net, mode):
     p, net = width_net

@@ -5,6 +5,7 @@ from hwbench.engine import channel_groups, pattern_inputs, realise
 from hwbench.patterns import mixed_pattern, summarise
 
 
+@pytest.mark.slow
 def test_realised_gates_follow_the_pattern():
     p = mixed_pattern("resnet18", "cifar", 32, 0.4, seed=4)
     net = realise(p, seed=0)
@@ -19,6 +20,7 @@ def test_realised_gates_follow_the_pattern():
             assert m[:, g.dyn].mean().item() == pytest.approx(lp.dynamic_on_rate, abs=0.1)
 
 
+@pytest.mark.slow
 def test_same_seed_same_decisions_other_seed_other_net():
     p = mixed_pattern("resnet18", "cifar", 32, 0.3, seed=1)
     x = pattern_inputs(16, 32, seed=3)
@@ -29,6 +31,7 @@ def test_same_seed_same_decisions_other_seed_other_net():
     assert not all(torch.equal(u, v) for u, v in zip(a, c))
 
 
+@pytest.mark.slow
 def test_realise_leaves_global_rng_alone():
     p = mixed_pattern("resnet18", "cifar", 32, 0.3, seed=1)
     torch.manual_seed(0)

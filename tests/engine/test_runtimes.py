@@ -53,6 +53,7 @@ def test_every_mode_on_a_runtime_is_the_engines_function(channel, runtime, mode)
     assert r.plan == ["static"] * 8 and r.backend == runtime and r.setup_s > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_one_graph_per_width_bucket_runs_each_input_at_its_width(width, runtime):
     net, pat, xs = width
@@ -88,6 +89,7 @@ def test_a_width_never_compiled_is_compiled_once_on_first_use(width):
     assert torch.equal(r(xs[0]), ref) and r.late_compiles == before + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy,plan", [("static", {"static"}), ("auto", None)])
 def test_width_policies(width, policy, plan):
     net, pat, xs = width

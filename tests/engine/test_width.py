@@ -58,6 +58,7 @@ def realised():
     return p, realise(p, seed=1, calibration=32)
 
 
+@pytest.mark.slow
 def test_realise_reproduces_width_histograms_on_its_calibration_inputs():
     p = mixed_pattern("resnet18", "cifar", SIZE, 0.4, seed=4, gate="width:16")
     n = 40
@@ -77,6 +78,7 @@ def test_width_modes_agree_on_a_realised_net_at_batch_1_and_mixed_batches(realis
     check_width_modes(net, p, x, backend)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_width_modes_agree_on_real_images(realised, backend):
     p, net = realised
@@ -85,6 +87,7 @@ def test_width_modes_agree_on_real_images(realised, backend):
     check_width_modes(net, p, x, backend)
 
 
+@pytest.mark.slow
 def test_width_bottleneck_modes_agree():
     p = mixed_pattern("resnet50", "cifar", SIZE, 0.5, seed=3, gate="width:16")
     net = realise(p, seed=2, calibration=16)
@@ -124,6 +127,7 @@ def test_width_engine_counts_and_packs_lazily(realised):
     assert sum(executed) < 5 * sum(lp.dynamic for lp in p.layers)  # some were skipped
 
 
+@pytest.mark.slow
 def test_width_engine_policy_static_and_gate_mismatch(realised):
     p, net = realised
     assert set(build_engine(net, "dynamic", p, dynamic_policy="static").plan) == {"static"}

@@ -26,6 +26,7 @@ def test_hard_pattern_keeps_exactly_the_given_widths(bench):
     assert all(lp.dynamic == 0 for lp in hp.layers)
 
 
+@pytest.mark.slow
 def test_batch1_records_one_median_per_input_per_engine(bench):
     r = bench.batch1(0.5, n=2, reps=1, size=16, warmup_s=0.0, calibration=8)
     assert set(r["median_ms_per_input"]) == {"dense", "dynamic", "matched_static",
@@ -35,6 +36,7 @@ def test_batch1_records_one_median_per_input_per_engine(bench):
     assert set(r["plan_width"]) <= {"width", "static"}
 
 
+@pytest.mark.slow
 def test_large_batch_compares_tiled_static_and_width_sorted_to_dense(bench, capsys):
     from argparse import Namespace
 

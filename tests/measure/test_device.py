@@ -23,6 +23,7 @@ def test_fp32_on_cuda_turns_tf32_off_and_leaves_the_cpu_alone(tf32_flags):
     assert not torch.backends.cuda.matmul.allow_tf32
 
 
+@pytest.mark.slow
 def test_an_engine_built_for_cuda_turns_tf32_off_before_it_touches_the_device(tf32_flags):
     from hwbench.engine import build_engine, realise
     from hwbench.patterns import mixed_pattern

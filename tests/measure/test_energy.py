@@ -385,6 +385,7 @@ def test_null_meter_and_idle_power(monkeypatch):
     assert idle_power_w(gpu_meter(), 1.0) == 1.5 / 2.0  # W: 1.5 J over one 2 s window
 
 
+@pytest.mark.slow
 def test_importing_hwbench_energy_does_not_import_zeus():
     code = ("import sys, hwbench.measure.energy, hwbench.cli, hwbench.profiler; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'zeus'))")
@@ -462,6 +463,7 @@ def test_a_tracker_failing_at_the_end_never_loses_the_run(tmp_path):
     assert seg["label"] == "none" and "scheduler died" in seg["reason"]
 
 
+@pytest.mark.slow
 def test_a_broken_amdsmi_neither_corrupts_json_output_nor_invents_an_amd_gpu(tmp_path):
     """zeus requires amdsmi; without ROCm its import prints to stdout and raises KeyError (as
     the real one does on this machine): `hwbench env --json` must still print only JSON, and

@@ -103,6 +103,7 @@ def test_estimates_are_labelled_estimated():
     assert e["label"] == "estimated (codecarbon-estimate)" and e["measured"] is False
 
 
+@pytest.mark.slow
 def test_profiler_cools_down_between_settings_and_counts_images():
     cfg = ProfileConfig(input_size=16, batch_size=2, t_d=(0.5, 1.0), energy_window_s=0.05,
                         energy_cooldown_s=2.0, tile=8)

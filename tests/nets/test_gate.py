@@ -158,6 +158,7 @@ def test_gate_step_must_divide_every_width():
         create_net("resnet18", stem="cifar", gate="width:48")
 
 
+@pytest.mark.slow
 def test_width_gates_start_at_full_width_deployed_and_mostly_full_when_sampled():
     from hwbench.nets import create_net
 
@@ -172,6 +173,7 @@ def test_width_gates_start_at_full_width_deployed_and_mostly_full_when_sampled()
     assert float(create_net("resnet18").layer1[0].gate.fc2.bias.abs().max()) == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gate_kind", ["channel", "width:16"])
 def test_without_noise_the_training_pass_runs_the_deployed_decisions(gate_kind):
     """noise scale 0: the sampled masks a training pass runs are its noise-free decisions

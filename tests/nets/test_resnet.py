@@ -18,6 +18,7 @@ def test_unknown_net_is_a_clear_error():
         create_net("resnet7")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NETS)
 @pytest.mark.parametrize("stem,size", STEM_SIZES)
 def test_output_shape_and_finite(name, stem, size):
@@ -29,6 +30,7 @@ def test_output_shape_and_finite(name, stem, size):
         assert torch.isfinite(out).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NETS)
 @pytest.mark.parametrize("stem,size", STEM_SIZES)
 def test_every_parameter_gets_a_gradient_in_a_co_training_step(name, stem, size):
@@ -85,6 +87,7 @@ def test_shared_downsample_bn_has_one_bn_per_shortcut(name):
     assert "layer2.0.downsample.bn.dense.weight" in set(separate.state_dict())
 
 
+@pytest.mark.slow
 def test_shared_downsample_bn_sees_both_streams_and_separate_sees_one():
     x = torch.randn(4, 3, 32, 32)
     shared, separate = create_net("resnet18").train(), create_net(
@@ -114,6 +117,7 @@ def test_unknown_stream_is_rejected():
         create_net("resnet18")(torch.randn(1, 3, 32, 32), stream="both")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NETS)
 def test_eval_gates_are_deterministic_and_per_sample(name):
     net = create_net(name, stem="cifar").eval()
@@ -128,6 +132,7 @@ def test_eval_gates_are_deterministic_and_per_sample(name):
         assert torch.equal(mb[1:2], ml)
 
 
+@pytest.mark.slow
 def test_training_gates_are_stochastic_and_seeded():
     net = create_net("resnet18").train()
     x = torch.randn(4, 3, 32, 32)
@@ -149,6 +154,7 @@ def test_any_input_size(stem, size):
     assert out.dense_macs == net.geometry((size, size)).dense_macs()
 
 
+@pytest.mark.slow
 def test_masks_really_gate_the_intermediate_channels():
     net = create_net("resnet18").eval()
     x = torch.randn(2, 3, 32, 32)

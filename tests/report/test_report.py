@@ -27,6 +27,7 @@ def report(report_inputs, tmp_path_factory):
     return out, res, report_inputs
 
 
+@pytest.mark.slow
 def test_every_figure_is_written_as_png_and_svg(report):
     out, res, _ = report
     assert res.figures == {name: "drawn" for name in FIGURES}
@@ -37,6 +38,7 @@ def test_every_figure_is_written_as_png_and_svg(report):
     assert res.inputs == (2, 2)
 
 
+@pytest.mark.slow
 def test_tables_hold_the_expected_rows(report):
     out, _, inp = report
     profiles = [json.loads(p.read_text()) for p in sorted(inp["profiles"].glob("*.json"))]
@@ -80,6 +82,7 @@ def test_tables_hold_the_expected_rows(report):
             float(r["predicted_ratio"]) / float(r["measured_ratio"]) - 1, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_the_summary_decides_as_pick_does(report, tmp_path):
     from hwbench.profiles import RULE, Unattainable, pick_t_d
 
@@ -122,6 +125,7 @@ def test_the_summary_decides_as_pick_does(report, tmp_path):
         verify["measured"]["p90_ms"] / target["target_ms"] - 1)
 
 
+@pytest.mark.slow
 def test_a_trimmed_network_is_a_second_point_of_its_run(report):
     out, res, inp = report
     trimmed = [r for r in rows(out, "targets") if r["stage"] == "trimmed"]
@@ -136,6 +140,7 @@ def test_a_trimmed_network_is_a_second_point_of_its_run(report):
     assert trimmed[0]["budget"] == "flops" and res.figures["target_vs_measured"] == "drawn"
 
 
+@pytest.mark.slow
 def test_the_summary_reports_the_learned_network_of_a_run_at_the_chosen_t_d(report_inputs,
                                                                           tmp_path):
     conf = json.loads((report_inputs["runs"] / "co" / "config.json").read_text())
@@ -149,6 +154,7 @@ def test_the_summary_reports_the_learned_network_of_a_run_at_the_chosen_t_d(repo
     assert row["learned_met"] == str(verify["measured"]["p90_ms"] <= target_ms)
 
 
+@pytest.mark.slow
 def test_the_report_states_what_is_measured_and_what_is_estimated(report):
     out, res, _ = report
     md = (out / "report.md").read_text()
@@ -164,6 +170,7 @@ def test_the_report_states_what_is_measured_and_what_is_estimated(report):
         assert f"## {name}.csv" in cols
 
 
+@pytest.mark.slow
 def test_the_html_is_self_contained(report):
     out, _, _ = report
     html = (out / "report.html").read_text()
@@ -172,6 +179,7 @@ def test_the_html_is_self_contained(report):
     assert "http://" not in html and "https://" not in html and "<link" not in html
 
 
+@pytest.mark.slow
 def test_same_inputs_give_the_same_csvs_and_svgs(report, tmp_path):
     out, _, inp = report
     build_report([inp["profiles"], inp["runs"]], tmp_path)
@@ -182,6 +190,7 @@ def test_same_inputs_give_the_same_csvs_and_svgs(report, tmp_path):
         assert (tmp_path / svg).read_bytes() == (out / svg).read_bytes(), svg
 
 
+@pytest.mark.slow
 def test_energy_only_draws_the_energy_figures(report_inputs, tmp_path):
     res = build_report([report_inputs["profiles"], report_inputs["runs"]], tmp_path,
                        energy_only=True)
@@ -192,12 +201,14 @@ def test_energy_only_draws_the_energy_figures(report_inputs, tmp_path):
     assert "## Energy: what was measured" in md and "## Summary" not in md
 
 
+@pytest.mark.slow
 def test_a_run_names_its_profile_and_brings_it_in(report_inputs, tmp_path):
     res = build_report([report_inputs["runs"] / "co"], tmp_path)
     assert res.inputs == (1, 1)
     assert rows(tmp_path, "targets")[0]["profile"] == str(report_inputs["estimated"])
 
 
+@pytest.mark.slow
 def test_extra_targets_add_summary_rows(report_inputs, tmp_path):
     build_report([report_inputs["estimated"]], tmp_path, targets=[(1.0, "p90"), (1e-6, "p50")])
     s = rows(tmp_path, "summary")
@@ -205,6 +216,7 @@ def test_extra_targets_add_summary_rows(report_inputs, tmp_path):
     assert s[0]["t_d"] == "" and float(s[1]["t_d"]) == 1.0  # nothing is 1 us; all are < 1 s
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_skipped_with_a_reason_or_a_one_line_error(report_inputs, tmp_path):
     junk = tmp_path / "junk.json"
     junk.write_text('{"hello": 1}')
@@ -233,6 +245,7 @@ def test_bad_inputs_are_skipped_with_a_reason_or_a_one_line_error(report_inputs,
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_measurement_and_training_code_never_import_a_plotting_library():
     code = ("import sys, hwbench.cli, hwbench.train, hwbench.profiler, hwbench.verify, "
             "hwbench.target, hwbench.report; "
@@ -255,6 +268,7 @@ PROBE = """<script>window.addEventListener('load', () => {
 });</script></body>"""
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed "
                     "(apt-get install chromium)")
@@ -273,6 +287,7 @@ def test_the_html_report_loads_in_chromium_with_every_image_decoded(report, tmp_
     assert shot.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_the_dynamic_vs_static_comparison_is_a_table_and_a_figure(report):
     out, res, inp = report
     got = rows(out, "dynamic_vs_static")
@@ -319,6 +334,7 @@ def nonmonotone_profile():
     return prof
 
 
+@pytest.mark.slow
 def test_pick_and_the_report_agree_where_t_d_1_is_faster_than_0_9(tmp_path):
     from hwbench.patterns import synthesise
     from hwbench.profiles import Predictor, pick_t_d, save_profile
@@ -359,6 +375,7 @@ def test_polled_power_is_not_labelled_a_counter(method, words):
     assert ("resolution 1 mJ" in text) is (method == "nvml-counter")
 
 
+@pytest.mark.slow
 def test_the_verdict_accuracy_and_baseline_sit_beside_the_latency(report, tmp_path):
     out, _, inp = report
     final = json.loads((inp["runs"] / "co" / "final.json").read_text())

@@ -74,6 +74,7 @@ def test_an_old_profile_without_a_runtime_is_eager_and_keeps_its_label(tmp_path)
     assert ort.device == "Test CPU (2 threads, fp32) · onnxruntime 1.32.0"
 
 
+@pytest.mark.slow
 def test_the_runtimes_table_has_one_row_per_runtime_with_its_own_numbers(tmp_path):
     out = tmp_path / "rep"
     res = build_report([write(tmp_path, RUNTIMES)], out)

@@ -71,6 +71,7 @@ def test_sparsity_and_annealing():
     assert anneal_p(0) == 1.0 and anneal_p(50, 0.02) == pytest.approx(math.exp(-1))
 
 
+@pytest.mark.slow
 def test_gating_loss_on_a_real_gated_pass_has_gate_gradients():
     net = create_net("resnet18").train()
     out = net.forward_gated(torch.randn(4, 3, 32, 32))

@@ -16,6 +16,7 @@ def small_model():
     return SSLModel(create_net("resnet18", stem="cifar"), proj_dims=(64, 64, 32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_a_few_steps_lower_the_loss(method):
     torch.manual_seed(0)

@@ -45,6 +45,7 @@ CASES = [("dense", "channel", "flops"), ("co", "channel", "flops"),
          ("co", "width:16", "latency"), ("gated", "width:16", "flops")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,gate,budget", CASES)
 def test_a_training_step_reads_nothing_from_the_device(method, gate, budget):
     torch.manual_seed(0)
@@ -78,6 +79,7 @@ def test_a_tensor_p_gives_the_float_p_loss():
     assert torch.equal(losses[0], losses[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,gate,budget", [("co", "width:16", "flops"),
                                                 ("co", "channel", "latency")])
 def test_no_host_read_inside_torch_either(method, gate, budget):
