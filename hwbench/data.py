@@ -578,16 +578,6 @@ def normalise(images: torch.Tensor, name: str) -> torch.Tensor:
     return (images.float() / 255.0 - mean) / std
 
 
-def worker_context() -> str | None:
-    """How DataLoader workers start: forked (None, torch's default) unless this process has
-    loaded OpenVINO, whose runtime threads do not survive a fork (a process that compiled
-    OpenVINO models and then forked DataLoader workers died of SIGSEGV in the test suite):
-    then ``forkserver``, whose workers fork from a clean server process."""
-    import sys
-
-    return "forkserver" if "openvino" in sys.modules else None
-
-
 def eval_batches(split: Split, name: str, batch: int = 256, workers: int = 0):
     """(normalised float images (B, 3, S, S), labels (B,)) over ``split`` in order, for feature
     extraction (kNN, linear probe, gate statistics): slices of an in-memory split, else a
@@ -596,9 +586,7 @@ def eval_batches(split: Split, name: str, batch: int = 256, workers: int = 0):
         for i in range(0, len(split), batch):
             yield normalise(split.images[i:i + batch], name), split.labels[i:i + batch]
         return
-    ctx = worker_context() if workers else None
-    for x, y in DataLoader(split, batch_size=batch, num_workers=workers,
-                           multiprocessing_context=ctx):
+    for x, y in DataLoader(split, batch_size=batch, num_workers=workers):
         yield normalise(x, name), y
 
 

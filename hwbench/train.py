@@ -55,7 +55,6 @@ from hwbench.data import (
     info,
     load_split,
     view_transforms,
-    worker_context,
 )
 from hwbench.errors import UsageError
 from hwbench.io import atomic_torch_save, atomic_write_json, atomic_write_text
@@ -982,8 +981,7 @@ def _batches(run: _Run, order: torch.Tensor, steps: list[int], cfg: TrainConfig 
             yield torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
         return
     loader = DataLoader(run.data, batch_sampler=index_lists, num_workers=cfg.workers,
-                        pin_memory=run.device.type == "cuda",
-                        multiprocessing_context=worker_context())
+                        pin_memory=run.device.type == "cuda")
     for v1, v2, _ in loader:
         yield v1, v2
 

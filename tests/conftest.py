@@ -5,23 +5,12 @@ from torch import nn
 
 from hwbench.cli import cli
 
-# modules that load OpenVINO into the test process: they run last (see below)
-OPENVINO_MODULES = ("tests/engine/test_runtimes.py", "tests/test_export.py",
-                    "tests/test_profile_runtimes.py")
-
 
 def pytest_collection_modifyitems(config, items):
     """``gpu`` tests (tests/gpu, run by scripts/gpu_check.sh) are opt-in: unless ``-m`` names
-    ``gpu``, they are deselected, so ``make test`` / ``pytest -q`` never runs them.
-
-    Tests that load OpenVINO run last: a process that has compiled OpenVINO models died of
-    SIGSEGV later in the suite (DataLoader workers forked from it, fixed in
-    ``data.worker_context``; a second crash further on, at tests of locate / io / the GPU
-    script, is not traced). Every test still runs; none runs in a process where OpenVINO
-    was loaded before it, except OpenVINO's own."""
-    ov = [it for it in items if it.nodeid.startswith(OPENVINO_MODULES) or "openvino" in it.nodeid]
-    if ov:
-        items[:] = [it for it in items if it not in ov] + ov
+    ``gpu``, they are deselected, so ``make test`` / ``pytest -q`` never runs them. Every other
+    test runs in the order collected (no OpenVINO-last ordering: issue 24,
+    ``tests/test_pipeline.py`` runs OpenVINO end to end and forks after it)."""
     if "gpu" in (config.option.markexpr or ""):
         return
     gpu = [item for item in items if item.get_closest_marker("gpu") is not None]

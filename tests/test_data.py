@@ -86,18 +86,3 @@ def test_digits_get_a_digit_recipe_without_flips_and_cifar_keeps_the_reference_o
     x = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
     v = ssl_transform("mnist5k")(x)
     assert v.shape == (3, 32, 32) and v.dtype == torch.float32
-
-
-def test_workers_do_not_fork_a_process_that_loaded_openvino(monkeypatch):
-    """OpenVINO's threads do not survive a fork: a process that compiled OpenVINO models and
-    then forked DataLoader workers died of SIGSEGV (tests/engine/test_runtimes.py, then a
-    training test); its workers start from a forkserver instead."""
-    import sys
-    import types
-
-    from hwbench.data import worker_context
-
-    monkeypatch.delitem(sys.modules, "openvino", raising=False)
-    assert worker_context() is None
-    monkeypatch.setitem(sys.modules, "openvino", types.ModuleType("openvino"))
-    assert worker_context() == "forkserver"

@@ -99,3 +99,48 @@ def test_without_knn_the_tuned_network_is_delivered_unjudged(tmp_path, monkeypat
     assert "eval" not in res and "kept" not in res["finetune"]
     assert (tmp_path / "checkpoint.pt").read_text() == "tuned"
     assert _finetune_trimmed(tmp_path, 0, "cpu", "eager", lambda s: None, knn=True) == {}
+
+
+@pytest.mark.slow
+def test_train_on_openvino_to_a_target_then_forking_in_the_same_process(tmp_path, monkeypatch):
+    """Issue 24: ``hwbench train --runtime openvino --target-latency`` end to end on tiny data,
+    with the real OpenVINO graphs compiled and timed (deployed network, trim candidates, the
+    trimmed network), in the suite's normal order; then, in the same process, the forks that
+    used to kill such a process: a training run with DataLoader worker processes and a bare
+    ``os.fork`` child."""
+    import os
+
+    import torch
+
+    from hwbench.io import atomic_write_json
+    from hwbench.train import TrainConfig, train
+    from tests.conftest import run_cli
+    from tests.test_verify import runtime_profile
+
+    pytest.importorskip("openvino")
+    monkeypatch.chdir(tmp_path)
+    prof = atomic_write_json(tmp_path / "profiles" / "ov.json", runtime_profile("openvino"))
+    r = run_cli("train", "--dataset", "synthetic", "--n-synthetic", "64", "--epochs", "1",
+                "--batch-size", "16", "--max-steps-per-epoch", "1", "--no-energy",
+                "--finetune-steps", "1", "--trim", "--runtime", "openvino",
+                "--target-latency", "0.8x", "--target-device", prof, "--out", tmp_path / "run")
+    assert r.exit_code in (0, 4, 5, 6), r.output  # a verdict, whatever this machine measured
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["verify"]["runtime"]["runtime"] == "openvino"
+    assert summary["trim"]["runtime"]["runtime"] == "openvino"
+    assert "openvino" in __import__("sys").modules
+    # forking after OpenVINO: DataLoader workers (forked: engine.sigstack) ...
+    res = train(TrainConfig(dataset="synthetic", n_synthetic=32, batch_size=16, epochs=1,
+                            proj_dims=(32, 32, 16), max_steps_per_epoch=2, workers=2,
+                            energy=False, eval_initial=False, out=str(tmp_path / "after"),
+                            models_dir=str(tmp_path / "models")))
+    assert res and (tmp_path / "after" / "checkpoint.pt").exists()
+    # ... and a bare fork whose child runs torch (one thread: GNU OpenMP's pool does not
+    # survive a fork, OpenVINO or not) and leaves with os._exit, as worker processes do
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        torch.set_num_threads(1)
+        ok = torch.nn.Conv2d(3, 4, 3)(torch.randn(1, 3, 8, 8)).isfinite().all().item()
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

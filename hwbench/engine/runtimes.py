@@ -44,6 +44,7 @@ from torch import nn
 
 from hwbench.engine.deployable import Deployable, DeployBlock, deployable
 from hwbench.engine.fold import fold_bn
+from hwbench.engine.sigstack import keep_signal_stack
 from hwbench.errors import UsageError
 from hwbench.nets.resnet import GatedResNet
 from hwbench.patterns import GatePattern, LayerPattern
@@ -148,16 +149,18 @@ class Session:
         elif runtime == "openvino":
             import openvino as ov
 
-            with tempfile.TemporaryDirectory() as tmp:  # OpenVINO reads ONNX from a file
-                path = os.path.join(tmp, "m.onnx")
+            # the plugin moves this thread's signal stack when it compiles and frees models:
+            # keep ours (engine.sigstack says why a process died of SIGSEGV without it)
+            with tempfile.TemporaryDirectory() as tmp, keep_signal_stack():
+                path = os.path.join(tmp, "m.onnx")  # OpenVINO reads ONNX from a file
                 with open(path, "wb") as fh:
                     fh.write(model)
                 core = ov.Core()
-                compiled = core.compile_model(core.read_model(path), "CPU", {
+                self.compiled = core.compile_model(core.read_model(path), "CPU", {
                     "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                     "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1})
-            self.req = compiled.create_infer_request()
-            n = len(compiled.outputs)
+                self.req = self.compiled.create_infer_request()
+            n = len(self.compiled.outputs)
 
             def run(x):
                 self.req.infer({0: x})
@@ -169,6 +172,19 @@ class Session:
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         return self.run(x)
+
+    def close(self) -> None:
+        """Free the compiled graph now (an OpenVINO one with this thread's signal stack kept;
+        also done when the session is collected)."""
+        with keep_signal_stack():
+            for name in ("run", "req", "compiled", "sess"):
+                self.__dict__.pop(name, None)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
 
 def compile_module(module: nn.Module, example: torch.Tensor, runtime: str, threads: int,
