@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 
 from hwbench.errors import UsageError
 from hwbench.final import final_record, write_final
-from hwbench.io import atomic_torch_save, atomic_write_json, check_writable
+from hwbench.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, check_writable
 from hwbench.trim import SearchRule
 from hwbench.units import LatencyTarget
 
@@ -335,10 +334,9 @@ def _keep_better(out: Path, before: dict, after: dict) -> tuple[str, dict]:
     if b is None or a is None or a >= b:
         return "finetuned", after
     for name, ext in (("checkpoint", "pt"), ("eval", "json")):
-        tmp = out / f".{name}.{ext}.tmp"  # copied, then renamed: never a half-written file
-        shutil.copyfile(out / f"{name}-before-finetune.{ext}", tmp)
-        (out / f"{name}.{ext}").replace(out / f"{name}-finetuned.{ext}")
-        tmp.replace(out / f"{name}.{ext}")
+        here = out / f"{name}.{ext}"
+        atomic_write_bytes(out / f"{name}-finetuned.{ext}", here.read_bytes())
+        atomic_write_bytes(here, (out / f"{name}-before-finetune.{ext}").read_bytes())
     return "before", before
 
 

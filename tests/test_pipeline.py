@@ -87,7 +87,7 @@ def test_the_network_with_the_higher_knn_is_delivered_after_finetuning(
         assert (tmp_path / "checkpoint-finetuned.pt").read_text() == "tuned"
         assert json.loads((tmp_path / "eval-finetuned.json").read_text())["knn_top1_gated"] \
             == after and any("delivered" in s for s in said)
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob(".*tmp"))  # atomic writes: no temporary file left
 
 
 def test_without_knn_the_tuned_network_is_delivered_unjudged(tmp_path, monkeypatch):
@@ -109,6 +109,7 @@ def test_train_on_openvino_to_a_target_then_forking_in_the_same_process(tmp_path
     used to kill such a process: a training run with DataLoader worker processes and a bare
     ``os.fork`` child."""
     import os
+    import sys
 
     import torch
 
@@ -128,7 +129,7 @@ def test_train_on_openvino_to_a_target_then_forking_in_the_same_process(tmp_path
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["verify"]["runtime"]["runtime"] == "openvino"
     assert summary["trim"]["runtime"]["runtime"] == "openvino"
-    assert "openvino" in __import__("sys").modules
+    assert "openvino" in sys.modules
     # forking after OpenVINO: DataLoader workers (forked: engine.sigstack) ...
     res = train(TrainConfig(dataset="synthetic", n_synthetic=32, batch_size=16, epochs=1,
                             proj_dims=(32, 32, 16), max_steps_per_epoch=2, workers=2,
