@@ -377,6 +377,7 @@ def profile(device, arch, stem, input_size, batch_size, dtype, threads, t_d, pat
         from hwbench.profiler import summary_rows
 
         click.echo(json.dumps({"profile": str(written), "valid": result["valid"],
+                               "table_valid": result["table"]["valid"],
                                "runtime": _runtime_of(result),
                                "validation": {k: result["validation"][k] for k in
                                               ("n", "within_5pct", "within_10pct")},
@@ -407,6 +408,12 @@ def _print_profile(p: dict, path) -> None:
                   "VALID" if r["valid"] else "INVALID")
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 140)
     console.print(t)
+    tab = p["table"]
+    if "entries" in tab:
+        bad = len(tab["invalid"])
+        console.print(f"latency table: {len(tab['entries'])} networks, {tab['rounds']} rounds, "
+                      + (f"{bad} without a valid median (listed in table.invalid)" if bad
+                         else "every median valid"))
     v = p["validation"]
     if v["n"]:
         console.print(f"predictor: {v['n']} random patterns, {100 * v['within_5pct']:.0f}% within "

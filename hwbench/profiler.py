@@ -3,8 +3,12 @@
 Phases (all timings of the compact engine, or of a runtime's networks under ``runtime``;
 ``dynamic`` mode unless named):
 1. latency table: the static executor at a grid of kept-channel fractions, with and without a
-   gate, every network timed piece by piece in context (``segment_times``); rounds interleave
-   all grid networks and the dense reference, so drift hits every grid point alike;
+   gate, every network timed piece by piece in context (``segment_times``) through
+   ``measure.protocol.measure_segments`` (``table_protocol``): rounds interleave all grid
+   networks and the dense reference on the input pool, so drift hits every grid point alike,
+   until each pass's median CI is within ``ci_target`` (after ``table_rounds`` rounds) or
+   ``max_time_s`` runs out; networks that miss it are listed in ``table.invalid``, every
+   pass's pieces are kept (``table.entries``);
 2. references and sweep: dense, masked and the prior pattern of every t_d, interleaved, each
    through ``measure.protocol.measure``, each until its median's 95% CI half-width is within
    ``ci_target`` or ``max_time`` runs out (then it is marked INVALID); inputs are synthetic:
@@ -61,7 +65,7 @@ from hwbench.measure.device import fingerprint, parse_device, torch_threads
 from hwbench.measure.energy import COOLDOWN_S, energy_per_inference, idle_power_w, select_meter
 from hwbench.measure.load import snapshot as load_snapshot
 from hwbench.measure.load import window as load_window
-from hwbench.measure.protocol import Inputs, Protocol, measure
+from hwbench.measure.protocol import Inputs, Protocol, measure, measure_segments
 from hwbench.measure.stats import Warn
 from hwbench.measure.timer import timer_overhead_ms
 from hwbench.nets.geometry import arch_spec, check_stem, net_geometry
@@ -167,6 +171,43 @@ def _uniform_pattern(cfg: ProfileConfig, frac: float, gated: bool) -> GatePatter
         d = (k + 1) // 2 if gated and k else 0
         layers.append(LayerPattern(b.name, b.width, k - d, b.width - k, d, 0.5))
     return GatePattern(cfg.arch, cfg.stem, cfg.input_size, layers, tile=cfg.tile)
+
+
+def table_protocol(cfg: ProfileConfig) -> Protocol:
+    """How the latency table is measured: every grid network's whole pass to the median's
+    ``ci_target``, at least ``table_rounds`` rounds, at most ``max_time_s``; two warm-up passes
+    each (the sweep's one-second warm-up, times 2 x grid + 2 networks, would be minutes)."""
+    return Protocol(quantile=0.5, ci_target=cfg.ci_target, min_runs=cfg.table_rounds,
+                    max_time_s=cfg.max_time_s, warmup=2, min_warmup_s=0.0, seed=cfg.seed)
+
+
+def _entry(gated: bool, frac: float) -> str:
+    """A latency-table network's name: ``plain@0.5`` (every block keeps half its channels),
+    ``gated@0.5`` (the same, half of them behind a gate)."""
+    return f"{'gated' if gated else 'plain'}@{frac:g}"
+
+
+def _table_entry(r: dict) -> dict:
+    """What the profile keeps of one table network: its pass summary's validity and CI, and
+    the raw pieces of every sampled pass (ms, to 0.1 us)."""
+    return {"valid": r["valid"], "n": r["n"], "p50_ms": r["p50_ms"],
+            "ci95_rel_halfwidth": r["ci95_rel_halfwidth"], "segment_ci_ms": r["segment_ci_ms"],
+            "segments_ms": [[round(v, 4) for v in row] for row in r["segments_ms"]]}
+
+
+def _grouped(warnings: list[dict], where: str, total: int) -> list[dict]:
+    """One warning per code for a phase of many networks (``where``), saying how many of
+    ``total`` it concerns, instead of one per network (DRIFT stays as it is)."""
+    out: dict[str, dict] = {}
+    for w in warnings:
+        name = w["where"].split(":", 1)[-1]
+        g = out.setdefault(w["code"], {**w, "networks": []})
+        if w["code"] != Warn.DRIFT.value:
+            g["networks"].append(name)
+    for g in out.values():
+        if g["networks"]:
+            g["where"] = f"{where} ({len(g['networks'])} of {total} networks)"
+    return list(out.values())
 
 
 class Profiler:
@@ -339,7 +380,7 @@ class Profiler:
               "clock": _cpu_clock() if self.device.type == "cpu" else _gpu_state(self.device)}
         x0 = self._inputs(1, cfg.seed + 1).batches[0]
         self.progress("latency table", 0.0)
-        table = self._table(base, x0)
+        table = self._table(base)
         plan_probe = mixed_pattern(cfg.arch, cfg.stem, cfg.input_size, 0.5, seed=cfg.seed + 3,
                                    tile=cfg.tile)
         probe = self._built(realise(plan_probe, seed=cfg.seed), "dynamic", plan_probe,
@@ -354,28 +395,24 @@ class Profiler:
                 "table": table, "dynamic_plan": probe.plan, "dynamic_executes": executes,
                 "percentile_ratios": {"p90": 1.0, "p99": 1.0}}
 
-    def _table(self, net, x) -> dict:
+    def _table(self, net) -> dict:
+        """Phase 1: every grid network (and the dense reference) timed piece by piece through
+        ``measure_segments`` under ``table_protocol``; each block's entry is the median of its
+        in-context times. Entries whose pass median misses the CI are marked (``invalid``)."""
         cfg = self.cfg
         fracs = [j / cfg.grid for j in range(cfg.grid + 1)]
-        engines = {("dense", 0.0): self._built(net, "dense")}
+        engines = {"dense": self._built(net, "dense")}
         for f in fracs:
             for gated in (False, True):
-                if gated and f == 0:
-                    continue
-                pat = _uniform_pattern(cfg, f, gated)
-                engines[(gated, f)] = self._built(net, "static", pat)
-        keys = list(engines)
-        for e in engines.values():  # warm-up
-            for _ in range(2):
-                e.segment_times(x)
-        segs: dict = {k: [] for k in keys}
-        rng = random.Random(cfg.seed)
-        for r in range(cfg.table_rounds):
-            rng.shuffle(keys)
-            for k in keys:
-                segs[k].append(engines[k].segment_times(x))
-            self.progress("latency table", 0.25 * (r + 1) / cfg.table_rounds)
-        med = {k: np.median(np.asarray(v), axis=0) for k, v in segs.items()}
+                if not (gated and f == 0):
+                    engines[_entry(gated, f)] = self._built(net, "static",
+                                                            _uniform_pattern(cfg, f, gated))
+        m = measure_segments({k: e.segment_times for k, e in engines.items()}, self.pool,
+                             table_protocol(cfg), self.device, where="table",
+                             progress=lambda r: self.progress(
+                                 "latency table", 0.25 * min(1.0, r / cfg.table_rounds)))
+        self.warnings += _grouped(m.warnings, "table", len(engines))
+        med = {k: m[k]["segment_p50_ms"] for k in engines}
         geom = net_geometry(cfg.arch, cfg.stem, cfg.input_size)
         fixed = [np.median([med[k][0] for k in med]), np.median([med[k][-1] for k in med])]
         blocks = []
@@ -386,14 +423,16 @@ class Profiler:
                 if grid and k <= grid[-1]:
                     continue
                 grid.append(k)
-                plain.append(float(med[(False, f)][i + 1]))
-                gated.append(float(med[(True, f)][i + 1]) if f > 0 else plain[-1])
+                plain.append(float(med[_entry(False, f)][i + 1]))
+                gated.append(float(med[_entry(True, f)][i + 1]) if f > 0 else plain[-1])
             blocks.append({"name": b.name, "channels": b.width, "grid": grid,
                            "plain_ms": plain, "gated_ms": gated})
-        table = {"unit": "ms, median of in-context block times", "rounds": cfg.table_rounds,
-                 "stem_ms": float(fixed[0]), "head_ms": float(fixed[1]), "blocks": blocks,
-                 "dense_blocks_ms": [float(v) for v in med[("dense", 0.0)]]}
-        return table
+        invalid = [k for k in engines if not m[k]["valid"]]
+        return {"unit": "ms, median of in-context block times", "rounds": m["dense"]["n"],
+                "protocol": m.protocol, "stem_ms": float(fixed[0]), "head_ms": float(fixed[1]),
+                "blocks": blocks, "dense_blocks_ms": [float(v) for v in med["dense"]],
+                "valid": not invalid, "invalid": invalid,
+                "entries": {k: _table_entry(m[k]) for k in engines}}
 
     def _measure_patterns(self, named: list, pool, base, where: str) -> dict:
         """Each pattern realised and run by the dynamic engine, with the dense probe (the same

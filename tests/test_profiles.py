@@ -139,6 +139,22 @@ def test_a_small_real_profile_has_every_part_and_exact_energy_arithmetic():
         assert s["predicted_p50_ms"] > 0
     assert prof["validation"]["n"] == 3 and len(prof["validation"]["errors"]) == 3
     assert len(prof["table"]["blocks"]) == 8 and prof["table"]["blocks"][0]["grid"][0] == 0
+    # the latency table came through the one measurement path: protocol, validity, raw pieces
+    t = prof["table"]
+    assert t["protocol"]["min_runs"] == 2 and t["protocol"]["ci_target"] == 0.02
+    assert set(t["entries"]) == {"dense", *(f"{k}@{j / 4:g}" for k in ("plain", "gated")
+                                            for j in range(5))} - {"gated@0"}
+    assert t["invalid"] == [k for k, e in t["entries"].items() if not e["valid"]]
+    assert t["valid"] == (not t["invalid"])
+    half = t["entries"]["plain@0.5"]
+    assert len(half["segments_ms"]) == half["n"] >= 2 and len(half["segments_ms"][0]) == 10
+    assert t["blocks"][3]["plain_ms"][2] == pytest.approx(
+        float(np.median([row[4] for row in half["segments_ms"]])), abs=1e-4)
+    table_warnings = [w for w in prof["warnings"] if w["where"].startswith("table")]
+    assert len(table_warnings) == len({w["code"] for w in table_warnings})  # one per code
+    if t["invalid"]:
+        ci = next(w for w in table_warnings if w["code"] == "CI_NOT_MET")
+        assert ci["networks"] == t["invalid"] and f"{len(t['invalid'])} of 10" in ci["where"]
     e = prof["energy"]
     assert e["method"] == "nvml-counter" and e["measured"] is True
     # the fake Zeus counter steps 1500 mJ per read: every window holds exactly 1.5 J
@@ -181,6 +197,9 @@ def test_profile_cli_writes_a_profile_and_prints_a_summary(cli_profile):
     assert prof["patterns"][0]["predicted_p50_ms"] > 0 and prof["patterns"][0]["measured"]["n"]
     assert prof["energy"]["method"] == "none"
     assert "p90 ms" in text and "wrote" in text and "predictor" in text
+    t = prof["table"]
+    assert f"latency table: 10 networks, {t['rounds']} rounds, " in text
+    assert ("every median valid" in text) == t["valid"]
 
 
 @pytest.mark.slow

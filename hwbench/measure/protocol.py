@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+import numpy as np
+
 from hwbench.measure.stats import Warn, drift, quantile_ci, summarise
 from hwbench.measure.timer import sample_interleaved
 
@@ -111,3 +113,33 @@ def measure(engines: Mapping[str, Callable[[torch.Tensor], object]], inputs: Inp
         warnings.append({"code": Warn.DRIFT.value, "where": where or reference,
                          "advice": Warn.DRIFT.advice})
     return Measurement(results, p.to_dict(), dict(inputs.record), warnings)
+
+
+def measure_segments(pieces: Mapping[str, Callable[[torch.Tensor], Sequence[float]]],
+                     inputs: Inputs, protocol: Protocol = Protocol(),
+                     device: str | torch.device = "cpu", reference: str | None = "dense",
+                     where: str = "", progress: Callable[[int], None] | None = None
+                     ) -> Measurement:
+    """``measure`` for networks timed piece by piece: each ``pieces[k](x)`` runs one pass and
+    returns its pieces' times (ms; ``segment_times``: stem, each block, head). The timer times
+    the whole pass, so rounds, stopping rule, validity and warnings are ``measure``'s, decided on
+    the pass; every sampled pass's pieces are kept too. Each result adds ``segments_ms`` (raw:
+    one row per sampled pass), ``segment_p50_ms`` (per piece, the median) and
+    ``segment_ci_ms`` (per piece, the half-width of its median's 95% CI, ms; None where no CI
+    exists at this count)."""
+    kept: dict[str, list] = {name: [] for name in pieces}
+
+    def timed(name: str) -> Callable[[torch.Tensor], None]:
+        fn, out = pieces[name], kept[name]
+        return lambda x: out.append([float(v) for v in fn(x)])
+
+    m = measure({name: timed(name) for name in pieces}, inputs, protocol, device,
+                reference, where, progress)
+    for name, r in m.results.items():
+        rows = kept[name][len(kept[name]) - r["n"]:]  # the sampled passes (warm-up dropped)
+        cols = np.asarray(rows, dtype=float).T
+        cis = [quantile_ci(c, 0.5) for c in cols]
+        r["segments_ms"] = rows
+        r["segment_p50_ms"] = [float(np.median(c)) for c in cols]
+        r["segment_ci_ms"] = [None if np.isnan(lo) else (hi - lo) / 2 for lo, hi in cis]
+    return m

@@ -4,7 +4,7 @@ import torch
 
 from hwbench.errors import UsageError
 from hwbench.measure.device import fingerprint, parse_device
-from hwbench.measure.protocol import Inputs, Protocol, measure
+from hwbench.measure.protocol import Inputs, Protocol, measure, measure_segments
 from hwbench.measure.stats import summarise
 from hwbench.measure.timer import sample_interleaved
 
@@ -69,6 +69,55 @@ def test_measure_summarises_the_decided_quantile_and_names_its_inputs(monkeypatc
     assert r["quantile"] == 0.9 and not r["valid"] and "CI_NOT_MET" in r["warnings"]
     assert len(r["samples_ms"]) == r["n"] and m.inputs == {"source": "test", "n": 2}
     assert m.protocol["quantile"] == 0.9 and m.warnings[0]["code"] == "CI_NOT_MET"
+
+
+def _fake_pieces(monkeypatch, rows):
+    """A network timed piece by piece on the fake clock: each call takes the next row of piece
+    times (ms), advances the clock by their sum and returns them, as ``segment_times`` does."""
+    from hwbench.measure import timer
+
+    now = [0]
+    monkeypatch.setattr(timer.time, "perf_counter_ns", lambda: now[0])
+    it = iter(rows)
+
+    def call(_x):
+        row = next(it)
+        now[0] += int(sum(row) * 1e6)
+        return row
+
+    return call
+
+
+def test_pieces_are_measured_by_the_same_rule_and_kept_raw(monkeypatch):
+    # 3 warm-up passes with a cold stem (9 ms), then a steady stem and a noisy middle piece
+    rng = np.random.default_rng(0)
+    warm = [[9.0, 2.0, 0.5]] * 3
+    rows = warm + [[1.0, 2.0 * rng.uniform(0.97, 1.03), 0.5] for _ in range(10_000)]
+    fn = _fake_pieces(monkeypatch, rows)
+    proto = Protocol(quantile=0.5, ci_target=0.02, min_runs=16, max_time_s=1e9, warmup=3,
+                     min_warmup_s=0.0)
+    m = measure_segments({"net": fn}, Inputs([0]), proto, reference=None)
+    r = m["net"]
+    assert r["valid"] and r["n"] == 16  # the pass's median CI met at the first look
+    assert r["segments_ms"] == rows[3:3 + 16]  # raw, every sampled pass, warm-up dropped
+    assert len(r["samples_ms"]) == 16 and min(r["samples_ms"]) > 3.4  # whole passes
+    cols = np.asarray(r["segments_ms"]).T
+    assert r["segment_p50_ms"] == pytest.approx([float(np.median(c)) for c in cols])
+    assert r["segment_p50_ms"][0] == 1.0 and r["segment_ci_ms"][0] == 0.0
+    assert 0 < r["segment_ci_ms"][1] < 0.06
+
+
+def test_a_noisy_piece_leaves_its_network_invalid_after_the_time_limit(monkeypatch):
+    rng = np.random.default_rng(1)
+    rows = [[1.0, float(rng.choice([2.0, 6.0])), 0.5] for _ in range(10_000)]
+    fn = _fake_pieces(monkeypatch, rows)
+    proto = Protocol(quantile=0.5, ci_target=0.02, min_runs=4, max_time_s=0.2, warmup=0,
+                     min_warmup_s=0.0)
+    m = measure_segments({"net": fn}, Inputs([0]), proto, reference=None, where="table")
+    r = m["net"]
+    assert not r["valid"] and m.warnings[0] == {**m.warnings[0], "code": "CI_NOT_MET",
+                                                "where": "table:net"}
+    assert len(r["segments_ms"]) == r["n"] == len(r["samples_ms"]) >= 4
 
 
 def test_summary_of_known_samples():
