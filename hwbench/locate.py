@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from hwbench.errors import HwbenchError, UsageError
+from hwbench.io import atomic_write_json
 from hwbench.measure.device import fingerprint, parse_device
 from hwbench.measure.load import describe as describe_load
 from hwbench.profiles import load_profile, profile_filename, save_profile
@@ -139,7 +140,7 @@ def find_profile(device: dict, cond: Conditions, folder: str | Path = "profiles"
                  misses: list[tuple[Path, str]] | None = None) -> tuple[Path, dict] | None:
     """The newest (by ``created``; ties: the higher ``-vN`` file version, then the file name)
     readable profile in ``folder`` that describes ``device`` (a fingerprint) under ``cond``, one
-    measured on an idle machine before any measured while it was busy (``busy``), or None.
+    measured on an idle machine and not found stale before any other (``untrusted``), or None.
     Unreadable files are skipped. ``misses`` collects (path, why) of this device's
     profiles for other conditions."""
     found: list[tuple[tuple, Path, dict]] = []
@@ -151,8 +152,8 @@ def find_profile(device: dict, cond: Conditions, folder: str | Path = "profiles"
         fp = prof["fingerprint"]
         why = mismatch(fp, device, cond)
         if why is None:
-            found.append(((not busy(prof), _created(prof), _version(path)[1], path.name), path,
-                          prof))
+            found.append(((not untrusted(prof), _created(prof), _version(path)[1], path.name),
+                          path, prof))
         elif misses is not None and same_machine(fp, device):
             misses.append((path, why))
     if not found:
@@ -208,6 +209,28 @@ def busy(profile: dict) -> bool:
     return bool((profile.get("load") or {}).get("busy"))
 
 
+def untrusted(profile: dict) -> str:
+    """Why the profile's latencies may not be this machine's now: measured while it was busy,
+    or found stale by a later measurement (``mark_stale``); '' when neither."""
+    if profile.get("stale"):
+        return f"stale: {profile['stale']['note']}"
+    return describe_load(profile.get("load")) if busy(profile) else ""
+
+
+def mark_stale(path: str | Path, dense_now_ms: float, percentile: str) -> dict:
+    """Record in the quick profile at ``path`` (rewritten atomically) that its dense reference
+    measured ``dense_now_ms`` now: ``find_profile`` then prefers any other, and the next run
+    that asks for a quick profile measures a new one. Returns the record."""
+    prof = load_profile(path)
+    ref = prof["references"]["dense"][f"{percentile}_ms"]
+    rec = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "dense_now_ms": dense_now_ms, "percentile": percentile, "dense_profiled_ms": ref,
+           "note": f"the dense {percentile} measured {dense_now_ms:.3f} ms, "
+                   f"{dense_now_ms / ref - 1:+.0%} from the profile's {ref:.3f} ms"}
+    atomic_write_json(path, {**prof, "stale": rec})
+    return rec
+
+
 def resolve_profile(target: str, arch: str, stem: str, input_size: int,
                     folder: str | Path = "profiles", quick: bool = True,
                     say: Callable[[str], None] = lambda s: None,
@@ -232,9 +255,10 @@ def resolve_profile(target: str, arch: str, stem: str, input_size: int,
     cond = Conditions.now(arch, stem, input_size, dtype, batch_size, runtime=runtime)
     misses: list[tuple[Path, str]] = []
     found = find_profile(here, cond, folder, misses)
-    if found is not None and not (busy(found[1]) and found[1].get("quick") and quick):
-        if busy(found[1]):
-            say(f"{found[0]}: {describe_load(found[1].get('load'))}")
+    why = untrusted(found[1]) if found is not None else ""
+    if found is not None and not (why and found[1].get("quick") and quick):
+        if why:
+            say(f"{found[0]}: {why}")
         return TargetProfile(found[0], found[1], target)
     wanted = f"{here['name']} / {cond.describe()}"
     near = f" ({misses[0][0].name} has {misses[0][1]})" if misses else ""
@@ -242,14 +266,18 @@ def resolve_profile(target: str, arch: str, stem: str, input_size: int,
         raise UsageError(f"no profile in {folder}/ for {wanted}{near}: run `hwbench profile "
                          f"--device {target} --arch {arch} --stem {stem} --input-size "
                          f"{input_size}` first, or pass --target-device PROFILE.json")
-    say(f"{found[0]} is a quick profile measured while the machine was busy: measuring it "
-        "again" if found else f"no profile in {folder}/ matches {wanted}{near}: running a "
+    say(f"{found[0]} is a quick profile {_untrusted_short(found[1])}: measuring it again"
+        if found else f"no profile in {folder}/ matches {wanted}{near}: running a "
         f"quick profile of this {dev.type} first (~1-3 min; `hwbench profile` makes a full one)")
     prof = (profile_fn or quick_profile)(target, cond)
     path = save_profile(prof, Path(folder) / profile_filename(prof["fingerprint"]))
     say(f"quick profile written to {path}" + (f"; {describe_load(prof.get('load'))}"
                                               if busy(prof) else ""))
     return TargetProfile(path, prof, target, measured_now=True)
+
+
+def _untrusted_short(profile: dict) -> str:
+    return "found stale" if profile.get("stale") else "measured while the machine was busy"
 
 
 def check_profile_runtime(profile: dict, runtime: str, where: str) -> None:

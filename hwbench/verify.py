@@ -15,7 +15,9 @@ alongside, an absolute one in ms, by ``hwbench.verdict``: ``met`` means inside t
 profile compared with is one of the same runtime (another runtime's latencies are another
 program's: refused with one line). When the dense reference
 measured now differs from the profile's by more than 10%, the result says the profile is stale,
-by how much, and what an absolute target means as a ratio.
+by how much, and what an absolute target means as a ratio, and acts on it (``act_on_stale``): a
+quick profile is marked stale in its file, so the next run here measures a new one; a full one is
+left as it is, with the command that measures a new one.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from hwbench.engine import realise, synthetic_inputs
 from hwbench.engine.runtimes import check_runtime, runnable, runtime_record
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
-from hwbench.locate import measuring_profile, profile_threads
+from hwbench.locate import is_local, mark_stale, measuring_profile, profile_threads
 from hwbench.measure.device import fingerprint, parse_device, torch_threads
 from hwbench.measure.protocol import Inputs, Measurement, Protocol, measure
 from hwbench.measure.stats import quantile_of
@@ -115,6 +117,20 @@ def decide(m: Measurement, target: LatencyTarget, profile: dict | None,
     return out
 
 
+def act_on_stale(stale: dict, prof: dict, path: str | None, dense_ms: float, pct: str,
+                 device: str) -> None:
+    """A stale profile is not used again silently: a quick one (hwbench's own) is marked stale
+    in its file (``locate.mark_stale``: the next run here measures a new one); a full one (the
+    user's) is left as it is, and the note says how to measure a new one."""
+    if prof.get("quick") and path and is_local(prof["fingerprint"]):
+        mark_stale(path, dense_ms, pct)
+        stale["marked"] = path
+        stale["note"] += "; marked stale in the file: the next run here measures a new quick one"
+    else:
+        stale["note"] += (f"; measure a new one with `hwbench profile --device {device}` (this "
+                          "one is still used until then)")
+
+
 def no_decision(m: Measurement, invalid: list[str], pct: str) -> tuple[str, dict]:
     """Why nothing is decided on ``m`` (``invalid``: the engines without a valid ``pct``), with
     what would decide it: how many samples the CI needs and about how long that takes at the
@@ -162,6 +178,9 @@ def run_verify(pattern_path: str, target: float | str | LatencyTarget, device: s
         m, plan = time_network(net, pattern, inputs, dev, target.percentile, max_time_s,
                                runtime=runtime, threads=threads)
     decision = decide(m, target, prof, band)
+    if decision.get("profile_stale"):
+        act_on_stale(decision["profile_stale"], prof, profile_path, m.at("dense"),
+                     target.percentile, device)
     predicted = None
     if prof is not None:
         pred = Predictor(prof)

@@ -16,6 +16,7 @@ from hwbench.locate import (
     find_profile,
     is_local,
     local_device,
+    mark_stale,
     profile_threads,
     resolve_profile,
     resolve_target,
@@ -233,6 +234,43 @@ def test_a_busy_full_profile_is_used_and_said(tmp_path):
     tp = resolve_profile("cpu", "resnet18", "cifar", 32, folder=folder, say=said.append,
                          quick=True, profile_fn=lambda *a: pytest.fail("measured again"))
     assert tp.path == full and len(said) == 1 and "busy" in said[0]
+
+
+def test_a_quick_profile_found_stale_is_measured_again_and_a_full_one_is_used_and_said(
+        tmp_path):
+    folder, said, calls = tmp_path / "profiles", [], []
+    quick = save_profile(profile_with(IDLE, quick=True), folder / "quick.json")
+    before = json.loads(quick.read_text())
+    rec = mark_stale(quick, 40.0, "p90")  # the profile's dense p90 is 33 ms
+    after = json.loads(quick.read_text())
+    assert after["stale"] == rec and {k: v for k, v in after.items() if k != "stale"} == before
+    assert "measured 40.000 ms, +21% from the profile's 33.000 ms" in rec["note"]
+
+    def fake_profile(device, conditions):
+        calls.append(device)
+        return profile_with(IDLE, quick=True, created="2026-11-30T01:00:00+00:00")
+
+    tp = resolve_profile("cpu", "resnet18", "cifar", 32, folder=folder, say=said.append,
+                         profile_fn=fake_profile)
+    assert calls == ["cpu"] and tp.measured_now and tp.path != quick
+    assert f"{quick} is a quick profile found stale: measuring it again" == said[0]
+    # the new one is taken from now on, quietly; the stale one is ranked below any other
+    said.clear()
+    again = resolve_profile("cpu", "resnet18", "cifar", 32, folder=folder, say=said.append,
+                            profile_fn=fake_profile)
+    assert again.path == tp.path and calls == ["cpu"] and said == []
+    # a full profile found stale is the user's: used, with a line saying why it may be off
+    full = save_profile(profile_with(IDLE, created="2026-12-01T00:00:00+00:00"),
+                        tmp_path / "full" / "full.json")
+    mark_stale(full, 28.0, "p90")
+    said.clear()
+    tp = resolve_profile("cpu", "resnet18", "cifar", 32, folder=full.parent, say=said.append,
+                         profile_fn=lambda *a: pytest.fail("measured again"))
+    assert tp.path == full and said == [f"{full}: stale: {load_json(full)['stale']['note']}"]
+
+
+def load_json(path):
+    return json.loads(Path(path).read_text())
 
 
 def test_a_relative_target_is_a_fraction_of_the_profiled_dense_latency(tmp_path):

@@ -258,3 +258,35 @@ def test_no_decision_says_what_would_decide_it():
     assert "about 36 samples, ~4 s: rerun with --max-time 4" in d["reason"]
     assert "idle machine" in d["reason"] and "\n" not in d["reason"]
     assert d["needs"]["dynamic"]["needed_n"] == 36
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_a_stale_profile_is_acted_on_a_quick_one_marked_a_full_one_left_with_advice(
+        tmp_path, monkeypatch, quick):
+    from hwbench.verify import run_verify
+
+    prof = local_profile()  # its dense p90: 33 ms
+    prof["quick"] = quick
+    path = atomic_write_json(tmp_path / "p.json", prof)
+    before = path.read_bytes()
+    pattern = mixed_pattern("resnet18", "cifar", 32, 0.5, seed=1).save(tmp_path / "pat.json")
+    now = fake_measurement(30.0, 40.0)  # dense measures +21% now (outside the 10% tolerance)
+    monkeypatch.setattr("hwbench.verify.time_network", lambda *a, **kw: (now, ["static"]))
+    monkeypatch.setattr("hwbench.verify.realise", lambda pattern: None)  # timing is faked
+    d = run_verify(str(pattern), "0.8x", profile_path=str(path))
+    stale = d["profile_stale"]
+    if quick:
+        assert stale["marked"] == str(path) and "next run here measures a new" in stale["note"]
+        rec = json.loads(path.read_text())["stale"]
+        assert rec["dense_now_ms"] == now.at("dense") and rec["dense_profiled_ms"] == 33.0
+    else:
+        assert path.read_bytes() == before and "marked" not in stale
+        assert "`hwbench profile --device cpu`" in stale["note"]
+    # within the tolerance nothing is said or written
+    monkeypatch.setattr("hwbench.verify.time_network",
+                        lambda *a, **kw: (fake_measurement(30.0, 34.0), ["static"]))
+    fresh = atomic_write_json(tmp_path / "q.json", prof)
+    again = fresh.read_bytes()
+    d = run_verify(str(pattern), "0.9x", profile_path=str(fresh))
+    assert d["verdict"] == "MET" and "profile_stale" not in d
+    assert fresh.read_bytes() == again
