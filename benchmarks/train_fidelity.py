@@ -1,18 +1,22 @@
-"""Does the network training estimates equal the network that is deployed? (issue 23, item 1)
+"""Does the network training estimates equal the network that is deployed, and what do the
+short-run knobs do to it? (issue 23, items 1 and 4)
 
     python benchmarks/train_fidelity.py --profile profiles/<this cpu>.json --target 0.67x \
-        --anneal 0,0.4 --seeds 0 --epochs 3
+        --vary gate_noise_anneal=0,0.4 --vary gate_bias=learned,none --vary gate_warmup=0,1 \
+        --vary alpha=0.02,0.2 --seeds 0,1 --epochs 3
 
-For each setting of ``--gate-noise-anneal`` and each seed, one short co-training run against the
-profile's predicted latency (``--budget latency``, deployed-gate sparsity: what ``make run``
-trains), the same steps for every setting, then the deployment ``train --target-latency`` makes
-(``pipeline.deploy_run``: summarise on calibration images, close the decided channels). Per run:
-the last epoch's training estimate (MACs ratio of the passes' masks, predicted p90 of the
-latency term) beside the deployed network's (the pattern's MACs ratio, the profile's predicted
-p90), their gaps (``pipeline.fidelity``), and the kNN top-1 of both streams at the end (eval
-mode: the deployed decisions). Settings run one after another on one machine; nothing here is
-timed, so a busy machine changes no number (only how long it takes). Writes every row and the
-command to ``--out`` (JSON).
+Settings: hwbench's defaults, then each ``--vary FIELD=V1,V2,...`` (a ``TrainConfig`` field)
+changed one at a time from them (``--anneal A,B`` is ``--vary gate_noise_anneal=A,B``). For
+each setting and seed, one short co-training run against the profile's predicted latency
+(``--budget latency``, deployed-gate sparsity: what ``make run`` trains), the same steps for
+every setting, then the deployment ``train --target-latency`` makes (``pipeline.deploy_run``:
+summarise on calibration images, close the decided channels). Per run: the last epoch's
+training estimate (MACs ratio of the passes' masks, predicted p90 of the latency term) beside
+the deployed network's (the pattern's MACs ratio, the profile's predicted p90), their gaps
+(``pipeline.fidelity``), and the kNN top-1 of both streams at the end (eval mode: the deployed
+decisions). Settings run one after another on one machine; nothing here is timed, so a busy
+machine changes no number (only how long it takes). Writes every row and the command to
+``--out`` (JSON).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,12 +72,34 @@ def one_run(cfg: TrainConfig, profile: dict) -> dict:
             "wall_s": time.perf_counter() - t0, "dir": summary["dir"]}
 
 
+def settings(vary: list[str]) -> list[dict]:
+    """The defaults ({}), then each FIELD=V1,V2 value on its own, parsed by the field's type;
+    duplicates (a value equal to the default) dropped."""
+    types = {f.name: type(f.default) for f in fields(TrainConfig)}
+    out, seen = [{}], {()}
+    for spec in vary:
+        name, _, values = spec.partition("=")
+        if name not in types or not values:
+            raise SystemExit(f"--vary {spec!r}: expected FIELD=V1,V2 with a TrainConfig field")
+        for v in values.split(","):
+            kind = types[name]
+            value = v.lower() in ("1", "true", "yes") if kind is bool else \
+                (v if kind is str else float(v))
+            key = ((name, value),) if value != getattr(TrainConfig, name) else ()
+            if key not in seen:
+                seen.add(key)
+                out.append(dict(key))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", required=True)
     ap.add_argument("--target", default="0.67x", help="p90 target: '0.67x' of dense or '12ms'")
     ap.add_argument("--t-d", type=float, default=0.5, help="the bound's t_d")
-    ap.add_argument("--anneal", default="0,0.4", help="comma-separated --gate-noise-anneal")
+    ap.add_argument("--vary", action="append", default=[],
+                    help="FIELD=V1,V2: a TrainConfig field's values, each run on its own")
+    ap.add_argument("--anneal", default=None, help="= --vary gate_noise_anneal=A,B")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--dataset", default="mnist5k")
     ap.add_argument("--epochs", type=int, default=3)
@@ -92,17 +118,20 @@ def main() -> None:
     target_ms = goal.ms if goal.ratio is None else goal.ratio * dense
     meta = info(args.dataset)
     rows = []
-    for anneal in (float(a) for a in args.anneal.split(",")):
+    vary = args.vary + ([f"gate_noise_anneal={args.anneal}"] if args.anneal else [])
+    for setting in settings(vary):
         for seed in (int(s) for s in args.seeds.split(",")):
-            name = f"anneal{anneal:g}_seed{seed}"
-            cfg = replace(base_config(args, target_ms, args.t_d), gate_noise_anneal=anneal,
-                          seed=seed, out=f"{args.work}/{name}", models_dir=f"{args.work}/models")
-            row = one_run(cfg, profile)
+            name = "_".join(f"{k}{v}" for k, v in setting.items()) or "defaults"
+            cfg = replace(base_config(args, target_ms, args.t_d), **setting, seed=seed,
+                          out=f"{args.work}/{name}_seed{seed}",
+                          models_dir=f"{args.work}/models")
+            row = {"setting": setting, **one_run(cfg, profile)}
             rows.append(row)
-            print(json.dumps({k: row[k] for k in ("gate_noise_anneal", "seed", "fidelity",
+            print(json.dumps({k: row[k] for k in ("setting", "seed", "fidelity",
                                                    "knn_top1")}), flush=True)
     atomic_write_json(Path(args.out), {
-        "what": "training estimate vs deployed network, per --gate-noise-anneal (issue 23)",
+        "what": "training estimate vs deployed network and kNN, per setting (issue 23)",
+        "command": " ".join(sys.argv),
         "provenance": provenance(),
         "profile": args.profile, "target": args.target, "target_ms": target_ms,
         "input_size": meta.input_size, "rows": rows})

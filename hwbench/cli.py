@@ -626,6 +626,13 @@ def pick(profile_path, target_latency, percentile, runtime, as_json) -> None:
               help="The last share of the steps over which the gates' training noise goes to "
                    "0, so that the network trained at the end is the one deployed (0: the "
                    "paper's noise to the last step). [default: 0.4; --recipe paper: 0]")
+@click.option("--gate-bias", type=click.Choice(["learned", "none"]), default="learned",
+              show_default=True,
+              help="The gates' last layer: a trained bias (hwbench's) or none (the reference's; "
+                   "channel gates only). [--recipe paper: none]")
+@click.option("--gate-warmup/--no-gate-warmup", default=False, show_default=True,
+              help="Train the --warmup-epochs with every gated channel on and no sparsity, "
+                   "bound or latency term (the reference's warmup_gate option).")
 @click.option("--gate-lr-mult", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="The gates' learning rate as a multiple of the backbone's.")
 @click.option("--sparsity-weight", "lam", type=click.FloatRange(min=0), default=None,
@@ -691,7 +698,8 @@ def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, t
               seed, device, out, resume, t_d, target_latency, budget, sparsity_on, budget_shape,
               budget_combine,
               target_device, percentile, eval_every, amp, energy, country, warmup_epochs,
-              bound_alpha, finetune_steps, gate_noise_anneal, gate_lr_mult,
+              bound_alpha, finetune_steps, gate_noise_anneal, gate_bias, gate_warmup,
+              gate_lr_mult,
               max_steps_per_epoch, n_synthetic, trim, lam, gamma,
               surrogate, gate, width_mult, baseline, views, knn, schedule, warmup_start_lr,
               separate_downsample_bn, vicreg_gather, compile_step, recipe, dry_run,
@@ -745,6 +753,7 @@ def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, t
                       finetune_steps=_finetune_steps(finetune_steps, bool(target_latency)),
                       **({} if gate_noise_anneal is None
                          else {"gate_noise_anneal": gate_noise_anneal}),
+                      gate_bias=gate_bias, gate_warmup=gate_warmup,
                       max_steps_per_epoch=max_steps_per_epoch, n_synthetic=n_synthetic,
                       budget=budget,
                       sparsity_on=sparsity_on,

@@ -27,7 +27,7 @@ SOURCE_KINDS = ("flag", "reference", "preset", "default")
 FIELDS = ("method", "arch", "epochs", "batch_size", "lr", "schedule", "warmup_epochs",
           "warmup_start_lr", "weight_decay", "eta", "gate_lr_mult", "lam", "gamma", "alpha",
           "t_d", "proj_dims", "amp", "seed", "views", "knn", "shared_downsample_bn",
-          "vicreg_gather", "gate_noise_anneal")
+          "vicreg_gather", "gate_noise_anneal", "gate_bias", "gate_warmup")
 
 # Defaults of fields that other parts of issue 15 add to TrainConfig (the shared names); used
 # where the caller passes no defaults for them.
@@ -104,6 +104,10 @@ def _paper(ds: str) -> dict[str, tuple[object, Source]]:
         "gamma": (1.0, ref(f"{s}:{n['gamma']}")),
         "gate_noise_anneal": (0.0, ref("solo/methods/ResCg/mask.py:30-36 (Gumbel noise in "
                                        "every training step, to the last; none in eval)")),
+        "gate_bias": ("none", ref("solo/methods/ResCg/mask.py:42, 54 (bias=-1, the default: "
+                                  "the gate's last conv has no bias)")),
+        "gate_warmup": (False, ref(f"no --warmup_gate in {s} (solo/methods/base_gating.py:"
+                                   "265-267, 644-646: off unless given)")),
         "alpha": (0.02, ref(f"{s}:{n['alpha']} (p = exp(-alpha x epoch), "
                             "solo/methods/base_gating.py:349, 747)")),
         "proj_dims": ((2048, 2048, 2048), ref(

@@ -59,7 +59,7 @@ from hwbench.data import (
 from hwbench.errors import UsageError
 from hwbench.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from hwbench.nets import list_nets, net_from_config, width_mult_widths
-from hwbench.nets.gate import parse_gate, set_gate_noise
+from hwbench.nets.gate import freeze_gate_bias, parse_gate, set_gate_noise, set_gates_open
 from hwbench.nets.geometry import net_geometry
 from hwbench.patterns import summarise
 from hwbench.ssl.knn import KNN_PROTOCOLS, knn_top1
@@ -81,16 +81,18 @@ RESUME_KEYS = ("arch", "dataset", "method", "t_d", "epochs", "batch_size", "seed
                "warmup_epochs", "alpha", "lam", "gamma", "gate_lr_mult", "proj_dims", "amp",
                "budget", "latency_targets", "budget_shape", "budget_combine", "sparsity_on",
                "surrogate", "time_budget_s", "gate", "widths", "views", "schedule",
-               "warmup_start_lr", "shared_downsample_bn", "gate_noise_anneal")
+               "warmup_start_lr", "shared_downsample_bn", "gate_noise_anneal", "gate_bias",
+               "gate_warmup")
 # (vicreg_gather is not one: it changes nothing in one process, and a DDP run may switch it)
 # what a checkpoint from before a resume key existed ran with (warmup_start_lr: unused by the
 # "hwbench" schedule every such checkpoint ran, so today's default)
 RESUME_DEFAULTS = {"gate": "channel", "widths": None, "views": "hwbench", "schedule": "hwbench",
                    "warmup_start_lr": 0.003, "shared_downsample_bn": False,
-                   "gate_noise_anneal": 0.0}
+                   "gate_noise_anneal": 0.0, "gate_bias": "learned", "gate_warmup": False}
 # the option that gives a resumed run an older checkpoint's value, for the error message
 RESUME_HINTS = {"shared_downsample_bn": "--separate-downsample-bn", "schedule": "--schedule"}
 SCHEDULES = ("hwbench", "reference")
+GATE_BIAS = ("learned", "none")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -122,6 +124,12 @@ class TrainConfig:
     # the last share of the steps over which the gates' training noise goes to 0 (``noise_at``):
     # the network trained at the end is the one deployed. 0: the paper's noise throughout
     gate_noise_anneal: float = GATE_NOISE_ANNEAL
+    # the gates' last layer: "learned" (hwbench's trainable bias) or "none" (fixed at 0, as the
+    # reference's bias-free fc2; channel gates only: a width gate's bias is its starting width)
+    gate_bias: str = "learned"
+    # the reference's warmup_gate: the learning rate's warm-up epochs train the gated stream
+    # with every channel on and without the sparsity, bound and latency terms
+    gate_warmup: bool = False
     # recovery fine-tuning of the delivered network after a latency target's trim (hwbench.
     # finetune), in steps: 0 none; None FINETUNE_SHARE of the training's steps (the CLI's
     # default for a latency target); a --time-budget run plans for them
@@ -263,6 +271,12 @@ def validate(cfg: TrainConfig, files: bool = True) -> None:
                          f"{cfg.finetune_steps}")
     if not (math.isfinite(cfg.gate_noise_anneal) and 0 <= cfg.gate_noise_anneal <= 1):
         raise UsageError(f"--gate-noise-anneal must be in [0, 1], got {cfg.gate_noise_anneal}")
+    if cfg.gate_bias not in GATE_BIAS:
+        raise UsageError(f"--gate-bias must be one of {', '.join(GATE_BIAS)}, got "
+                         f"{cfg.gate_bias!r}")
+    if cfg.gate_bias == "none" and parse_gate(cfg.gate).kind != "channel":
+        raise UsageError(f"--gate-bias none is for channel gates: a {cfg.gate} gate's bias is "
+                         "its starting width: pass --gate-bias learned")
     if cfg.sparsity_on not in ("sampled", "deployed"):
         raise UsageError(f"--sparsity-on must be sampled or deployed, got {cfg.sparsity_on!r}")
     from hwbench.nets.gate import SURROGATES
@@ -777,6 +791,8 @@ def _setup(run: _Run) -> None:
         block.gate.surrogate = cfg.surrogate
     if run.ck is not None:
         model.load_state_dict(run.ck["model"])
+    if cfg.gate_bias == "none":
+        freeze_gate_bias(model)
     model = model.to(device, memory_format=run.fmt)
     objective = Objective(model, CoTrainStep(cfg.method, cfg.t_d, cfg.lam, cfg.gamma,
                                              latency=latency_budget(cfg),
@@ -789,7 +805,7 @@ def _setup(run: _Run) -> None:
         objective = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None,
             # co uses both streams' BatchNorms; dense and gated leave the other stream's unused
-            find_unused_parameters=cfg.method != "co")
+            find_unused_parameters=cfg.method != "co" or cfg.gate_warmup)
     if cfg.compile:
         # in place, after DDP wrapping: state_dict keys and the wrapper stay as they are
         objective.compile(backend=COMPILE_BACKEND)
@@ -1000,6 +1016,7 @@ def _step(run: _Run, views: tuple[torch.Tensor, torch.Tensor], epoch: int, s: in
         g["lr"] = g["lr_mult"] * lr_at(cfg, step, run.steps_per_epoch)
     set_gate_noise(run.model, noise_at(cfg.gate_noise_anneal, step,
                                        cfg.epochs * run.steps_per_epoch))
+    set_warmup(run, cfg.gate_warmup and step < cfg.warmup_epochs * run.steps_per_epoch)
     if run.cfg.compile:  # a tensor: a compiled forward would recompile for each new float
         p = torch.full((), p, dtype=torch.float64, device=run.device)
     with torch.autocast(run.device.type, dtype=run.amp or torch.float32,
@@ -1010,6 +1027,13 @@ def _step(run: _Run, views: tuple[torch.Tensor, torch.Tensor], epoch: int, s: in
     run.scaler.step(run.opt)
     run.scaler.update()
     return terms
+
+
+def set_warmup(run: _Run, on: bool) -> None:
+    """Open (``on``) or close the gates for this step: the gate warm-up (``gate_warmup``)."""
+    set_gates_open(run.model, on)
+    objective = getattr(run.objective, "module", run.objective)  # DDP wraps it
+    objective.step.gates_open = on
 
 
 # On a GPU the loss terms are read to the host (a sync: the host waits for the queued step,

@@ -604,3 +604,31 @@ def test_bad_fine_tuning_and_noise_options_are_one_line_before_any_work(tmp_path
     out = tmp_path / "run"
     err = _one_line(_cli("train", "--dataset", "synthetic", "--out", str(out), *args))
     assert word in err and not out.exists()
+
+
+@pytest.mark.slow
+def test_the_gate_warmup_and_a_frozen_gate_bias_reach_the_training_loop(tmp_path):
+    cfg = TrainConfig(**{**TINY, "eval_every": 5}, epochs=2, warmup_epochs=1, gate_warmup=True,
+                      gate_bias="none", t_d=0.3, out=str(tmp_path / "run"),
+                      models_dir=str(tmp_path / "models"))
+    seen = []
+    train(cfg, progress=seen.append)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+            .splitlines()]
+    assert rows[0]["macs_ratio"] >= 1.0 and rows[0]["loss"] == pytest.approx(rows[0]["vicreg"])
+    assert rows[1]["macs_ratio"] < 0.95 and rows[1]["loss"] > rows[1]["vicreg"]
+    assert [s["macs_ratio"] >= 1.0 for s in seen] == [True, True, False, False]
+    ck = torch.load(tmp_path / "run" / CHECKPOINT, map_location="cpu", weights_only=False)
+    biases = [v for k, v in ck["model"].items() if k.endswith("gate.fc2.bias")]
+    assert biases and all(float(b.abs().max()) == 0.0 for b in biases)
+    assert ck["config"]["gate_bias"] == "none" and ck["config"]["gate_warmup"] is True
+
+
+@pytest.mark.parametrize("args,word", [
+    (["--gate-bias", "none", "--gate", "width:16"], "--gate-bias learned"),
+    (["--gate-bias", "zero"], "--gate-bias"),
+])
+def test_bad_gate_knobs_are_one_line_before_any_work(tmp_path, args, word):
+    out = tmp_path / "run"
+    err = _one_line(_cli("train", "--dataset", "synthetic", "--out", str(out), *args))
+    assert word in err and not out.exists()

@@ -174,6 +174,9 @@ class ChannelGate(nn.Module):
         # by the training loop (``set_gate_noise``); a buffer so that a compiled step reads a
         # new value without recompiling; not saved: the schedule sets it
         self.register_buffer("noise_scale", torch.ones(()), persistent=False)
+        self.channels = gated_channels
+        # the gate warm-up (``set_gates_open``): every channel computed, no decision taken
+        self.open = False
 
     @torch.no_grad()
     def init_bias(self) -> None:
@@ -218,6 +221,9 @@ class ChannelGate(nn.Module):
         return expand_groups(nested_st(hard, soft), self.spec.step)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.open:
+            self.deployed = x.new_ones(x.shape[0], self.channels)
+            return self.deployed
         logits = self.logits(x)
         if self.spec.kind == "width":
             return self._forward_width(x, logits)
@@ -256,3 +262,23 @@ def set_gate_noise(net: nn.Module, scale: float) -> None:
     for m in net.modules():
         if isinstance(m, ChannelGate):
             m.noise_scale.fill_(float(scale))
+
+
+def set_gates_open(net: nn.Module, on: bool) -> None:
+    """Open (``on``) or close every gate in ``net``: an open gate computes every channel and
+    decides nothing (no gradient reaches it), the gate warm-up's gated stream (the reference's
+    ``warmup_gate``: solo/methods/base_gating.py:644-646)."""
+    for m in net.modules():
+        if isinstance(m, ChannelGate):
+            m.open = bool(on)
+
+
+def freeze_gate_bias(net: nn.Module) -> None:
+    """The gates' last layer without a trainable bias, as the reference's (its fc2 has none:
+    solo/methods/ResCg/mask.py:54): each channel gate's bias set to 0 and frozen. The parameter
+    stays, so a pattern can still be realised into it (``hwbench.engine.realise``)."""
+    for m in net.modules():
+        if isinstance(m, ChannelGate):
+            with torch.no_grad():
+                m.fc2.bias.zero_()
+            m.fc2.bias.requires_grad_(False)

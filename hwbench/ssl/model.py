@@ -76,6 +76,10 @@ class CoTrainStep(nn.Module):
         # on the gathered global batch
         self.vicreg_gather = vicreg_gather
         self.gating = GatingLoss(t_d, lam, gamma, latency) if method != "dense" else None
+        # the gate warm-up (set per step by the training loop, with ``nets.gate.set_gates_open``):
+        # the gated stream runs every channel and the sparsity, bound and latency terms are
+        # logged but not in the loss
+        self.gates_open = False
 
     def forward(self, model: SSLModel, v1: torch.Tensor, v2: torch.Tensor,
                 p: float | torch.Tensor) -> StepOutput:
@@ -104,6 +108,8 @@ class CoTrainStep(nn.Module):
             terms.update(sparsity=gate_loss["sparsity"], bound=gate_loss["bound"],
                          macs_ratio=ratio.mean(), deployed_macs_ratio=deployed_ratio.mean(),
                          **{k: v for k, v in gate_loss.items() if k.startswith("latency_ms")})
+            if self.gates_open:  # logged (the same terms every step), not trained on
+                gate_loss = None
         # The embeddings leave autocast here: the loss's variances and covariances are fp32.
         z1, z2 = z1.float(), z2.float()
         if self.vicreg_gather:

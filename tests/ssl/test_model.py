@@ -131,3 +131,57 @@ def test_gated_macs_count_exactly_under_bf16_autocast():
     geom = net.geometry((32, 32))
     expected = geom.stem_macs + sum(g.gated_macs(on[g.name]) for g in geom.blocks)
     assert out.macs.tolist() == [float(expected)] * 2
+
+
+def _gate_grads(model):
+    return [p.grad for n, p in model.named_parameters() if ".gate." in f".{n}"]
+
+
+def test_open_gates_run_every_channel_and_train_nothing_of_the_gates_until_closed():
+    from hwbench.nets.gate import set_gates_open
+
+    torch.manual_seed(0)
+    model, step = small_model().train(), CoTrainStep("co", t_d=0.3)
+    x1, x2 = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    set_gates_open(model, True)
+    step.gates_open = True
+    out = step(model, x1, x2, p=1.0)
+    terms = host_terms(out.terms)
+    # every channel computed: the dense MACs plus the gates' own (0.1 %)
+    assert 1.0 <= terms["macs_ratio"] == terms["deployed_macs_ratio"] < 1.01
+    assert terms["loss"] == pytest.approx(terms["vicreg"])  # the gate terms: logged, not trained
+    assert terms["sparsity"] > 0  # (MACs 1 is far from t_d 0.3)
+    out.loss.backward()
+    assert all(g is None for g in _gate_grads(model))
+    assert model.backbone.layer1[0].bn1.gated.num_batches_tracked == 1  # the gated stream's BNs
+    closed = CoTrainStep("co", t_d=0.3)
+    set_gates_open(model, False)
+    model.zero_grad(set_to_none=True)
+    out = closed(model, x1, x2, p=1.0)
+    terms = host_terms(out.terms)
+    assert terms["macs_ratio"] < 0.9 and terms["loss"] > terms["vicreg"]
+    assert set(terms) == set(host_terms(step(model, x1, x2, p=1.0).terms))  # the same keys
+    out.loss.backward()
+    assert all(g is not None for g in _gate_grads(model))
+
+
+def test_a_frozen_gate_bias_stays_zero_while_the_gate_learns():
+    from hwbench.nets.gate import ChannelGate, freeze_gate_bias
+
+    torch.manual_seed(0)
+    model = small_model().train()
+    gates = [m for m in model.modules() if isinstance(m, ChannelGate)]
+    with torch.no_grad():
+        for g in gates:
+            g.fc2.bias.fill_(0.5)  # as if realised or trained before
+    freeze_gate_bias(model)
+    before = [g.fc2.weight.clone() for g in gates]
+    opt, step = LARS(lars_param_groups(model), lr=0.05), CoTrainStep("co", t_d=0.3)
+    for _ in range(2):
+        out = step(model, torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16), p=1.0)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+    assert all(float(g.fc2.bias.abs().max()) == 0.0 and not g.fc2.bias.requires_grad
+               for g in gates)
+    assert any(not torch.equal(b, g.fc2.weight) for b, g in zip(before, gates))
