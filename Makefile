@@ -20,7 +20,7 @@ RUN_STAMP := $(shell date +%Y%m%d-%H%M%S)
 RUN_OUT ?= results/quickstart-$(RUN_STAMP)
 RUN_BUDGET ?= 10min
 # the runtime the final network is exported for and verified on: the fastest here for gated
-# networks (benchmarks/runtimes.py, README "Runtimes")
+# networks (benchmarks/runtimes.py, docs/runtimes.md)
 RUN_RUNTIME ?= openvino
 
 # The report is written even when the target is missed (train exits 4); make exits with the worst

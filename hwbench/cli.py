@@ -582,7 +582,7 @@ def pick(profile_path, target_latency, percentile, runtime, as_json) -> None:
               type=click.Choice(["sampled", "deployed"]),
               help="The MACs the sparsity term pulls to t_d: those of the Gumbel-noised masks "
                    "the pass ran (the paper), or of the noise-free decisions the deployed "
-                   "network takes (short budgets: see README).")
+                   "network takes (short budgets: see docs/training.md).")
 @click.option("--budget-shape", default="two-sided", show_default=True,
               type=click.Choice(["two-sided", "one-sided"]),
               help="--budget latency: (pred/target - 1)^2, or only above the target.")
@@ -716,7 +716,7 @@ def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, t
     on 2 cores, not 500 epochs on 2 GPUs): 10 epochs (paper 500), batch 128 (512), warm-up of 1
     epoch from 0 per step (10 epochs from 0.003 per epoch: --schedule reference), lr 0.05 for
     short --time-budget runs (0.3 collapsed their features), seed 0 (5), --amp auto (fp16).
-    --recipe paper sets the paper's values (README: "The paper's recipe"); --dry-run shows
+    --recipe paper sets the paper's values (docs/training.md: "The paper's recipe"); --dry-run shows
     them with their sources.
     """
     from hwbench.measure.device import parse_device

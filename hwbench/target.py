@@ -137,7 +137,7 @@ def _seconds(goal, tp: TargetProfile, percentile: str) -> float:
     return goal.ms * 1e-3 if goal.ms is not None else resolve_target(goal.text, tp, percentile)
 
 
-DEFAULT_STEP = 16  # oneDNN's channel block on AVX-512 CPUs (README, Executing patterns)
+DEFAULT_STEP = 16  # oneDNN's channel block on AVX-512 CPUs (docs/engine.md)
 
 
 def auto_gate(gate: str, arch: str, dataset: str, targets: list[tuple[str | None, str]],
