@@ -96,9 +96,9 @@ GATE_BIAS = ("learned", "none")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
-# a preset, not yet measured here (docs/latency-targets.md, "Training what is deployed"): issue 23 saw, with the
-# paper's noise to the end, a short run's deployed network at half the MACs the training
-# estimate saw and a gated kNN below the randomly initialised network's
+# a preset, not yet measured here (docs/latency-targets.md, "Training what is deployed"):
+# issue 23 saw, with the paper's noise to the end, a short run's deployed network at half the
+# MACs the training estimate saw and a gated kNN below the randomly initialised network's
 GATE_NOISE_ANNEAL = 0.4
 FINETUNE_SHARE = 0.25  # --finetune-steps auto: a quarter of the training's steps (a preset)
 
@@ -192,10 +192,10 @@ class TrainConfig:
     compile: bool = False
 
 
-# --budget latency's own defaults, measured (docs/latency-targets.md, "Training against device latency"): with
-# the paper's lambda 5 a latency term moves too slowly for short runs (4 epochs: 7.7 -> 6.2 ms
-# predicted for a 2.97 ms target); lambda 50 reaches 4.35 ms in 3 epochs. The linear surrogate
-# was measured too and is not the default (docs/latency-targets.md).
+# --budget latency's own defaults, measured (docs/latency-targets.md, "Training against device
+# latency"): with the paper's lambda 5 a latency term moves too slowly for short runs (4 epochs:
+# 7.7 -> 6.2 ms predicted for a 2.97 ms target); lambda 50 reaches 4.35 ms in 3 epochs. The
+# linear surrogate was measured too and is not the default (docs/latency-targets.md).
 LATENCY_DEFAULTS = {"lam": 50.0, "surrogate": "sigmoid"}
 PAPER_DEFAULTS = {"lam": 5.0, "surrogate": "sigmoid"}
 
@@ -447,8 +447,9 @@ def _reference_lr(peak: float, start: float, epoch: int, warmup: int, epochs: in
 
 
 PAPER_LR = 0.3
-# measured on mnist5k (docs/training.md, "Co-training"): with lr 0.3 the features collapse within ~400
-# steps (kNN 58 % after 4 epochs); lr 0.05 improved the dense kNN by 4.1 points in 13 epochs
+# measured on mnist5k (docs/training.md, "Co-training"): with lr 0.3 the features collapse
+# within ~400 steps (kNN 58 % after 4 epochs); lr 0.05 improved the dense kNN by 4.1 points in
+# 13 epochs
 SHORT_RUN_LR, SHORT_RUN_STEPS = 0.05, 2000
 
 

@@ -17,9 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-import torch
-
 import numpy as np
+import torch
 
 from hwbench.measure.stats import Warn, drift, quantile_ci, summarise
 from hwbench.measure.timer import sample_interleaved
