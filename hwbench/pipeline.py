@@ -196,9 +196,7 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
         "tolerance": tolerance, "band": list(rule.band), "profile": str(tp.path),
         "device": tp.profile["fingerprint"]["name"], "calibration": calib_record,
         "inputs": inputs.record, "runtime": runtime_record(runtime, threads),
-        "protocol": f"deployed candidates, {_runner(runtime)}, dynamic mode, batch 1, "
-                    f"interleaved with dense, {percentile} to a {CANDIDATE_CI:.0%} CI or "
-                    f"{max_time_s:g} s per measurement", **res.to_dict()})
+        "protocol": _trim_protocol(runtime, percentile, max_time_s), **res.to_dict()})
     tuned = _finetune_trimmed(out, finetune_steps, device, runtime, say, knn)
     ev = tuned.pop("eval", None)
     say("measuring the trimmed network anew ...")
@@ -257,6 +255,13 @@ class _TrimJob:
     input_size: int
     tp: object
     dev: torch.device
+
+
+def _trim_protocol(runtime: str, percentile: str, max_time_s: float) -> str:
+    """How trim's candidates were measured, in words (trim.json)."""
+    return (f"deployed candidates, {_runner(runtime)}, dynamic mode, batch 1, interleaved with "
+            f"dense, {percentile} to a {CANDIDATE_CI:.0%} CI or {max_time_s:g} s per "
+            "measurement")
 
 
 def _trim_job(run_dir, target, device: str, profile_path: str | None, percentile: str,

@@ -173,6 +173,21 @@ def _uniform_pattern(cfg: ProfileConfig, frac: float, gated: bool) -> GatePatter
     return GatePattern(cfg.arch, cfg.stem, cfg.input_size, layers, tile=cfg.tile)
 
 
+def _percentile_ratios(sweep: list[dict]) -> dict:
+    """p90 / p50 and p99 / p50 of the sweep's measurements, each the median over its t_d: how
+    the predictor's p50 becomes a p90 or p99."""
+    return {q: float(np.median([m[f"{q}_ms"] / m["p50_ms"] for m in sweep]))
+            for q in ("p90", "p99")}
+
+
+def _sweep_point(t_d: float, pat: GatePattern, m: dict, dense: dict, pred: Predictor) -> dict:
+    """One t_d of the sweep: its prior pattern, measured (``m``) and predicted."""
+    return {"t_d": t_d, "macs_ratio": pattern_report(pat).ratio, "mode": "dynamic",
+            "pattern": pat.to_dict(), "measured": m, "valid": m["valid"],
+            "ratio_to_dense": m["p50_ms"] / dense["p50_ms"],
+            **{f"predicted_{q}_ms": pred.predict(pat, q) for q in ("p50", "p90", "p99")}}
+
+
 def table_protocol(cfg: ProfileConfig) -> Protocol:
     """How the latency table is measured: every grid network's whole pass to the median's
     ``ci_target``, at least ``table_rounds`` rounds, at most ``max_time_s``; two warm-up passes
@@ -293,10 +308,7 @@ class Profiler:
         res = self._measure(fns, "sweep")
         dense = res["dense"]
         profile["references"] = {"dense": res["dense"], "masked": res["masked"]}
-        ratios90 = [res[f"t_d={t:g}"]["p90_ms"] / res[f"t_d={t:g}"]["p50_ms"] for t in cfg.t_d]
-        ratios99 = [res[f"t_d={t:g}"]["p99_ms"] / res[f"t_d={t:g}"]["p50_ms"] for t in cfg.t_d]
-        profile["percentile_ratios"] = {"p90": float(np.median(ratios90)),
-                                        "p99": float(np.median(ratios99))}
+        profile["percentile_ratios"] = _percentile_ratios([res[f"t_d={t:g}"] for t in cfg.t_d])
         # 3. calibration + validation (+ 4. user patterns), measured together with dense
         self.progress("validation", 0.5)
         rng = random.Random(cfg.seed + 11)
@@ -317,16 +329,8 @@ class Profiler:
         res3 = self._measure_patterns(calib + val + user, pool, base, "validation")
         profile["calibration"] = self._calibration(profile, calib, res3, dense["p50_ms"])
         pred = Predictor(profile)
-        profile["sweep"] = []
-        for t, pat in zip(cfg.t_d, sweep_patterns):
-            m = res[f"t_d={t:g}"]
-            profile["sweep"].append({
-                "t_d": t, "macs_ratio": pattern_report(pat).ratio, "mode": "dynamic",
-                "pattern": pat.to_dict(), "measured": m, "valid": m["valid"],
-                "ratio_to_dense": m["p50_ms"] / dense["p50_ms"],
-                "predicted_p50_ms": pred.predict(pat, "p50"),
-                "predicted_p90_ms": pred.predict(pat, "p90"),
-                "predicted_p99_ms": pred.predict(pat, "p99")})
+        profile["sweep"] = [_sweep_point(t, pat, res[f"t_d={t:g}"], dense, pred)
+                            for t, pat in zip(cfg.t_d, sweep_patterns)]
         profile["validation"] = self._points(val, res3, pred, dense["p50_ms"])
         profile["patterns"] = self._points(user, res3, pred, dense["p50_ms"])["points"]
 

@@ -174,17 +174,7 @@ from hwbench.verdict import exit_help
 @click.option("--max-steps-per-epoch", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option("--n-synthetic", type=click.IntRange(min=8), default=512, hidden=True)
 @click.pass_context
-def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, time_budget,
-              batch_size, lr,
-              seed, device, out, resume, t_d, target_latency, budget, sparsity_on, budget_shape,
-              budget_combine,
-              target_device, percentile, eval_every, amp, energy, country, warmup_epochs,
-              bound_alpha, finetune_steps, gate_noise_anneal, gate_bias, gate_warmup,
-              gate_lr_mult,
-              max_steps_per_epoch, n_synthetic, trim, lam, gamma,
-              surrogate, gate, width_mult, baseline, views, knn, schedule, warmup_start_lr,
-              separate_downsample_bn, vicreg_gather, compile_step, recipe, dry_run,
-              runtime) -> None:
+def train_cmd(ctx, **o) -> None:
     """Co-train a dense encoder and its gated sub-network with VICReg (Krishna et al., 2023).
 
     With --target-latency, t_d is picked from the target device's profile and, when that device
@@ -200,68 +190,82 @@ def train_cmd(ctx, dataset, data_dir, download, workers, arch, method, epochs, t
     --recipe paper sets the paper's values (docs/training.md: "The paper's recipe"); --dry-run shows
     them with their sources.
     """
-    from hwbench.measure.device import parse_device
     from hwbench.pipeline import train_to_target
-    from hwbench.target import auto_gate, check_target_runtime, parse_device_targets
-    from hwbench.train import BUDGET_MAX_EPOCHS, TrainConfig, budget_defaults, validate
-    from hwbench.units import parse_wall_time
+    from hwbench.train import validate
 
-    if t_d is not None and target_latency:
-        raise UsageError("--t-d and --target-latency are mutually exclusive")
-    if target_device is not None and not target_latency:
-        raise UsageError("--target-device needs --target-latency")
-    if runtime != "eager" and not target_latency:
-        raise UsageError(f"--runtime {runtime} needs --target-latency (the latency to meet on it)")
-    if budget == "latency" and not target_latency:
-        raise UsageError("--budget latency needs --target-latency (the latency to train for)")
-    if baseline != "none" and not target_latency:
-        raise UsageError(f"--baseline {baseline} needs --target-latency (the latency it is "
-                         "landed on)")
-    parse_device(device)
-    budget_s = None if time_budget is None else parse_wall_time(time_budget, "--time-budget")
-    if epochs is None:
-        epochs = 10 if budget_s is None else BUDGET_MAX_EPOCHS
-    # bad values, duplicate devices: fail before anything runs
-    targets = parse_device_targets(list(target_latency), target_device)
-    check_target_runtime(targets, runtime, device)
-    gate = auto_gate(gate, arch, dataset, targets, device, say=click.echo, runtime=runtime)
-    cfg = TrainConfig(dataset=dataset, data_dir=data_dir, download=download, workers=workers,
-                      arch=arch,
-                      method=method, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                      device=device, out=out, resume=resume, eval_every=eval_every,
-                      t_d=0.5 if t_d is None else t_d, amp=amp, energy=energy, country=country,
-                      warmup_epochs=warmup_epochs, alpha=bound_alpha, gate_lr_mult=gate_lr_mult,
-                      finetune_steps=_finetune_steps(finetune_steps, bool(target_latency)),
-                      **({} if gate_noise_anneal is None
-                         else {"gate_noise_anneal": gate_noise_anneal}),
-                      gate_bias=gate_bias, gate_warmup=gate_warmup,
-                      max_steps_per_epoch=max_steps_per_epoch, n_synthetic=n_synthetic,
-                      budget=budget,
-                      sparsity_on=sparsity_on,
-                      budget_shape=budget_shape, budget_combine=budget_combine,
-                      **budget_defaults(budget, lam, surrogate), gamma=gamma,
-                      time_budget_s=budget_s, gate=gate, width_mult=width_mult, views=views,
-                      knn=knn, schedule=schedule, warmup_start_lr=warmup_start_lr,
-                      shared_downsample_bn=not separate_downsample_bn,
-                      vicreg_gather=vicreg_gather, compile=compile_step)
-    cfg, values, sources = apply_recipe(cfg, recipe, _given_fields(ctx))
-    validate(cfg, files=not dry_run)  # a dry run reads no data
-    if dry_run:
-        for line in format_recipe(values, sources, recipe, dataset):
+    targets, gate = _check_train_options(o)
+    cfg, values, sources = apply_recipe(_train_config(o, gate), o["recipe"], _given_fields(ctx))
+    validate(cfg, files=not o["dry_run"])  # a dry run reads no data
+    if o["dry_run"]:
+        for line in format_recipe(values, sources, o["recipe"], o["dataset"]):
             click.echo(line)
         return
-    if out:
+    if o["out"]:
         from hwbench.io import check_writable
 
-        check_writable(out, folder=True)  # before any profile, training or measuring
+        check_writable(o["out"], folder=True)  # before any profile, training or measuring
     with TrainProgress() as bar:
-        summary = train_to_target(cfg, percentile=percentile, say=bar.say,
-                                  progress=bar.update, targets=targets, trim=trim,
-                                  runtime=runtime,
-                                  baseline=None if baseline == "none" else baseline)
+        summary = train_to_target(cfg, percentile=o["percentile"], say=bar.say,
+                                  progress=bar.update, targets=targets, trim=o["trim"],
+                                  runtime=o["runtime"],
+                                  baseline=None if o["baseline"] == "none" else o["baseline"])
     if not summary:  # a torchrun process other than rank 0: rank 0 reports
         return
-    sys.exit(_print_train_summary(summary, country))
+    sys.exit(_print_train_summary(summary, o["country"]))
+
+
+def _check_train_options(o: dict) -> tuple[list, str]:
+    """One-line errors for options that do not go together, bad devices and targets, before
+    anything runs; the parsed device targets and the gate kind (``auto_gate``)."""
+    from hwbench.measure.device import parse_device
+    from hwbench.target import auto_gate, check_target_runtime, parse_device_targets
+
+    target = bool(o["target_latency"])
+    if o["t_d"] is not None and target:
+        raise UsageError("--t-d and --target-latency are mutually exclusive")
+    needs = [("--target-device", o["target_device"] is not None, ""),
+             (f"--runtime {o['runtime']}", o["runtime"] != "eager", " (the latency to meet on it)"),
+             ("--budget latency", o["budget"] == "latency", " (the latency to train for)"),
+             (f"--baseline {o['baseline']}", o["baseline"] != "none",
+              " (the latency it is landed on)")]
+    for name, given, why in needs:
+        if given and not target:
+            raise UsageError(f"{name} needs --target-latency{why}")
+    parse_device(o["device"])
+    targets = parse_device_targets(list(o["target_latency"]), o["target_device"])
+    check_target_runtime(targets, o["runtime"], o["device"])
+    gate = auto_gate(o["gate"], o["arch"], o["dataset"], targets, o["device"], say=click.echo,
+                     runtime=o["runtime"])
+    return targets, gate
+
+
+# options passed to TrainConfig under their own name
+_AS_IS = ("dataset", "data_dir", "download", "workers", "arch", "method", "batch_size", "lr",
+          "seed", "device", "out", "resume", "eval_every", "amp", "energy", "country",
+          "warmup_epochs", "gate_lr_mult", "gate_bias", "gate_warmup", "max_steps_per_epoch",
+          "n_synthetic", "budget", "sparsity_on", "budget_shape", "budget_combine", "gamma",
+          "width_mult", "views", "knn", "schedule", "warmup_start_lr", "vicreg_gather")
+
+
+def _train_config(o: dict, gate: str):
+    """The TrainConfig the options describe (before the recipe)."""
+    from hwbench.train import BUDGET_MAX_EPOCHS, TrainConfig, budget_defaults
+    from hwbench.units import parse_wall_time
+
+    budget_s = None if o["time_budget"] is None else parse_wall_time(o["time_budget"],
+                                                                     "--time-budget")
+    epochs = o["epochs"] if o["epochs"] is not None else \
+        (10 if budget_s is None else BUDGET_MAX_EPOCHS)
+    anneal = o["gate_noise_anneal"]
+    return TrainConfig(**{k: o[k] for k in _AS_IS}, epochs=epochs,
+                       t_d=0.5 if o["t_d"] is None else o["t_d"], alpha=o["bound_alpha"],
+                       finetune_steps=_finetune_steps(o["finetune_steps"],
+                                                      bool(o["target_latency"])),
+                       **({} if anneal is None else {"gate_noise_anneal": anneal}),
+                       **budget_defaults(o["budget"], o["lam"], o["surrogate"]),
+                       time_budget_s=budget_s, gate=gate,
+                       shared_downsample_bn=not o["separate_downsample_bn"],
+                       compile=o["compile_step"])
 
 
 def _finetune_steps(text: str, target: bool) -> int | None:
