@@ -127,6 +127,10 @@ def onnx_bytes(module: nn.Module, example: torch.Tensor, outputs: int = 1) -> by
     return buf.getvalue()
 
 
+# compiled graphs a forked child inherited from its parent: kept alive, never freed there
+_INHERITED: list = []
+
+
 class Session:
     """One compiled graph on a runtime: ``session(array) -> list of arrays`` (fresh copies)."""
 
@@ -143,9 +147,10 @@ class Session:
             # idle intra-op threads sleep: sessions timed interleaved must not spin on the cores
             # the session being timed needs (no effect at 1 thread: no pool)
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-            name = self.sess.get_inputs()[0].name
-            self.run = lambda x: self.sess.run(None, {name: x})
+            self.sess = sess = ort.InferenceSession(model, opts,
+                                                    providers=["CPUExecutionProvider"])
+            name = sess.get_inputs()[0].name
+            self.run = lambda x: sess.run(None, {name: x})  # no cycle through self
         elif runtime == "openvino":
             import openvino as ov
 
@@ -159,26 +164,34 @@ class Session:
                 self.compiled = core.compile_model(core.read_model(path), "CPU", {
                     "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                     "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1})
-                self.req = self.compiled.create_infer_request()
+                self.req = req = self.compiled.create_infer_request()
             n = len(self.compiled.outputs)
 
-            def run(x):
-                self.req.infer({0: x})
-                return [self.req.get_output_tensor(i).data.copy() for i in range(n)]
+            def run(x):  # reads req, not self: no reference cycle, freed when dropped
+                req.infer({0: x})
+                return [req.get_output_tensor(i).data.copy() for i in range(n)]
 
             self.run = run
         else:
             raise UsageError(f"unknown runtime {runtime!r}")
+        self.pid = os.getpid()
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         return self.run(x)
 
     def close(self) -> None:
         """Free the compiled graph now (an OpenVINO one with this thread's signal stack kept;
-        also done when the session is collected)."""
+        also done when the session is collected). In a forked child (a DataLoader worker) the
+        graph is kept, never freed: its runtime's threads live in the parent only, and freeing
+        it here waits for them forever (seen: a worker hung in OpenVINO's executor destructor
+        when the garbage collector met a session inherited from the parent)."""
+        held = [self.__dict__.pop(name) for name in ("run", "req", "compiled", "sess")
+                if name in self.__dict__]
+        if getattr(self, "pid", os.getpid()) != os.getpid():
+            _INHERITED.extend(held)
+            return
         with keep_signal_stack():
-            for name in ("run", "req", "compiled", "sess"):
-                self.__dict__.pop(name, None)
+            held.clear()
 
     def __del__(self):
         try:
