@@ -19,6 +19,20 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
 
 
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory):
+    """One tiny co-trained run (synthetic data, 64 images, two steps), trained once per session
+    for the tests that read its checkpoint and saved pattern and write nothing into it:
+    ``(RUN, MODELS/run.json, RUN/checkpoint.pt)``."""
+    from hwbench.train import TrainConfig, train
+
+    d = tmp_path_factory.mktemp("tiny_trained")
+    train(TrainConfig(dataset="synthetic", n_synthetic=64, batch_size=16, epochs=1,
+                      proj_dims=(32, 32, 16), max_steps_per_epoch=2, energy=False,
+                      eval_initial=False, out=str(d / "run"), models_dir=str(d / "models")))
+    return d / "run", d / "models" / "run.json", d / "run" / "checkpoint.pt"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -15,15 +15,8 @@ from tests.conftest import random_gate_heads
 
 
 @pytest.fixture(scope="module")
-def trained_net(tmp_path_factory):
-    from hwbench.train import TrainConfig, train
-
-    d = tmp_path_factory.mktemp("deploy")
-    cfg = TrainConfig(dataset="synthetic", n_synthetic=64, batch_size=16, epochs=1,
-                      proj_dims=(32, 32, 16), max_steps_per_epoch=2, energy=False,
-                      eval_initial=False, out=str(d / "run"), models_dir=str(d / "models"))
-    train(cfg)
-    net, _, _ = load_run(d / "run" / "checkpoint.pt")
+def trained_net(tiny_trained):
+    net, _, _ = load_run(tiny_trained[2])
     return net
 
 

@@ -7,18 +7,13 @@ import torch
 
 from hwbench.io import atomic_write_json
 from hwbench.patterns import mixed_pattern
-from hwbench.train import TrainConfig, train
 from tests.conftest import one_line_error, run_cli
 from tests.test_locate import local_profile
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    d = tmp_path_factory.mktemp("run")
-    train(TrainConfig(dataset="synthetic", n_synthetic=32, batch_size=16, epochs=1,
-                      proj_dims=(32, 32, 16), max_steps_per_epoch=1, out=str(d / "run"),
-                      energy=False, models_dir=str(d / "models")))
-    return d / "models" / "run.json", d / "run" / "checkpoint.pt"
+def trained(tiny_trained):
+    return tiny_trained[1], tiny_trained[2]
 
 
 def fake_measurement(gated_p90, dense_p90, n=400, spread=0.002, quantile=0.9):
@@ -115,8 +110,8 @@ def test_verify_a_checkpoint_on_real_test_images(trained, tmp_path):
     r = run_cli("verify", "--pattern", pattern, "--checkpoint", ckpt, "--target-latency", "10s",
                 "--profile", prof, "--max-time", "0.5", "--json")
     d = json.loads(r.output)
-    assert d["inputs"]["source"] == "synthetic:test" and d["inputs"]["n"] == 32
-    assert sum(d["inputs"]["class_counts"].values()) == 32
+    assert d["inputs"]["source"] == "synthetic:test" and d["inputs"]["n"] == 64
+    assert sum(d["inputs"]["class_counts"].values()) == 64
     assert d["predicted"]["p90_ms"] > 0 and d["measured"]["quantile"] == 0.9
     assert len(d["measured"]["samples_ms"]) == d["measured"]["n"] >= 64
     # exit code follows the verdict: a network measured in ms is far under a 10 s target
