@@ -195,7 +195,7 @@ def test_verify_on_a_runtime_times_its_graphs_and_records_it(tmp_path, monkeypat
             built.append(mode)
             super().__init__(net, mode, *a, **kw)
 
-    monkeypatch.setattr(runtimes, "RuntimeNet", Spy)
+    monkeypatch.setattr(runtimes.net, "RuntimeNet", Spy)  # what runnable builds
     pattern = mixed_pattern("resnet18", "cifar", 16, 0.4, seed=1).save(tmp_path / "p.json")
     with torch_threads(1):
         r = run_cli("verify", "--pattern", pattern, "--target-latency", "10s", "--max-time",

@@ -1,41 +1,10 @@
-"""Inference runtimes: a network of one mode run by ONNX Runtime or OpenVINO instead of the engine.
-
-People deploy on a runtime, not on eager PyTorch, so a latency target is met on a (device,
-runtime) pair (nn-Meter, HW-NAS-Bench). ``runnable`` is the one way hwbench builds something to
-time: the compact engine (``runtime="eager"``, run as ``execution``: ``hwbench.engine.graphs``)
-or a ``RuntimeNet``: the mode's ``deployable`` module exported to ONNX (in memory, fixed input
-shape, opset 17) and compiled by the runtime on the CPU, with its intra-op threads pinned to the
-run's thread count (``runtime_record`` says what ran; profiles and results carry it).
-
-What each mode is on a runtime (the same functions as the engine's, fp32):
-
-- ``dense``: the dense stream; ``static``: always-off channels removed, dynamic ones masked by
-  their gate (one graph); ``masked``: every conv at full width, every channel multiplied by its
-  gate's decision (the baseline a zero-masking deployment runs);
-- ``dynamic``: a graph cannot skip a channel per input, so channel gates run the static graph
-  (``plan`` says ``static``). Width gates at batch 1 have two implementations: the single graph
-  with the nested masks (``static``: every kept channel computed), or **one graph per width
-  bucket** (``width``): the network is cut at each width block, one graph for the stem up to the
-  first width block's gate, then one graph per (width block, width) that runs the block at that
-  width and everything up to the next width block's gate; between graphs the host reads the
-  width (one small output) and picks the next graph. Only that skips work. ``auto`` times both on
-  the tuning inputs and keeps the faster (the issue's "whichever the runtime runs faster:
-  measure"); a width not seen before is compiled on first use (``late_compiles``).
-
-``segment_times`` times a network piece by piece (stem, each block, head: each its own compiled
-graph, run on the previous piece's output), as the engine's does: the profile's latency table.
-
-Runtimes are extras (``pip install 'hwbench[onnx]'``, ``'hwbench[openvino]'``); asking for one
-that is missing is a one-line error naming the extra, before any work.
+"""A network of one mode compiled by a graph runtime (``RuntimeNet``), and ``runnable``: the one
+way hwbench builds something to time (the package docstring says what each mode is on a runtime).
 """
 
 from __future__ import annotations
 
-import io
-import os
-import tempfile
 import time
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -44,168 +13,14 @@ from torch import nn
 
 from hwbench.engine.deployable import Deployable, DeployBlock, deployable
 from hwbench.engine.fold import fold_bn
-from hwbench.engine.sigstack import keep_signal_stack
+from hwbench.engine.graphs import EXECUTIONS
+from hwbench.engine.runtimes.registry import DEFAULT, get
+from hwbench.engine.runtimes.session import Session, compile_module
 from hwbench.errors import UsageError
 from hwbench.nets.resnet import GatedResNet
 from hwbench.patterns import GatePattern, LayerPattern
 
-RUNTIMES = ("eager", "onnxruntime", "openvino")
-# runtime -> (extra, modules it needs)
-EXTRAS = {"onnxruntime": ("onnx", ("onnx", "onnxruntime")),
-          "openvino": ("openvino", ("onnx", "openvino"))}
-OPSET = 17
 POLICIES = ("auto", "static", "width")
-
-
-def require_extra(what: str, extra: str, *modules: str) -> None:
-    """A one-line UsageError naming the extra to install when one of ``modules`` cannot be
-    imported (``what`` needs it)."""
-    import importlib
-
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            raise UsageError(f"{what} needs {name}, which is not installed: "
-                             f"pip install 'hwbench[{extra}]'") from None
-
-
-def check_runtime(runtime: str, device: torch.device | str = "cpu", execution: str = "eager",
-                  dtype: str = "fp32") -> str:
-    """A one-line UsageError for an unknown runtime, a runtime off the CPU, a runtime with an
-    engine execution other than eager, a dtype other than fp32, or a missing extra."""
-    if runtime not in RUNTIMES:
-        raise UsageError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
-    if runtime == "eager":
-        return runtime
-    if torch.device(device).type != "cpu":
-        raise UsageError(f"--runtime {runtime} runs on the CPU here (GPU runtimes such as "
-                         "TensorRT are not built); use --device cpu")
-    if execution != "eager":
-        raise UsageError(f"--exec {execution} is how the engine runs; --runtime {runtime} runs "
-                         "the exported graph (use --exec eager)")
-    if dtype != "fp32":
-        raise UsageError(f"--runtime {runtime} is measured in fp32 only, got {dtype}")
-    extra, modules = EXTRAS[runtime]
-    require_extra(f"--runtime {runtime}", extra, *modules)
-    return runtime
-
-
-def runtime_record(runtime: str, threads: int | None = None) -> dict:
-    """What runs the network, for fingerprints: runtime, version, provider/device, threads."""
-    n = threads or torch.get_num_threads()
-    if runtime == "eager":
-        return {"runtime": "eager", "runtime_version": torch.__version__}
-    if runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        return {"runtime": runtime, "runtime_version": ort.__version__,
-                "provider": "CPUExecutionProvider", "runtime_threads": n,
-                "settings": {"intra_op_num_threads": n, "inter_op_num_threads": 1,
-                             "execution_mode": "sequential", "graph_optimization": "all",
-                             "intra_op_allow_spinning": 0}}
-    import openvino as ov
-
-    return {"runtime": runtime, "runtime_version": ov.__version__, "provider": "CPU",
-            "runtime_threads": n,
-            "settings": {"INFERENCE_NUM_THREADS": n, "PERFORMANCE_HINT": "LATENCY",
-                         "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1}}
-
-
-# --------------------------------------------------------------------------- compiled graphs
-
-
-def onnx_bytes(module: nn.Module, example: torch.Tensor, outputs: int = 1) -> bytes:
-    """``module`` exported to ONNX for inputs of ``example``'s shape (fixed: runtimes plan for
-    it), opset 17, TorchScript-based exporter (``dynamo=False``: the dynamo one needs
-    onnxscript). Inputs ``x``, outputs ``y0``..``y{outputs-1}``."""
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TorchScript deprecation notices
-        torch.onnx.export(module.eval(), (example,), buf, opset_version=OPSET, dynamo=False,
-                          input_names=["x"], output_names=[f"y{i}" for i in range(outputs)])
-    return buf.getvalue()
-
-
-# compiled graphs a forked child inherited from its parent: kept alive, never freed there
-_INHERITED: list = []
-
-
-class Session:
-    """One compiled graph on a runtime: ``session(array) -> list of arrays`` (fresh copies)."""
-
-    def __init__(self, model: bytes, runtime: str, threads: int):
-        self.runtime = runtime
-        if runtime == "onnxruntime":
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.log_severity_level = 3
-            # idle intra-op threads sleep: sessions timed interleaved must not spin on the cores
-            # the session being timed needs (no effect at 1 thread: no pool)
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.sess = sess = ort.InferenceSession(model, opts,
-                                                    providers=["CPUExecutionProvider"])
-            name = sess.get_inputs()[0].name
-            self.run = lambda x: sess.run(None, {name: x})  # no cycle through self
-        elif runtime == "openvino":
-            import openvino as ov
-
-            # the plugin moves this thread's signal stack when it compiles and frees models:
-            # keep ours (engine.sigstack says why a process died of SIGSEGV without it)
-            with tempfile.TemporaryDirectory() as tmp, keep_signal_stack():
-                path = os.path.join(tmp, "m.onnx")  # OpenVINO reads ONNX from a file
-                with open(path, "wb") as fh:
-                    fh.write(model)
-                core = ov.Core()
-                self.compiled = core.compile_model(core.read_model(path), "CPU", {
-                    "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                    "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1})
-                self.req = req = self.compiled.create_infer_request()
-            n = len(self.compiled.outputs)
-
-            def run(x):  # reads req, not self: no reference cycle, freed when dropped
-                req.infer({0: x})
-                return [req.get_output_tensor(i).data.copy() for i in range(n)]
-
-            self.run = run
-        else:
-            raise UsageError(f"unknown runtime {runtime!r}")
-        self.pid = os.getpid()
-
-    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
-        return self.run(x)
-
-    def close(self) -> None:
-        """Free the compiled graph now (an OpenVINO one with this thread's signal stack kept;
-        also done when the session is collected). In a forked child (a DataLoader worker) the
-        graph is kept, never freed: its runtime's threads live in the parent only, and freeing
-        it here waits for them forever (seen: a worker hung in OpenVINO's executor destructor
-        when the garbage collector met a session inherited from the parent)."""
-        held = [self.__dict__.pop(name) for name in ("run", "req", "compiled", "sess")
-                if name in self.__dict__]
-        if getattr(self, "pid", os.getpid()) != os.getpid():
-            _INHERITED.extend(held)
-            return
-        with keep_signal_stack():
-            held.clear()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
-
-
-def compile_module(module: nn.Module, example: torch.Tensor, runtime: str, threads: int,
-                   outputs: int = 1) -> Session:
-    return Session(onnx_bytes(module, example, outputs), runtime, threads)
-
-
-# --------------------------------------------------------------------------- pieces
 
 
 class _Stem(nn.Module):
@@ -308,7 +123,7 @@ class RuntimeNet:
         if mode in ("static", "dynamic") and pattern is None:
             raise UsageError(f"mode {mode!r} needs a gate pattern")
         self.module = deployable(net, self.pattern)
-        self.tile, self.backend, self.execution, self.engine = 1, runtime, "eager", self
+        self.tile, self.backend, self.execution, self.engine = 1, runtime, EXECUTIONS[0], self
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.batch_strategy = "one graph over the batch (dynamic channels masked)"
         self.kept = None if pattern is None or mode in ("dense", "masked") else \
@@ -439,14 +254,14 @@ class RuntimeNet:
 
 
 def runnable(net: GatedResNet, mode: str, pattern: GatePattern | None = None, *,
-             runtime: str = "eager", execution: str = "eager",
+             runtime: str = DEFAULT, execution: str = EXECUTIONS[0],
              example: torch.Tensor, threads: int | None = None,
              dynamic_policy: str = "auto", tune_inputs=None, **engine_kw) -> Callable:
-    """What hwbench times: the compact engine run as ``execution`` (``runtime="eager"``;
+    """What hwbench times: the compact engine run as ``execution`` (the default runtime;
     ``engine_kw`` to ``build_engine``: device, dtype, batch_size, backend, tile) or the mode
     compiled by ``runtime`` (``RuntimeNet``; ``dynamic_policy``: auto, static or width)."""
-    if runtime == "eager":
-        from hwbench.engine import build_engine
+    if not get(runtime).graph:
+        from hwbench.engine import build_engine  # engine.graphs imports compact: not at load
         from hwbench.engine.graphs import executable
 
         engine = build_engine(net, mode, pattern, dynamic_policy=dynamic_policy,
