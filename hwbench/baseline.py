@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME
 from hwbench.nets import create_net, width_mult_widths
 from hwbench.profiles import Predictor, Unattainable, envelope
 from hwbench.units import LatencyTarget
@@ -82,7 +83,7 @@ def _thin_net(arch: str, stem: str, widths) -> torch.nn.Module:
 
 
 def time_thin(net, full, inputs, dev: torch.device, goal: LatencyTarget, max_time_s: float,
-              runtime: str = "eager", threads: int | None = None, min_runs: int = 64,
+              runtime: str = DEFAULT_RUNTIME, threads: int | None = None, min_runs: int = 64,
               ci_target: float = 0.02):
     """``net`` (a thin network) and ``full`` (the dense network), dense mode, built for
     ``runtime``, timed interleaved on ``inputs`` by the verify protocol; the measurement keys
@@ -101,7 +102,7 @@ def time_thin(net, full, inputs, dev: torch.device, goal: LatencyTarget, max_tim
 
 
 def land_prior(pick: ThinPick, profile: dict, goal: LatencyTarget, dev: torch.device,
-               runtime: str = "eager", max_time_s: float = 4.0,
+               runtime: str = DEFAULT_RUNTIME, max_time_s: float = 4.0,
                say: Callable[[str], None] = lambda s: None) -> tuple[ThinPick, list[dict]]:
     """``land`` over the thin candidates, from ``pick``: the pick it lands on and every probe."""
     cands = thin_candidates(Predictor(profile).arch)
@@ -113,7 +114,7 @@ def land_prior(pick: ThinPick, profile: dict, goal: LatencyTarget, dev: torch.de
 
 
 def land(cands: list[tuple[float, tuple[int, ...]]], start: int, target_ms: float,
-         profile: dict, goal: LatencyTarget, dev: torch.device, runtime: str = "eager",
+         profile: dict, goal: LatencyTarget, dev: torch.device, runtime: str = DEFAULT_RUNTIME,
          max_time_s: float = 4.0, say: Callable[[str], None] = lambda s: None,
          what: str = "widths") -> tuple[int, list[dict]]:
     """Check the table's choice among static networks ``cands`` ((key, per-block widths)) on
@@ -159,8 +160,9 @@ def _next_probe(table: list[float], factor: float) -> int:
     return min(scaled)[1] if scaled else min(range(len(table)), key=table.__getitem__)
 
 
-def measure_trained(run: Path, goal: LatencyTarget, dev: torch.device, runtime: str = "eager",
-                    max_time_s: float = 10.0, threads: int | None = None) -> dict:
+def measure_trained(run: Path, goal: LatencyTarget, dev: torch.device,
+                    runtime: str = DEFAULT_RUNTIME, max_time_s: float = 10.0,
+                    threads: int | None = None) -> dict:
     """The trained thin network of ``run`` against the dense network, on real test images of
     its data set (the verify protocol), decided in the band: a verify-like record."""
     from hwbench.data import info
@@ -178,7 +180,7 @@ def measure_trained(run: Path, goal: LatencyTarget, dev: torch.device, runtime: 
             "macs_ratio": macs, "runtime": runtime}
 
 
-def thin_baseline(cfg, goal: LatencyTarget, tp, runtime: str = "eager",
+def thin_baseline(cfg, goal: LatencyTarget, tp, runtime: str = DEFAULT_RUNTIME,
                   verify_max_time_s: float = 10.0,
                   say: Callable[[str], None] = lambda s: None) -> dict:
     """Train and land the thin baseline of the run ``cfg`` (its data set, seed and time budget

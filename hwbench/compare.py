@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME
 from hwbench.errors import UsageError
 from hwbench.io import atomic_write_json
 from hwbench.units import LatencyTarget
@@ -52,7 +53,7 @@ class CompareConfig:
     epochs: int | None = None
     seed: int = 0
     device: str = "cpu"
-    runtime: str = "eager"
+    runtime: str = DEFAULT_RUNTIME
     percentile: str = "p90"
     out: str = "results/compare_mnist5k_cpu.json"
     work_dir: str | None = None  # the training runs; None: next to ``out`` (``<out>_runs``)

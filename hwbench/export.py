@@ -34,7 +34,7 @@ from hwbench.engine.deployable import (  # noqa: F401  (re-exported: export's pu
     check_pattern,
     deployable,
 )
-from hwbench.engine.runtimes import require_extra
+from hwbench.engine.runtimes import CHECKER, RUNTIMES, is_graph, require_extra
 from hwbench.errors import HwbenchError, UsageError
 from hwbench.nets.resnet import GatedResNet
 from hwbench.patterns import GatePattern
@@ -181,7 +181,7 @@ def write_torchscript(module: nn.Module, path: Path, input_size: int) -> dict:
 WRITERS = {"onnx": write_onnx, "torchscript": write_torchscript}
 
 
-def load_runner(path: Path, fmt: str, runtime: str = "onnxruntime"):
+def load_runner(path: Path, fmt: str, runtime: str = CHECKER):
     """(callable (B, 3, S, S) float tensor -> (B, F) tensor, runtime record) of an exported
     file: ONNX on ``runtime`` (ONNX Runtime's CPU provider or OpenVINO's CPU device, 1 thread,
     fp32: ``hwbench.engine.runtimes.Session``), or TorchScript through ``torch.jit.load``."""
@@ -305,11 +305,12 @@ def _check_on(fmt: str, check_on: tuple[str, ...] | None) -> tuple[str, ...]:
                              "torch.jit.load")
         return ("torch.jit",)
     require_extra("--format onnx", "onnx", "onnx")
-    runtimes = tuple(dict.fromkeys(check_on or ("onnxruntime",)))
+    runtimes = tuple(dict.fromkeys(check_on or (CHECKER,)))
     for rt in runtimes:
-        if rt == "eager":
-            raise UsageError("--check-on eager: the exported file is checked on a runtime that "
-                             "loads it (onnxruntime, openvino)")
+        if not is_graph(rt):
+            graphs = ", ".join(n for n in RUNTIMES if is_graph(n))
+            raise UsageError(f"--check-on {rt}: the exported file is checked on a runtime that "
+                             f"loads it ({graphs})")
         check_runtime(rt)
     return runtimes
 

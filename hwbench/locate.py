@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from hwbench.engine.graphs import DEFAULT_EXECUTION
+from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, is_graph
 from hwbench.errors import HwbenchError, UsageError
 from hwbench.io import atomic_write_json
 from hwbench.measure.device import fingerprint, parse_device
@@ -48,18 +50,18 @@ class Conditions:
     # them, and torchrun starts each process with 1 thread)
     dtype: str  # fp32, bf16 or fp16
     batch_size: int  # images per inference
-    execution: str = "eager"  # how the engine runs: hwbench.engine.graphs.EXECUTIONS
-    runtime: str = "eager"  # what runs the network: hwbench.engine.runtimes.RUNTIMES
+    execution: str = DEFAULT_EXECUTION  # how the engine runs: hwbench.engine.graphs.EXECUTIONS
+    runtime: str = DEFAULT_RUNTIME  # what runs the network: hwbench.engine.runtimes.RUNTIMES
     runtime_version: str | None = None  # the runtime's version (None: eager, not compared)
 
     @classmethod
     def now(cls, arch: str, stem: str, input_size: int, dtype: str = "fp32",
-            batch_size: int = 1, execution: str = "eager", runtime: str = "eager"
+            batch_size: int = 1, execution: str = DEFAULT_EXECUTION, runtime: str = DEFAULT_RUNTIME
             ) -> Conditions:
         """These conditions at this process's current thread count (and the installed version
         of ``runtime``)."""
         version = None
-        if runtime != "eager":
+        if is_graph(runtime):
             from hwbench.engine.runtimes import check_runtime, runtime_record
 
             check_runtime(runtime)
@@ -68,7 +70,7 @@ class Conditions:
                    execution, runtime, version)
 
     def describe(self) -> str:
-        on = "" if self.runtime == "eager" else f" / {self.runtime} {self.runtime_version}"
+        on = "" if not is_graph(self.runtime) else f" / {self.runtime} {self.runtime_version}"
         return (f"{self.arch} / {self.stem} / {self.input_size}px / batch {self.batch_size} / "
                 f"{self.dtype} / {self.threads} threads{on}")
 
@@ -109,9 +111,9 @@ def mismatch(fp: dict, device: dict, cond: Conditions) -> str | None:
               ("input size", _int(fp.get("input_size")), cond.input_size),
               ("batch size", _int(fp.get("batch_size")), cond.batch_size),
               ("dtype", fp.get("dtype"), cond.dtype),
-              ("execution", fp.get("execution", "eager"), cond.execution),
-              ("runtime", fp.get("runtime", "eager"), cond.runtime)]
-    if cond.runtime != "eager":
+              ("execution", fp.get("execution", DEFAULT_EXECUTION), cond.execution),
+              ("runtime", fp.get("runtime", DEFAULT_RUNTIME), cond.runtime)]
+    if is_graph(cond.runtime):
         fields.append(("runtime version", fp.get("runtime_version"), cond.runtime_version))
     if fp.get("type") == "cpu":
         fields.append(("threads", _int(fp.get("threads")), cond.threads))
@@ -236,7 +238,7 @@ def resolve_profile(target: str, arch: str, stem: str, input_size: int,
                     say: Callable[[str], None] = lambda s: None,
                     profile_fn: Callable[[str, Conditions], dict] | None = None,
                     dtype: str = "fp32", batch_size: int = 1,
-                    runtime: str = "eager") -> TargetProfile:
+                    runtime: str = DEFAULT_RUNTIME) -> TargetProfile:
     """The profile for ``target`` (``cpu``/``cuda[:N]`` or a ``.json`` file), checked against the
     network that will be trained. ``quick``: profile this machine now when nothing matches.
     ``dtype``, ``batch_size`` and ``runtime``: the conditions the network is deployed and
@@ -283,7 +285,7 @@ def _untrusted_short(profile: dict) -> str:
 def check_profile_runtime(profile: dict, runtime: str, where: str) -> None:
     """A one-line UsageError when ``profile`` was measured on another runtime than
     ``runtime``: its latencies are another program's."""
-    got = profile["fingerprint"].get("runtime", "eager")
+    got = profile["fingerprint"].get("runtime", DEFAULT_RUNTIME)
     if got != runtime:
         raise UsageError(f"{where} was measured on runtime {got}, not {runtime}: profile "
                          f"with --runtime {runtime}, or pass --runtime {got}")
@@ -303,7 +305,7 @@ def quick_profile(device: str, cond: Conditions) -> dict:
 
 def measuring_profile(dev: torch.device, arch: str, stem: str, input_size: int,
                       profile_path: str | None = None, allow_foreign: bool = False,
-                      folder: str | Path = "profiles", runtime: str = "eager"
+                      folder: str | Path = "profiles", runtime: str = DEFAULT_RUNTIME
                       ) -> tuple[dict | None, str | None]:
     """The profile a measurement on ``dev`` (fp32, batch 1, ``runtime``) is compared with, and
     its path: the file ``profile_path``, refused when it describes another device unless

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, is_graph
+from hwbench.engine.runtimes.registry import get as get_runtime
 from hwbench.errors import UsageError
 from hwbench.final import final_record, write_final
 from hwbench.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, check_writable
@@ -83,7 +85,7 @@ def evaluate_deployed(checkpoint: str | Path, pattern_path: str | Path, device: 
 
 def verify_local(summary: dict, resolved: list, say: Callable[[str], None],
                  verify_max_time_s: float, evaluate: bool = True,
-                 runtime: str = "eager") -> list[dict]:
+                 runtime: str = DEFAULT_RUNTIME) -> list[dict]:
     """Deploy the trained run once and verify it on every target device that is this machine
     (``verify.json``, then ``verify-<device>.json``), run by ``runtime``; others get the command
     to run there. ``evaluate``: the deployed network's kNN top-1 (``deployed/eval.json``;
@@ -91,7 +93,7 @@ def verify_local(summary: dict, resolved: list, say: Callable[[str], None],
     from hwbench.verify import run_verify
 
     results, deployed = [], None
-    on = "" if runtime == "eager" else f" --runtime {runtime}"
+    on = get_runtime(runtime).flag
     for tp, target, where in resolved:
         if not tp.local:
             say(f"target device {tp.profile['fingerprint']['name']} is not this machine: run "
@@ -104,7 +106,7 @@ def verify_local(summary: dict, resolved: list, say: Callable[[str], None],
             deployed = deploy_run(summary["dir"], device)
             summary["deployed"] = deployed
         say(f"verifying the deployed network on {tp.profile['fingerprint']['name']}"
-            + ("" if runtime == "eager" else f" ({runtime})") + " (real "
+            + ("" if not is_graph(runtime) else f" ({runtime})") + " (real "
             f"{deployed['calibration']['source'].split(':')[0]} test images) ...")
         res = run_verify(deployed["pattern"], target, device, deployed["checkpoint"],
                          target.percentile, str(tp.path), verify_max_time_s, runtime=runtime)
@@ -118,7 +120,7 @@ def verify_local(summary: dict, resolved: list, say: Callable[[str], None],
             say("  " + res["profile_stale"]["note"])
         if evaluate and "eval" not in deployed:
             say("kNN top-1 of the deployed network (gated: the compact engine" +
-                (" that was timed" if runtime == "eager" else f"; the {runtime} graph was timed")
+                (" that was timed" if not is_graph(runtime) else f"; the {runtime} graph was timed")
                 + ") ...")
             deployed["eval"] = {k: v for k, v in evaluate_deployed(
                 deployed["checkpoint"], deployed["pattern"], device,
@@ -159,7 +161,7 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
              verify_max_time_s: float = 20.0,
              calib_samples: int = CALIB_IMAGES, out: str | Path | None = None, knn: bool = True,
              min_runs: int = 64, max_measurements: int = SearchRule.max_measurements,
-             say: Callable[[str], None] = lambda s: None, runtime: str = "eager",
+             say: Callable[[str], None] = lambda s: None, runtime: str = DEFAULT_RUNTIME,
              finetune_steps: int = 0) -> dict:
     """Trim a training run's network to ``target`` on ``device`` (this machine), measured as
     ``runtime`` runs it (with that runtime's profile): channels off, or always-off ones back on,
@@ -181,7 +183,7 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
     calib, calib_record = sample_images(cfg["dataset"], True, calib_samples, **_data_kw(cfg))
     inputs = timing_inputs(cfg, job.input_size)
     say(f"trimming {run} to {goal.text} ({percentile}) on {tp.profile['fingerprint']['name']}"
-        + ("" if runtime == "eager" else f" ({runtime})") + f", profile {tp.path}")
+        + ("" if not is_graph(runtime) else f" ({runtime})") + f", profile {tp.path}")
     rule = SearchRule(tolerance=tolerance, max_measurements=max_measurements)
     with torch_threads(profile_threads(tp.profile)):  # the profile's conditions
         threads = torch.get_num_threads()
@@ -297,7 +299,7 @@ def _trim_job(run_dir, target, device: str, profile_path: str | None, percentile
 def _trimmed_knn(out: Path, device: str, runtime: str, say) -> dict:
     """kNN top-1 of the trimmed network in ``out`` (``eval.json``)."""
     say("kNN top-1 of the trimmed network (gated: the compact engine" +
-        (" that was timed" if runtime == "eager" else f"; the {runtime} graph was timed")
+        (" that was timed" if not is_graph(runtime) else f"; the {runtime} graph was timed")
         + ") ...")
     return evaluate_deployed(out / "checkpoint.pt", out / "pattern.json", device,
                              out / "eval.json")
@@ -376,7 +378,7 @@ def _save_trimmed(ckpt: Path, res, cfg: dict, goal, calib_record: dict, out: Pat
 
 
 def _runner(runtime: str) -> str:
-    return "compact engine" if runtime == "eager" else f"{runtime} graph"
+    return get_runtime(runtime).timed
 
 
 def _predictor(profile: dict):
@@ -397,7 +399,7 @@ def _score_predictor(goal, profile: dict):
 
 
 def _candidate_timer(goal, inputs, dev, max_time_s: float, min_runs: int,
-                     runtime: str = "eager"):
+                     runtime: str = DEFAULT_RUNTIME):
     """``measure`` for ``trim.search``: the verify protocol (real inputs, the decided
     percentile's CI, the network built for ``runtime``), shorter; the score is decided as
     ``verify`` decides it."""
@@ -438,7 +440,7 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
                     energy_factory=None,
                     targets: list[tuple[str | None, float | str]] | None = None,
                     trim: bool | None = None, trim_options: dict | None = None,
-                    runtime: str = "eager", baseline: str | None = None) -> dict:
+                    runtime: str = DEFAULT_RUNTIME, baseline: str | None = None) -> dict:
     """The whole ``hwbench train``: pick ``t_d`` for each latency target (seconds, '5ms' or
     '0.65x' of the dense latency) on its device's profile, co-train, deploy, then measure the
     deployed network on every target device that is this machine (``verify.json``) and, with
@@ -482,7 +484,7 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
         summary["delivered"] = summary["trim"]["delivered"]
     elif trim and resolved:
         say("no target device is this machine: nothing to trim here (run `hwbench trim RUN_DIR "
-            "--target-latency T" + ("" if runtime == "eager" else f" --runtime {runtime}")
+            "--target-latency T" + get_runtime(runtime).flag
             + "` on the target device)")
     if local and "delivered" not in summary:
         summary["delivered"] = _deployed_final(summary, cfg)

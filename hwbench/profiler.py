@@ -57,8 +57,9 @@ import numpy as np
 import torch
 
 from hwbench.engine import realise, synthetic_inputs
-from hwbench.engine.graphs import check_execution, engine_policy
+from hwbench.engine.graphs import DEFAULT_EXECUTION, check_execution, engine_policy
 from hwbench.engine.runtimes import check_runtime, runnable, runtime_record
+from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, is_graph
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
 from hwbench.measure.device import fingerprint, parse_device, torch_threads
@@ -108,9 +109,9 @@ class ProfileConfig:
     energy_window_s: float = 1.0
     energy_cooldown_s: float | None = None  # idle s before each energy setting (None: by device)
     seed: int = 0
-    execution: str = "eager"  # eager, graphs (CUDA), compile: hwbench.engine.graphs
+    execution: str = DEFAULT_EXECUTION  # eager, graphs (CUDA), compile: hwbench.engine.graphs
     tile: int = 1  # tensor-core tile: kept channels rounded up to a multiple (patterns, engine)
-    runtime: str = "eager"  # what runs the networks: hwbench.engine.runtimes.RUNTIMES
+    runtime: str = DEFAULT_RUNTIME  # what runs the networks: hwbench.engine.runtimes.RUNTIMES
 
 
 def _validate(cfg: ProfileConfig) -> torch.device:
@@ -266,7 +267,7 @@ class Profiler:
         cfg = self.cfg
         kind = pattern.gate.kind if pattern is not None else "channel"
         policy = kw.pop("dynamic_policy", "auto")
-        if cfg.runtime == "eager":  # the dynamic policy the execution allows
+        if not is_graph(cfg.runtime):  # the dynamic policy the execution allows
             policy = engine_policy(cfg.execution, policy, kind, cfg.batch_size)
         return runnable(net, mode, pattern, runtime=cfg.runtime,
                         execution=execution or cfg.execution, example=self.pool.batches[0],
@@ -277,7 +278,7 @@ class Profiler:
         """The network itself, as the latency table times it piece by piece
         (``segment_times``) and as the probe's ``plan`` is read: the eager engine, or the
         runtime's network (its own ``engine``)."""
-        return self._engine(net, mode, pattern, execution="eager", **kw).engine
+        return self._engine(net, mode, pattern, execution=DEFAULT_EXECUTION, **kw).engine
 
     def _measure(self, fns: dict, where: str) -> dict[str, dict]:
         """Interleaved, CI-driven measurement (``measure``); summaries with raw samples."""

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hwbench.engine.graphs import DEFAULT_EXECUTION
+from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME
 from hwbench.errors import HwbenchError, UsageError
 from hwbench.io import atomic_write_json
 from hwbench.patterns import GatePattern, synthesise
@@ -84,8 +86,9 @@ def profile_filename(fp: dict) -> str:
     [_tile<N>].json (no suffix for eager, eager and tile 1: the name of every profile taken
     before executions, runtimes and tiles existed)."""
     name = re.sub(r"[^a-z0-9]+", "-", str(fp.get("name", fp["type"])).lower()).strip("-")
-    suffix = "".join(f"_{v}" for v in (fp.get("execution", "eager"), fp.get("runtime", "eager"))
-                     if v != "eager")
+    suffix = "".join(f"_{v}" for v, default in (
+        (fp.get("execution", DEFAULT_EXECUTION), DEFAULT_EXECUTION),
+        (fp.get("runtime", DEFAULT_RUNTIME), DEFAULT_RUNTIME)) if v != default)
     tile = int(fp.get("tile", 1) or 1)
     suffix += f"_tile{tile}" if tile > 1 else ""
     return (f"{name}_{fp['threads']}t_{fp['arch']}_{fp['stem']}{fp['input_size']}"

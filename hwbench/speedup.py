@@ -34,8 +34,9 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from hwbench.engine import MODES, realise, synthetic_inputs
-from hwbench.engine.graphs import check_execution, engine_policy
+from hwbench.engine.graphs import DEFAULT_EXECUTION, check_execution, engine_policy
 from hwbench.engine.runtimes import POLICIES, check_runtime, runnable, runtime_record
+from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, is_graph
 from hwbench.engine.tiling import executed_macs
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
@@ -60,9 +61,9 @@ class SpeedupConfig:
     seed: int = 0
     dynamic_policy: str = "auto"
     backend: str = "auto"  # engine kernels: auto, mkldnn (CPU fp32), aten
-    execution: str = "eager"  # eager, graphs (CUDA), compile: hwbench.engine.graphs
+    execution: str = DEFAULT_EXECUTION  # eager, graphs (CUDA), compile: hwbench.engine.graphs
     tile: int | None = None  # tensor-core tile (None: the pattern's; 8 or 16 suit tensor cores)
-    runtime: str = "eager"  # what runs the networks: hwbench.engine.runtimes.RUNTIMES
+    runtime: str = DEFAULT_RUNTIME  # what runs the networks: hwbench.engine.runtimes.RUNTIMES
 
 
 @dataclass
@@ -89,9 +90,9 @@ class SpeedupResult:
     pattern: dict
     config: dict
     inputs: dict = field(default_factory=dict)  # which inputs were timed
-    execution: str = "eager"
+    execution: str = DEFAULT_EXECUTION
     setup_s: dict[str, float] = field(default_factory=dict)  # per mode: capture/compile, s
-    runtime: str = "eager"  # what ran the networks: hwbench.engine.runtimes.RUNTIMES
+    runtime: str = DEFAULT_RUNTIME  # what ran the networks: hwbench.engine.runtimes.RUNTIMES
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -123,17 +124,17 @@ def validate(cfg: SpeedupConfig) -> torch.device:
         raise UsageError("on the CPU the engine runs fp32 only")
     check_execution(cfg.execution, device)
     check_runtime(cfg.runtime, device, cfg.execution, cfg.dtype)
-    if cfg.runtime != "eager" and (cfg.tile or 1) > 1:
+    if is_graph(cfg.runtime) and (cfg.tile or 1) > 1:
         raise UsageError(f"--tile pads channels for tensor cores in hwbench's engine; --runtime "
                          f"{cfg.runtime} runs the exported graph unpadded")
-    if cfg.runtime != "eager" and cfg.backend != "auto":
+    if is_graph(cfg.runtime) and cfg.backend != "auto":
         raise UsageError(f"--backend {cfg.backend} picks hwbench's conv kernels; --runtime "
                          f"{cfg.runtime} runs its own")
-    if cfg.runtime != "eager" and cfg.dynamic_policy not in POLICIES:
+    if is_graph(cfg.runtime) and cfg.dynamic_policy not in POLICIES:
         raise UsageError(f"--dynamic-policy {cfg.dynamic_policy} gathers per input, which a "
                          f"graph on --runtime {cfg.runtime} cannot; known: {', '.join(POLICIES)}")
     kind = load_pattern(cfg.pattern).gate.kind
-    if cfg.runtime == "eager":
+    if not is_graph(cfg.runtime):
         engine_policy(cfg.execution, cfg.dynamic_policy, kind, cfg.batch_size)
     return device
 
@@ -164,7 +165,7 @@ def run_runtimes(cfg: SpeedupConfig, runtimes: tuple[str, ...],
 
 
 def _label(cfg: SpeedupConfig) -> str:
-    return cfg.execution if cfg.runtime == "eager" else cfg.runtime
+    return cfg.execution if not is_graph(cfg.runtime) else cfg.runtime
 
 
 def _variants(cfg: SpeedupConfig, variants: list[SpeedupConfig], progress) -> dict:
@@ -177,7 +178,7 @@ def _build(v: SpeedupConfig, net, pattern: GatePattern, device, pool) -> dict:
     """The four modes of one variant (runtime, execution), as they are timed."""
     dtype, bsz = DTYPES[v.dtype], v.batch_size
     policy = engine_policy(v.execution, v.dynamic_policy, pattern.gate.kind, bsz) \
-        if v.runtime == "eager" else v.dynamic_policy
+        if not is_graph(v.runtime) else v.dynamic_policy
     return {m: runnable(net, m, pattern, runtime=v.runtime, execution=v.execution,
                         example=pool.batches[0], threads=v.threads or torch.get_num_threads(),
                         dynamic_policy=policy, tune_inputs=pool.batches, device=device,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME
 from hwbench.errors import UsageError
 from hwbench.locate import TargetProfile, resolve_profile, resolve_target
 from hwbench.profiles import pick_t_d
@@ -24,7 +25,7 @@ def choose_t_d(tp: TargetProfile, target_s: float, percentile: str = "p90") -> t
     pick = pick_t_d(tp.profile, target_s, percentile)
     fp = tp.profile["fingerprint"]
     return pick.t_d, {"profile": str(tp.path), "device": fp["name"],
-                      "runtime": fp.get("runtime", "eager"),
+                      "runtime": fp.get("runtime", DEFAULT_RUNTIME),
                       "quick_profile": tp.measured_now, "local": tp.local, **pick.to_dict()}
 
 
@@ -77,7 +78,7 @@ def check_target_runtime(targets: list[tuple[str | None, object]], runtime: str,
 
 def resolve_targets(cfg, targets: list[tuple[str | None, float | str]], percentile: str,
                     quick: bool = True, say: Callable[[str], None] = lambda s: None,
-                    runtime: str = "eager") -> list:
+                    runtime: str = DEFAULT_RUNTIME) -> list:
     """Each (device, target) pair's profile (of ``runtime``) and ``LatencyTarget``, and ``cfg``
     completed for them: the run's name, ``t_d`` (the smallest pick, or the resumed run's) and,
     with ``--budget latency``, the latency targets the loss reads. [(TargetProfile,
@@ -142,7 +143,7 @@ DEFAULT_STEP = 16  # oneDNN's channel block on AVX-512 CPUs (docs/engine.md)
 
 def auto_gate(gate: str, arch: str, dataset: str, targets: list[tuple[str | None, str]],
               device: str, say: Callable[[str], None] = lambda s: None,
-              runtime: str = "eager") -> str:
+              runtime: str = DEFAULT_RUNTIME) -> str:
     """``--gate width`` (no G): G read from the first target device's profile of ``runtime``
     (the step of its latency table, ``profiles.table_step``) where one is on disk, else 16;
     said in one line. Any other value is returned as given."""

@@ -26,6 +26,7 @@ import torch
 
 from hwbench.engine import realise, synthetic_inputs
 from hwbench.engine.runtimes import check_runtime, runnable, runtime_record
+from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
 from hwbench.locate import is_local, mark_stale, measuring_profile, profile_threads
@@ -66,7 +67,7 @@ def timing_inputs(cfg: dict | None, input_size: int, n: int = TIMING_IMAGES) -> 
 
 def time_network(net, pattern, inputs: Inputs, dev: torch.device, percentile: str = "p90",
                  max_time_s: float = 10.0, min_runs: int = 64, ci_target: float = 0.02,
-                 runtime: str = "eager", threads: int | None = None
+                 runtime: str = DEFAULT_RUNTIME, threads: int | None = None
                  ) -> tuple[Measurement, list[str]]:
     """The verify protocol: ``net`` in ``dynamic`` mode at batch 1 with its plan tuned on
     ``inputs``, and the dense reference, both built for ``runtime`` (``runnable``: the compact
@@ -156,7 +157,7 @@ def run_verify(pattern_path: str, target: float | str | LatencyTarget, device: s
                checkpoint: str | None = None, percentile: str = "p90",
                profile_path: str | None = None, max_time_s: float = 10.0,
                inputs: Inputs | None = None, allow_foreign: bool = False,
-               runtime: str = "eager", band: tuple[float, float] = BAND) -> dict:
+               runtime: str = DEFAULT_RUNTIME, band: tuple[float, float] = BAND) -> dict:
     """Measure ``pattern_path``'s network (its checkpoint, or the pattern realised) against
     ``target`` (seconds, '5ms', '0.7x' or a ``LatencyTarget``) on ``device`` run by ``runtime``
     (``hwbench.engine.runtimes.RUNTIMES``), at the profile's CPU thread count.

@@ -10,6 +10,8 @@ import click
 
 from hwbench.cli.app import cli
 from hwbench.cli.options import (
+    CHECKER_NAME,
+    GRAPH_RUNTIME_NAMES,
     device_option,
     json_option,
     runtime_option,
@@ -82,9 +84,10 @@ def verify(pattern_path, checkpoint, target_latency, device, percentile, profile
                    "dense stream]")
 @click.option("--images", type=click.IntRange(min=1), default=16, show_default=True,
               help="Test images of the run's data set the equality check runs.")
-@click.option("--check-on", "check_on", default="onnxruntime", show_default=True,
-              help="Comma-separated runtimes the ONNX file is checked on: onnxruntime, "
-                   "openvino (pip install 'hwbench[openvino]').")
+@click.option("--check-on", "check_on", default=CHECKER_NAME, show_default=True,
+              help=f"Comma-separated runtimes the ONNX file is checked on: "
+                   f"{', '.join(GRAPH_RUNTIME_NAMES)} (each needs its extra: pip install "
+                   "'hwbench[onnx,openvino]').")
 @json_option("Print model.json's contents.")
 def export_cmd(source, out, fmt, pattern_path, images, check_on, as_json) -> None:
     """Export a trained run (its folder or checkpoint.pt; RUN/deployed for the deployed
@@ -96,7 +99,7 @@ def export_cmd(source, out, fmt, pattern_path, images, check_on, as_json) -> Non
     from hwbench.nets.gate import parse_gate
 
     runtimes = tuple(r.strip() for r in check_on.split(",") if r.strip()) \
-        if fmt == "onnx" or check_on != "onnxruntime" else None
+        if fmt == "onnx" or check_on != CHECKER_NAME else None
     res = export(source, out, fmt, pattern_path, images, runtimes)
     if as_json:
         click.echo(json.dumps(res, indent=2))

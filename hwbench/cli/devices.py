@@ -14,6 +14,7 @@ from hwbench.cli.app import cli
 from hwbench.cli.options import (
     PROFILE_RUNTIME_HELP,
     device_option,
+    execution_option,
     json_option,
     runtime_option,
 )
@@ -145,10 +146,8 @@ def _print_macs_table(report) -> None:
               type=click.Choice(["auto", "mkldnn", "aten"]),
               help="Conv kernels for every mode: mkldnn (pre-packed oneDNN, CPU fp32) or aten "
                    "(F.conv2d); auto picks mkldnn where it can.")
-@click.option("--exec", "execution", default="eager", show_default=True,
-              type=click.Choice(["eager", "graphs", "compile"]),
-              help="Run every mode eagerly, replayed from CUDA graphs (CUDA only) or through "
-                   "torch.compile.")
+@execution_option("Run every mode eagerly, replayed from CUDA graphs (CUDA only) or through "
+                  "torch.compile.")
 @click.option("--tile", type=int, default=None,
               help="Pad kept channels up to a multiple of N (zero channels, exact): 8 (bf16) or "
                    "16 suit tensor cores. [default: the pattern's, 1]")
@@ -181,8 +180,10 @@ def speedup(pattern_path, device, batch_size, threads, dtype, max_time_s, min_ru
 
 
 def _ran_on(result) -> str:
+    from hwbench.engine.runtimes.registry import is_graph
+
     d = result.device
-    if result.runtime == "eager":
+    if not is_graph(result.runtime):
         return f"{d['backend']}, {result.execution}"
     return f"{d['runtime']} {d['runtime_version']}, {d['provider']}"
 
@@ -191,6 +192,8 @@ def _print_speedup(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from hwbench.engine.graphs import DEFAULT_EXECUTION
+    from hwbench.engine.runtimes.registry import is_graph
     from hwbench.flops import format_macs
 
     p, d = result.pattern, result.device
@@ -211,7 +214,7 @@ def _print_speedup(result) -> None:
                   "efficiency = speedup / (dense MACs / mode MACs); latency measured wall clock")
     console.print(f"dynamic mode: batch strategy: {result.dynamic_batch_strategy}; "
                   f"per-block plan: {', '.join(result.dynamic_plan)}")
-    if result.execution != "eager" or result.runtime != "eager":
+    if result.execution != DEFAULT_EXECUTION or is_graph(result.runtime):
         what = {"graphs": "capture", "compile": "compilation"}.get(result.execution,
                                                                     "export + compile")
         console.print(f"{what} per mode (s, wall clock): " + ", ".join(
@@ -318,10 +321,8 @@ def _t_d_list(ctx, param, value):
               help="Random patterns measured against the predictor.")
 @click.option("--grid", type=click.IntRange(min=1), default=32, hidden=True)
 @click.option("--table-rounds", type=click.IntRange(min=1), default=15, hidden=True)
-@click.option("--exec", "execution", default="eager", show_default=True,
-              type=click.Choice(["eager", "graphs", "compile"]),
-              help="Time the engines eagerly, replayed from CUDA graphs (CUDA only) or through "
-                   "torch.compile; recorded in the fingerprint.")
+@execution_option("Time the engines eagerly, replayed from CUDA graphs (CUDA only) or through "
+                  "torch.compile; recorded in the fingerprint.")
 @click.option("--tile", type=int, default=1, show_default=True,
               help="Round kept channels up to a multiple of N (patterns and engine): 8 (bf16) "
                    "or 16 suit tensor cores.")
@@ -433,10 +434,11 @@ def _print_profile(p: dict, path) -> None:
 
 
 def runtime_of(profile: dict) -> str:
-    """The profile's runtime and its version ('eager' for a profile without the key)."""
-    fp = profile["fingerprint"]
-    rt = fp.get("runtime", "eager")
-    return rt if rt == "eager" else f"{rt} {fp.get('runtime_version')}"
+    """The profile's runtime and its version (the default runtime's name alone, also for a
+    profile without the key)."""
+    from hwbench.engine.runtimes.registry import label
+
+    return label(profile["fingerprint"])
 
 
 def _load_checked_profile(profile_path, runtime):
@@ -472,6 +474,7 @@ def _load_profile_and_pattern(profile_path, pattern_path, runtime=None):
 @json_option()
 def predict(profile_path, pattern_path, runtime, as_json) -> None:
     """Predicted p50/p90 latency (ms) of a pattern on the profiled device, from the table alone."""
+    from hwbench.engine.runtimes.registry import of
     from hwbench.flops import pattern_report
 
     prof, pred, pattern = _load_profile_and_pattern(profile_path, pattern_path, runtime)
@@ -479,7 +482,7 @@ def predict(profile_path, pattern_path, runtime, as_json) -> None:
     out = {"p50_ms": pred.predict(pattern, "p50"), "p90_ms": pred.predict(pattern, "p90"),
            "p99_ms": pred.predict(pattern, "p99"), "macs_ratio": pattern_report(pattern).ratio,
            "device": fp["name"], "batch_size": fp["batch_size"], "mode": "dynamic",
-           "runtime": fp.get("runtime", "eager"), "runtime_version": fp.get("runtime_version"),
+           "runtime": of(fp), "runtime_version": fp.get("runtime_version"),
            "source": "predicted from the profile's latency table"}
     if as_json:
         click.echo(json.dumps(out, indent=2))
@@ -503,6 +506,7 @@ def pick(profile_path, target_latency, percentile, runtime, as_json) -> None:
     """The largest t_d whose predicted latency meets the target (exit 2 if none does), and the
     widest thinner dense network (--width-mult) predicted to meet it: the baseline."""
     from hwbench.baseline import pick_width_mult
+    from hwbench.engine.runtimes.registry import of
     from hwbench.profiles import Unattainable, pick_t_d
     from hwbench.units import parse_duration
 
@@ -518,7 +522,7 @@ def pick(profile_path, target_latency, percentile, runtime, as_json) -> None:
                      f"{thin.predicted_ms:.3f} ms")
     if as_json:
         fp = prof["fingerprint"]
-        click.echo(json.dumps({**result.to_dict(), "runtime": fp.get("runtime", "eager"),
+        click.echo(json.dumps({**result.to_dict(), "runtime": of(fp),
                                "runtime_version": fp.get("runtime_version"),
                                "thin": thin.to_dict() if thin else None}, indent=2))
     else:

@@ -9,6 +9,7 @@ import click
 
 from hwbench.cli.app import cli
 from hwbench.cli.options import (
+    DEFAULT_RUNTIME_NAME,
     KNN_PROTOCOL_NAMES,
     VIEW_NAMES,
     device_option,
@@ -224,7 +225,8 @@ def _check_train_options(o: dict) -> tuple[list, str]:
     if o["t_d"] is not None and target:
         raise UsageError("--t-d and --target-latency are mutually exclusive")
     needs = [("--target-device", o["target_device"] is not None, ""),
-             (f"--runtime {o['runtime']}", o["runtime"] != "eager", " (the latency to meet on it)"),
+             (f"--runtime {o['runtime']}", o["runtime"] != DEFAULT_RUNTIME_NAME,
+              " (the latency to meet on it)"),
              ("--budget latency", o["budget"] == "latency", " (the latency to train for)"),
              (f"--baseline {o['baseline']}", o["baseline"] != "none",
               " (the latency it is landed on)")]

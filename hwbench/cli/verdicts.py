@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from hwbench.cli.options import DEFAULT_RUNTIME_NAME
+
 
 def print_final(final: dict | None) -> int:
     """The verdict line of final.json's data (``hwbench.final``); its exit code (0 without one:
@@ -39,8 +41,8 @@ def verdict_text(v: dict) -> str:
 
 def on_runtime(res: dict) -> str:
     """The words ``on onnxruntime 1.x`` for a result measured on a runtime other than eager."""
-    rec = res.get("runtime") or {"runtime": "eager"}
-    if rec["runtime"] == "eager":
+    rec = res.get("runtime") or {}
+    if rec.get("runtime", DEFAULT_RUNTIME_NAME) == DEFAULT_RUNTIME_NAME:
         return ""
     return f" on {rec['runtime']} {rec.get('runtime_version', '')}".rstrip()
 

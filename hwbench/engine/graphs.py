@@ -58,7 +58,8 @@ from torch.overrides import TorchFunctionMode
 from hwbench.engine.compact import CompactEngine, _WidthBlock
 from hwbench.errors import UsageError
 
-EXECUTIONS = ("eager", "graphs", "compile")
+DEFAULT_EXECUTION = "eager"  # the engine's Python as written: no graph capture, no compiler
+EXECUTIONS = (DEFAULT_EXECUTION, "graphs", "compile")
 COMPILE_MODE_CUDA = "reduce-overhead"
 GRAPHABLE = ("dense", "masked", "static")  # executors without a host sync (plus width at B=1)
 WARMUP_CALLS = 3  # eager calls on the side stream before each capture
@@ -98,7 +99,7 @@ def engine_policy(execution: str, dynamic_policy: str, gate_kind: str, batch_siz
     docstring). Under ``compile`` a gather would break the graph at its ``nonzero`` and
     recompile for every new count of channels on (``dynamic=False``), timing recompiles or,
     past dynamo's limit, eager code."""
-    if execution == "eager":
+    if execution == DEFAULT_EXECUTION:
         return dynamic_policy
     width1 = gate_kind == "width" and batch_size == 1
     if dynamic_policy in ("gather-conv", "gather-gemm") or (dynamic_policy == "width"
@@ -314,7 +315,7 @@ class EagerEngine:
     """The engine as it is (``__call__``), with the same members as the others."""
 
     def __init__(self, engine: CompactEngine):
-        self.engine, self.execution, self.setup_s = engine, "eager", 0.0
+        self.engine, self.execution, self.setup_s = engine, DEFAULT_EXECUTION, 0.0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.engine(x)

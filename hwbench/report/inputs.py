@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, is_graph
 from hwbench.errors import UsageError
 from hwbench.patterns import SCHEMA as PATTERN_SCHEMA
 from hwbench.profiles import SCHEMA as PROFILE_SCHEMA
@@ -29,10 +30,10 @@ def record_label(record) -> str:
     """The label of a runtime record (``runtime_record``: a dict), a runtime name, or nothing
     (eager): ``eager (hwbench engine)`` or ``<runtime> <version>``."""
     if isinstance(record, dict):
-        name, version = record.get("runtime", "eager"), record.get("runtime_version")
+        name, version = record.get("runtime", DEFAULT_RUNTIME), record.get("runtime_version")
     else:
-        name, version = record or "eager", None
-    if name == "eager":
+        name, version = record or DEFAULT_RUNTIME, None
+    if name == DEFAULT_RUNTIME:
         return EAGER_LABEL
     return f"{name} {version}" if version else str(name)
 
@@ -58,7 +59,7 @@ class Profile:
     @property
     def runtime(self) -> str:
         """What ran the networks; a profile older than runtimes was run eagerly."""
-        return str(self.fingerprint.get("runtime") or "eager")
+        return str(self.fingerprint.get("runtime") or DEFAULT_RUNTIME)
 
     @property
     def runtime_label(self) -> str:
@@ -71,7 +72,7 @@ class Profile:
         """The label a series carries in every table and figure, and the key it is grouped by:
         the hardware, then `` · <runtime> <version>`` unless eager (eager keeps the label of
         every profile taken before runtimes existed), so two runtimes never merge."""
-        if self.runtime == "eager":
+        if not is_graph(self.runtime):
             return self.hardware
         return f"{self.hardware} · {self.runtime_label}"
 

@@ -6,7 +6,15 @@ import sys
 import click
 
 from hwbench.cli import cli
-from hwbench.cli.options import KNN_PROTOCOL_NAMES, RUNTIME_NAMES, VIEW_NAMES
+from hwbench.cli.options import (
+    CHECKER_NAME,
+    DEFAULT_RUNTIME_NAME,
+    EXECUTION_NAMES,
+    GRAPH_RUNTIME_NAMES,
+    KNN_PROTOCOL_NAMES,
+    RUNTIME_NAMES,
+    VIEW_NAMES,
+)
 
 
 def _params(name):
@@ -15,10 +23,14 @@ def _params(name):
 
 def test_the_spelled_out_choice_lists_are_the_librarys():
     from hwbench.data import VIEWS
-    from hwbench.engine.runtimes import RUNTIMES
+    from hwbench.engine.graphs import DEFAULT_EXECUTION, EXECUTIONS
+    from hwbench.engine.runtimes import CHECKER, DEFAULT_RUNTIME, RUNTIMES, is_graph
     from hwbench.ssl.knn import KNN_PROTOCOLS
 
     assert RUNTIME_NAMES == RUNTIMES and VIEW_NAMES == VIEWS
+    assert (DEFAULT_RUNTIME_NAME, CHECKER_NAME) == (DEFAULT_RUNTIME, CHECKER)
+    assert GRAPH_RUNTIME_NAMES == tuple(n for n in RUNTIMES if is_graph(n))
+    assert EXECUTION_NAMES == EXECUTIONS and EXECUTION_NAMES[0] == DEFAULT_EXECUTION
     assert KNN_PROTOCOL_NAMES == KNN_PROTOCOLS
 
 

@@ -168,3 +168,40 @@ def test_a_profile_of_one_runtime_never_matches_another():
     old = {k: v for k, v in fp.items() if not k.startswith("runtime")}  # before runtimes
     assert mismatch(old, device, Conditions(**{**ort.__dict__, "runtime": "eager",
                                                "runtime_version": None})) is None
+
+
+def test_a_new_runtime_is_one_runtime_object_in_the_registry(monkeypatch):
+    """What TensorRT would be: a ``Runtime`` that records itself and opens a graph; registered,
+    it is checked, recorded and compiled through the same calls as the others."""
+    import numpy as np
+
+    from hwbench.engine.runtimes import (
+        Runtime,
+        check_runtime,
+        compile_module,
+        registry,
+        runtime_record,
+    )
+
+    opened = []
+
+    class Fake(Runtime):
+        def record(self, threads):
+            return {"runtime": self.name, "runtime_version": "0.1", "runtime_threads": threads}
+
+        def open(self, model, threads):
+            opened.append((len(model) > 0, threads))
+            return (lambda x: [x * 2]), []
+
+    monkeypatch.setitem(registry.REGISTRY, "fake", Fake("fake", modules=("math",)))
+    assert check_runtime("fake") == "fake"
+    with pytest.raises(UsageError, match="runs on the CPU"):
+        check_runtime("fake", "cuda")
+    assert runtime_record("fake", 3) == {"runtime": "fake", "runtime_version": "0.1",
+                                         "runtime_threads": 3}
+    x = torch.ones(1, 3, 4, 4)
+    session = compile_module(torch.nn.Identity(), x, "fake", threads=2)
+    assert opened == [(True, 2)] and np.array_equal(session(x.numpy())[0], 2 * x.numpy())
+    assert registry.label({"runtime": "fake", "runtime_version": "0.1"}) == "fake 0.1"
+    with pytest.raises(UsageError, match="unknown runtime 'nope'"):
+        check_runtime("nope")

@@ -44,7 +44,7 @@ from hwbench.engine.runtimes.net import (
 )
 from hwbench.engine.runtimes.registry import (
     CHECKER,
-    DEFAULT,
+    DEFAULT_RUNTIME,
     REGISTRY,
     RUNTIMES,
     check_runtime,
@@ -57,8 +57,8 @@ from hwbench.engine.runtimes.registry import (
 from hwbench.engine.runtimes.session import OPSET, Session, compile_module, onnx_bytes
 
 __all__ = [
-    "CHECKER", "DEFAULT", "OPSET", "POLICIES", "REGISTRY", "RUNTIMES", "DeployWidth", "Runtime",
-    "RuntimeNet", "Session", "check_runtime", "compile_module", "get", "is_graph", "label",
-    "masked_pattern", "of", "onnx_bytes", "require_extra", "runnable", "runtime_record",
+    "CHECKER", "DEFAULT_RUNTIME", "OPSET", "POLICIES", "REGISTRY", "RUNTIMES", "DeployWidth",
+    "Runtime", "RuntimeNet", "Session", "check_runtime", "compile_module", "get", "is_graph",
+    "label", "masked_pattern", "of", "onnx_bytes", "require_extra", "runnable", "runtime_record",
     "width_bounds",
 ]

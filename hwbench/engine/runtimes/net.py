@@ -13,8 +13,8 @@ from torch import nn
 
 from hwbench.engine.deployable import Deployable, DeployBlock, deployable
 from hwbench.engine.fold import fold_bn
-from hwbench.engine.graphs import EXECUTIONS
-from hwbench.engine.runtimes.registry import DEFAULT, get
+from hwbench.engine.graphs import DEFAULT_EXECUTION
+from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, get
 from hwbench.engine.runtimes.session import Session, compile_module
 from hwbench.errors import UsageError
 from hwbench.nets.resnet import GatedResNet
@@ -123,7 +123,7 @@ class RuntimeNet:
         if mode in ("static", "dynamic") and pattern is None:
             raise UsageError(f"mode {mode!r} needs a gate pattern")
         self.module = deployable(net, self.pattern)
-        self.tile, self.backend, self.execution, self.engine = 1, runtime, EXECUTIONS[0], self
+        self.tile, self.backend, self.execution, self.engine = 1, runtime, DEFAULT_EXECUTION, self
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.batch_strategy = "one graph over the batch (dynamic channels masked)"
         self.kept = None if pattern is None or mode in ("dense", "masked") else \
@@ -254,7 +254,7 @@ class RuntimeNet:
 
 
 def runnable(net: GatedResNet, mode: str, pattern: GatePattern | None = None, *,
-             runtime: str = DEFAULT, execution: str = EXECUTIONS[0],
+             runtime: str = DEFAULT_RUNTIME, execution: str = DEFAULT_EXECUTION,
              example: torch.Tensor, threads: int | None = None,
              dynamic_policy: str = "auto", tune_inputs=None, **engine_kw) -> Callable:
     """What hwbench times: the compact engine run as ``execution`` (the default runtime;

@@ -12,7 +12,7 @@ from hwbench.errors import UsageError
 
 REGISTRY: dict[str, Runtime] = {r.name: r for r in (EAGER, ONNXRUNTIME, OPENVINO)}
 RUNTIMES = tuple(REGISTRY)
-DEFAULT = EAGER.name  # what runs a network when nothing is said: the compact engine
+DEFAULT_RUNTIME = EAGER.name  # what runs a network when nothing is said: the compact engine
 # the runtime an exported ONNX file is checked on when none is named
 CHECKER = ONNXRUNTIME.name
 
@@ -20,7 +20,7 @@ CHECKER = ONNXRUNTIME.name
 def get(name: str | None) -> Runtime:
     """The runtime called ``name`` (the default for None); a one-line UsageError for an unknown
     one."""
-    rt = REGISTRY.get(name or DEFAULT)
+    rt = REGISTRY.get(name or DEFAULT_RUNTIME)
     if rt is None:
         raise UsageError(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
     return rt
@@ -35,8 +35,8 @@ def of(record: dict | str | None) -> str:
     """The runtime's name in a fingerprint or runtime record (or a bare name); a record without
     one (profiles from before runtimes existed) ran on the default."""
     if isinstance(record, dict):
-        return str(record.get("runtime") or DEFAULT)
-    return str(record or DEFAULT)
+        return str(record.get("runtime") or DEFAULT_RUNTIME)
+    return str(record or DEFAULT_RUNTIME)
 
 
 def label(record: dict | str | None, version: str | None = None) -> str:
