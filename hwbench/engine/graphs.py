@@ -10,7 +10,7 @@ ratios compare like with like (``executable``):
   output buffer **cloned** (one small copy per call) so that a result is never overwritten by
   the next call. Modes whose forward has no host sync (``dense``, ``masked``, ``static``, whose
   gates multiply by their mask on the device, and ``dynamic`` when every block runs ``static``)
-  are one graph for the whole network. Width-gated ``dynamic`` at batch 1 (``_WidthBlock``)
+  are one graph for the whole network. Width-gated ``dynamic`` at batch 1 (``WidthBlock``)
   needs one host decision per width block (which pre-packed width to run), and CUDA graphs
   here have no conditional nodes, so the network is **segmented at each width block**: one
   graph for the stem up to the first width block's gate, then one graph per (width block,
@@ -55,7 +55,8 @@ from collections.abc import Callable
 import torch
 from torch.overrides import TorchFunctionMode
 
-from hwbench.engine.compact import CompactEngine, _WidthBlock
+from hwbench.engine.compact import CompactEngine
+from hwbench.engine.width import WidthBlock
 from hwbench.errors import UsageError
 
 DEFAULT_EXECUTION = "eager"  # the engine's Python as written: no graph capture, no compiler
@@ -165,7 +166,7 @@ class GraphedEngine:
         _refuse_host_syncs(engine, bsz)
         self.engine, self.execution = engine, "graphs"
         self.kit = kit if kit is not None else GraphKit(engine.device)
-        self.bounds = [i for i, b in enumerate(engine.blocks) if isinstance(b, _WidthBlock)]
+        self.bounds = [i for i, b in enumerate(engine.blocks) if isinstance(b, WidthBlock)]
         self.graphs: dict = {}
         self.reads = self.late_captures = 0
         self.last_path: list = []
@@ -285,7 +286,7 @@ class CompiledEngine:
         cuda = engine.device.type == "cuda"
         self.mode = mode if mode is not None else (COMPILE_MODE_CUDA if cuda else None)
         self.backend = backend or "inductor"
-        packs = sum(len(b.packs) for b in engine.blocks if isinstance(b, _WidthBlock))
+        packs = sum(len(b.packs) for b in engine.blocks if isinstance(b, WidthBlock))
         _raise_recompile_limit(1 + len(engine.blocks) + packs)
         self.graphs = self.mode == "reduce-overhead"
         if self.graphs:

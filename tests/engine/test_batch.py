@@ -4,7 +4,15 @@ channels-last where cuDNN wants them, width blocks run samples sorted by width."
 import pytest
 import torch
 
-from hwbench.engine import build_engine, compact, mkldnn_available, pattern_inputs, realise
+from hwbench.engine import (
+    build_engine,
+    compact,
+    executors,
+    mkldnn_available,
+    pattern_inputs,
+    realise,
+    width,
+)
 from hwbench.engine.tiling import executed_macs
 from hwbench.errors import UsageError
 from hwbench.flops import pattern_report
@@ -58,7 +66,7 @@ def test_width_packs_are_padded_exactly():
     x = pattern_inputs(5, SIZE, seed=6)
     ref = build_engine(net, "dynamic", p, backend="aten", dynamic_policy="width")(x)
     eng = build_engine(net, "dynamic", p, backend="aten", dynamic_policy="width", tile=32)
-    odd = [(blk, w) for blk in eng.blocks if isinstance(blk, compact._WidthBlock)
+    odd = [(blk, w) for blk in eng.blocks if isinstance(blk, width.WidthBlock)
            for w in blk.packs if w % 32]
     assert odd  # some width is not a multiple of the tile ...
     for blk, w in odd:  # ... and runs padded
@@ -86,7 +94,7 @@ def test_aten_weights_channels_last_on_cuda_only(monkeypatch):
     x = pattern_inputs(2, SIZE, seed=8)
     plain = build_engine(net, "static", p, backend="aten")
     assert not plain.channels_last_weights  # CPU: plain layout
-    monkeypatch.setattr(compact, "channels_last_weights", lambda backend, device: True)
+    monkeypatch.setattr(executors, "channels_last_weights", lambda backend, device: True)
     for mode in ("dense", "static"):
         eng = build_engine(net, mode, p, backend="aten", tile=8)
         assert eng.channels_last_weights
@@ -117,7 +125,7 @@ def test_width_batches_sorted_by_width_equal_the_per_sample_engine(width_net, mo
     perm = torch.tensor([6, 0, 5, 1, 4, 2, 3])
     assert rel_err(eng(x[perm]), one[perm]) <= TOL
     # forward_sorted: output i is sample order[i]'s, sorted by width
-    blk = next(b for b in eng.blocks if isinstance(b, compact._WidthBlock))
+    blk = next(b for b in eng.blocks if isinstance(b, width.WidthBlock))
     i = eng.blocks.index(blk)
     h = eng._stem(x)
     for b in eng.blocks[:i]:
