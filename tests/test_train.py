@@ -110,7 +110,7 @@ def test_energy_is_tracked_per_launch_and_a_resumed_run_adds_a_segment(tmp_path)
 
 
 def test_amp_resolution(monkeypatch):
-    from hwbench import train as tr
+    from hwbench.train import precision as tr  # where amp_dtype reads cpu_bf16_native
 
     cpu = torch.device("cpu")
     assert tr.amp_dtype("off", cpu) is None and tr.amp_dtype("bf16", cpu) == torch.bfloat16
@@ -256,7 +256,7 @@ def test_a_time_budget_run_trains_as_its_chosen_epochs_would_and_resumes_them(tm
 
 @pytest.mark.slow
 def test_a_budget_too_short_for_one_epoch_trains_fewer_steps(tmp_path, monkeypatch):
-    from hwbench import train as tr
+    from hwbench.train import loop as tr  # where the loop reads what is patched
 
     real = tr.plan_epochs
     seen = {}
@@ -282,7 +282,7 @@ def test_a_budget_too_short_for_one_epoch_trains_fewer_steps(tmp_path, monkeypat
     ({"dense": 50.1, "gated": 40.0}, []),  # equal is not below
 ])
 def test_features_worse_than_random_are_flagged(tmp_path, monkeypatch, final, warned):
-    from hwbench import train as tr
+    from hwbench.train import loop as tr  # where the loop reads what is patched
 
     calls = []
 
@@ -474,7 +474,7 @@ def test_terms_are_read_at_the_cadence_and_the_epoch_means_are_the_step_means(tm
     assert sorted(k for k in row if k.startswith("end_")) == \
         ["end_deployed_macs_ratio", "end_macs_ratio"]
     assert row["end_macs_ratio"] == pytest.approx(sum(s["macs_ratio"] for s in every_step[3:]) / 2)
-    monkeypatch.setattr("hwbench.train.read_every", lambda device: 2)  # as on a GPU
+    monkeypatch.setattr("hwbench.train.loop.read_every", lambda device: 2)  # as on a GPU
     cadenced = []
     train(TrainConfig(**cfg, out=str(tmp_path / "b")), progress=cadenced.append)
     assert [s["step"] for s in cadenced] == [2, 4, 5]  # and the epoch's last
@@ -484,7 +484,7 @@ def test_terms_are_read_at_the_cadence_and_the_epoch_means_are_the_step_means(tm
 
 @pytest.mark.slow
 def test_the_training_loops_step_reads_nothing_from_the_device(tmp_path, monkeypatch):
-    import hwbench.train as trainmod
+    import hwbench.train.loop as trainmod
     from hwbench.io import atomic_write_json
     from tests.ssl.syncs import no_host_sync
     from tests.test_budget import curved_profile
@@ -546,7 +546,7 @@ def test_a_compiled_run_trains_as_the_eager_one_and_records_it(tmp_path, monkeyp
     inductor step is checked in tests/ssl/test_compile.py)."""
     import torch._dynamo
 
-    monkeypatch.setattr("hwbench.train.COMPILE_BACKEND", "eager")
+    monkeypatch.setattr("hwbench.train.run.COMPILE_BACKEND", "eager")
     cfg = {**TINY, "epochs": 1, "eval_initial": False, "models_dir": str(tmp_path / "m")}
     train(TrainConfig(**cfg, out=str(tmp_path / "eager")))
     torch._dynamo.reset()

@@ -33,15 +33,16 @@ def fake_cifar100(name, split, **kw):
 @pytest.mark.slow
 def test_reference_views_and_knn_reach_the_run(tmp_path, monkeypatch):
     asked = []
-    real = train_mod.view_transforms
+    real = train_mod.run.view_transforms
 
     def spy(name, views):
         asked.append((name, views))
         return real(name, views)
 
-    monkeypatch.setattr(train_mod, "load_split", fake_cifar100)
-    monkeypatch.setattr(train_mod, "check_files", lambda *a: None)
-    monkeypatch.setattr(train_mod, "view_transforms", spy)
+    # where the run reads them: the data when it sets up, the files when it validates
+    monkeypatch.setattr(train_mod.run, "load_split", fake_cifar100)
+    monkeypatch.setattr(train_mod.config, "check_files", lambda *a: None)
+    monkeypatch.setattr(train_mod.run, "view_transforms", spy)
     cfg = TrainConfig(dataset="cifar100", views="reference", knn="reference", batch_size=16,
                       proj_dims=(32, 32, 16), epochs=1, max_steps_per_epoch=1, energy=False,
                       out=str(tmp_path / "run"), models_dir=str(tmp_path / "m"), amp="off")
