@@ -60,3 +60,12 @@ def test_the_runtime_name_check_would_catch_a_comparison_and_a_default():
     src = 'def f(runtime="openvino"):\n    return runtime == "eager"\n'
     assert _runtime_literals(src, {"eager", "openvino"}) == [1, 2]
     assert _runtime_literals('x = "eager execution"\n', {"eager"}) == []
+
+
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_is_longer_than_600_lines():
+    long = [f"{p.relative_to(PACKAGE.parent)} ({n} lines)" for p in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES]
+    assert not long, long
