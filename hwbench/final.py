@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME
+from hwbench.engine.runtimes.registry import of
 from hwbench.io import atomic_write_json
 from hwbench.provenance import source_commit
 from hwbench.verdict import MET, verdict
@@ -40,7 +40,7 @@ def final_record(network: str, ver: dict, band: tuple[float, float], knn: dict,
             "band": list(band),
             "measured": {"ratio": ver["ratio_to_dense"]["value"],
                          "ms": ver["measured"][f"{pct}_ms"],
-                         "runtime": (ver.get("runtime") or {}).get("runtime", DEFAULT_RUNTIME),
+                         "runtime": of(ver.get("runtime") or {}),
                          "valid": ver["valid"]},
             "knn_top1": {"gated": gated, "dense_stream": knn.get("knn_top1_dense"),
                          "random_init": random_init, "protocol": protocol,

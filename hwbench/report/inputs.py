@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, is_graph
+from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, is_graph, of
 from hwbench.errors import UsageError
 from hwbench.patterns import SCHEMA as PATTERN_SCHEMA
 from hwbench.profiles import SCHEMA as PROFILE_SCHEMA
@@ -29,10 +29,8 @@ EAGER_LABEL = "eager (hwbench engine)"  # a profile's runtime when it names none
 def record_label(record) -> str:
     """The label of a runtime record (``runtime_record``: a dict), a runtime name, or nothing
     (eager): ``eager (hwbench engine)`` or ``<runtime> <version>``."""
-    if isinstance(record, dict):
-        name, version = record.get("runtime", DEFAULT_RUNTIME), record.get("runtime_version")
-    else:
-        name, version = record or DEFAULT_RUNTIME, None
+    name = of(record)
+    version = record.get("runtime_version") if isinstance(record, dict) else None
     if name == DEFAULT_RUNTIME:
         return EAGER_LABEL
     return f"{name} {version}" if version else str(name)
@@ -59,7 +57,7 @@ class Profile:
     @property
     def runtime(self) -> str:
         """What ran the networks; a profile older than runtimes was run eagerly."""
-        return str(self.fingerprint.get("runtime") or DEFAULT_RUNTIME)
+        return of(self.fingerprint)
 
     @property
     def runtime_label(self) -> str:
