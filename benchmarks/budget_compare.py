@@ -36,11 +36,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hwbench.deploy.pipeline import train_to_target, trim_run  # noqa: E402
 from hwbench.io import atomic_write_json  # noqa: E402
 from hwbench.measure.device import fingerprint, parse_device  # noqa: E402
-from hwbench.pipeline import train_to_target, trim_run  # noqa: E402
 from hwbench.provenance import provenance  # noqa: E402
-from hwbench.train import TrainConfig, budget_defaults  # noqa: E402
+from hwbench.train.config import TrainConfig, budget_defaults  # noqa: E402
 
 TOLERANCE = 0.05
 

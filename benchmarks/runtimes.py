@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from hwbench.engine.runtimes import RUNTIMES  # noqa: E402
 from hwbench.io import atomic_write_json  # noqa: E402
+from hwbench.profile.speedup import SpeedupConfig, run_runtimes  # noqa: E402
 from hwbench.provenance import provenance  # noqa: E402
-from hwbench.speedup import SpeedupConfig, run_runtimes  # noqa: E402
 
 PATTERNS = [
     "models/mixed_resnet18_cifar32_t0.3.json",
@@ -66,7 +66,7 @@ def main() -> None:
     if args.gate:
         import tempfile
 
-        from hwbench.patterns import load_pattern, mixed_pattern
+        from hwbench.pattern.gate_pattern import load_pattern, mixed_pattern
 
         tmp = Path(tempfile.mkdtemp())
         made = []

@@ -5,8 +5,9 @@
     python benchmarks/speedup.py --per-layer     # also where the time goes, block by block
     python benchmarks/speedup.py --device cuda --exec eager,graphs,compile --batch-sizes 1
                                                  # executions timed interleaved in one run
-    python -c "from hwbench.patterns import mixed_pattern as m; m('resnet18', 'imagenet', 224, \
-        0.5, seed=0, gate='width:16').save('/tmp/w16.json')"   # width gates with dynamic widths
+    python -c "from hwbench.pattern.gate_pattern import mixed_pattern as m; \
+        m('resnet18', 'imagenet', 224, 0.5, seed=0, gate='width:16').save('/tmp/w16.json')"
+                                                 # width gates with dynamic widths
     python benchmarks/speedup.py --patterns /tmp/w16.json --device cuda --exec eager,graphs
                                                  # one graph per (width block, width bucket)
 
@@ -37,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 from hwbench.engine import build_engine, pattern_inputs, realise  # noqa: E402
 from hwbench.engine.graphs import EXECUTIONS  # noqa: E402
 from hwbench.io import atomic_write_json  # noqa: E402
-from hwbench.patterns import load_pattern, mixed_pattern  # noqa: E402
+from hwbench.pattern.gate_pattern import load_pattern, mixed_pattern  # noqa: E402
+from hwbench.profile.speedup import SpeedupConfig, layer_times, mode_macs, run_speedups  # noqa: E402
 from hwbench.provenance import provenance  # noqa: E402
-from hwbench.speedup import SpeedupConfig, layer_times, mode_macs, run_speedups  # noqa: E402
 
 MATRIX = [  # (pattern, batch sizes)
     ("models/mixed_resnet18_imagenet224_t0.3.json", (1,)),

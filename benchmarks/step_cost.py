@@ -40,7 +40,7 @@ from hwbench.measure.stats import summarise  # noqa: E402
 from hwbench.nets import create_net  # noqa: E402
 from hwbench.provenance import provenance  # noqa: E402
 from hwbench.ssl.model import LARS, CoTrainStep, Objective, SSLModel, lars_param_groups  # noqa: E402
-from hwbench.train import amp_dtype  # noqa: E402
+from hwbench.train.precision import amp_dtype  # noqa: E402
 
 TARGETS = {"cpu": 1.10, "cuda": 1.30}  # co / dense step time (issues 5 and 16)
 COMPILED = ":compiled"

@@ -32,14 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hwbench.data import info  # noqa: E402
+from hwbench.deploy.pipeline import deploy_run, fidelity  # noqa: E402
+from hwbench.deploy.verify import pattern_macs_ratio  # noqa: E402
 from hwbench.io import atomic_write_json  # noqa: E402
-from hwbench.patterns import load_pattern  # noqa: E402
-from hwbench.pipeline import deploy_run, fidelity  # noqa: E402
-from hwbench.profiles import Predictor, load_profile  # noqa: E402
+from hwbench.pattern.gate_pattern import load_pattern  # noqa: E402
+from hwbench.profile.predictor import Predictor, load_profile  # noqa: E402
 from hwbench.provenance import provenance  # noqa: E402
-from hwbench.train import TrainConfig, train  # noqa: E402
+from hwbench.train.config import TrainConfig  # noqa: E402
+from hwbench.train.loop import train  # noqa: E402
 from hwbench.units import LatencyTarget  # noqa: E402
-from hwbench.verify import pattern_macs_ratio  # noqa: E402
 
 
 def base_config(args, target_ms: float, t_d: float) -> TrainConfig:

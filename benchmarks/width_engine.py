@@ -48,7 +48,7 @@ from hwbench.engine.tiling import executed_macs  # noqa: E402
 from hwbench.io import atomic_write_json  # noqa: E402
 from hwbench.measure.device import fingerprint  # noqa: E402
 from hwbench.measure.protocol import Inputs, Protocol, measure  # noqa: E402
-from hwbench.patterns import GatePattern, LayerPattern, mixed_pattern, synthesise  # noqa: E402
+from hwbench.pattern.gate_pattern import GatePattern, LayerPattern, mixed_pattern, synthesise  # noqa: E402
 from hwbench.provenance import provenance  # noqa: E402
 
 TARGETS = (0.3, 0.5, 0.7)

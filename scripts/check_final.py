@@ -1,7 +1,7 @@
 """CI's guard on what the main command delivers: ``python scripts/check_final.py RUN_DIR``.
 
 Exit 1 with one line when RUN_DIR/final.json is missing, says DEGRADED, or its gated kNN top-1
-is more than 5 points under the dense stream's (``hwbench.final.guard``); else print the
+is more than 5 points under the dense stream's (``hwbench.deploy.final.guard``); else print the
 verdict line and exit 0 (the latency verdict is printed, not judged: machines are noisy)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hwbench.final import guard, line  # noqa: E402
+from hwbench.deploy.final import guard, line  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

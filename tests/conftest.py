@@ -10,7 +10,7 @@ def pytest_collection_modifyitems(config, items):
     """``gpu`` tests (tests/gpu, run by scripts/gpu_check.sh) are opt-in: unless ``-m`` names
     ``gpu``, they are deselected, so ``make test`` / ``pytest -q`` never runs them. Every other
     test runs in the order collected (no OpenVINO-last ordering: issue 24,
-    ``tests/test_pipeline.py`` runs OpenVINO end to end and forks after it)."""
+    ``tests/deploy/test_pipeline.py`` runs OpenVINO end to end and forks after it)."""
     if "gpu" in (config.option.markexpr or ""):
         return
     gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
@@ -24,7 +24,8 @@ def tiny_trained(tmp_path_factory):
     """One tiny co-trained run (synthetic data, 64 images, two steps), trained once per session
     for the tests that read its checkpoint and saved pattern and write nothing into it:
     ``(RUN, MODELS/run.json, RUN/checkpoint.pt)``."""
-    from hwbench.train import TrainConfig, train
+    from hwbench.train.config import TrainConfig
+    from hwbench.train.loop import train
 
     d = tmp_path_factory.mktemp("tiny_trained")
     train(TrainConfig(dataset="synthetic", n_synthetic=64, batch_size=16, epochs=1,

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from hwbench.patterns import synthesise
+from hwbench.pattern.gate_pattern import synthesise
 from tests.conftest import one_line_error
 from tests.conftest import run_cli as run
 

@@ -69,3 +69,91 @@ def test_no_module_is_longer_than_600_lines():
     long = [f"{p.relative_to(PACKAGE.parent)} ({n} lines)" for p in sorted(PACKAGE.rglob("*.py"))
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES]
     assert not long, long
+
+
+STAGES = ("pattern", "engine", "measure", "profile", "pick", "train", "deploy", "report")
+SHARED = ("nets", "ssl", "data", "cli")
+SHARED_MODULES = ("__init__", "__main__", "errors", "io", "units", "provenance")
+
+
+def test_the_top_level_reads_as_the_pipeline():
+    """One sub-package per stage (pattern -> engine -> measure -> profile -> pick -> train ->
+    deploy -> report), the shared ones beside them, and four small modules every stage uses."""
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    assert packages == set(STAGES) | set(SHARED)
+    assert modules == set(SHARED_MODULES)
+
+
+def _module_imports(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules ``path`` imports, anywhere in it (``from a.b import c`` counts as
+    ``a.b.c`` when that is a module, else ``a.b``)."""
+    def resolve(name: str) -> str:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hwbench"):
+            found |= {resolve(f"{node.module}.{a.name}") for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {resolve(a.name) for a in node.names if a.name.startswith("hwbench")}
+    return found - {""}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (iterative Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(graph.get(w, ())))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def _module_graph() -> dict[str, set[str]]:
+    paths = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return {m: _module_imports(p, set(paths)) - {m} for m, p in paths.items()}
+
+
+def test_no_import_cycle_between_modules_even_through_imports_inside_functions():
+    graph = _module_graph()
+    assert "hwbench.pick.t_d" in graph["hwbench.pick.target"]  # the graph sees real imports
+    assert not _cycles(graph), _cycles(graph)
+
+
+def test_the_cycle_check_would_catch_one():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []

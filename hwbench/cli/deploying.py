@@ -17,7 +17,7 @@ from hwbench.cli.options import (
     runtime_option,
 )
 from hwbench.cli.verdicts import on_runtime, print_final, trim_moves, trim_verdict, verdict_text
-from hwbench.verdict import EXIT_CODES, exit_help
+from hwbench.deploy.verdict import EXIT_CODES, exit_help
 
 
 @cli.command(epilog=exit_help((0, 4, 5, 2)))
@@ -46,8 +46,8 @@ def verify(pattern_path, checkpoint, target_latency, device, percentile, profile
     """Measure a learned network on this device: target vs predicted vs measured. It lands when
     the measured latency is within [0.90, 1.00] x the target: far under it is UNDERSHOT.
     """
+    from hwbench.deploy.verify import run_verify
     from hwbench.units import LatencyTarget
-    from hwbench.verify import run_verify
 
     res = run_verify(pattern_path, LatencyTarget.parse(target_latency, percentile), device,
                      checkpoint, percentile, profile_path, max_time_s,
@@ -95,7 +95,7 @@ def export_cmd(source, out, fmt, pattern_path, images, check_on, as_json) -> Non
     channels removed, BN folded, dynamic channels gated as in the static engine. Written only
     if, loaded back, it equals the compact engine within 1e-4 (fp32) on real test images
     (exit 1 and nothing written if not)."""
-    from hwbench.export import export
+    from hwbench.deploy.export import export
     from hwbench.nets.gate import parse_gate
 
     runtimes = tuple(r.strip() for r in check_on.split(",") if r.strip()) \
@@ -147,9 +147,9 @@ def trim(run_dir, target_latency, device, profile_path, percentile, tolerance, m
          knn, runtime) -> None:
     """Switch off a trained network's least-used channels, or switch always-off ones back on,
     until its measured latency on this device lands in [1 - tolerance, 1] x the target
-    (hwbench.trim); writes RUN/final.json and exits with its verdict's code.
+    (hwbench.deploy.trim); writes RUN/final.json and exits with its verdict's code.
     """
-    from hwbench.pipeline import trim_run
+    from hwbench.deploy.pipeline import trim_run
     from hwbench.units import parse_target
 
     parse_target(target_latency)
@@ -195,7 +195,7 @@ def compare(targets, methods, dataset, arch, time_budget, epochs, seed, device, 
     channel or width gates, or a structurally pruned dense network (Torch-Pruning)? One network
     per target and method, same data, seed and budget, each landed in the band by its own path,
     measured on real test images, with its kNN top-1."""
-    from hwbench.compare import CompareConfig, run_compare
+    from hwbench.deploy.compare import CompareConfig, run_compare
     from hwbench.report.figures import compare_figure
     from hwbench.units import parse_wall_time
 

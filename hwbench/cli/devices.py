@@ -49,11 +49,11 @@ def flops(arch, stem, input_size, pattern_path, t_d, gate, save_pattern, tile, a
     the gates' 1x1 convs; BN, ReLU, pooling and the head are not counted. A width-gated
     pattern's MACs are exact from its per-layer histograms of kept widths.
     """
-    from hwbench.flops import dense_report, pattern_report
     from hwbench.io import check_writable
     from hwbench.nets.gate import parse_gate
     from hwbench.nets.geometry import arch_spec
-    from hwbench.patterns import load_pattern, synthesise
+    from hwbench.pattern.gate_pattern import load_pattern, synthesise
+    from hwbench.pattern.macs import dense_report, pattern_report
 
     gate_spec = parse_gate(gate)
     if pattern_path is not None and t_d is not None:
@@ -94,7 +94,7 @@ def _print_macs_table(report) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from hwbench.flops import format_macs
+    from hwbench.pattern.macs import format_macs
 
     gated = report.gated_macs is not None
     title = (f"{report.arch} · {report.stem} stem · {report.input_size}×{report.input_size} px — "
@@ -160,7 +160,7 @@ def speedup(pattern_path, device, batch_size, threads, dtype, max_time_s, min_ru
 
     speedup = dense p50 / mode p50; efficiency = speedup / (dense MACs / mode MACs).
     """
-    from hwbench.speedup import SpeedupConfig, run_speedup, validate
+    from hwbench.profile.speedup import SpeedupConfig, run_speedup, validate
 
     cfg = SpeedupConfig(pattern=pattern_path, device=device, batch_size=batch_size,
                         threads=threads, dtype=dtype, max_time_s=max_time_s, min_runs=min_runs,
@@ -194,7 +194,7 @@ def _print_speedup(result) -> None:
 
     from hwbench.engine.graphs import DEFAULT_EXECUTION
     from hwbench.engine.runtimes.registry import is_graph
-    from hwbench.flops import format_macs
+    from hwbench.pattern.macs import format_macs
 
     p, d = result.pattern, result.device
     table = Table(title=f"{p['arch']} · {p['stem']} stem · {p['input_size']} px · batch "
@@ -344,8 +344,8 @@ def profile(device, arch, stem, input_size, batch_size, dtype, threads, t_d, pat
     """
     from pathlib import Path
 
-    from hwbench.profiler import ProfileConfig, Profiler
-    from hwbench.profiles import profile_filename, save_profile
+    from hwbench.profile.build import ProfileConfig, Profiler
+    from hwbench.profile.predictor import profile_filename, save_profile
 
     cfg = ProfileConfig(device=device, arch=arch, stem=stem, input_size=input_size,
                         batch_size=batch_size, dtype=dtype, threads=threads,
@@ -372,7 +372,7 @@ def profile(device, arch, stem, input_size, batch_size, dtype, threads, t_d, pat
     target = Path(out) if out else Path("profiles") / profile_filename(result["fingerprint"])
     written = save_profile(result, target)
     if as_json:
-        from hwbench.profiler import summary_rows
+        from hwbench.profile.build import summary_rows
 
         click.echo(json.dumps({"profile": str(written), "valid": result["valid"],
                                "table_valid": result["table"]["valid"],
@@ -388,7 +388,7 @@ def _print_profile(p: dict, path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from hwbench.profiler import summary_rows
+    from hwbench.profile.build import summary_rows
 
     fp, e = p["fingerprint"], p.get("energy", {})
     t = Table(title=f"{fp['arch']} · {fp['stem']} stem · {fp['input_size']} px · batch "
@@ -443,8 +443,8 @@ def runtime_of(profile: dict) -> str:
 
 def _load_checked_profile(profile_path, runtime):
     """The profile, refused in one line when ``runtime`` is given and not the profile's."""
-    from hwbench.locate import check_profile_runtime
-    from hwbench.profiles import load_profile
+    from hwbench.profile.locate import check_profile_runtime
+    from hwbench.profile.predictor import load_profile
 
     prof = load_profile(profile_path)
     if runtime is not None:
@@ -453,8 +453,8 @@ def _load_checked_profile(profile_path, runtime):
 
 
 def _load_profile_and_pattern(profile_path, pattern_path, runtime=None):
-    from hwbench.patterns import load_pattern
-    from hwbench.profiles import Predictor
+    from hwbench.pattern.gate_pattern import load_pattern
+    from hwbench.profile.predictor import Predictor
 
     prof = _load_checked_profile(profile_path, runtime)
     pred = Predictor(prof)
@@ -475,7 +475,7 @@ def _load_profile_and_pattern(profile_path, pattern_path, runtime=None):
 def predict(profile_path, pattern_path, runtime, as_json) -> None:
     """Predicted p50/p90 latency (ms) of a pattern on the profiled device, from the table alone."""
     from hwbench.engine.runtimes.registry import of
-    from hwbench.flops import pattern_report
+    from hwbench.pattern.macs import pattern_report
 
     prof, pred, pattern = _load_profile_and_pattern(profile_path, pattern_path, runtime)
     fp = prof["fingerprint"]
@@ -505,9 +505,9 @@ def predict(profile_path, pattern_path, runtime, as_json) -> None:
 def pick(profile_path, target_latency, percentile, runtime, as_json) -> None:
     """The largest t_d whose predicted latency meets the target (exit 2 if none does), and the
     widest thinner dense network (--width-mult) predicted to meet it: the baseline."""
-    from hwbench.baseline import pick_width_mult
+    from hwbench.deploy.baseline import pick_width_mult
     from hwbench.engine.runtimes.registry import of
-    from hwbench.profiles import Unattainable, pick_t_d
+    from hwbench.pick.t_d import Unattainable, pick_t_d
     from hwbench.units import parse_duration
 
     target = parse_duration(target_latency)

@@ -42,9 +42,9 @@ def eval_cmd(checkpoint, linear, knn, knn_protocols, linear_sgd_epochs, device, 
              workers, out, as_json) -> None:
     """Top-1 of a run's dense and gated features (kNN by protocol, linear probe, optionally the
     reference's SGD linear evaluation), its measured MACs ratio and per-layer on-ratios."""
-    from hwbench.evaluate import run_eval
     from hwbench.io import check_writable
     from hwbench.measure.device import parse_device
+    from hwbench.train.evaluation import run_eval
 
     parse_device(device)
     if out:

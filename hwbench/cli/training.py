@@ -16,9 +16,9 @@ from hwbench.cli.options import (
     runtime_option,
 )
 from hwbench.cli.verdicts import on_runtime, print_final, trim_moves, trim_verdict, verdict_text
+from hwbench.deploy.verdict import exit_help
 from hwbench.errors import UsageError
-from hwbench.recipe import RECIPES, apply_recipe, format_recipe
-from hwbench.verdict import exit_help
+from hwbench.train.recipe import RECIPES, apply_recipe, format_recipe
 
 
 @cli.command(name="train", epilog=exit_help())
@@ -61,7 +61,7 @@ from hwbench.verdict import exit_help
 @click.option("--budget", default="flops", show_default=True,
               type=click.Choice(["flops", "latency"]),
               help="flops: the paper's MACs budget t_d (picked from the profile); latency: train "
-                   "against each target device's predicted latency (hwbench.budget).")
+                   "against each target device's predicted latency (hwbench.train.budget).")
 @click.option("--sparsity-on", default="sampled", show_default=True,
               type=click.Choice(["sampled", "deployed"]),
               help="The MACs the sparsity term pulls to t_d: those of the Gumbel-noised masks "
@@ -191,8 +191,8 @@ def train_cmd(ctx, **o) -> None:
     --recipe paper sets the paper's values (docs/training.md: "The paper's recipe"); --dry-run shows
     them with their sources.
     """
-    from hwbench.pipeline import train_to_target
-    from hwbench.train import validate
+    from hwbench.deploy.pipeline import train_to_target
+    from hwbench.train.config import validate
 
     targets, gate = _check_train_options(o)
     cfg, values, sources = apply_recipe(_train_config(o, gate), o["recipe"], _given_fields(ctx))
@@ -219,7 +219,7 @@ def _check_train_options(o: dict) -> tuple[list, str]:
     """One-line errors for options that do not go together, bad devices and targets, before
     anything runs; the parsed device targets and the gate kind (``auto_gate``)."""
     from hwbench.measure.device import parse_device
-    from hwbench.target import auto_gate, check_target_runtime, parse_device_targets
+    from hwbench.pick.target import auto_gate, check_target_runtime, parse_device_targets
 
     target = bool(o["target_latency"])
     if o["t_d"] is not None and target:
@@ -251,7 +251,8 @@ _AS_IS = ("dataset", "data_dir", "download", "workers", "arch", "method", "batch
 
 def _train_config(o: dict, gate: str):
     """The TrainConfig the options describe (before the recipe)."""
-    from hwbench.train import BUDGET_MAX_EPOCHS, TrainConfig, budget_defaults
+    from hwbench.train.config import TrainConfig, budget_defaults
+    from hwbench.train.schedule import BUDGET_MAX_EPOCHS
     from hwbench.units import parse_wall_time
 
     budget_s = None if o["time_budget"] is None else parse_wall_time(o["time_budget"],
@@ -298,7 +299,7 @@ def _given_fields(ctx: click.Context) -> dict[str, str]:
 
 def _print_train_summary(summary: dict, country: str) -> int:
     """What ``hwbench train`` prints at the end; the exit code: final.json's verdict's."""
-    from hwbench.train import top1_se
+    from hwbench.train.evaluation import top1_se
 
     final, init = summary["final"], summary.get("initial", {})
     keys = [k for k in ("loss", "macs_ratio", "eval_macs_ratio") if k in final]

@@ -9,9 +9,9 @@ from hwbench.cli.options import DEFAULT_RUNTIME_NAME
 
 
 def print_final(final: dict | None) -> int:
-    """The verdict line of final.json's data (``hwbench.final``); its exit code (0 without one:
-    nothing was measured on this machine)."""
-    from hwbench.final import baseline_line, line
+    """The verdict line of final.json's data (``hwbench.deploy.final``); its exit code (0 without
+    one: nothing was measured on this machine)."""
+    from hwbench.deploy.final import baseline_line, line
 
     if final is None:
         return 0

@@ -47,7 +47,7 @@ from hwbench.engine.width import WidthBlock
 from hwbench.errors import UsageError
 from hwbench.measure.device import ieee_fp32
 from hwbench.nets.resnet import GatedBasicBlock, GatedResNet
-from hwbench.patterns import GatePattern, check_tile
+from hwbench.pattern.gate_pattern import GatePattern, check_tile
 
 MODES = ("dense", "masked", "static", "dynamic")
 BATCH_STRATEGY = "union of the batch's on-channels, then a per-sample mask"

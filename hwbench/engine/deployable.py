@@ -20,7 +20,7 @@ from torch import nn
 from hwbench.engine.fold import fold_bn
 from hwbench.errors import UsageError
 from hwbench.nets.resnet import GatedBasicBlock, GatedResNet
-from hwbench.patterns import GatePattern
+from hwbench.pattern.gate_pattern import GatePattern
 
 
 def _frozen_conv(w: torch.Tensor, b: torch.Tensor, like: nn.Conv2d) -> nn.Conv2d:

@@ -15,7 +15,7 @@ from hwbench.engine.fold import fold_bn
 from hwbench.engine.kernels import Conv, channels_last_weights, run_conv
 from hwbench.engine.tiling import pad_to
 from hwbench.nets.gate import kept_groups
-from hwbench.patterns import GatePattern, round_to_tile
+from hwbench.pattern.gate_pattern import GatePattern, round_to_tile
 
 
 @dataclass

@@ -27,7 +27,7 @@ from hwbench.engine.compact import channel_groups
 from hwbench.engine.inputs import pattern_inputs
 from hwbench.nets import create_net
 from hwbench.nets.resnet import GatedResNet
-from hwbench.patterns import GatePattern
+from hwbench.pattern.gate_pattern import GatePattern
 
 
 @torch.no_grad()

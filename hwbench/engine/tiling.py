@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from hwbench.patterns import GatePattern, round_to_tile
+from hwbench.pattern.gate_pattern import GatePattern, round_to_tile
 
 
 def pad_to(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:

@@ -228,7 +228,7 @@ class ChannelGate(nn.Module):
         if self.spec.kind == "width":
             return self._forward_width(x, logits)
         # the last pass's noise-free decisions (straight-through in training), for budgets on
-        # the deployed network (hwbench.budget); read through GatedForward.deployed_masks
+        # the deployed network (hwbench.train.budget); read through GatedForward.deployed_masks
         if self.training:
             if self.surrogate == "linear":
                 # the budget moves the gates, not the features: its strong, non-vanishing

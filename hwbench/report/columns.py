@@ -22,7 +22,7 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
         "t_d": "the t_d pick chooses for the target (empty: none meets it)",
         "predicted_ms": "the predicted latency pick decided on (ms; the table's monotone "
                         "envelope)",
-        "rule": "the decision rule (profiles.RULE: pick, train and this table share it)",
+        "rule": "the decision rule (pick.t_d.RULE: pick, train and this table share it)",
         "swept_t_d": "the largest profiled t_d at or under t_d with a valid measurement",
         "measured_ms": "swept_t_d's measured latency at the percentile (ms), profile sweep",
         "macs_ratio": "swept_t_d's pattern's gated/dense MACs ratio",
@@ -48,7 +48,7 @@ SCHEMAS: dict[str, tuple[str, dict[str, str]]] = {
         "p99_ms": "99th percentile latency (ms)", "valid": "the protocol's validity flag"}),
     "delivered": ("one latency-target run: what it delivered (RUN/final.json)", {
         "run": "the run", "network": "the delivered network (trim-<target> or deployed)",
-        "verdict": "MET, UNDERSHOT, MISSED, NO DECISION or DEGRADED (hwbench.verdict)",
+        "verdict": "MET, UNDERSHOT, MISSED, NO DECISION or DEGRADED (hwbench.deploy.verdict)",
         "target": "the target (0.67x: of the dense latency measured alongside; or ms)",
         "percentile": "the percentile decided on", "band": "the landing band, x target",
         "measured_ratio": "measured / dense at the percentile",

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, is_graph, of
 from hwbench.errors import UsageError
-from hwbench.patterns import SCHEMA as PATTERN_SCHEMA
-from hwbench.profiles import SCHEMA as PROFILE_SCHEMA
-from hwbench.profiles import ProfileError, load_profile
+from hwbench.pattern.gate_pattern import SCHEMA as PATTERN_SCHEMA
+from hwbench.profile.predictor import SCHEMA as PROFILE_SCHEMA
+from hwbench.profile.predictor import ProfileError, load_profile
 
 RUN_MARKERS = ("summary.json", "metrics.jsonl")
 # results of `hwbench compare` ("compare") and of the benchmark it replaced

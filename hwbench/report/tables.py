@@ -227,8 +227,8 @@ def _learned_ratio(v: dict) -> float | None:
 
 def _pattern_macs_ratio(pattern: dict) -> float | None:
     try:
-        from hwbench.flops import pattern_report
-        from hwbench.patterns import GatePattern
+        from hwbench.pattern.gate_pattern import GatePattern
+        from hwbench.pattern.macs import pattern_report
         return pattern_report(GatePattern.from_dict(pattern)).ratio
     except Exception:  # a pattern this version cannot read: leave the point out
         return None
@@ -401,7 +401,7 @@ def predictor(inputs: Inputs) -> Table:
 
 
 def summary(inputs: Inputs, extra_targets: list[tuple[float, str]] = ()) -> Table:
-    """Per device and target: the t_d ``pick`` chooses (``profiles.pick_t_d``, the one rule),
+    """Per device and target: the t_d ``pick`` chooses (``pick.t_d.pick_t_d``, the one rule),
     and beside it the largest validly measured swept t_d at or under it, with its numbers."""
     rows = []
     for p in inputs.profiles:
@@ -426,7 +426,7 @@ def summary(inputs: Inputs, extra_targets: list[tuple[float, str]] = ()) -> Tabl
 
 def _pick(p, target_ms: float | None, pct: str):
     """``pick``'s answer for ``target_ms`` on profile ``p`` (None: no target, or none meets)."""
-    from hwbench.profiles import Unattainable, pick_t_d
+    from hwbench.pick.t_d import Unattainable, pick_t_d
 
     if target_ms is None:
         return None

@@ -83,7 +83,7 @@ class GatingLoss(nn.Module):
         if not 0 < t_d <= 1:
             raise ValueError(f"t_d must be in (0, 1], got {t_d}")
         self.t_d, self.lam, self.gamma = t_d, lam, gamma
-        # --budget latency: the sparsity term is the device-latency term (hwbench.budget);
+        # --budget latency: the sparsity term is the device-latency term (hwbench.train.budget);
         # the bound keeps t_d (the MACs budget the target's profile suggests)
         self.latency = latency
 

@@ -106,7 +106,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # for smoke tests
     n_synthetic: int = 512
     decision: dict = field(default_factory=dict)  # how t_d was chosen (profile, prediction)
-    # --budget latency (hwbench.budget): the sparsity term targets each device's predicted
+    # --budget latency (hwbench.train.budget): the sparsity term targets each device's predicted
     # latency; latency_targets holds DeviceTarget dicts (device, profile, target_ms, percentile)
     budget: str = "flops"
     sparsity_on: str = "sampled"  # or "deployed": whose MACs the sparsity term pulls to t_d
@@ -133,7 +133,7 @@ class TrainConfig:
     # issue 15)
     shared_downsample_bn: bool = True
     vicreg_gather: bool = False  # under DDP: VICReg of the gathered global batch, not per rank
-    recipe: str | None = None  # the preset this config was resolved from (hwbench.recipe)
+    recipe: str | None = None  # the preset this config was resolved from (hwbench.train.recipe)
     # DataLoader worker processes per training process (None: data.auto_workers, 0 for sets in
     # memory); the augmentations' random draws depend on it, so resume with the same number
     workers: int | None = None
@@ -161,8 +161,8 @@ def latency_budget(cfg: TrainConfig):
     """The ``--budget latency`` term for ``cfg`` (None for the paper's MACs budget)."""
     if cfg.budget != "latency":
         return None
-    from hwbench.budget import LatencyBudget, LatencyEstimate
-    from hwbench.profiles import load_profile
+    from hwbench.profile.predictor import load_profile
+    from hwbench.train.budget import LatencyBudget, LatencyEstimate
 
     if not cfg.latency_targets:
         raise UsageError("--budget latency needs --target-latency (the latency to train for)")

@@ -23,7 +23,7 @@ of every global batch, VICReg sees each process's own batch (as the reference; `
 the gathered global batch), and rank 0 alone writes files.
 Schedules (``schedule``): "hwbench" warms up per step from 0 over ``warmup_epochs`` then decays
 per step by a cosine; "reference" is the paper's scripts' (``lr_at``). ``recipe`` names the
-preset (hwbench.recipe) the config was resolved from, if any.
+preset (hwbench.train.recipe) the config was resolved from, if any.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from hwbench.data import (
 from hwbench.errors import UsageError
 from hwbench.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from hwbench.nets.gate import set_gate_noise, set_gates_open
-from hwbench.patterns import summarise
+from hwbench.pattern.gate_pattern import summarise
 from hwbench.ssl.losses import anneal_p
 from hwbench.train.config import (
     CHECKPOINT,

@@ -15,9 +15,9 @@ from hwbench.engine import (
 )
 from hwbench.engine.tiling import executed_macs
 from hwbench.errors import UsageError
-from hwbench.flops import pattern_report
-from hwbench.patterns import mixed_pattern, round_to_tile
-from hwbench.speedup import mode_macs
+from hwbench.pattern.gate_pattern import mixed_pattern, round_to_tile
+from hwbench.pattern.macs import pattern_report
+from hwbench.profile.speedup import mode_macs
 
 SIZE = 16
 TOL = 1e-5

@@ -7,7 +7,7 @@ from hwbench.engine import MODES, build_engine, channel_groups, mkldnn_available
 from hwbench.engine.realise import pattern_inputs
 from hwbench.errors import UsageError
 from hwbench.nets import create_net, list_nets
-from hwbench.patterns import LayerPattern, mixed_pattern, synthesise
+from hwbench.pattern.gate_pattern import LayerPattern, mixed_pattern, synthesise
 
 BACKENDS = ["aten"] + (["mkldnn"] if mkldnn_available() else [])
 TOL = 1e-4

@@ -17,7 +17,7 @@ from hwbench.engine.graphs import (
     executable,
 )
 from hwbench.errors import UsageError
-from hwbench.patterns import mixed_pattern
+from hwbench.pattern.gate_pattern import mixed_pattern
 
 TOL = 1e-4
 SIZE = 16
@@ -251,7 +251,7 @@ def test_cli_refuses_graphs_without_cuda(pattern_file, command):
 @pytest.mark.slow
 def test_speedup_times_executions_interleaved_with_ratios_to_their_own_dense(pattern_file,
                                                                              monkeypatch):
-    from hwbench import speedup
+    import hwbench.profile.speedup as speedup
     from hwbench.engine import graphs
 
     real = graphs.executable
@@ -276,11 +276,11 @@ def test_speedup_times_executions_interleaved_with_ratios_to_their_own_dense(pat
 @pytest.mark.slow
 def test_profile_times_through_its_execution_and_matches_only_that_execution(tmp_path,
                                                                              monkeypatch):
-    from hwbench import profiler
+    import hwbench.profile.build as profiler
     from hwbench.engine import graphs
-    from hwbench.locate import Conditions, find_profile
-    from hwbench.profiles import profile_filename, save_profile
-    from tests.test_profiles import TINY
+    from hwbench.profile.locate import Conditions, find_profile
+    from hwbench.profile.predictor import profile_filename, save_profile
+    from tests.profile.test_predictor import TINY
 
     seen = []
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hwbench.engine import channel_groups, pattern_inputs, realise
-from hwbench.patterns import mixed_pattern, summarise
+from hwbench.pattern.gate_pattern import mixed_pattern, summarise
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ from hwbench.engine.runtimes import (
     runtime_record,
 )
 from hwbench.errors import UsageError
-from hwbench.locate import Conditions, mismatch
-from hwbench.patterns import mixed_pattern
+from hwbench.pattern.gate_pattern import mixed_pattern
+from hwbench.profile.locate import Conditions, mismatch
 from tests.conftest import random_gate_heads
 
 RUNTIMES = ("onnxruntime", "openvino")

@@ -13,7 +13,7 @@ from hwbench.engine import (
 )
 from hwbench.errors import UsageError
 from hwbench.nets import create_net
-from hwbench.patterns import mixed_pattern, summarise, synthesise
+from hwbench.pattern.gate_pattern import mixed_pattern, summarise, synthesise
 from tests.conftest import random_gate_heads
 
 BACKENDS = ["aten"] + (["mkldnn"] if mkldnn_available() else [])

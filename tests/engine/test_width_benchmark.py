@@ -17,7 +17,7 @@ def bench():
 
 
 def test_hard_pattern_keeps_exactly_the_given_widths(bench):
-    from hwbench.patterns import mixed_pattern
+    from hwbench.pattern.gate_pattern import mixed_pattern
 
     p = mixed_pattern("resnet18", "cifar", 16, 0.5, seed=0, gate="width:16")
     widths = [lp.always_on + lp.dynamic for lp in p.layers]

@@ -17,7 +17,7 @@ import torch
 
 from hwbench.engine import build_engine, channel_groups, pattern_inputs, realise
 from hwbench.nets import list_nets
-from hwbench.patterns import GatePattern, mixed_pattern
+from hwbench.pattern.gate_pattern import GatePattern, mixed_pattern
 from tests.gpu.conftest import injected, quick, run_logged, tail, write_json
 
 pytestmark = pytest.mark.gpu
@@ -260,7 +260,7 @@ def test_gate_masks_match_cpu(case, device, check_out):
 # A quick profile, its energy source
 
 def _profile_config(device: torch.device):
-    from hwbench.profiler import ProfileConfig
+    from hwbench.profile.build import ProfileConfig
 
     cuda = device.type == "cuda"
     # the CLI has no knobs for the latency table (grid, rounds), hence the library; QUICK is a
@@ -277,8 +277,8 @@ def _profile_config(device: torch.device):
 @pytest.fixture(scope="session")
 def device_profile(device, check_out) -> tuple[Path, dict]:
     """A quick profile of the device (resnet18, cifar stem, 32 px, batch 1), saved to OUT."""
-    from hwbench.profiler import run_profile
-    from hwbench.profiles import save_profile
+    from hwbench.profile.build import run_profile
+    from hwbench.profile.predictor import save_profile
 
     prof = run_profile(_profile_config(device))
     path = save_profile(prof, check_out / f"profile_{device.type}_cifar32_b1.json")
@@ -329,7 +329,8 @@ def _hwbench(args: list, log: Path, timeout_s: float, cwd: Path):
 def _train_in_process(device, work: Path) -> dict:
     """QUICK: the same run through the library with 64 synthetic images and no kNN of the
     initial network; the CLI's fixed 512 + 512 images cost minutes of kNN on a 2-core CPU."""
-    from hwbench.train import TrainConfig, train
+    from hwbench.train.config import TrainConfig
+    from hwbench.train.loop import train
 
     cfg = TrainConfig(dataset="synthetic", n_synthetic=64, batch_size=16, proj_dims=(32, 32, 16),
                       epochs=1, max_steps_per_epoch=2, eval_initial=False, energy=False,
@@ -354,14 +355,14 @@ def trained_run(device, check_out):
 
 
 def test_train_and_verify_exit_codes(device, device_profile, trained_run, check_out):
-    """train exits 0; verify exits with its verdict's code (hwbench.verdict): 4 UNDERSHOT on a
-    target the network lands far under (1 s: it runs in ms), 4 MISSED on one it cannot meet
+    """train exits 0; verify exits with its verdict's code (hwbench.deploy.verdict): 4 UNDERSHOT on
+    a target the network lands far under (1 s: it runs in ms), 4 MISSED on one it cannot meet
     (1 us), 0 MET on one it lands within (the 1 s run's p90 / 0.95, in the band [0.90, 1]
     while the two measurements agree within 5 %); train refuses a target below the profile's
     fastest t_d with exit 2, before training. A measurement without a valid p90 within the 1 s
     (NO DECISION, exit 5) fails the check on a GPU; on a CPU (the dry run: a shared 2-core CPU
     measured a p90 CI of 3.5 % in 10 s) it is accepted with its own code."""
-    from hwbench.verdict import EXIT_CODES, NO_DECISION
+    from hwbench.deploy.verdict import EXIT_CODES, NO_DECISION
 
     prof_path, _ = device_profile
     res, work = trained_run

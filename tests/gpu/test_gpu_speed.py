@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hwbench.patterns import GatePattern, mixed_pattern, synthesise
+from hwbench.pattern.gate_pattern import GatePattern, mixed_pattern, synthesise
 from tests.gpu.conftest import ROOT, quick, run_logged, tail, write_json
 
 pytestmark = pytest.mark.gpu
@@ -80,7 +80,7 @@ def _pattern(path: Path, pat: GatePattern, tile: int = 1) -> str:
 
 def _speedup(device, check_out: Path, name: str, pat: GatePattern, batch: int, dtype: str,
              execution: str, tile: int = 1):
-    from hwbench.speedup import SpeedupConfig, run_speedup
+    from hwbench.profile.speedup import SpeedupConfig, run_speedup
 
     s = setting(device)
     cfg = SpeedupConfig(pattern=_pattern(check_out / f"pattern_{name}.json", pat, tile),
@@ -160,8 +160,8 @@ def test_co_training_step_cost(name, suffix, device, step_cost, check_out):
 def large_batch_profile(device, check_out) -> dict:
     """``hwbench profile`` at the large batch (the library, for the table's knobs), with the
     NVML counter's energy per inference; saved to OUT."""
-    from hwbench.profiler import ProfileConfig, run_profile
-    from hwbench.profiles import save_profile
+    from hwbench.profile.build import ProfileConfig, run_profile
+    from hwbench.profile.predictor import save_profile
 
     s = setting(device)
     cfg = ProfileConfig(device=str(device), arch=s["arch"], stem=s["stem"], input_size=s["size"],
@@ -202,7 +202,7 @@ def test_batch1_compile_beside_graphs(device, check_out):
     if device.type != "cuda" or quick() or not compile_checks():
         pytest.skip("compile is timed in the full CUDA run with HWBENCH_GPU_COMPILE=1 only "
                     "(tests/engine/test_graphs.py checks it on the CPU)")
-    from hwbench.speedup import SpeedupConfig, run_speedups
+    from hwbench.profile.speedup import SpeedupConfig, run_speedups
 
     s = setting(device)
     pat = mixed_pattern(s["arch"], s["stem"], s["size"], 0.5, seed=3)

@@ -1,5 +1,5 @@
 """What a device name promises: fp32 is IEEE fp32 (which fingerprints are the same machine:
-tests/test_locate.py)."""
+tests/profile/test_locate.py)."""
 
 import pytest
 import torch
@@ -26,7 +26,7 @@ def test_fp32_on_cuda_turns_tf32_off_and_leaves_the_cpu_alone(tf32_flags):
 @pytest.mark.slow
 def test_an_engine_built_for_cuda_turns_tf32_off_before_it_touches_the_device(tf32_flags):
     from hwbench.engine import build_engine, realise
-    from hwbench.patterns import mixed_pattern
+    from hwbench.pattern.gate_pattern import mixed_pattern
 
     torch.backends.cudnn.allow_tf32 = True
     p = mixed_pattern("resnet18", "cifar", 32, 0.5, seed=0)

@@ -387,7 +387,7 @@ def test_null_meter_and_idle_power(monkeypatch):
 
 @pytest.mark.slow
 def test_importing_hwbench_energy_does_not_import_zeus():
-    code = ("import sys, hwbench.measure.energy, hwbench.cli, hwbench.profiler; "
+    code = ("import sys, hwbench.measure.energy, hwbench.cli, hwbench.profile.build; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'zeus'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -8,8 +8,8 @@ import pytest
 from hwbench.engine import realise
 from hwbench.errors import UsageError
 from hwbench.measure.energy import EnergyMeter, energy_per_inference
-from hwbench.patterns import synthesise
-from hwbench.profiler import ProfileConfig, Profiler
+from hwbench.pattern.gate_pattern import synthesise
+from hwbench.profile.build import ProfileConfig, Profiler
 from tests.measure.test_energy import gpu_meter
 
 WATTS = 300.0

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from hwbench.measure.energy import CodecarbonMeter
-from hwbench.profiler import ProfileConfig, run_profile
-from hwbench.profiles import pick_t_d, profile_filename, save_profile
+from hwbench.pick.t_d import pick_t_d
+from hwbench.profile.build import ProfileConfig, run_profile
+from hwbench.profile.predictor import profile_filename, save_profile
 from tests.measure.test_energy import _CC, gpu_meter
 
 TINY_PROFILE = dict(input_size=32, t_d=(0.3, 0.6, 1.0), max_time_s=0.05, min_runs=32, warmup=1,
@@ -21,9 +22,10 @@ def report_inputs(tmp_path_factory):
     """profiles/: this CPU with codecarbon-estimated energy (batch 1) and with an exact fake
     NVML counter (batch 2); runs/: a verified co-trained run with eval.json and training energy,
     and a run interrupted before any evaluation."""
-    from hwbench.evaluate import run_eval
-    from hwbench.pipeline import train_to_target
-    from hwbench.train import TrainConfig, train
+    from hwbench.deploy.pipeline import train_to_target
+    from hwbench.train.config import TrainConfig
+    from hwbench.train.evaluation import run_eval
+    from hwbench.train.loop import train
 
     root = tmp_path_factory.mktemp("report-inputs")
     threads = torch.get_num_threads()
@@ -42,7 +44,7 @@ def report_inputs(tmp_path_factory):
     train_to_target(cfg, target_ms * 1e-3, str(est_path), verify_max_time_s=0.2,
                     energy_factory=_CC)
     run_eval(root / "runs" / "co" / "checkpoint.pt", linear=True, knn=True)
-    from hwbench.pipeline import trim_run
+    from hwbench.deploy.pipeline import trim_run
 
     trim_run(root / "runs" / "co", target_ms * 1e-3, "cpu", str(est_path), max_time_s=0.2,
              min_runs=16, verify_max_time_s=0.2, calib_samples=32, max_measurements=3)

@@ -84,7 +84,7 @@ def test_tables_hold_the_expected_rows(report):
 
 @pytest.mark.slow
 def test_the_summary_decides_as_pick_does(report, tmp_path):
-    from hwbench.profiles import RULE, Unattainable, pick_t_d
+    from hwbench.pick.t_d import RULE, Unattainable, pick_t_d
 
     out, _, inp = report
     prof = json.loads(inp["estimated"].read_text())
@@ -247,8 +247,8 @@ def test_bad_inputs_are_skipped_with_a_reason_or_a_one_line_error(report_inputs,
 
 @pytest.mark.slow
 def test_measurement_and_training_code_never_import_a_plotting_library():
-    code = ("import sys, hwbench.cli, hwbench.train, hwbench.profiler, hwbench.verify, "
-            "hwbench.target, hwbench.report; "
+    code = ("import sys, hwbench.cli, hwbench.train, hwbench.profile.build, hwbench.deploy.verify, "
+            "hwbench.pick.target, hwbench.report; "
             "bad = [m for m in ('matplotlib', 'seaborn') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -310,7 +310,7 @@ def test_the_dynamic_vs_static_comparison_is_a_table_and_a_figure(report):
 def nonmonotone_profile():
     """A fake device whose full width is faster than 90 % of it (a kernel that runs the full
     width best), in its table and in its measured sweep, as committed profiles show."""
-    from tests.test_profiles import synthetic_profile
+    from tests.profile.test_predictor import synthetic_profile
 
     prof = synthetic_profile()
     for i, b in enumerate(prof["table"]["blocks"]):
@@ -336,8 +336,9 @@ def nonmonotone_profile():
 
 @pytest.mark.slow
 def test_pick_and_the_report_agree_where_t_d_1_is_faster_than_0_9(tmp_path):
-    from hwbench.patterns import synthesise
-    from hwbench.profiles import Predictor, pick_t_d, save_profile
+    from hwbench.pattern.gate_pattern import synthesise
+    from hwbench.pick.t_d import pick_t_d
+    from hwbench.profile.predictor import Predictor, save_profile
 
     prof = nonmonotone_profile()
     pred = Predictor(prof)
@@ -363,7 +364,7 @@ def test_pick_and_the_report_agree_where_t_d_1_is_faster_than_0_9(tmp_path):
 def test_polled_power_is_not_labelled_a_counter(method, words):
     from hwbench.report.build import _energy_blocks
     from hwbench.report.inputs import Inputs, Profile
-    from tests.test_profiles import synthetic_profile
+    from tests.profile.test_predictor import synthetic_profile
 
     prof = synthetic_profile()
     prof["fingerprint"] = {**prof["fingerprint"], "type": "cuda", "name": "Old GPU"}
@@ -386,8 +387,8 @@ def test_the_verdict_accuracy_and_baseline_sit_beside_the_latency(report, tmp_pa
     assert row["baseline"] == ""  # the fixture's run trained none
     assert "## What each target run delivered" in (out / "report.md").read_text()
     # a run with a thin baseline: its row carries it
-    from hwbench.final import final_record
-    from tests.test_final import KNN, verify_result
+    from hwbench.deploy.final import final_record
+    from tests.deploy.test_final import KNN, verify_result
 
     run = tmp_path / "runs" / "with_baseline"
     run.mkdir(parents=True)

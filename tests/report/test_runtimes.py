@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from hwbench.profiles import profile_filename, save_profile
+from hwbench.profile.predictor import profile_filename, save_profile
 from hwbench.report import build_report
 from hwbench.report.inputs import EAGER_LABEL, discover
 from hwbench.report.tables import build_tables
-from tests.test_profiles import synthetic_profile
+from tests.profile.test_predictor import synthetic_profile
 
 MACS = {0.3: 0.36, 0.5: 0.55, 1.0: 1.0}
 # runtime -> (version, dense p50 ms, p50 ms per swept t_d, validation within 10%, within 5%);

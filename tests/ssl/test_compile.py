@@ -1,7 +1,7 @@
 """One compiled co-training step (torch.compile, inductor) gives the eager step's loss and
 terms, on a tiny net (one block per stage, narrow): compiling resnet18's step takes minutes on a
 small CPU. Forward only: the backward graph is compiled at the first backward, as long again
-(tests/test_train.py runs compiled training steps through Dynamo with its eager backend)."""
+(tests/train/test_train.py runs compiled training steps through Dynamo with its eager backend)."""
 
 import shutil
 

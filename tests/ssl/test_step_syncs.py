@@ -4,12 +4,12 @@ from the device: no host sync per step on a GPU (issue 16)."""
 import pytest
 import torch
 
-from hwbench.budget import LatencyBudget, LatencyEstimate
 from hwbench.nets import create_net
 from hwbench.ssl.model import LARS, CoTrainStep, Objective, SSLModel, lars_param_groups
+from hwbench.train.budget import LatencyBudget, LatencyEstimate
 from tests.ssl.syncs import NoHostSync, no_host_sync
 from tests.ssl.test_lars import reference_step
-from tests.test_budget import curved_profile
+from tests.train.test_budget import curved_profile
 
 
 class PerParameterLARS(LARS):

@@ -18,7 +18,7 @@ from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, get
 from hwbench.engine.runtimes.session import Session, compile_module
 from hwbench.errors import UsageError
 from hwbench.nets.resnet import GatedResNet
-from hwbench.patterns import GatePattern, LayerPattern
+from hwbench.pattern.gate_pattern import GatePattern, LayerPattern
 
 POLICIES = ("auto", "static", "width")
 
