@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from hwbench.errors import UsageError
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -40,9 +43,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save`` through the same temporary file and rename (checkpoints)."""
-    import io
-
-    import torch
+    import torch  # only checkpoints need torch: writing a JSON result does not load it
 
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -53,8 +54,6 @@ def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
     """Fail before any work when ``path`` (a file, or a ``folder``) cannot be written: the wrong
     kind of thing is already there, or its nearest existing ancestor is not a writable folder.
     Raises ``UsageError`` (one line, exit 2)."""
-    from hwbench.errors import UsageError
-
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         raise UsageError(f"{path} exists and is {'not ' if folder else ''}a folder")

@@ -11,6 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from hwbench.measure.device import fingerprint
+
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -40,9 +44,6 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> list[str]:
 
 def provenance(argv: list[str] | None = None, device: str = "cpu") -> dict:
     """{commit, command, machine, date} of the result this process is writing."""
-    import torch
-
-    from hwbench.measure.device import fingerprint
 
     fp = fingerprint(torch.device(device))
     args = list(sys.argv if argv is None else argv)

@@ -157,3 +157,32 @@ def test_no_import_cycle_between_modules_even_through_imports_inside_functions()
 def test_the_cycle_check_would_catch_one():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def _imports_inside_functions(source: str) -> list[tuple[int, bool]]:
+    """(line, has a reason) of every import inside a function: the reason is a comment on it."""
+    lines = source.split("\n")
+    out = []
+    for fn in ast.walk(ast.parse(source)):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            out += [(n.lineno, "#" in "".join(lines[n.lineno - 1:n.end_lineno]))
+                    for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    return out
+
+
+def test_imports_inside_functions_are_in_the_cli_or_say_why():
+    """The CLI imports inside its commands so that ``--help`` loads no torch; anywhere else an
+    import inside a function is an optional extra, a slow import few runs need, or a module that
+    must stay light, and says so on its line."""
+    bare = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = str(path.relative_to(PACKAGE.parent))
+        if not rel.startswith("hwbench/cli/"):
+            bare += [f"{rel}:{n}" for n, why in
+                     _imports_inside_functions(path.read_text(encoding="utf-8")) if not why]
+    assert not bare, bare
+
+
+def test_the_import_check_would_catch_a_bare_one():
+    src = "def f():\n    import json\n    import onnx  # the optional extra\n"
+    assert _imports_inside_functions(src) == [(2, False), (3, True)]

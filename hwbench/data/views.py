@@ -14,7 +14,7 @@ def ssl_transform(name: str, size: int | None = None):
     32-px sets, 0.08 with blur for the larger ones), colour jitter (0.4, 0.4, 0.2, 0.1; p 0.8),
     grayscale (p 0.2), solarisation (p 0.1), horizontal flip; then normalisation. The digit
     sets (mnist5k, digits) get ``digit_transform`` instead."""
-    from torchvision.transforms import v2
+    from torchvision.transforms import v2  # ~2 s to import: only runs that augment need it
 
     meta = info(name)
     size = size or meta.input_size
@@ -40,7 +40,7 @@ def digit_transform(name: str, size: int | None = None):
     hue/saturation/grayscale act on nothing in grey images. Instead: small rotations, shifts and
     shears, crops keeping >= 40% of the area, brightness/contrast jitter (p 0.8), blur (p 0.2),
     then normalisation."""
-    from torchvision.transforms import v2
+    from torchvision.transforms import v2  # ~2 s to import: only runs that augment need it
 
     meta = info(name)
     size = size or meta.input_size
@@ -53,7 +53,7 @@ def digit_transform(name: str, size: int | None = None):
 
 
 def eval_transform(name: str, size: int | None = None):
-    from torchvision.transforms import v2
+    from torchvision.transforms import v2  # ~2 s to import: only runs that augment need it
 
     meta = info(name)
     size = size or meta.input_size
@@ -98,7 +98,10 @@ BLUR_KERNEL = 13  # odd, >= 6 sigma_max + 1: the reference blurs with PIL's radi
 def reference_view_transform(name: str, view: int):
     """View ``view`` (1 or 2) of the reference's pre-training pipeline for data set ``name``
     (``REFERENCE_VIEWS``), on uint8 (3, H, W) tensors or PIL images."""
-    from torchvision.transforms import InterpolationMode, v2
+    from torchvision.transforms import (  # ~2 s to import: only runs that augment need it
+        InterpolationMode,
+        v2,
+    )
 
     check_views(name, "reference")
     r = REFERENCE_VIEWS[name]
@@ -143,7 +146,7 @@ def linear_train_transform(name: str, size: int | None = None):
     bilinear, and a horizontal flip (solo/utils/classification_dataloader.py:71-72, 88-89,
     106-107), then hwbench's evaluation normalisation (``normalise``'s, which the test
     features get too). The digit sets keep the crop and drop the flip (``digit_transform``)."""
-    from torchvision.transforms import v2
+    from torchvision.transforms import v2  # ~2 s to import: only runs that augment need it
 
     meta = info(name)
     size = size or meta.input_size

@@ -21,11 +21,23 @@ from pathlib import Path
 
 import torch
 
+from hwbench.data import info
 from hwbench.deploy.verdict import BAND, verdict
+from hwbench.deploy.verify import decide, timing_inputs
+from hwbench.engine import synthetic_inputs
+from hwbench.engine.runtimes import runnable
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME
+from hwbench.io import atomic_write_json
+from hwbench.measure.device import torch_threads
+from hwbench.measure.protocol import Protocol, measure
+from hwbench.measure.stats import quantile_of
 from hwbench.nets import create_net, width_mult_widths
 from hwbench.pick.t_d import Unattainable, envelope
+from hwbench.profile.locate import profile_threads, resolve_target
 from hwbench.profile.predictor import Predictor
+from hwbench.train.config import budget_defaults, run_dir
+from hwbench.train.evaluation import load_run
+from hwbench.train.loop import train
 from hwbench.units import LatencyTarget
 
 GRID = 64  # width multipliers are tried on a 1/64 grid
@@ -38,7 +50,6 @@ AIM = 0.95  # the score (measured / target) a prior aims at: the band's middle
 @dataclass(frozen=True)
 class ThinPick:
     """A width multiplier, its per-block widths and their predicted latency for a target."""
-
     width_mult: float
     widths: tuple[int, ...]
     predicted_ms: float
@@ -89,10 +100,6 @@ def time_thin(net, full, inputs, dev: torch.device, goal: LatencyTarget, max_tim
     """``net`` (a thin network) and ``full`` (the dense network), dense mode, built for
     ``runtime``, timed interleaved on ``inputs`` by the verify protocol; the measurement keys
     are ``dynamic`` (the network judged) and ``dense`` (``verify.decide``'s names)."""
-    from hwbench.engine.runtimes import runnable
-    from hwbench.measure.protocol import Protocol, measure
-    from hwbench.measure.stats import quantile_of
-
     inputs = inputs.to(dev)
     example = inputs.batches[0]
     fns = {name: runnable(n, "dense", None, runtime=runtime, example=example, threads=threads,
@@ -127,8 +134,6 @@ def land(cands: list[tuple[float, tuple[int, ...]]], start: int, target_ms: floa
     stops inside the band, on a candidate already probed, or after ``PRIOR_PROBES``. Returns
     the index of the probe nearest ``AIM`` at or under the target (the fastest probed when none
     is) and every probe."""
-    from hwbench.engine import synthetic_inputs
-
     pred, stem = Predictor(profile), profile["fingerprint"]["stem"]
     table = [pred.thin_ms(list(w), goal.percentile) / target_ms for _, w in cands]
     full = create_net(pred.arch, stem=stem).eval()
@@ -166,10 +171,6 @@ def measure_trained(run: Path, goal: LatencyTarget, dev: torch.device,
                     threads: int | None = None) -> dict:
     """The trained thin network of ``run`` against the dense network, on real test images of
     its data set (the verify protocol), decided in the band: a verify-like record."""
-    from hwbench.data import info
-    from hwbench.deploy.verify import decide, timing_inputs
-    from hwbench.train.evaluation import load_run
-
     net, cfg, _ = load_run(run / "checkpoint.pt")
     full = create_net(cfg["arch"], stem=net.stem).eval()
     size = info(cfg["dataset"]).input_size
@@ -188,12 +189,6 @@ def thin_baseline(cfg, goal: LatencyTarget, tp, runtime: str = DEFAULT_RUNTIME,
     or epochs) at ``goal`` on ``tp``'s device, this machine: pick m from the profile, check the
     prior by measuring, train it in ``RUN/baseline-thin``, measure it trained on real images.
     The record ``final.json``'s ``baseline`` holds (also ``baseline-thin/baseline.json``)."""
-    from hwbench.io import atomic_write_json
-    from hwbench.measure.device import torch_threads
-    from hwbench.profile.locate import profile_threads, resolve_target
-    from hwbench.train.config import budget_defaults, run_dir
-    from hwbench.train.loop import train
-
     dev = torch.device(tp.device)
     target_s = goal.ms * 1e-3 if goal.ms is not None else \
         resolve_target(goal.text, tp, goal.percentile)

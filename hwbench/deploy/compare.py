@@ -29,9 +29,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from hwbench.data import info
+from hwbench.deploy.baseline import land, measure_trained, thin_baseline
+from hwbench.deploy.pipeline import train_to_target
+from hwbench.deploy.prune import candidates, channel_scores, prune
+from hwbench.engine.runtimes import check_runtime
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME
 from hwbench.errors import UsageError
-from hwbench.io import atomic_write_json
+from hwbench.io import atomic_torch_save, atomic_write_json, check_writable
+from hwbench.measure.device import torch_threads
+from hwbench.nets import list_nets
+from hwbench.pick.t_d import envelope
+from hwbench.profile.locate import profile_threads, resolve_profile, resolve_target
+from hwbench.profile.predictor import Predictor
+from hwbench.provenance import provenance, source_commit
+from hwbench.train.config import TrainConfig, budget_defaults
+from hwbench.train.evaluation import load_run, run_eval
+from hwbench.train.finetune import FinetuneConfig, finetune
+from hwbench.train.loop import train
+from hwbench.train.precision import amp_choice
+from hwbench.train.schedule import BUDGET_MAX_EPOCHS
 from hwbench.units import LatencyTarget
 
 SCHEMA = "hwbench/compare@1"
@@ -75,11 +94,6 @@ class CompareConfig:
 
 def check_compare(cc: CompareConfig) -> list[LatencyTarget]:
     """One-line errors (``UsageError``) before anything is trained or measured; the targets."""
-    from hwbench.data import info
-    from hwbench.engine.runtimes import check_runtime
-    from hwbench.io import check_writable
-    from hwbench.nets import list_nets
-
     bad = [m for m in cc.methods if m not in METHODS]
     if bad or not cc.methods:
         raise UsageError(f"--methods: expected some of {', '.join(METHODS)}, got "
@@ -111,9 +125,6 @@ def check_compare(cc: CompareConfig) -> list[LatencyTarget]:
 
 def base_config(cc: CompareConfig, name: str, **kw):
     """The training every method starts from: the data set, seed and budget of ``cc``."""
-    from hwbench.train.config import TrainConfig, budget_defaults
-    from hwbench.train.schedule import BUDGET_MAX_EPOCHS
-
     budget = kw.pop("budget", "flops")
     epochs = cc.epochs or (BUDGET_MAX_EPOCHS if cc.time_budget_s else 10)
     return TrainConfig(dataset=cc.dataset, arch=cc.arch, epochs=epochs, seed=cc.seed,
@@ -129,7 +140,6 @@ def run_compare(cc: CompareConfig, say: Callable[[str], None] = lambda s: None) 
     goals = check_compare(cc)
     tp = _profile(cc, say)
     done = _previous_rows(cc, say) if cc.resume else []
-    from hwbench.provenance import provenance
 
     results = {"schema": SCHEMA, "benchmark": BENCHMARK, "command": cc.command,
                "provenance": provenance(), "settings": cc.settings(), "rows": list(done)}
@@ -154,9 +164,6 @@ def run_compare(cc: CompareConfig, say: Callable[[str], None] = lambda s: None) 
 
 def _profile(cc: CompareConfig, say):
     """This machine's profile of the runtime (a quick one measured now when none matches)."""
-    from hwbench.data import info
-    from hwbench.profile.locate import resolve_profile
-
     meta = info(cc.dataset)
     return resolve_profile(cc.device, cc.arch, meta.stem, meta.input_size, quick=True, say=say,
                            runtime=cc.runtime)
@@ -178,8 +185,6 @@ def make_row(cc: CompareConfig, goal: LatencyTarget, method: str, part: dict,
              wall_s: float) -> dict:
     """One results row from a method's ``part`` (its verify-like record ``ver``, kNN, MACs,
     config and run folder)."""
-    from hwbench.provenance import source_commit
-
     ver, pct = part["ver"], goal.percentile
     knn, n = part["knn_top1"], part.get("knn_n") or 0
     p = (knn or 0.0) / 100.0
@@ -215,8 +220,6 @@ def _epochs(run: Path) -> int | None:
 
 
 def thin_row(cc: CompareConfig, goal: LatencyTarget, tp, say) -> dict:
-    from hwbench.deploy.baseline import thin_baseline
-
     cfg = base_config(cc, f"thin_{goal.text}", method="dense")
     rec = thin_baseline(cfg, goal, tp, cc.runtime, cc.verify_max_time_s, say)
     run = Path(rec["run"])
@@ -229,8 +232,6 @@ def thin_row(cc: CompareConfig, goal: LatencyTarget, tp, say) -> dict:
 
 
 def gated_row(cc: CompareConfig, goal: LatencyTarget, tp, say, method: str) -> dict:
-    from hwbench.deploy.pipeline import train_to_target
-
     cfg = base_config(cc, f"{method}_{goal.text}", method="co", budget="latency",
                       gate=GATES[method], sparsity_on="deployed", finetune_steps=None)
     s = train_to_target(cfg, percentile=goal.percentile, say=say, runtime=cc.runtime,
@@ -248,15 +249,6 @@ def gated_row(cc: CompareConfig, goal: LatencyTarget, tp, say, method: str) -> d
 def pruned_row(cc: CompareConfig, goal: LatencyTarget, tp, say) -> dict:
     """A dense network trained for the budget less the fine-tuning's share, pruned to the
     target (``hwbench.deploy.prune``, landed by measuring), fine-tuned, measured, evaluated."""
-    import torch
-
-    from hwbench.data import info
-    from hwbench.deploy.prune import channel_scores, prune
-    from hwbench.measure.device import torch_threads
-    from hwbench.profile.locate import profile_threads
-    from hwbench.train.evaluation import load_run, run_eval
-    from hwbench.train.loop import train
-
     cfg = base_config(cc, f"pruned_{goal.text}", method="dense", finetune_steps=None)
     say("training the dense network to prune (the budget less the fine-tuning's share) ...")
     run = Path(train(cfg, say=say)["dir"])
@@ -269,7 +261,6 @@ def pruned_row(cc: CompareConfig, goal: LatencyTarget, tp, say) -> dict:
     _save_pruned(run / "checkpoint.pt", prune(net, scores, widths, size), out, cc,
                  int(rcfg.get("finetune_steps") or 0), say)
     with torch_threads(profile_threads(tp.profile)):
-        from hwbench.deploy.baseline import measure_trained
 
         ver = measure_trained(out, goal, torch.device(cc.device), cc.runtime,
                               cc.verify_max_time_s, torch.get_num_threads())
@@ -287,14 +278,6 @@ def pruned_row(cc: CompareConfig, goal: LatencyTarget, tp, say) -> dict:
 def _land_pruned(scores, goal: LatencyTarget, tp, cc: CompareConfig, say):
     """The pruned widths landed on ``goal``: the widest candidate the table predicts to meet
     it, checked by measuring (``baseline.land``)."""
-    import torch
-
-    from hwbench.deploy.baseline import land
-    from hwbench.deploy.prune import candidates
-    from hwbench.pick.t_d import envelope
-    from hwbench.profile.locate import resolve_target
-    from hwbench.profile.predictor import Predictor
-
     cands = candidates(scores)
     target_ms = resolve_target(goal.text, tp, goal.percentile) * 1e3
     pred = Predictor(tp.profile)
@@ -310,12 +293,6 @@ def _land_pruned(scores, goal: LatencyTarget, tp, cc: CompareConfig, say):
 def _save_pruned(src: Path, net, out: Path, cc: CompareConfig, steps: int, say) -> None:
     """``out/checkpoint.pt``: the pruned network, fine-tuned ``steps`` steps (teacher: the
     network of ``src`` it was pruned from; the one before tuning is kept beside it)."""
-    import torch
-
-    from hwbench.io import atomic_torch_save
-    from hwbench.train.finetune import FinetuneConfig, finetune
-    from hwbench.train.precision import amp_choice
-
     orig = torch.load(src, map_location="cpu", weights_only=False)
     ck = {k: v for k, v in orig.items() if k not in ("optimizer", "scaler")}
     ck["config"] = {**orig["config"], "widths": list(net.widths), "width_mult": None,

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from hwbench import __version__
+from hwbench.data import info, sample_images
+from hwbench.engine import build_engine
 from hwbench.engine.deployable import (  # noqa: F401  (re-exported: export's public names)
     Deployable,
     DeployBlock,
@@ -34,10 +36,23 @@ from hwbench.engine.deployable import (  # noqa: F401  (re-exported: export's pu
     check_pattern,
     deployable,
 )
-from hwbench.engine.runtimes import CHECKER, RUNTIMES, is_graph, require_extra
+from hwbench.engine.inputs import pattern_inputs
+from hwbench.engine.realise import realise
+from hwbench.engine.runtimes import (
+    CHECKER,
+    RUNTIMES,
+    Session,
+    check_runtime,
+    is_graph,
+    require_extra,
+    runtime_record,
+)
 from hwbench.errors import HwbenchError, UsageError
+from hwbench.io import check_writable
 from hwbench.nets.resnet import GatedResNet
-from hwbench.pattern.gate_pattern import GatePattern
+from hwbench.pattern.gate_pattern import GatePattern, load_pattern
+from hwbench.pattern.macs import UNIT, dense_report, pattern_report
+from hwbench.train.evaluation import load_run
 
 SCHEMA = "hwbench/export@1"
 FORMATS = ("onnx", "torchscript")
@@ -53,7 +68,6 @@ ERROR_METRIC = ("max over images of max|exported - engine| / max|engine| (the im
 
 class EqualityError(HwbenchError):
     """The exported file does not compute what the engine computes: nothing was written."""
-
     exit_code = 1
 
 
@@ -65,7 +79,6 @@ class Source:
     """A network to export: ``net`` (eval mode), its ``pattern`` (None: the dense stream), the
     run's config (None for a pattern realised on an untrained network) and where each came
     from."""
-
     net: GatedResNet
     pattern: GatePattern | None
     cfg: dict | None
@@ -89,10 +102,6 @@ def load_source(source: str | os.PathLike, pattern_path: str | os.PathLike | Non
     unless ``pattern_path``), or a pattern file (realised on an untrained network: synthetic
     inputs). A dense run (method ``dense``) exports its dense stream. Bad input: a one-line
     UsageError, before any work."""
-    from hwbench.data import info
-    from hwbench.engine.realise import realise
-    from hwbench.pattern.gate_pattern import load_pattern
-    from hwbench.train.evaluation import load_run
 
     src = Path(source)
     if not src.exists():
@@ -125,13 +134,11 @@ def check_images(src: Source, n: int = CHECK_IMAGES) -> tuple[torch.Tensor, dict
     class-balanced sample of the run's data set's test split (``data.sample_images``);
     synthetic ones (``engine.pattern_inputs``, labelled so) for a realised pattern."""
     if src.cfg is None:
-        from hwbench.engine.inputs import pattern_inputs
 
         seed = 21
         return pattern_inputs(n, src.input_size, seed=seed), {
             "source": "synthetic", "n": n, "seed": seed,
             "why": "a pattern realised on an untrained network has no data set"}
-    from hwbench.data import sample_images
 
     cfg = src.cfg
     images, record = sample_images(cfg["dataset"], False, n, data_dir=cfg.get("data_dir"),
@@ -159,7 +166,7 @@ def write_onnx(module: nn.Module, path: Path, input_size: int, opset: int = OPSE
     """``module`` as an ONNX file (TorchScript-based exporter, ``dynamo=False``: the dynamo
     exporter needs onnxscript; batch a dynamic axis, the image size fixed), checked by
     ``onnx.checker``. Returns how it was written."""
-    import onnx
+    import onnx  # the optional "onnx" extra
 
     dummy = torch.zeros(1, 3, input_size, input_size)
     with _quiet():
@@ -186,7 +193,6 @@ def load_runner(path: Path, fmt: str, runtime: str = CHECKER):
     file: ONNX on ``runtime`` (ONNX Runtime's CPU provider or OpenVINO's CPU device, 1 thread,
     fp32: ``hwbench.engine.runtimes.Session``), or TorchScript through ``torch.jit.load``."""
     if fmt == "onnx":
-        from hwbench.engine.runtimes import Session, runtime_record
 
         sess = Session(path.read_bytes(), runtime, threads=1)
 
@@ -210,8 +216,6 @@ def equality(run, src: Source, images: torch.Tensor, tolerance: float = TOLERANC
     """``run`` (the exported model) against the compact engine in ``src.mode`` (fp32, CPU), one
     image per call: the worst image's max|run - engine| / max|engine|. A shape mismatch or a
     non-finite output is an error of infinity."""
-    from hwbench.engine import build_engine
-
     engine = build_engine(src.net, src.mode, src.pattern, input_size=src.input_size)
     worst = 0.0
     for x in images.split(1):
@@ -259,9 +263,6 @@ def _publish(tmp: Path, out: Path) -> None:
 
 def metadata(src: Source, fmt: str, written: dict, check: dict) -> dict:
     """``model.json``: what the file is, what it computes, and the equality check's result."""
-    from hwbench.data import info
-    from hwbench.pattern.macs import UNIT, dense_report, pattern_report
-
     size, net = src.input_size, src.net
     macs = {"unit": f"{UNIT} per image", "dense": dense_report(net.arch, net.stem,
                                                               size).dense_macs,
@@ -297,8 +298,6 @@ def metadata(src: Source, fmt: str, written: dict, check: dict) -> dict:
 
 def _check_on(fmt: str, check_on: tuple[str, ...] | None) -> tuple[str, ...]:
     """The runtimes the equality check runs on (one-line errors; a missing extra named)."""
-    from hwbench.engine.runtimes import check_runtime
-
     if fmt != "onnx":
         if check_on:
             raise UsageError(f"--check-on names ONNX runtimes; a {fmt} export is checked with "
@@ -346,7 +345,6 @@ def export(source: str | os.PathLike, out_dir: str | os.PathLike, fmt: str,
     runtimes = _check_on(fmt, check_on)
     if images < 1:
         raise UsageError(f"the equality check needs at least 1 image, got {images}")
-    from hwbench.io import check_writable
 
     out = check_writable(out_dir, folder=True)
     src = load_source(source, pattern_path)

@@ -20,14 +20,26 @@ from pathlib import Path
 
 import torch
 
+from hwbench.data import info, sample_images
+from hwbench.deploy import verify
+from hwbench.deploy.baseline import thin_baseline
 from hwbench.deploy.final import final_record, write_final
-from hwbench.deploy.trim import SearchRule
+from hwbench.deploy.network import deploy
+from hwbench.deploy.trim import SearchRule, search
+from hwbench.engine.runtimes import check_runtime, runtime_record
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, is_graph
 from hwbench.engine.runtimes.registry import get as get_runtime
 from hwbench.errors import UsageError
 from hwbench.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, check_writable
+from hwbench.measure.device import parse_device, torch_threads
+from hwbench.pick.target import resolve_targets
+from hwbench.profile.locate import is_local, profile_threads, resolve_profile
+from hwbench.profile.predictor import Predictor
 from hwbench.train.config import validate
+from hwbench.train.evaluation import engine_knn, load_run
+from hwbench.train.finetune import FinetuneConfig, finetune
 from hwbench.train.loop import train
+from hwbench.train.precision import amp_choice
 from hwbench.train.run import Dist
 from hwbench.units import LatencyTarget
 
@@ -57,10 +69,6 @@ def deploy_run(run_dir: str | Path, device: str = "cpu", calib_images: int = CAL
                out: str | Path | None = None) -> dict:
     """Close the decided channels of a trained run's network (``hwbench.deploy.network``) and write
     it to ``out`` (default ``RUN/deployed``): checkpoint.pt and pattern.json."""
-    from hwbench.data import sample_images
-    from hwbench.deploy.network import deploy
-    from hwbench.train.evaluation import load_run
-
     run = Path(run_dir)
     net, cfg, _ = load_run(run / "checkpoint.pt")
     calib, record = sample_images(cfg["dataset"], True, calib_images, **_data_kw(cfg))
@@ -79,8 +87,6 @@ def evaluate_deployed(checkpoint: str | Path, pattern_path: str | Path, device: 
                       out: Path) -> dict:
     """kNN top-1 of a deployed network: the gated stream from the compact engine that was timed
     (``evaluate.engine_knn``), the dense stream from the eager network."""
-    from hwbench.train.evaluation import engine_knn
-
     res = engine_knn(checkpoint, pattern_path, device)
     atomic_write_json(out, res)
     return res
@@ -93,7 +99,6 @@ def verify_local(summary: dict, resolved: list, say: Callable[[str], None],
     (``verify.json``, then ``verify-<device>.json``), run by ``runtime``; others get the command
     to run there. ``evaluate``: the deployed network's kNN top-1 (``deployed/eval.json``;
     skipped when trim will replace it)."""
-    from hwbench.deploy.verify import run_verify
 
     results, deployed = [], None
     on = get_runtime(runtime).flag
@@ -111,8 +116,8 @@ def verify_local(summary: dict, resolved: list, say: Callable[[str], None],
         say(f"verifying the deployed network on {tp.profile['fingerprint']['name']}"
             + ("" if not is_graph(runtime) else f" ({runtime})") + " (real "
             f"{deployed['calibration']['source'].split(':')[0]} test images) ...")
-        res = run_verify(deployed["pattern"], target, device, deployed["checkpoint"],
-                         target.percentile, str(tp.path), verify_max_time_s, runtime=runtime)
+        res = verify.run_verify(deployed["pattern"], target, device, deployed["checkpoint"],
+                                target.percentile, str(tp.path), verify_max_time_s, runtime=runtime)
         if not results:
             summary["fidelity"] = fidelity(summary.get("final", {}), res)
         tag = Path(where).stem if where.endswith(".json") else where
@@ -136,17 +141,17 @@ def verify_local(summary: dict, resolved: list, say: Callable[[str], None],
 FIDELITY_TOLERANCE = 0.05  # issue 23: the deployed network within 5 % of training's estimate
 
 
-def fidelity(final: dict, verify: dict) -> dict:
+def fidelity(final: dict, verified: dict) -> dict:
     """The deployed network against what training estimated at its end: the MACs ratio (the
     mean over the last epoch's last quarter of passes, ``train.END_SHARE``, else over the
     epoch; the pattern's on the calibration images) and the
     predicted latency at the target's percentile (the budget's estimate on the passes' masks;
     the profile's prediction of the deployed pattern). ``gap``: deployed / training - 1."""
-    pct = verify["percentile"]
+    pct = verified["percentile"]
     pairs = {"macs_ratio": (final.get("end_macs_ratio", final.get("macs_ratio")),
-                            verify.get("macs_ratio")),
+                            verified.get("macs_ratio")),
              f"predicted_{pct}_ms": (final.get("end_latency_ms_0", final.get("latency_ms_0")),
-                                     (verify.get("predicted") or {}).get(f"{pct}_ms"))}
+                                     (verified.get("predicted") or {}).get(f"{pct}_ms"))}
     rows = {name: {"training": t, "deployed": d, "gap": d / t - 1.0}
             for name, (t, d) in pairs.items() if t and d}
     return {**rows, "tolerance": FIDELITY_TOLERANCE,
@@ -174,17 +179,11 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
     ``RUN/trim-<target>``): checkpoint.pt, pattern.json, trim.json (the search), verify.json
     (the final network measured anew) and eval.json (kNN of its gated stream;
     eval-before-finetune.json); and ``RUN/final.json`` (the verdict on it)."""
-    from hwbench.data import sample_images
-    from hwbench.deploy.trim import search
-    from hwbench.deploy.verify import run_verify, timing_inputs
-    from hwbench.engine.runtimes import runtime_record
-    from hwbench.measure.device import torch_threads
-    from hwbench.profile.locate import profile_threads
 
     job = _trim_job(run_dir, target, device, profile_path, percentile, tolerance, out, runtime)
     run, goal, out, cfg, tp, dev = job.run, job.goal, job.out, job.cfg, job.tp, job.dev
     calib, calib_record = sample_images(cfg["dataset"], True, calib_samples, **_data_kw(cfg))
-    inputs = timing_inputs(cfg, job.input_size)
+    inputs = verify.timing_inputs(cfg, job.input_size)
     say(f"trimming {run} to {goal.text} ({percentile}) on {tp.profile['fingerprint']['name']}"
         + ("" if not is_graph(runtime) else f" ({runtime})") + f", profile {tp.path}")
     rule = SearchRule(tolerance=tolerance, max_measurements=max_measurements)
@@ -205,9 +204,9 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
     tuned = _finetune_trimmed(out, finetune_steps, device, runtime, say, knn)
     ev = tuned.pop("eval", None)
     say("measuring the trimmed network anew ...")
-    ver = run_verify(str(out / "pattern.json"), goal, device, str(out / "checkpoint.pt"),
-                     percentile, str(tp.path), verify_max_time_s, inputs=inputs,
-                     runtime=runtime, band=rule.band)
+    ver = verify.run_verify(str(out / "pattern.json"), goal, device, str(out / "checkpoint.pt"),
+                            percentile, str(tp.path), verify_max_time_s, inputs=inputs,
+                            runtime=runtime, band=rule.band)
     atomic_write_json(out / "verify.json", ver)
     summary = _trim_summary(out, goal, res, ver, tolerance)
     if ev is None:
@@ -226,9 +225,6 @@ def finetune_net(net_dir: str | Path, steps: int, device: str = "cpu",
     or trimmed run's folder), in place: ``checkpoint.pt`` becomes the tuned network, the one before
     is kept as ``checkpoint-before-finetune.pt``; the pattern file stays (the tuning cannot move
     it). Returns the record (also saved in the checkpoint under ``finetune``)."""
-    from hwbench.train.finetune import FinetuneConfig, finetune
-    from hwbench.train.precision import amp_choice
-
     net_dir = Path(net_dir)
     ckpt = net_dir / "checkpoint.pt"
     ck = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -251,7 +247,6 @@ def finetune_net(net_dir: str | Path, steps: int, device: str = "cpu",
 class _TrimJob:
     """What a trim works on, checked: the run, its network and config, the target, the folder
     it writes, this machine's profile (``hwbench.profile.locate``) and device."""
-
     run: Path
     goal: LatencyTarget
     out: Path
@@ -272,12 +267,6 @@ def _trim_protocol(runtime: str, percentile: str, max_time_s: float) -> str:
 def _trim_job(run_dir, target, device: str, profile_path: str | None, percentile: str,
               tolerance: float, out, runtime: str) -> _TrimJob:
     """Check a trim's inputs, one-line errors (``UsageError``) before any measuring."""
-    from hwbench.data import info
-    from hwbench.engine.runtimes import check_runtime
-    from hwbench.measure.device import parse_device
-    from hwbench.profile.locate import is_local, resolve_profile
-    from hwbench.train.evaluation import load_run
-
     dev = parse_device(device)
     check_runtime(runtime, dev)
     run = Path(run_dir)
@@ -385,8 +374,6 @@ def _runner(runtime: str) -> str:
 
 
 def _predictor(profile: dict):
-    from hwbench.profile.predictor import Predictor
-
     return Predictor(profile)
 
 
@@ -406,12 +393,11 @@ def _candidate_timer(goal, inputs, dev, max_time_s: float, min_runs: int,
     """``measure`` for ``trim.search``: the verify protocol (real inputs, the decided
     percentile's CI, the network built for ``runtime``), shorter; the score is decided as
     ``verify`` decides it."""
-    from hwbench.deploy.verify import decide, time_network
 
     def timer(net, pattern) -> dict:
-        m, plan = time_network(net, pattern, inputs, dev, goal.percentile, max_time_s, min_runs,
-                               ci_target=CANDIDATE_CI, runtime=runtime)
-        d = decide(m, goal, None)
+        m, plan = verify.time_network(net, pattern, inputs, dev, goal.percentile, max_time_s,
+                                      min_runs, ci_target=CANDIDATE_CI, runtime=runtime)
+        d = verify.decide(m, goal, None)
         return {"score": d["score"], "valid": d["valid"], "ratio_to_dense": d["ratio_to_dense"],
                 "measured": m["dynamic"], "dense": m["dense"], "plan": plan}
 
@@ -458,8 +444,6 @@ def train_to_target(cfg, target: float | str | None = None, target_device: str |
     and the deployed (and trimmed) network is measured on it. ``baseline="thin"``: the thinner
     dense network is trained and landed on the first local target too
     (``hwbench.deploy.baseline.thin_baseline``) and fills ``final.json``'s ``baseline``."""
-    from hwbench.pick.target import resolve_targets
-
     if targets is None:
         targets = [(target_device, target)] if target is not None else []
     if cfg.budget == "latency" and not targets:
@@ -516,8 +500,6 @@ def _add_baseline(summary: dict, cfg, target: tuple, runtime: str, max_time_s: f
                   say) -> None:
     """The thin baseline trained and landed on ``target`` (the first local one), put into the
     delivered network's final.json."""
-    from hwbench.deploy.baseline import thin_baseline
-
     tp, goal, _ = target
     record = thin_baseline(cfg, goal, tp, runtime, max_time_s, say)
     summary["delivered"]["baseline"] = record

@@ -18,6 +18,7 @@ are one width in hwbench's networks.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -37,7 +38,7 @@ def _require(net: GatedResNet) -> None:
 
 
 def _graph(net: GatedResNet, input_size: int):
-    import torch_pruning as tp
+    import torch_pruning as tp  # the optional "prune" extra
 
     return tp.DependencyGraph().build_dependency(
         net, example_inputs=torch.zeros(1, 3, input_size, input_size), verbose=False)
@@ -46,7 +47,7 @@ def _graph(net: GatedResNet, input_size: int):
 def channel_scores(net: GatedResNet, input_size: int) -> list[torch.Tensor]:
     """Per block, each inner channel's importance (its DepGraph group's L2 magnitude, over the
     group's mean) in the dense stream of ``net`` (not modified)."""
-    import torch_pruning as tp
+    import torch_pruning as tp  # the optional "prune" extra
 
     _require(net)
     dg = _graph(net, input_size)
@@ -81,9 +82,7 @@ def prune(net: GatedResNet, scores: list[torch.Tensor], widths: tuple[int, ...],
     (removed by DepGraph), as hwbench's network of those widths: the dense stream's weights;
     the gated stream's BatchNorms copied from the dense ones (a dense network: its gates are
     never run)."""
-    import copy
-
-    import torch_pruning as tp
+    import torch_pruning as tp  # the optional "prune" extra
 
     work = copy.deepcopy(net).eval()
     dg = _graph(work, input_size)

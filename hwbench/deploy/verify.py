@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from hwbench.data import sample_images
 from hwbench.deploy.verdict import BAND, MET, NO_DECISION, UNDERSHOT, verdict
 from hwbench.engine import realise, synthetic_inputs
 from hwbench.engine.runtimes import check_runtime, runnable, runtime_record
@@ -31,12 +32,13 @@ from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME
 from hwbench.errors import UsageError
 from hwbench.measure.device import fingerprint, parse_device, torch_threads
 from hwbench.measure.protocol import Inputs, Measurement, Protocol, measure
-from hwbench.measure.stats import quantile_of
+from hwbench.measure.stats import quantile_of, time_needed
 from hwbench.pattern.gate_pattern import load_pattern
 from hwbench.pattern.macs import pattern_report
 from hwbench.pick.t_d import Unattainable, pick_t_d
 from hwbench.profile.locate import is_local, mark_stale, measuring_profile, profile_threads
 from hwbench.profile.predictor import Predictor
+from hwbench.train.evaluation import load_run
 from hwbench.units import LatencyTarget
 
 TIMING_IMAGES = 64  # distinct real images a trained network is timed on
@@ -44,8 +46,6 @@ STALE = 0.10  # the profile's dense reference this far from the one measured now
 
 
 def load_backbone(checkpoint: str, arch: str, stem: str):
-    from hwbench.train.evaluation import load_run
-
     net, cfg, _ = load_run(checkpoint)
     if (cfg.get("arch"), net.stem) != (arch, stem):
         raise UsageError(f"{checkpoint} is a {cfg.get('arch')}/{net.stem} checkpoint; the pattern "
@@ -58,7 +58,6 @@ def timing_inputs(cfg: dict | None, input_size: int, n: int = TIMING_IMAGES) -> 
     data set's test split; synthetic ones for a realised pattern (``cfg`` None)."""
     if cfg is None:
         return synthetic_inputs(n, input_size, seed=21)
-    from hwbench.data import sample_images
 
     images, record = sample_images(cfg["dataset"], False, n, data_dir=cfg.get("data_dir"),
                                    n_synthetic=cfg.get("n_synthetic", 512),
@@ -137,8 +136,6 @@ def no_decision(m: Measurement, invalid: list[str], pct: str) -> tuple[str, dict
     """Why nothing is decided on ``m`` (``invalid``: the engines without a valid ``pct``), with
     what would decide it: how many samples the CI needs and about how long that takes at the
     rate this measurement ran (``stats.time_needed``), and what to pin. One line."""
-    from hwbench.measure.stats import time_needed
-
     ci = m.protocol.get("ci_target") or 0.02
     spent = float(m.protocol.get("max_time_s") or 0.0)
     needs = {k: time_needed(m[k]["samples_ms"], quantile_of(pct), ci, spent) for k in invalid}

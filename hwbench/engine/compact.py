@@ -27,6 +27,8 @@ summarised on). The gates always run: their cost is real.
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -46,6 +48,7 @@ from hwbench.engine.kernels import resolve_backend
 from hwbench.engine.width import WidthBlock
 from hwbench.errors import UsageError
 from hwbench.measure.device import ieee_fp32
+from hwbench.measure.protocol import TUNING, Inputs, measure
 from hwbench.nets.resnet import GatedBasicBlock, GatedResNet
 from hwbench.pattern.gate_pattern import GatePattern, check_tile
 
@@ -114,7 +117,6 @@ class CompactEngine:
     (``engine.kept`` the pattern's), ``hwbench.engine.tiling.executed_macs`` their MACs.
     On CUDA with the aten kernels, weights and activations are channels-last.
     """
-
     unpermute_per_block = False  # width blocks at batch > 1: restore the order after each block
 
     def __init__(self, net: GatedResNet, mode: str, pattern: GatePattern | None = None,
@@ -181,8 +183,6 @@ class CompactEngine:
     def _tune(self, choices: list[dict], xs: list[torch.Tensor]) -> None:
         """Per block, time each candidate on this block's real inputs (the activations of
         ``xs`` so far, cycled; ``measure`` under the ``TUNING`` protocol); keep the fastest."""
-        from hwbench.measure.protocol import TUNING, Inputs, measure
-
         hs = [self._stem(x) for x in xs]
         for cands in choices:
             if len(cands) > 1:
@@ -230,8 +230,6 @@ class CompactEngine:
     def segment_times(self, x: torch.Tensor) -> list[float]:
         """One forward pass timed piece by piece, in context: [stem, block 1..L, head] in ms.
         Their sum is the pass's latency (plus ~1 us of clock reads per piece)."""
-        import time
-
         sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" \
             else (lambda: None)
         out = []

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwbench.engine.compact import channel_groups
 from hwbench.engine.fold import fold_bn
 from hwbench.errors import UsageError
 from hwbench.nets.resnet import GatedBasicBlock, GatedResNet
@@ -40,7 +41,6 @@ class DeployGate(nn.Module):
     computed. Width gates (step G): all group logits; row i is on when no group up to
     rows[i] // G is off (``nest[j, i] = 1[j <= rows[i] // G]``): the engine's ``rows < k * G``.
     """
-
     def __init__(self, gate, rows: torch.Tensor):
         super().__init__()
         w1, b1 = fold_bn(gate.fc1.weight.flatten(1), gate.bn)
@@ -75,7 +75,6 @@ class DeployBlock(nn.Module):
     output channels, the following convs those input channels; the dynamic channels are
     multiplied by the gate's decision after each inner conv. No kept channel: shortcut + the
     last conv's bias + ReLU."""
-
     def __init__(self, block, kept: torch.Tensor, n_on: int, stream: str):
         super().__init__()
         basic = isinstance(block, GatedBasicBlock)
@@ -117,10 +116,8 @@ class DeployBlock(nn.Module):
 
 class Deployable(nn.Module):
     """(B, 3, S, S) normalised images -> (B, num_features) features, as the engine returns."""
-
     def __init__(self, net: GatedResNet, pattern: GatePattern | None):
         super().__init__()
-        from hwbench.engine.compact import channel_groups
 
         self.stem = _frozen_conv(*fold_bn(net.conv1.weight, net.bn1), net.conv1)
         self.maxpool = net.stem == "imagenet"

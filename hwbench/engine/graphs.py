@@ -244,7 +244,7 @@ def _raise_recompile_limit(frames: int) -> None:
     """Make room in dynamo's recompile limits for ``frames`` more compiled frames. Dynamo keys
     its cache by code object: every engine recompiles ``CompactEngine.forward`` and a width
     block's code per width, and past the limit (8 by default) a frame silently runs eager."""
-    from torch._dynamo import config as cfg
+    from torch._dynamo import config as cfg  # loaded only when compiling
 
     for names in (("recompile_limit", "cache_size_limit"),
                   ("accumulated_recompile_limit", "accumulated_cache_size_limit")):
@@ -290,7 +290,7 @@ class CompiledEngine:
         _raise_recompile_limit(1 + len(engine.blocks) + packs)
         self.graphs = self.mode == "reduce-overhead"
         if self.graphs:
-            from torch._dynamo import mark_static_address
+            from torch._dynamo import mark_static_address  # loaded only when compiling
 
             # the engine's weights are plain attributes, not parameters: without this, Inductor's
             # CUDA graphs would copy every weight into their static inputs on every call

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import math
 import os
 import sys
@@ -53,7 +54,6 @@ class EnergyWindow:
 
 class EnergyMeter:
     """Base and null object: times windows, reports no energy."""
-
     method = "none"
     measured = False
 
@@ -92,7 +92,6 @@ class ZeusMeter(EnergyMeter):
     ``method`` is the label the numbers carry. The duration (s) is hwbench's monotonic clock,
     as for every meter; Zeus stamps its windows with ``time.time()``, which steps with NTP.
     """
-
     measured = True
 
     def __init__(self, monitor, method: str, gpu: int | None = None,
@@ -140,7 +139,6 @@ class ZeusMeter(EnergyMeter):
 
 class CodecarbonMeter(EnergyMeter):
     """codecarbon's offline tracker around each window: an ESTIMATE from its power model."""
-
     method, measured = "codecarbon-estimate", False
 
     def __init__(self, sync=None, country: str = "USA", factory=None):
@@ -151,7 +149,7 @@ class CodecarbonMeter(EnergyMeter):
 
     def _default_factory(self):
         _settle_amdsmi()
-        from codecarbon import OfflineEmissionsTracker
+        from codecarbon import OfflineEmissionsTracker  # optional: the "energy" extra
 
         _quiet_codecarbon()
 
@@ -225,14 +223,14 @@ def _settle_amdsmi() -> None:
 
 def _zeus_gpus():
     _settle_amdsmi()
-    from zeus.device.gpu import get_gpus
+    from zeus.device.gpu import get_gpus  # optional: the "energy" extra
 
     return get_gpus()
 
 
 def _zeus_monitor(gpu_indices: list[int], cpu_indices: list[int]):
     _settle_amdsmi()
-    from zeus.monitor import ZeusMonitor
+    from zeus.monitor import ZeusMonitor  # optional: the "energy" extra
 
     return ZeusMonitor(gpu_indices=gpu_indices, cpu_indices=cpu_indices)
 
@@ -240,7 +238,7 @@ def _zeus_monitor(gpu_indices: list[int], cpu_indices: list[int]):
 def _zeus_rapl_dir() -> str:
     """The powercap folder Zeus reads (it prefers the host's, then a container's mount)."""
     _settle_amdsmi()
-    from zeus.device.cpu.rapl import CONTAINER_RAPL_DIR, RAPL_DIR
+    from zeus.device.cpu.rapl import CONTAINER_RAPL_DIR, RAPL_DIR  # optional: the "energy" extra
 
     if not os.path.exists(RAPL_DIR) and os.path.exists(CONTAINER_RAPL_DIR):
         return CONTAINER_RAPL_DIR
@@ -482,8 +480,6 @@ def energy_per_inference(meter: EnergyMeter, run: Callable[[], None], images_per
 
 def _quiet_codecarbon() -> None:
     """codecarbon logs INFO/WARNING lines at construction, before its log_level applies."""
-    import logging
-
     logging.getLogger("codecarbon").setLevel(logging.ERROR)
 
 
@@ -521,7 +517,6 @@ class TrainingEnergy:
     and per component whether codecarbon measured it or estimated it. ``label`` is ``measured``
     only when every counted component was measured. ``factory`` replaces codecarbon in tests.
     """
-
     def __init__(self, out_dir, country: str = "USA", factory=None):
         self.out_dir, self.country = str(out_dir), country
         self._factory = factory or self._default_factory
@@ -530,7 +525,7 @@ class TrainingEnergy:
 
     def _default_factory(self):
         _settle_amdsmi()
-        from codecarbon import OfflineEmissionsTracker
+        from codecarbon import OfflineEmissionsTracker  # optional: the "energy" extra
 
         _quiet_codecarbon()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from hwbench.errors import UsageError
@@ -36,8 +37,6 @@ def create_net(name: str, **kwargs) -> GatedResNet:
 def width_mult_widths(arch: str, mult: float, step: int = 16) -> list[int]:
     """Every block's intermediate width times ``mult``, rounded to a multiple of ``step`` (at
     least one step): the thinner dense network of ``--width-mult``."""
-    import math
-
     if not (isinstance(mult, (int, float)) and math.isfinite(mult) and 0 < mult <= 1):
         raise UsageError(f"--width-mult {mult!r}: expected a number in (0, 1]")
     return [max(step, int(round(b.width * mult / step)) * step)

@@ -11,13 +11,20 @@ profiles describe it.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 
+from hwbench.data import info
+from hwbench.engine.runtimes import check_runtime
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME
-from hwbench.errors import UsageError
+from hwbench.errors import HwbenchError, UsageError
 from hwbench.pick.t_d import pick_t_d
 from hwbench.profile.locate import TargetProfile, resolve_profile, resolve_target
+from hwbench.profile.predictor import table_step
+from hwbench.train.budget import DeviceTarget
+from hwbench.train.config import run_dir
+from hwbench.units import LatencyTarget, parse_target
 
 
 def choose_t_d(tp: TargetProfile, target_s: float, percentile: str = "p90") -> tuple[float, dict]:
@@ -42,8 +49,6 @@ def parse_device_targets(texts: list[str], default_device: str | None = None
     """``--target-latency`` values -> (device, target) pairs. ``5ms`` or ``0.67x`` alone targets
     ``default_device`` (``--target-device``; None: the training device); ``cpu:20ms``,
     ``cuda:1:2ms`` or ``PROFILE.json:5ms`` name the device. One target per device."""
-    from hwbench.units import parse_target
-
     pairs: list[tuple[str | None, str]] = []
     for text in texts:
         dev, sep, value = str(text).rpartition(":")
@@ -68,8 +73,6 @@ def check_target_runtime(targets: list[tuple[str | None, object]], runtime: str,
     """A one-line UsageError, before any work, when ``runtime`` is unknown, its extra missing,
     or a target device (not a profile file: its own runtime is checked when it is read) is one
     the runtime does not run on."""
-    from hwbench.engine.runtimes import check_runtime
-
     for where, _ in targets or [(None, None)]:
         where = where or default_device
         check_runtime(runtime, "cpu" if where.endswith(".json") else where)
@@ -83,12 +86,6 @@ def resolve_targets(cfg, targets: list[tuple[str | None, float | str]], percenti
     completed for them: the run's name, ``t_d`` (the smallest pick, or the resumed run's) and,
     with ``--budget latency``, the latency targets the loss reads. [(TargetProfile,
     LatencyTarget, device)]"""
-    import json
-
-    from hwbench.data import info
-    from hwbench.train.config import run_dir
-    from hwbench.units import LatencyTarget
-
     check_target_runtime(targets, runtime, cfg.device)
     meta = info(cfg.dataset)
     if cfg.out is None and cfg.run_name is None:
@@ -122,7 +119,6 @@ def resolve_targets(cfg, targets: list[tuple[str | None, float | str]], percenti
         cfg.decision["targets"] = decisions
         say(f"t_d {cfg.t_d:g}: the smallest of the picks, so every target is met")
     if cfg.budget == "latency":
-        from hwbench.train.budget import DeviceTarget
         cfg.latency_targets = tuple(
             DeviceTarget(where, str(tp.path), _seconds(goal, tp, percentile) * 1e3,
                          percentile).to_dict() for tp, goal, where in resolved)
@@ -149,9 +145,6 @@ def auto_gate(gate: str, arch: str, dataset: str, targets: list[tuple[str | None
     said in one line. Any other value is returned as given."""
     if gate not in ("width", "width:auto"):
         return gate
-    from hwbench.data import info
-    from hwbench.errors import HwbenchError
-    from hwbench.profile.predictor import table_step
 
     meta = info(dataset)
     step, why = DEFAULT_STEP, "no target device profile on disk"

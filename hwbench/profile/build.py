@@ -152,7 +152,7 @@ def _cpu_clock() -> dict:
 
 def _gpu_state(device: torch.device) -> dict:
     try:
-        import pynvml
+        import pynvml  # only on a GPU, from nvidia-ml-py
 
         pynvml.nvmlInit()
         h = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)

@@ -28,12 +28,15 @@ from pathlib import Path
 import torch
 
 from hwbench.engine.graphs import DEFAULT_EXECUTION
+from hwbench.engine.runtimes import check_runtime, runtime_record
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, is_graph
 from hwbench.errors import HwbenchError, UsageError
 from hwbench.io import atomic_write_json
 from hwbench.measure.device import fingerprint, parse_device
 from hwbench.measure.load import describe as describe_load
+from hwbench.profile.build import ProfileConfig, run_profile
 from hwbench.profile.predictor import load_profile, profile_filename, save_profile
+from hwbench.units import parse_target
 
 # A quick profile: the latency table and the sweep, fewer timing rounds, no validation phase.
 QUICK = dict(validation=0, calibration=4, table_rounds=7, max_time_s=15.0, energy=False)
@@ -42,7 +45,6 @@ QUICK = dict(validation=0, calibration=4, table_rounds=7, max_time_s=15.0, energ
 @dataclass(frozen=True)
 class Conditions:
     """What a profile must have been measured under to describe a run on a device."""
-
     arch: str
     stem: str
     input_size: int  # px, square images
@@ -62,7 +64,6 @@ class Conditions:
         of ``runtime``)."""
         version = None
         if is_graph(runtime):
-            from hwbench.engine.runtimes import check_runtime, runtime_record
 
             check_runtime(runtime)
             version = runtime_record(runtime)["runtime_version"]
@@ -293,8 +294,6 @@ def check_profile_runtime(profile: dict, runtime: str, where: str) -> None:
 
 def quick_profile(device: str, cond: Conditions) -> dict:
     """A quick profile (``QUICK``) of ``device`` under ``cond``, marked ``quick``."""
-    from hwbench.profile.build import ProfileConfig, run_profile
-
     prof = run_profile(ProfileConfig(device=device, arch=cond.arch, stem=cond.stem,
                                      input_size=cond.input_size, batch_size=cond.batch_size,
                                      dtype=cond.dtype, threads=cond.threads,
@@ -328,8 +327,6 @@ def measuring_profile(dev: torch.device, arch: str, stem: str, input_size: int,
 def resolve_target(target: float | str, tp: TargetProfile, percentile: str = "p90") -> float:
     """Seconds for ``target``: seconds already, a duration ('5ms') or a fraction of the profiled
     dense latency at ``percentile`` ('0.65x')."""
-    from hwbench.units import parse_target
-
     if not isinstance(target, str):
         return float(target)
     seconds, factor = parse_target(target)

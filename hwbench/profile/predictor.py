@@ -102,7 +102,6 @@ def interp(x: torch.Tensor, grid: torch.Tensor, values: torch.Tensor) -> torch.T
 @dataclass
 class BlockTable:
     """One block's measured latency (ms) at ``grid`` kept channels, without/with a gate."""
-
     grid: torch.Tensor
     plain: torch.Tensor
     gated: torch.Tensor
@@ -159,7 +158,6 @@ class Predictor:
     One implementation serves the CLI (``hwbench predict``, ``pick``, ``trim``) and training
     (``budget.LatencyEstimate``): ``table_sum`` is written in torch and is differentiable in the
     channel counts; for a pattern it is evaluated without gradients."""
-
     def __init__(self, profile: dict):
         fp = profile["fingerprint"]
         self.arch, self.stem, self.input_size = fp["arch"], fp["stem"], int(fp["input_size"])
@@ -320,8 +318,6 @@ def table_step(profile: dict, candidates: tuple[int, ...] = STEP_CANDIDATES,
     residual. The best G and its share when it beats the line by ``margin``; None when no step
     shows (a coarse table, or a device whose cost grows smoothly). oneDNN on AVX-512 blocks
     channels by 16: that is the answer expected on such a CPU."""
-    import numpy as np
-
     series = []
     for b in profile["table"]["blocks"]:
         g = np.asarray(b["grid"], dtype=float)

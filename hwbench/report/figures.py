@@ -16,7 +16,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from hwbench.report.tables import Table  # noqa: E402
+from hwbench.report.inputs import Inputs
+from hwbench.report.tables import (
+    Table,  # noqa: E402
+    dynamic_vs_static,
+)
 
 plt.rcParams.update({"svg.hashsalt": "hwbench", "figure.dpi": 110, "axes.titlesize": 11,
                      "axes.labelsize": 10, "legend.fontsize": 8, "font.size": 9})
@@ -29,7 +33,6 @@ COMPONENT_COLOURS = {"cpu": "#1f77b4", "gpu": "#2ca02c", "ram": "#9467bd"}
 class Palette:
     """One colour per (device, setting) series and per run, assigned in sorted order for the
     whole report, so a device keeps its colour in every figure."""
-
     def __init__(self, keys):
         keys = sorted({k for k in keys if k is not None}, key=lambda k: tuple(map(str, k)))
         colours = sns.color_palette("colorblind", max(len(keys), 1))
@@ -386,9 +389,6 @@ def accuracy_vs_latency(dvs: Table):
 def compare_figure(rows: list[dict], path: str | Path) -> Path | None:
     """``hwbench compare``'s figure (``accuracy_vs_latency``) of ``rows``, saved to ``path``;
     None when no row has both a latency and a kNN."""
-    from hwbench.report.inputs import Inputs
-    from hwbench.report.tables import dynamic_vs_static
-
     fig = accuracy_vs_latency(dynamic_vs_static(Inputs(comparisons=[(str(path), rows)])))
     if fig is None:
         return None

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from hwbench.data import info
+from hwbench.pattern.gate_pattern import GatePattern
+from hwbench.pattern.macs import pattern_report
+from hwbench.pick.t_d import Unattainable, pick_t_d
 from hwbench.report.columns import RUNTIME_T_D, SCHEMAS
 from hwbench.report.inputs import EAGER_LABEL, Inputs, Profile, Run, record_label
 
@@ -227,8 +231,6 @@ def _learned_ratio(v: dict) -> float | None:
 
 def _pattern_macs_ratio(pattern: dict) -> float | None:
     try:
-        from hwbench.pattern.gate_pattern import GatePattern
-        from hwbench.pattern.macs import pattern_report
         return pattern_report(GatePattern.from_dict(pattern)).ratio
     except Exception:  # a pattern this version cannot read: leave the point out
         return None
@@ -294,7 +296,6 @@ def accuracy(inputs: Inputs) -> Table:
 
 
 def _stem(r: Run) -> str | None:
-    from hwbench.data import info
     try:
         return info(r.config["dataset"]).stem
     except Exception:
@@ -304,7 +305,6 @@ def _stem(r: Run) -> str | None:
 def _size(r: Run) -> int | None:
     if r.pattern:
         return r.pattern.get("input_size")
-    from hwbench.data import info
     try:
         return info(r.config["dataset"]).input_size
     except Exception:
@@ -426,8 +426,6 @@ def summary(inputs: Inputs, extra_targets: list[tuple[float, str]] = ()) -> Tabl
 
 def _pick(p, target_ms: float | None, pct: str):
     """``pick``'s answer for ``target_ms`` on profile ``p`` (None: no target, or none meets)."""
-    from hwbench.pick.t_d import Unattainable, pick_t_d
-
     if target_ms is None:
         return None
     try:

@@ -127,7 +127,7 @@ def gather(z: torch.Tensor) -> torch.Tensor:
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
             torch.distributed.get_world_size() == 1:
         return z
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed.nn.functional import all_gather  # only several processes gather
 
     return torch.cat(all_gather(z))
 

@@ -16,12 +16,14 @@ from hwbench.data import (
 )
 from hwbench.errors import UsageError
 from hwbench.nets import list_nets, width_mult_widths
-from hwbench.nets.gate import parse_gate
+from hwbench.nets.gate import SURROGATES, parse_gate
 from hwbench.nets.geometry import net_geometry
+from hwbench.profile.predictor import load_profile
 from hwbench.ssl.knn import KNN_PROTOCOLS
 from hwbench.ssl.model import (
     METHODS,
 )
+from hwbench.train.budget import LatencyBudget, LatencyEstimate
 from hwbench.train.precision import amp_dtype, check_compile
 
 CHECKPOINT = "checkpoint.pt"
@@ -161,8 +163,6 @@ def latency_budget(cfg: TrainConfig):
     """The ``--budget latency`` term for ``cfg`` (None for the paper's MACs budget)."""
     if cfg.budget != "latency":
         return None
-    from hwbench.profile.predictor import load_profile
-    from hwbench.train.budget import LatencyBudget, LatencyEstimate
 
     if not cfg.latency_targets:
         raise UsageError("--budget latency needs --target-latency (the latency to train for)")
@@ -229,7 +229,6 @@ def validate(cfg: TrainConfig, files: bool = True) -> None:
                          "its starting width: pass --gate-bias learned")
     if cfg.sparsity_on not in ("sampled", "deployed"):
         raise UsageError(f"--sparsity-on must be sampled or deployed, got {cfg.sparsity_on!r}")
-    from hwbench.nets.gate import SURROGATES
 
     if cfg.surrogate not in SURROGATES:
         raise UsageError(f"--surrogate must be one of {', '.join(SURROGATES)}, got "

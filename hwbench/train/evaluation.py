@@ -39,10 +39,11 @@ from hwbench.data import (
     linear_train_transform,
     load_split,
 )
+from hwbench.engine import build_engine
 from hwbench.errors import UsageError
 from hwbench.io import atomic_write_json, atomic_write_text
 from hwbench.nets import net_from_config
-from hwbench.pattern.gate_pattern import summarise
+from hwbench.pattern.gate_pattern import load_pattern, summarise
 from hwbench.ssl.knn import KNN_PROTOCOLS, PROTOCOLS, knn_top1, knn_top1_all, protocol
 from hwbench.ssl.model import (
     SSLModel,
@@ -360,9 +361,6 @@ def engine_knn(checkpoint: str | Path, pattern_path: str | Path, device: str = "
     from the compact engine in ``dynamic`` mode at batch 1, the function ``verify`` times; the
     dense stream's from the eager network. Also the largest gap between the engine's and the
     eager gated network's features on the test images (the two should be one function)."""
-    from hwbench.engine import build_engine
-    from hwbench.pattern.gate_pattern import load_pattern
-
     net, cfg, epoch = load_run(checkpoint)
     dev = torch.device(device)
     net = net.to(dev)

@@ -47,6 +47,7 @@ from hwbench.data import (
 )
 from hwbench.errors import UsageError
 from hwbench.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from hwbench.measure.energy import TrainingEnergy, total_energy
 from hwbench.nets.gate import set_gate_noise, set_gates_open
 from hwbench.pattern.gate_pattern import summarise
 from hwbench.ssl.losses import anneal_p
@@ -135,7 +136,6 @@ def _train(run: TrainingRun, energy_factory) -> dict:
     run.dist.barrier()
     meter = None
     if run.dist.main and run.cfg.energy:
-        from hwbench.measure.energy import TrainingEnergy
 
         meter = TrainingEnergy(run.out, run.cfg.country, energy_factory)
         meter.start()
@@ -407,8 +407,6 @@ def _end_epoch(run: TrainingRun, epoch: int, row: dict) -> None:
 
 
 def _save_energy(run: TrainingRun, segment: dict) -> None:
-    from hwbench.measure.energy import total_energy
-
     run.segments.append(segment)
     atomic_write_json(run.out / ENERGY, {
         "schema": "hwbench/training-energy@1", "segments": run.segments,

@@ -4,6 +4,7 @@ supports it, fp16 + gradient scaling on older GPUs) and ``torch.compile``'s back
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -23,9 +24,7 @@ COMPILE_BACKEND = "inductor"
 def check_compile(device: torch.device) -> None:
     """A one-line UsageError where ``--compile`` cannot run on ``device``: no TorchDynamo for
     this Python, a CPU without a C++ compiler, a GPU without Triton, another device type."""
-    import shutil
-
-    from torch._dynamo.eval_frame import is_dynamo_supported
+    from torch._dynamo.eval_frame import is_dynamo_supported  # loaded only with --compile
 
     if not is_dynamo_supported():
         raise UsageError(f"--compile: torch {torch.__version__} has no torch.compile for this "
@@ -36,7 +35,7 @@ def check_compile(device: torch.device) -> None:
             raise UsageError("--compile on a CPU needs a C++ compiler (g++ or clang++; none "
                              "found); install one or train without --compile")
     elif device.type == "cuda":
-        from torch.utils._triton import has_triton
+        from torch.utils._triton import has_triton  # loaded only with --compile
 
         if not has_triton():
             raise UsageError("--compile on a GPU needs Triton (pip install triton); train "

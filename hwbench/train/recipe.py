@@ -14,7 +14,7 @@ no value that works here) or ``default`` (hwbench's own default).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from hwbench.errors import UsageError
 
@@ -169,9 +169,7 @@ def recipe_values(recipe: str, dataset: str) -> dict[str, tuple[object, Source]]
 
 
 def _hwbench_defaults() -> dict:
-    from dataclasses import MISSING, fields
-
-    from hwbench.train.config import TrainConfig
+    from hwbench.train.config import TrainConfig  # loads torch: the CLI reads recipes at --help
 
     out = dict(EXTRA_DEFAULTS)
     for f in fields(TrainConfig):
@@ -220,8 +218,6 @@ def apply_recipe(cfg, recipe: str | None, given) -> tuple[object, dict, dict[str
     values for its data set, except the fields named in ``given`` (set explicitly: they keep
     cfg's value; a dict maps each to the option that set it); returns (cfg, values, sources)
     as ``resolve_recipe``."""
-    from dataclasses import asdict, fields, replace
-
     current = asdict(cfg)
     explicit = {k: current[k] for k in given if k in current}
     flags = dict(given) if isinstance(given, dict) else {}

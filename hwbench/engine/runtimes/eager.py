@@ -3,13 +3,13 @@ run as the execution asked for (``hwbench.engine.graphs``)."""
 
 from __future__ import annotations
 
+import torch
+
 from hwbench.engine.runtimes.base import Runtime
 
 
 class Eager(Runtime):
     def record(self, threads: int) -> dict:
-        import torch
-
         return {"runtime": self.name, "runtime_version": torch.__version__}
 
 

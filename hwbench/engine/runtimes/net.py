@@ -17,6 +17,7 @@ from hwbench.engine.graphs import DEFAULT_EXECUTION
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, get
 from hwbench.engine.runtimes.session import Session, compile_module
 from hwbench.errors import UsageError
+from hwbench.measure.protocol import TUNING, Inputs, measure
 from hwbench.nets.resnet import GatedResNet
 from hwbench.pattern.gate_pattern import GatePattern, LayerPattern
 
@@ -42,7 +43,6 @@ class DeployWidth(nn.Module):
     """A width gate's decision as a number: (B, C, H, W) -> (B,) channels kept (k * G, k the
     leading groups whose logit is >= 0: a triangular matmul, ONNX has no cumprod here), within
     the pattern's (always-on, always-on + dynamic), as the engine's width executor."""
-
     def __init__(self, gate, lo: int, hi: int):
         super().__init__()
         w1, b1 = fold_bn(gate.fc1.weight.flatten(1), gate.bn)
@@ -66,7 +66,6 @@ class DeployWidth(nn.Module):
 class _Segment(nn.Module):
     """``pre`` (stem, or a width block at one width), then ``blocks``, then either the next
     width block's gate (outputs: activation, width) or the head (outputs: features)."""
-
     def __init__(self, pre: nn.Module, blocks: list[nn.Module], gate: nn.Module | None):
         super().__init__()
         self.pre, self.blocks, self.gate = pre, nn.Sequential(*blocks), gate
@@ -106,7 +105,6 @@ class RuntimeNet:
     executables: ``mode``, ``plan`` (per block: ``static`` or ``width``), ``tile`` (1),
     ``backend`` (the runtime), ``execution`` (``eager``), ``setup_s`` (export + compile, s),
     ``engine`` (itself); ``late_compiles``, ``reads`` (host reads of a width), ``last_path``."""
-
     def __init__(self, net: GatedResNet, mode: str, pattern: GatePattern | None, runtime: str,
                  example: torch.Tensor, threads: int | None = None, policy: str = "auto",
                  tune_inputs: list[torch.Tensor] | None = None):
@@ -210,8 +208,6 @@ class RuntimeNet:
     def _width_faster(self, xs: list[torch.Tensor]) -> bool:
         """Time the single masked graph and the per-width graphs on ``xs`` (the tuning
         protocol, interleaved); True when the per-width graphs are faster."""
-        from hwbench.measure.protocol import TUNING, Inputs, measure
-
         arrays = [_to_np(x) for x in xs]
         fns = {"static": lambda a: self.whole(a), "width": self._run_by_width}
         m = measure(fns, Inputs(arrays), TUNING, self.device, reference=None)
@@ -262,7 +258,7 @@ def runnable(net: GatedResNet, mode: str, pattern: GatePattern | None = None, *,
     compiled by ``runtime`` (``RuntimeNet``; ``dynamic_policy``: auto, static or width)."""
     if not get(runtime).graph:
         from hwbench.engine import build_engine  # engine.graphs imports compact: not at load
-        from hwbench.engine.graphs import executable
+        from hwbench.engine.graphs import executable  # as above
 
         engine = build_engine(net, mode, pattern, dynamic_policy=dynamic_policy,
                               tune_inputs=tune_inputs, **engine_kw)

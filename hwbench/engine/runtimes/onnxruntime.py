@@ -14,14 +14,14 @@ def _settings(n: int) -> dict:
 
 class OnnxRuntime(Runtime):
     def record(self, threads: int) -> dict:
-        import onnxruntime as ort
+        import onnxruntime as ort  # the optional extra of this runtime
 
         return {"runtime": self.name, "runtime_version": ort.__version__,
                 "provider": "CPUExecutionProvider", "runtime_threads": threads,
                 "settings": _settings(threads)}
 
     def open(self, model: bytes, threads: int):
-        import onnxruntime as ort
+        import onnxruntime as ort  # the optional extra of this runtime
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1

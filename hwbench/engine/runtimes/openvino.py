@@ -18,13 +18,13 @@ def _settings(n: int) -> dict:
 
 class OpenVino(Runtime):
     def record(self, threads: int) -> dict:
-        import openvino as ov
+        import openvino as ov  # the optional extra of this runtime
 
         return {"runtime": self.name, "runtime_version": ov.__version__, "provider": "CPU",
                 "runtime_threads": threads, "settings": _settings(threads)}
 
     def open(self, model: bytes, threads: int):
-        import openvino as ov
+        import openvino as ov  # the optional extra of this runtime
 
         with tempfile.TemporaryDirectory() as tmp, keep_signal_stack():
             path = os.path.join(tmp, "m.onnx")  # OpenVINO reads ONNX from a file

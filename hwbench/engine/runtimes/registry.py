@@ -4,6 +4,8 @@ module beside this one with a ``Runtime`` subclass, and one line in ``REGISTRY``
 
 from __future__ import annotations
 
+import torch
+
 from hwbench.engine.runtimes.base import Runtime
 from hwbench.engine.runtimes.eager import EAGER
 from hwbench.engine.runtimes.onnxruntime import ONNXRUNTIME
@@ -51,8 +53,6 @@ def check_runtime(runtime: str, device="cpu", execution: str = "eager",
                   dtype: str = "fp32") -> str:
     """A one-line UsageError for an unknown runtime, a graph runtime off the CPU, with an engine
     execution other than eager, a dtype other than fp32, or a missing extra; else the name."""
-    import torch
-
     get(runtime).check(torch.device(device).type, execution, dtype)
     return runtime
 
@@ -60,7 +60,5 @@ def check_runtime(runtime: str, device="cpu", execution: str = "eager",
 def runtime_record(runtime: str, threads: int | None = None) -> dict:
     """What runs the network, for fingerprints: runtime, version, provider/device, threads."""
     if threads is None:
-        import torch
-
         threads = torch.get_num_threads()
     return get(runtime).record(threads)
