@@ -36,9 +36,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hwbench.data import info  # noqa: E402
 from hwbench.deploy.pipeline import train_to_target, trim_run  # noqa: E402
+from hwbench.engine.runtimes.deployment import deploy_on  # noqa: E402
 from hwbench.io import atomic_write_json  # noqa: E402
 from hwbench.measure.device import fingerprint, parse_device  # noqa: E402
+from hwbench.pick.goal import locate, parse_goals, trim_goal  # noqa: E402
 from hwbench.provenance import provenance  # noqa: E402
 from hwbench.train.config import TrainConfig, budget_defaults  # noqa: E402
 
@@ -66,6 +69,7 @@ def main() -> None:
                     help="this device's profile [the matching one in profiles/]")
     args = ap.parse_args()
     dev = parse_device(args.device)
+    meta = info(args.dataset)
     rows, t0 = [], time.perf_counter()
     for target in args.targets.split(","):
         for budget in args.budgets.split(","):
@@ -83,9 +87,11 @@ def main() -> None:
                 s = json.loads((run / "summary.json").read_text())
                 print(f"    reusing {run}", flush=True)
             else:
-                s = train_to_target(cfg, percentile=args.percentile,
-                                    targets=[(args.profile or args.device, target)],
-                                    trim=False,
+                goals = locate(parse_goals([f"{args.profile or args.device}:{target}"],
+                                           args.device, args.percentile),
+                               cfg.arch, meta.stem, meta.input_size,
+                               say=lambda line: print("   ", line, flush=True))
+                s = train_to_target(cfg, goals, trim=False,
                                     say=lambda line: print("   ", line, flush=True))
             v = s.get("verify")
             if v is None:
@@ -102,8 +108,10 @@ def main() -> None:
                    "dynamic_share": v.get("dynamic_share"), "train_s": time.perf_counter() - t_run,
                    "run": s["dir"]}
             if args.trim:
-                t = trim_run(s["dir"], target, args.device, args.profile, args.percentile,
-                             TOLERANCE, say=lambda line: print("   ", line, flush=True))
+                goal = trim_goal(s["dir"], target, deploy_on(args.device), args.percentile,
+                                 args.profile)
+                t = trim_run(s["dir"], goal, TOLERANCE,
+                             say=lambda line: print("   ", line, flush=True))
                 row["trim"] = t
             rows.append(row)
             print(f"{target:>6s} {budget:8s} target {row['target_ms']:.3f} ms  measured "

@@ -98,3 +98,38 @@ def random_gate_heads(net, spread: float | None = None) -> None:
             if spread is not None:
                 b = block.gate.fc2.bias
                 b.copy_(torch.linspace(spread, -spread, b.numel()))
+
+
+def goals_for(cfg, *targets: str, device: str = "cpu", percentile: str = "p90",
+              runtime: str | None = None, quick: bool = True, say=lambda s: None):
+    """What the CLI resolves for ``train --target-latency T...`` (``T``, ``dev:T`` or
+    ``PROFILE.json:T``): the goals, parsed, checked and located for ``cfg``'s network."""
+    from hwbench.data import info
+    from hwbench.pick.goal import locate, parse_goals
+
+    meta = info(cfg.dataset)
+    return locate(parse_goals(list(targets), device, percentile, runtime), cfg.arch, meta.stem,
+                  meta.input_size, quick=quick, say=say)
+
+
+def trim_goal_for(run, target: str, profile=None, runtime: str | None = None,
+                  device: str = "cpu", percentile: str = "p90"):
+    """What the CLI resolves for ``trim RUN --target-latency T [--profile P] [--runtime R]``."""
+    from hwbench.engine.runtimes.deployment import deploy_on
+    from hwbench.pick.goal import trim_goal
+
+    return trim_goal(run, target, deploy_on(device, runtime), percentile,
+                     None if profile is None else str(profile))
+
+
+def measuring_goal_for(pattern_path, target, profile=None, runtime: str | None = None,
+                       device: str = "cpu", percentile: str = "p90", allow_foreign=False):
+    """What the CLI resolves for ``verify --pattern P --target-latency T [--profile F]``."""
+    from hwbench.engine.runtimes.deployment import deploy_on
+    from hwbench.pattern.gate_pattern import load_pattern
+    from hwbench.pick.goal import measuring_goal
+
+    pattern = load_pattern(pattern_path)
+    return measuring_goal(target, deploy_on(device, runtime), pattern.arch, pattern.stem,
+                          pattern.input_size, percentile,
+                          None if profile is None else str(profile), allow_foreign)

@@ -186,3 +186,54 @@ def test_imports_inside_functions_are_in_the_cli_or_say_why():
 def test_the_import_check_would_catch_a_bare_one():
     src = "def f():\n    import json\n    import onnx  # the optional extra\n"
     assert _imports_inside_functions(src) == [(2, False), (3, True)]
+
+
+# What every command needs is resolved once at the edge (issue 25): the deployment checked
+# (``deploy_on``), the target parsed, the profile located (``hwbench.pick.goal``). Each call
+# below may be made only where it is listed.
+RESOLVED_AT_THE_EDGE = {
+    "check_runtime": ("hwbench/engine/runtimes/deployment.py",),
+    "LatencyTarget.parse": ("hwbench/pick/goal.py",),
+    "resolve_profile": ("hwbench/pick/goal.py",),
+    "measuring_profile": ("hwbench/pick/goal.py",),
+    "parse_goals": ("hwbench/cli/",),
+    "locate": ("hwbench/cli/", "hwbench/pick/goal.py"),
+    "measuring_goal": ("hwbench/cli/",),
+    "trim_goal": ("hwbench/cli/",),
+    "on_disk": ("hwbench/cli/",),
+    # the CLI, the goal resolver, and the commands that check their own options once
+    "deploy_on": ("hwbench/cli/", "hwbench/pick/goal.py", "hwbench/engine/runtimes/deployment.py",
+                  "hwbench/profile/build.py", "hwbench/profile/speedup.py",
+                  "hwbench/deploy/export.py"),
+}
+
+
+def _calls(source: str) -> list[tuple[str, int]]:
+    """(name, line) of every call: ``f(...)`` as ``f``, ``A.f(...)`` as ``A.f``."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            f = node.func
+            if isinstance(f, ast.Name):
+                out.append((f.id, node.lineno))
+            elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
+                out.append((f"{f.value.id}.{f.attr}", node.lineno))
+    return out
+
+
+def test_the_deployment_target_and_profile_are_resolved_only_at_the_edge():
+    misplaced, seen = [], set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = str(path.relative_to(PACKAGE.parent))
+        for name, line in _calls(path.read_text(encoding="utf-8")):
+            if name in RESOLVED_AT_THE_EDGE:
+                seen.add(name)
+                if not rel.startswith(RESOLVED_AT_THE_EDGE[name]):
+                    misplaced.append(f"{rel}:{line} {name}")
+    assert seen == set(RESOLVED_AT_THE_EDGE)  # every rule is about calls that exist
+    assert not misplaced, misplaced
+
+
+def test_the_edge_check_would_catch_a_target_parsed_below_it():
+    src = "def f(t):\n    return LatencyTarget.parse(t), check_runtime('x'), g(t)\n"
+    assert _calls(src) == [("LatencyTarget.parse", 2), ("check_runtime", 2), ("g", 2)]

@@ -47,11 +47,15 @@ def verify(pattern_path, checkpoint, target_latency, device, percentile, profile
     the measured latency is within [0.90, 1.00] x the target: far under it is UNDERSHOT.
     """
     from hwbench.deploy.verify import run_verify
-    from hwbench.units import LatencyTarget
+    from hwbench.engine.runtimes.deployment import deploy_on
+    from hwbench.pattern.gate_pattern import load_pattern
+    from hwbench.pick.goal import measuring_goal
 
-    res = run_verify(pattern_path, LatencyTarget.parse(target_latency, percentile), device,
-                     checkpoint, percentile, profile_path, max_time_s,
-                     allow_foreign=allow_foreign, runtime=runtime)
+    on = deploy_on(device, runtime)
+    pattern = load_pattern(pattern_path)
+    goal = measuring_goal(target_latency, on, pattern.arch, pattern.stem, pattern.input_size,
+                          percentile, profile_path, allow_foreign)
+    res = run_verify(pattern_path, goal, checkpoint, max_time_s)
     if as_json:
         click.echo(json.dumps(res, indent=2))
     else:
@@ -150,11 +154,12 @@ def trim(run_dir, target_latency, device, profile_path, percentile, tolerance, m
     (hwbench.deploy.trim); writes RUN/final.json and exits with its verdict's code.
     """
     from hwbench.deploy.pipeline import trim_run
-    from hwbench.units import parse_target
+    from hwbench.engine.runtimes.deployment import deploy_on
+    from hwbench.pick.goal import trim_goal
 
-    parse_target(target_latency)
-    s = trim_run(run_dir, target_latency, device, profile_path, percentile, tolerance,
-                 max_time_s, out=out, knn=knn, say=click.echo, runtime=runtime)
+    goal = trim_goal(run_dir, target_latency, deploy_on(device, runtime), percentile,
+                     profile_path)
+    s = trim_run(run_dir, goal, tolerance, max_time_s, out=out, knn=knn, say=click.echo)
     click.echo(f"trimmed: {trim_moves(s)}; measured anew{on_runtime(s)}: "
                f"{trim_verdict(s)}; MACs ratio {s['macs_ratio']:.3f}")
     if not s["search_hit"]:
@@ -195,7 +200,9 @@ def compare(targets, methods, dataset, arch, time_budget, epochs, seed, device, 
     channel or width gates, or a structurally pruned dense network (Torch-Pruning)? One network
     per target and method, same data, seed and budget, each landed in the band by its own path,
     measured on real test images, with its kNN top-1."""
-    from hwbench.deploy.compare import CompareConfig, run_compare
+    from hwbench.data import info
+    from hwbench.deploy.compare import CompareConfig, check_compare, run_compare
+    from hwbench.pick.goal import locate, parse_goals
     from hwbench.report.figures import compare_figure
     from hwbench.units import parse_wall_time
 
@@ -207,7 +214,11 @@ def compare(targets, methods, dataset, arch, time_budget, epochs, seed, device, 
                        batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch,
                        n_synthetic=n_synthetic, command=" ".join(["hwbench", *sys.argv[2:]])
                        if sys.argv[1:2] == ["compare"] else None)
-    results = run_compare(cc, say=click.echo)
+    goals = parse_goals(cc.targets, device, cc.percentile, runtime, one_per_device=False)
+    check_compare(cc, goals)
+    meta = info(dataset)  # every target on this machine's profile of the runtime
+    goals = locate(goals, arch, meta.stem, meta.input_size, quick=True, say=click.echo)
+    results = run_compare(cc, goals, say=click.echo)
     png = compare_figure(results["rows"], os.path.splitext(out)[0] + ".png")
     click.echo(f"written {out}" + (f" and {png}" if png else ""))
 

@@ -191,10 +191,13 @@ def train_cmd(ctx, **o) -> None:
     --recipe paper sets the paper's values (docs/training.md: "The paper's recipe"); --dry-run shows
     them with their sources.
     """
+    from hwbench.data import info
     from hwbench.deploy.pipeline import train_to_target
+    from hwbench.pick.goal import locate
     from hwbench.train.config import validate
+    from hwbench.train.run import Dist
 
-    targets, gate = _check_train_options(o)
+    goals, gate = _check_train_options(o)
     cfg, values, sources = apply_recipe(_train_config(o, gate), o["recipe"], _given_fields(ctx))
     validate(cfg, files=not o["dry_run"])  # a dry run reads no data
     if o["dry_run"]:
@@ -205,10 +208,13 @@ def train_cmd(ctx, **o) -> None:
         from hwbench.io import check_writable
 
         check_writable(o["out"], folder=True)  # before any profile, training or measuring
+    meta = info(cfg.dataset)
     with TrainProgress() as bar:
-        summary = train_to_target(cfg, percentile=o["percentile"], say=bar.say,
-                                  progress=bar.update, targets=targets, trim=o["trim"],
-                                  runtime=o["runtime"],
+        # the one place the targets' profiles are located (a quick profile is measured when
+        # none matches, by a single process only)
+        goals = locate(goals, cfg.arch, meta.stem, meta.input_size,
+                       quick=Dist.from_env().world == 1, say=bar.say)
+        summary = train_to_target(cfg, goals, say=bar.say, progress=bar.update, trim=o["trim"],
                                   baseline=None if o["baseline"] == "none" else o["baseline"])
     if not summary:  # a torchrun process other than rank 0: rank 0 reports
         return
@@ -217,9 +223,12 @@ def train_cmd(ctx, **o) -> None:
 
 def _check_train_options(o: dict) -> tuple[list, str]:
     """One-line errors for options that do not go together, bad devices and targets, before
-    anything runs; the parsed device targets and the gate kind (``auto_gate``)."""
+    anything runs; the parsed goals (``hwbench.pick.goal``: each target's deployment checked,
+    no profile located yet) and the gate kind (``auto_gate``)."""
+    from hwbench.data import info
     from hwbench.measure.device import parse_device
-    from hwbench.pick.target import auto_gate, check_target_runtime, parse_device_targets
+    from hwbench.pick.goal import on_disk, parse_goals
+    from hwbench.pick.target import auto_gate
 
     target = bool(o["target_latency"])
     if o["t_d"] is not None and target:
@@ -234,11 +243,13 @@ def _check_train_options(o: dict) -> tuple[list, str]:
         if given and not target:
             raise UsageError(f"{name} needs --target-latency{why}")
     parse_device(o["device"])
-    targets = parse_device_targets(list(o["target_latency"]), o["target_device"])
-    check_target_runtime(targets, o["runtime"], o["device"])
-    gate = auto_gate(o["gate"], o["arch"], o["dataset"], targets, o["device"], say=click.echo,
-                     runtime=o["runtime"])
-    return targets, gate
+    goals = parse_goals(list(o["target_latency"]), o["target_device"] or o["device"],
+                        o["percentile"], o["runtime"])
+    tp = None
+    if goals and o["gate"] in ("width", "width:auto"):  # G from the profile on disk
+        meta = info(o["dataset"])
+        tp = on_disk(goals[0], o["arch"], meta.stem, meta.input_size)
+    return goals, auto_gate(o["gate"], tp, say=click.echo)
 
 
 # options passed to TrainConfig under their own name

@@ -32,8 +32,9 @@ from hwbench.measure.device import torch_threads
 from hwbench.measure.protocol import Protocol, measure
 from hwbench.measure.stats import quantile_of
 from hwbench.nets import create_net, width_mult_widths
+from hwbench.pick.goal import Goal
 from hwbench.pick.t_d import Unattainable, envelope
-from hwbench.profile.locate import profile_threads, resolve_target
+from hwbench.profile.locate import profile_threads
 from hwbench.profile.predictor import Predictor
 from hwbench.train.config import budget_defaults, run_dir
 from hwbench.train.evaluation import load_run
@@ -182,21 +183,21 @@ def measure_trained(run: Path, goal: LatencyTarget, dev: torch.device,
             "macs_ratio": macs, "runtime": runtime}
 
 
-def thin_baseline(cfg, goal: LatencyTarget, tp, runtime: str = DEFAULT_RUNTIME,
-                  verify_max_time_s: float = 10.0,
+def thin_baseline(cfg, goal: Goal, verify_max_time_s: float = 10.0,
                   say: Callable[[str], None] = lambda s: None) -> dict:
     """Train and land the thin baseline of the run ``cfg`` (its data set, seed and time budget
-    or epochs) at ``goal`` on ``tp``'s device, this machine: pick m from the profile, check the
-    prior by measuring, train it in ``RUN/baseline-thin``, measure it trained on real images.
-    The record ``final.json``'s ``baseline`` holds (also ``baseline-thin/baseline.json``)."""
-    dev = torch.device(tp.device)
-    target_s = goal.ms * 1e-3 if goal.ms is not None else \
-        resolve_target(goal.text, tp, goal.percentile)
-    pick = pick_width_mult(tp.profile, target_s, goal.percentile)
+    or epochs) at ``goal`` (``hwbench.pick.goal``: a target on this machine's device and runtime,
+    with its profile): pick m from the profile, check the prior by measuring, train it in
+    ``RUN/baseline-thin``, measure it trained on real images. The record ``final.json``'s
+    ``baseline`` holds (also ``baseline-thin/baseline.json``)."""
+    tp, dev, runtime, target_s = goal.profile, goal.on.torch_device, goal.on.runtime, \
+        goal.seconds()
+    target = goal.target
+    pick = pick_width_mult(tp.profile, target_s, target.percentile)
     say(f"thin baseline: width x {pick.width_mult:g} predicted {pick.predicted_ms:.3f} ms "
-        f"({goal.percentile}) for {goal.text} from {tp.path}")
+        f"({target.percentile}) for {target.text} from {tp.path}")
     with torch_threads(profile_threads(tp.profile)):
-        pick, probes = land_prior(pick, tp.profile, goal, dev, runtime, say=say)
+        pick, probes = land_prior(pick, tp.profile, target, dev, runtime, say=say)
     out = run_dir(cfg) / "baseline-thin"
     # a dense network: no gates, so no gate budget (the paper's MACs terms, unused by VICReg)
     thin_cfg = dataclasses.replace(cfg, method="dense", width_mult=pick.width_mult, widths=None,
@@ -207,7 +208,7 @@ def thin_baseline(cfg, goal: LatencyTarget, tp, runtime: str = DEFAULT_RUNTIME,
     say(f"training the thin baseline (width x {pick.width_mult:g}, VICReg, the run's budget) ...")
     s = train(thin_cfg, say=lambda line: say(f"[thin] {line}"))
     with torch_threads(profile_threads(tp.profile)):
-        ver = measure_trained(Path(s["dir"]), goal, dev, runtime, verify_max_time_s,
+        ver = measure_trained(Path(s["dir"]), target, dev, runtime, verify_max_time_s,
                               torch.get_num_threads())
     atomic_write_json(out / "verify.json", ver)
     record = baseline_record(pick, probes, ver, s, tp)

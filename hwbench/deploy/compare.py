@@ -35,14 +35,14 @@ from hwbench.data import info
 from hwbench.deploy.baseline import land, measure_trained, thin_baseline
 from hwbench.deploy.pipeline import train_to_target
 from hwbench.deploy.prune import candidates, channel_scores, prune
-from hwbench.engine.runtimes import check_runtime
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME
 from hwbench.errors import UsageError
 from hwbench.io import atomic_torch_save, atomic_write_json, check_writable
 from hwbench.measure.device import torch_threads
 from hwbench.nets import list_nets
+from hwbench.pick.goal import Goal
 from hwbench.pick.t_d import envelope
-from hwbench.profile.locate import profile_threads, resolve_profile, resolve_target
+from hwbench.profile.locate import profile_threads
 from hwbench.profile.predictor import Predictor
 from hwbench.provenance import provenance, source_commit
 from hwbench.train.config import TrainConfig, budget_defaults
@@ -92,16 +92,16 @@ class CompareConfig:
         return {k: getattr(self, k) for k in SAME}
 
 
-def check_compare(cc: CompareConfig) -> list[LatencyTarget]:
-    """One-line errors (``UsageError``) before anything is trained or measured; the targets."""
+def check_compare(cc: CompareConfig, goals: list[Goal]) -> None:
+    """One-line errors (``UsageError``) before anything is trained or measured. ``goals``:
+    ``cc.targets`` parsed at the edge (``hwbench.pick.goal.parse_goals``)."""
     bad = [m for m in cc.methods if m not in METHODS]
     if bad or not cc.methods:
         raise UsageError(f"--methods: expected some of {', '.join(METHODS)}, got "
                          f"{', '.join(bad) or 'none'}")
     if not cc.targets:
         raise UsageError("--targets: give at least one, e.g. 0.6x")
-    goals = [LatencyTarget.parse(t, cc.percentile) for t in cc.targets]
-    if any(g.ratio is None for g in goals):
+    if any(g.target.ratio is None for g in goals):
         raise UsageError("--targets: ratios of the dense latency (0.6x): rows are compared at "
                          "equal ratios measured alongside")
     if cc.arch not in list_nets():
@@ -118,9 +118,7 @@ def check_compare(cc: CompareConfig) -> list[LatencyTarget]:
             raise UsageError("--methods pruned needs Torch-Pruning: pip install "
                              "'hwbench[prune]'") from None
     info(cc.dataset)
-    check_runtime(cc.runtime, cc.device)
     check_writable(cc.out)
-    return goals
 
 
 def base_config(cc: CompareConfig, name: str, **kw):
@@ -135,38 +133,32 @@ def base_config(cc: CompareConfig, name: str, **kw):
                        **budget_defaults(budget), **kw)
 
 
-def run_compare(cc: CompareConfig, say: Callable[[str], None] = lambda s: None) -> dict:
-    """Every target x method row (see the module docstring); the results object written."""
-    goals = check_compare(cc)
-    tp = _profile(cc, say)
+def run_compare(cc: CompareConfig, goals: list[Goal],
+                say: Callable[[str], None] = lambda s: None) -> dict:
+    """Every target x method row (see the module docstring) at the located ``goals`` (one per
+    target of ``cc``, on this machine's profile of the runtime); the results object written."""
     done = _previous_rows(cc, say) if cc.resume else []
 
     results = {"schema": SCHEMA, "benchmark": BENCHMARK, "command": cc.command,
                "provenance": provenance(), "settings": cc.settings(), "rows": list(done)}
     for goal in goals:
+        text = goal.target.text
         for method in cc.methods:
-            if any(r["target"] == goal.text and r["method"] == method for r in done):
-                say(f"[{goal.text} {method}] done in {cc.out}: skipped (--resume)")
+            if any(r["target"] == text and r["method"] == method for r in done):
+                say(f"[{text} {method}] done in {cc.out}: skipped (--resume)")
                 continue
             t0 = time.perf_counter()
 
-            def tell(line: str, _g=goal.text, _m=method) -> None:
+            def tell(line: str, _g=text, _m=method) -> None:
                 say(f"[{_g} {_m}] {line}")
 
-            part = ROWS[method](cc, goal, tp, tell)
-            row = make_row(cc, goal, method, part, time.perf_counter() - t0)
+            part = ROWS[method](cc, goal, tell)
+            row = make_row(cc, goal.target, method, part, time.perf_counter() - t0)
             results["rows"].append(row)
             atomic_write_json(cc.out, results)
             tell(row_line(row))
     atomic_write_json(cc.out, results)
     return results
-
-
-def _profile(cc: CompareConfig, say):
-    """This machine's profile of the runtime (a quick one measured now when none matches)."""
-    meta = info(cc.dataset)
-    return resolve_profile(cc.device, cc.arch, meta.stem, meta.input_size, quick=True, say=say,
-                           runtime=cc.runtime)
 
 
 def _previous_rows(cc: CompareConfig, say) -> list[dict]:
@@ -219,9 +211,9 @@ def _epochs(run: Path) -> int | None:
         return None
 
 
-def thin_row(cc: CompareConfig, goal: LatencyTarget, tp, say) -> dict:
-    cfg = base_config(cc, f"thin_{goal.text}", method="dense")
-    rec = thin_baseline(cfg, goal, tp, cc.runtime, cc.verify_max_time_s, say)
+def thin_row(cc: CompareConfig, goal: Goal, say) -> dict:
+    cfg = base_config(cc, f"thin_{goal.target.text}", method="dense")
+    rec = thin_baseline(cfg, goal, cc.verify_max_time_s, say)
     run = Path(rec["run"])
     ver = json.loads((run / "verify.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
@@ -231,11 +223,10 @@ def thin_row(cc: CompareConfig, goal: LatencyTarget, tp, say) -> dict:
             "config": {"width_mult": rec["width_mult"], "widths": rec["widths"]}}
 
 
-def gated_row(cc: CompareConfig, goal: LatencyTarget, tp, say, method: str) -> dict:
-    cfg = base_config(cc, f"{method}_{goal.text}", method="co", budget="latency",
+def gated_row(cc: CompareConfig, goal: Goal, say, method: str) -> dict:
+    cfg = base_config(cc, f"{method}_{goal.target.text}", method="co", budget="latency",
                       gate=GATES[method], sparsity_on="deployed", finetune_steps=None)
-    s = train_to_target(cfg, percentile=goal.percentile, say=say, runtime=cc.runtime,
-                        targets=[(str(tp.path), goal.text)], trim=True,
+    s = train_to_target(cfg, [goal], say=say, trim=True,
                         verify_max_time_s=cc.verify_max_time_s)
     run, final = Path(s["dir"]), s["delivered"]
     net = run if final["network"] == "deployed" else run / final["network"]
@@ -246,24 +237,25 @@ def gated_row(cc: CompareConfig, goal: LatencyTarget, tp, say, method: str) -> d
                        "network": final["network"], "final_verdict": final["verdict"]}}
 
 
-def pruned_row(cc: CompareConfig, goal: LatencyTarget, tp, say) -> dict:
+def pruned_row(cc: CompareConfig, goal: Goal, say) -> dict:
     """A dense network trained for the budget less the fine-tuning's share, pruned to the
     target (``hwbench.deploy.prune``, landed by measuring), fine-tuned, measured, evaluated."""
-    cfg = base_config(cc, f"pruned_{goal.text}", method="dense", finetune_steps=None)
+    tp, dev, target = goal.profile, goal.on.torch_device, goal.target
+    cfg = base_config(cc, f"pruned_{target.text}", method="dense", finetune_steps=None)
     say("training the dense network to prune (the budget less the fine-tuning's share) ...")
     run = Path(train(cfg, say=say)["dir"])
     net, rcfg, _ = load_run(run / "checkpoint.pt")
     size = info(cc.dataset).input_size
     scores = channel_scores(net, size)
     with torch_threads(profile_threads(tp.profile)):
-        widths, probes = _land_pruned(scores, goal, tp, cc, say)
-    out = run / f"pruned-{goal.text}"
+        widths, probes = _land_pruned(scores, goal, cc, say)
+    out = run / f"pruned-{target.text}"
     _save_pruned(run / "checkpoint.pt", prune(net, scores, widths, size), out, cc,
                  int(rcfg.get("finetune_steps") or 0), say)
     with torch_threads(profile_threads(tp.profile)):
 
-        ver = measure_trained(out, goal, torch.device(cc.device), cc.runtime,
-                              cc.verify_max_time_s, torch.get_num_threads())
+        ver = measure_trained(out, target, dev, goal.on.runtime, cc.verify_max_time_s,
+                              torch.get_num_threads())
     atomic_write_json(out / "verify.json", ver)
     say("kNN top-1 of the pruned network ...")
     ev = run_eval(out / "checkpoint.pt", linear=False, knn=True,
@@ -275,17 +267,17 @@ def pruned_row(cc: CompareConfig, goal: LatencyTarget, tp, say) -> dict:
                                      "groups of each block's inner channels"}}
 
 
-def _land_pruned(scores, goal: LatencyTarget, tp, cc: CompareConfig, say):
+def _land_pruned(scores, goal: Goal, cc: CompareConfig, say):
     """The pruned widths landed on ``goal``: the widest candidate the table predicts to meet
     it, checked by measuring (``baseline.land``)."""
     cands = candidates(scores)
-    target_ms = resolve_target(goal.text, tp, goal.percentile) * 1e3
+    tp, target_ms = goal.profile, goal.seconds() * 1e3
     pred = Predictor(tp.profile)
     env = envelope([(i, pred.thin_ms(list(w), goal.percentile)) for i, (_, w) in
                     enumerate(cands)])  # the rule pick_t_d and the thin pick apply
     meets = [i for i, ms in env if ms <= target_ms]
-    best, probes = land(cands, meets[-1] if meets else 0, target_ms, tp.profile, goal,
-                        torch.device(cc.device), cc.runtime, say=say,
+    best, probes = land(cands, meets[-1] if meets else 0, target_ms, tp.profile, goal.target,
+                        goal.on.torch_device, goal.on.runtime, say=say,
                         what="pruned: kept share")
     return cands[best][1], probes
 
@@ -314,5 +306,5 @@ def _save_pruned(src: Path, net, out: Path, cc: CompareConfig, steps: int, say) 
 
 
 ROWS = {"thin": thin_row, "pruned": pruned_row,
-        "channel": lambda cc, goal, tp, say: gated_row(cc, goal, tp, say, "channel"),
-        "width": lambda cc, goal, tp, say: gated_row(cc, goal, tp, say, "width")}
+        "channel": lambda cc, goal, say: gated_row(cc, goal, say, "channel"),
+        "width": lambda cc, goal, say: gated_row(cc, goal, say, "width")}

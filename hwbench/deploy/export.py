@@ -42,11 +42,11 @@ from hwbench.engine.runtimes import (
     CHECKER,
     RUNTIMES,
     Session,
-    check_runtime,
     is_graph,
     require_extra,
     runtime_record,
 )
+from hwbench.engine.runtimes.deployment import deploy_on
 from hwbench.errors import HwbenchError, UsageError
 from hwbench.io import check_writable
 from hwbench.nets.resnet import GatedResNet
@@ -310,7 +310,7 @@ def _check_on(fmt: str, check_on: tuple[str, ...] | None) -> tuple[str, ...]:
             graphs = ", ".join(n for n in RUNTIMES if is_graph(n))
             raise UsageError(f"--check-on {rt}: the exported file is checked on a runtime that "
                              f"loads it ({graphs})")
-        check_runtime(rt)
+        deploy_on("cpu", rt)  # the extra installed; graph runtimes run on the CPU
     return runtimes
 
 

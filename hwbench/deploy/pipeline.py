@@ -26,14 +26,15 @@ from hwbench.deploy.baseline import thin_baseline
 from hwbench.deploy.final import final_record, write_final
 from hwbench.deploy.network import deploy
 from hwbench.deploy.trim import SearchRule, search
-from hwbench.engine.runtimes import check_runtime, runtime_record
+from hwbench.engine.runtimes import runtime_record
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, is_graph
 from hwbench.engine.runtimes.registry import get as get_runtime
 from hwbench.errors import UsageError
 from hwbench.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, check_writable
-from hwbench.measure.device import parse_device, torch_threads
-from hwbench.pick.target import resolve_targets
-from hwbench.profile.locate import is_local, profile_threads, resolve_profile
+from hwbench.measure.device import torch_threads
+from hwbench.pick.goal import Goal
+from hwbench.pick.target import pick_targets
+from hwbench.profile.locate import profile_threads
 from hwbench.profile.predictor import Predictor
 from hwbench.train.config import validate
 from hwbench.train.evaluation import engine_knn, load_run
@@ -41,7 +42,6 @@ from hwbench.train.finetune import FinetuneConfig, finetune
 from hwbench.train.loop import train
 from hwbench.train.precision import amp_choice
 from hwbench.train.run import Dist
-from hwbench.units import LatencyTarget
 
 CALIB_IMAGES = 1024  # class-balanced training images the deployed pattern is summarised on
 # A trim candidate's p90 needs a 95% CI within 3% (the final verify: 2%): the search confirms a
@@ -92,32 +92,31 @@ def evaluate_deployed(checkpoint: str | Path, pattern_path: str | Path, device: 
     return res
 
 
-def verify_local(summary: dict, resolved: list, say: Callable[[str], None],
-                 verify_max_time_s: float, evaluate: bool = True,
-                 runtime: str = DEFAULT_RUNTIME) -> list[dict]:
-    """Deploy the trained run once and verify it on every target device that is this machine
-    (``verify.json``, then ``verify-<device>.json``), run by ``runtime``; others get the command
-    to run there. ``evaluate``: the deployed network's kNN top-1 (``deployed/eval.json``;
+def verify_local(summary: dict, goals: list[Goal], say: Callable[[str], None],
+                 verify_max_time_s: float, evaluate: bool = True) -> list[dict]:
+    """Deploy the trained run once and verify it at every goal whose device is this machine
+    (``verify.json``, then ``verify-<device>.json``), on the goal's runtime; others get the
+    command to run there. ``evaluate``: the deployed network's kNN top-1 (``deployed/eval.json``;
     skipped when trim will replace it)."""
-
     results, deployed = [], None
-    on = get_runtime(runtime).flag
-    for tp, target, where in resolved:
-        if not tp.local:
+    for goal in goals:
+        tp, target, where, runtime = goal.profile, goal.target, goal.where, goal.on.runtime
+        if not goal.local:
             say(f"target device {tp.profile['fingerprint']['name']} is not this machine: run "
                 f"`hwbench verify --pattern {summary['dir']}/deployed/pattern.json --checkpoint "
-                f"{summary['dir']}/deployed/checkpoint.pt --target-latency {target.text}{on}` "
+                f"{summary['dir']}/deployed/checkpoint.pt --target-latency {target.text}"
+                f"{goal.on.flag}` "
                 "there")
             continue
-        device = tp.device
+        device = goal.on.device
         if deployed is None:
             deployed = deploy_run(summary["dir"], device)
             summary["deployed"] = deployed
         say(f"verifying the deployed network on {tp.profile['fingerprint']['name']}"
             + ("" if not is_graph(runtime) else f" ({runtime})") + " (real "
             f"{deployed['calibration']['source'].split(':')[0]} test images) ...")
-        res = verify.run_verify(deployed["pattern"], target, device, deployed["checkpoint"],
-                                target.percentile, str(tp.path), verify_max_time_s, runtime=runtime)
+        res = verify.run_verify(deployed["pattern"], goal, deployed["checkpoint"],
+                                verify_max_time_s)
         if not results:
             summary["fidelity"] = fidelity(summary.get("final", {}), res)
         tag = Path(where).stem if where.endswith(".json") else where
@@ -163,16 +162,15 @@ def _brief(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k != "samples_ms"}
 
 
-def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
-             profile_path: str | None = None, percentile: str = "p90",
+def trim_run(run_dir: str | Path, goal: Goal,
              tolerance: float = SearchRule.tolerance, max_time_s: float = 6.0,
              verify_max_time_s: float = 20.0,
              calib_samples: int = CALIB_IMAGES, out: str | Path | None = None, knn: bool = True,
              min_runs: int = 64, max_measurements: int = SearchRule.max_measurements,
-             say: Callable[[str], None] = lambda s: None, runtime: str = DEFAULT_RUNTIME,
-             finetune_steps: int = 0) -> dict:
-    """Trim a training run's network to ``target`` on ``device`` (this machine), measured as
-    ``runtime`` runs it (with that runtime's profile): channels off, or always-off ones back on,
+             say: Callable[[str], None] = lambda s: None, finetune_steps: int = 0) -> dict:
+    """Trim a training run's network to ``goal`` (``hwbench.pick.goal.trim_goal``: the target,
+    this machine's device and runtime, that runtime's profile of it): channels off, or always-off
+    ones back on,
     until it lands in ``[1 - tolerance, 1] x target``; then ``finetune_steps`` of recovery
     fine-tuning (``finetune_net``; the tuned network is delivered unless its kNN is lower than
     before, ``_keep_better``). Writes the trimmed run to ``out`` (default
@@ -180,23 +178,26 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
     (the final network measured anew) and eval.json (kNN of its gated stream;
     eval-before-finetune.json); and ``RUN/final.json`` (the verdict on it)."""
 
-    job = _trim_job(run_dir, target, device, profile_path, percentile, tolerance, out, runtime)
-    run, goal, out, cfg, tp, dev = job.run, job.goal, job.out, job.cfg, job.tp, job.dev
+    job = _trim_job(run_dir, goal, tolerance, out)
+    run, out, cfg, tp, dev = job.run, job.out, job.cfg, goal.profile, goal.on.torch_device
+    device, runtime, percentile, target = goal.on.device, goal.on.runtime, goal.percentile, \
+        goal.target
     calib, calib_record = sample_images(cfg["dataset"], True, calib_samples, **_data_kw(cfg))
     inputs = verify.timing_inputs(cfg, job.input_size)
-    say(f"trimming {run} to {goal.text} ({percentile}) on {tp.profile['fingerprint']['name']}"
+    say(f"trimming {run} to {target.text} ({percentile}) on {tp.profile['fingerprint']['name']}"
         + ("" if not is_graph(runtime) else f" ({runtime})") + f", profile {tp.path}")
     rule = SearchRule(tolerance=tolerance, max_measurements=max_measurements)
     with torch_threads(profile_threads(tp.profile)):  # the profile's conditions
         threads = torch.get_num_threads()
         res = search(job.net.to(dev), calib, dev,  # deploys the net on calib, then searches
-                     _candidate_timer(goal, inputs, dev, max_time_s, min_runs, runtime),
-                     _score_predictor(goal, tp.profile), _predictor(tp.profile), rule, say=say)
+                     _candidate_timer(target, inputs, dev, max_time_s, min_runs, runtime),
+                     _score_predictor(target, tp.profile), _predictor(tp.profile), rule,
+                     say=say)
     if not res.hit:
         say(f"  trim could not land: {res.reason}")
-    _save_trimmed(run / "checkpoint.pt", res, cfg, goal, calib_record, out)
+    _save_trimmed(run / "checkpoint.pt", res, cfg, target, calib_record, out)
     atomic_write_json(out / "trim.json", {
-        "schema": "hwbench/trim@3", "run": str(run), "target": goal.to_dict(),
+        "schema": "hwbench/trim@3", "run": str(run), "target": target.to_dict(),
         "tolerance": tolerance, "band": list(rule.band), "profile": str(tp.path),
         "device": tp.profile["fingerprint"]["name"], "calibration": calib_record,
         "inputs": inputs.record, "runtime": runtime_record(runtime, threads),
@@ -204,11 +205,10 @@ def trim_run(run_dir: str | Path, target: float | str, device: str = "cpu",
     tuned = _finetune_trimmed(out, finetune_steps, device, runtime, say, knn)
     ev = tuned.pop("eval", None)
     say("measuring the trimmed network anew ...")
-    ver = verify.run_verify(str(out / "pattern.json"), goal, device, str(out / "checkpoint.pt"),
-                            percentile, str(tp.path), verify_max_time_s, inputs=inputs,
-                            runtime=runtime, band=rule.band)
+    ver = verify.run_verify(str(out / "pattern.json"), goal, str(out / "checkpoint.pt"),
+                            verify_max_time_s, inputs=inputs, band=rule.band)
     atomic_write_json(out / "verify.json", ver)
-    summary = _trim_summary(out, goal, res, ver, tolerance)
+    summary = _trim_summary(out, target, res, ver, tolerance)
     if ev is None:
         ev = _trimmed_knn(out, device, runtime, say) if knn else {}
     summary.update({k: v for k, v in ev.items() if k.startswith("knn_top1")}, **tuned)
@@ -245,16 +245,12 @@ def finetune_net(net_dir: str | Path, steps: int, device: str = "cpu",
 
 @dataclass
 class _TrimJob:
-    """What a trim works on, checked: the run, its network and config, the target, the folder
-    it writes, this machine's profile (``hwbench.profile.locate``) and device."""
+    """What a trim works on, checked: the run, its network and config, the folder it writes."""
     run: Path
-    goal: LatencyTarget
     out: Path
     net: torch.nn.Module
     cfg: dict
     input_size: int
-    tp: object
-    dev: torch.device
 
 
 def _trim_protocol(runtime: str, percentile: str, max_time_s: float) -> str:
@@ -264,28 +260,21 @@ def _trim_protocol(runtime: str, percentile: str, max_time_s: float) -> str:
             "measurement")
 
 
-def _trim_job(run_dir, target, device: str, profile_path: str | None, percentile: str,
-              tolerance: float, out, runtime: str) -> _TrimJob:
+def _trim_job(run_dir, goal: Goal, tolerance: float, out) -> _TrimJob:
     """Check a trim's inputs, one-line errors (``UsageError``) before any measuring."""
-    dev = parse_device(device)
-    check_runtime(runtime, dev)
     run = Path(run_dir)
     if not (run / "checkpoint.pt").exists():
         raise UsageError(f"{run}: no checkpoint.pt (is it a training run directory?)")
     if not 0 < tolerance < 1:
         raise UsageError(f"--tolerance must be in (0, 1), got {tolerance:g}")
-    goal = LatencyTarget.parse(target, percentile)
-    out = check_writable(Path(out) if out else run / f"trim-{goal.text}", folder=True)
+    if not goal.local or goal.profile.device is None:
+        raise UsageError(f"{goal.profile.path} profiles another machine: trimming measures, so "
+                         "run it on the target device")
+    out = check_writable(Path(out) if out else run / f"trim-{goal.target.text}", folder=True)
     net, cfg, _ = load_run(run / "checkpoint.pt")
     if cfg.get("method") == "dense":
         raise UsageError(f"{run} trained the dense stream only: there are no gates to trim")
-    meta = info(cfg["dataset"])
-    tp = resolve_profile(profile_path or device, cfg["arch"], meta.stem, meta.input_size,
-                         quick=False, runtime=runtime)
-    if not is_local(tp.profile["fingerprint"], dev):
-        raise UsageError(f"{tp.path} profiles {tp.profile['fingerprint']['name']}, not this "
-                         f"machine's {device}: trimming measures, so run it on the target device")
-    return _TrimJob(run, goal, out, net, cfg, meta.input_size, tp, dev)
+    return _TrimJob(run, out, net, cfg, info(cfg["dataset"]).input_size)
 
 
 def _trimmed_knn(out: Path, device: str, runtime: str, say) -> dict:
@@ -423,85 +412,75 @@ def _trim_summary(out: Path, goal, res, ver: dict, tolerance: float) -> dict:
             "runtime": ver["runtime"]}
 
 
-def train_to_target(cfg, target: float | str | None = None, target_device: str | None = None,
-                    percentile: str = "p90", say: Callable[[str], None] = lambda s: None,
-                    progress=None, verify_max_time_s: float = 10.0, quick: bool = True,
-                    energy_factory=None,
-                    targets: list[tuple[str | None, float | str]] | None = None,
+def train_to_target(cfg, goals: list[Goal] | tuple = (),
+                    say: Callable[[str], None] = lambda s: None,
+                    progress=None, verify_max_time_s: float = 10.0, energy_factory=None,
                     trim: bool | None = None, trim_options: dict | None = None,
-                    runtime: str = DEFAULT_RUNTIME, baseline: str | None = None) -> dict:
-    """The whole ``hwbench train``: pick ``t_d`` for each latency target (seconds, '5ms' or
-    '0.65x' of the dense latency) on its device's profile, co-train, deploy, then measure the
-    deployed network on every target device that is this machine (``verify.json``) and, with
-    ``trim`` (default: on with ``--budget latency``), trim it to the first such target.
+                    baseline: str | None = None) -> dict:
+    """The whole ``hwbench train``: pick ``t_d`` for the latency ``goals`` (``hwbench.pick.goal``:
+    each a target on a device and runtime with its located profile, resolved at the edge),
+    co-train, deploy, then measure the deployed network at every goal on this machine
+    (``verify.json``) on the goal's runtime and, with ``trim`` (default: on with ``--budget
+    latency``), trim it to the first such goal.
 
-    ``targets``: (device, target) pairs, several devices at once; or ``target`` on
-    ``target_device``. With the paper's MACs budget (``cfg.budget == 'flops'``) ``t_d`` is the
-    smallest pick, so every target is met by the prior; with ``cfg.budget == 'latency'`` the
-    targets enter the loss (``hwbench.train.budget``) and ``t_d`` sets the bound. A resumed run
-    keeps the ``t_d`` and decision it started with. ``runtime``: what the network is deployed on
-    (``hwbench.engine.runtimes.RUNTIMES``): the target devices' profiles are that runtime's,
-    and the deployed (and trimmed) network is measured on it. ``baseline="thin"``: the thinner
-    dense network is trained and landed on the first local target too
-    (``hwbench.deploy.baseline.thin_baseline``) and fills ``final.json``'s ``baseline``."""
-    if targets is None:
-        targets = [(target_device, target)] if target is not None else []
-    if cfg.budget == "latency" and not targets:
+    With the paper's MACs budget (``cfg.budget == 'flops'``) ``t_d`` is the smallest pick, so
+    every target is met by the prior; with ``cfg.budget == 'latency'`` the targets enter the
+    loss (``hwbench.train.budget``) and ``t_d`` sets the bound. A resumed run keeps the ``t_d``
+    and decision it started with. ``baseline="thin"``: the thinner dense network is trained and
+    landed on the first local goal too (``hwbench.deploy.baseline.thin_baseline``) and fills
+    ``final.json``'s ``baseline``."""
+    goals = list(goals)
+    if cfg.budget == "latency" and not goals:
         raise UsageError("--budget latency needs --target-latency (the latency to train for)")
     validate(cfg)
     dist = Dist.from_env()
-    resolved = resolve_targets(cfg, targets, percentile, quick=quick and dist.world == 1,
-                               say=say, runtime=runtime) if targets else []
+    if goals:
+        pick_targets(cfg, goals, say)
     summary = train(cfg, progress, energy_factory=energy_factory, say=say)
-    if not dist.main or not resolved or "pattern" not in summary:
+    if not dist.main or not goals or "pattern" not in summary:
         return summary
     if trim is None:
         trim = cfg.budget == "latency"
-    local = [r for r in resolved if r[0].local]
-    results = verify_local(summary, resolved, say, verify_max_time_s,
-                           evaluate=not (trim and local), runtime=runtime)
+    local = [g for g in goals if g.local]
+    results = verify_local(summary, goals, say, verify_max_time_s, evaluate=not (trim and local))
     if results:
         summary["verify"] = results[0]
-        if len(resolved) > 1:
+        if len(goals) > 1:
             summary["verify_all"] = results
         atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
     if trim and local:
-        summary["trim"] = _trim_first(summary, local, say, runtime, trim_options)
+        summary["trim"] = _trim_first(summary, local, say, trim_options)
         summary["delivered"] = summary["trim"]["delivered"]
-    elif trim and resolved:
+    elif trim:
         say("no target device is this machine: nothing to trim here (run `hwbench trim RUN_DIR "
-            "--target-latency T" + get_runtime(runtime).flag
-            + "` on the target device)")
+            "--target-latency T" + goals[0].on.flag + "` on the target device)")
     if local and "delivered" not in summary:
         summary["delivered"] = _deployed_final(summary, cfg)
         write_final(summary["dir"], summary["delivered"])
     if baseline and local:
-        _add_baseline(summary, cfg, local[0], runtime, verify_max_time_s, say)
+        _add_baseline(summary, cfg, local[0], verify_max_time_s, say)
     if local:
         atomic_write_json(Path(summary["dir"]) / "summary.json", summary)
     return summary
 
 
-def _trim_first(summary: dict, local: list, say, runtime: str, options: dict | None) -> dict:
-    """Trim the run to the first target on this machine (``trim_run``); its summary."""
-    tp, goal, where = local[0]
+def _trim_first(summary: dict, local: list[Goal], say, options: dict | None) -> dict:
+    """Trim the run to the first goal on this machine (``trim_run``); its summary."""
+    goal = local[0]
     if len(local) > 1:
-        say(f"trimming to the first target on this machine ({where}); the others keep the "
+        say(f"trimming to the first target on this machine ({goal.where}); the others keep the "
             "trained network")
-    say(f"trimming the learned network to {goal.text} ({goal.percentile}) on "
-        f"{tp.profile['fingerprint']['name']} ...")
-    exact = goal.text if goal.ratio is not None else goal.ms * 1e-3
-    return trim_run(summary["dir"], exact, tp.device, str(tp.path), goal.percentile, say=say,
-                    runtime=runtime, finetune_steps=summary["config"].get("finetune_steps") or 0,
+    say(f"trimming the learned network to {goal.target.text} ({goal.percentile}) on "
+        f"{goal.profile.profile['fingerprint']['name']} ...")
+    return trim_run(summary["dir"], goal, say=say,
+                    finetune_steps=summary["config"].get("finetune_steps") or 0,
                     **(options or {}))
 
 
-def _add_baseline(summary: dict, cfg, target: tuple, runtime: str, max_time_s: float,
-                  say) -> None:
-    """The thin baseline trained and landed on ``target`` (the first local one), put into the
+def _add_baseline(summary: dict, cfg, goal: Goal, max_time_s: float, say) -> None:
+    """The thin baseline trained and landed on ``goal`` (the first local one), put into the
     delivered network's final.json."""
-    tp, goal, _ = target
-    record = thin_baseline(cfg, goal, tp, runtime, max_time_s, say)
+    record = thin_baseline(cfg, goal, max_time_s, say)
     summary["delivered"]["baseline"] = record
     write_final(summary["dir"], summary["delivered"])
 

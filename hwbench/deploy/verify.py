@@ -27,16 +27,17 @@ import torch
 from hwbench.data import sample_images
 from hwbench.deploy.verdict import BAND, MET, NO_DECISION, UNDERSHOT, verdict
 from hwbench.engine import realise, synthetic_inputs
-from hwbench.engine.runtimes import check_runtime, runnable, runtime_record
+from hwbench.engine.runtimes import runnable, runtime_record
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME
 from hwbench.errors import UsageError
-from hwbench.measure.device import fingerprint, parse_device, torch_threads
+from hwbench.measure.device import fingerprint, torch_threads
 from hwbench.measure.protocol import Inputs, Measurement, Protocol, measure
 from hwbench.measure.stats import quantile_of, time_needed
 from hwbench.pattern.gate_pattern import load_pattern
 from hwbench.pattern.macs import pattern_report
+from hwbench.pick.goal import Goal
 from hwbench.pick.t_d import Unattainable, pick_t_d
-from hwbench.profile.locate import is_local, mark_stale, measuring_profile, profile_threads
+from hwbench.profile.locate import is_local, mark_stale, profile_threads
 from hwbench.profile.predictor import Predictor
 from hwbench.train.evaluation import load_run
 from hwbench.units import LatencyTarget
@@ -151,24 +152,18 @@ def no_decision(m: Measurement, invalid: list[str], pct: str) -> tuple[str, dict
     return text, needs
 
 
-def run_verify(pattern_path: str, target: float | str | LatencyTarget, device: str = "cpu",
-               checkpoint: str | None = None, percentile: str = "p90",
-               profile_path: str | None = None, max_time_s: float = 10.0,
-               inputs: Inputs | None = None, allow_foreign: bool = False,
-               runtime: str = DEFAULT_RUNTIME, band: tuple[float, float] = BAND) -> dict:
+def run_verify(pattern_path: str, goal: Goal, checkpoint: str | None = None,
+               max_time_s: float = 10.0, inputs: Inputs | None = None,
+               band: tuple[float, float] = BAND) -> dict:
     """Measure ``pattern_path``'s network (its checkpoint, or the pattern realised) against
-    ``target`` (seconds, '5ms', '0.7x' or a ``LatencyTarget``) on ``device`` run by ``runtime``
-    (``hwbench.engine.runtimes.RUNTIMES``), at the profile's CPU thread count.
-    ``allow_foreign``: compare with a profile of another device (refused otherwise: its
-    prediction says nothing about this one); a profile of another runtime is refused.
+    ``goal`` (``hwbench.pick.goal``: the target, the deployment it is measured on, the profile
+    it is compared with, all resolved at the edge), at the profile's CPU thread count.
     ``band``: the scores that land (``hwbench.deploy.verdict``)."""
-    if not isinstance(target, LatencyTarget):
-        target = LatencyTarget.parse(target, percentile)
-    dev = parse_device(device)
-    check_runtime(runtime, dev)
+    target, dev, runtime = goal.target, goal.on.torch_device, goal.on.runtime
+    device = goal.on.device
     pattern = load_pattern(pattern_path)
-    prof, profile_path = measuring_profile(dev, pattern.arch, pattern.stem, pattern.input_size,
-                                           profile_path, allow_foreign, runtime=runtime)
+    prof = goal.profile.profile if goal.profile else None
+    profile_path = str(goal.profile.path) if goal.profile else None
     net, cfg = load_backbone(checkpoint, pattern.arch, pattern.stem) if checkpoint else \
         (realise(pattern), None)
     inputs = inputs or timing_inputs(cfg, pattern.input_size)

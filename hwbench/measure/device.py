@@ -12,10 +12,12 @@ import torch
 from hwbench import __version__
 from hwbench.errors import UsageError
 
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")  # the devices hwbench names
+
 
 def parse_device(spec: str) -> torch.device:
     """'cpu', 'cuda' or 'cuda:N' -> torch.device; a clear error when unusable here."""
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", spec or ""):
+    if not DEVICE.fullmatch(spec or ""):
         raise UsageError(f"unknown device {spec!r}; use cpu, cuda or cuda:N")
     dev = torch.device(spec)
     if dev.type == "cuda":

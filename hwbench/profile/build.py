@@ -58,7 +58,8 @@ import torch
 
 from hwbench.engine import realise, synthetic_inputs
 from hwbench.engine.graphs import DEFAULT_EXECUTION, check_execution, engine_policy
-from hwbench.engine.runtimes import check_runtime, runnable, runtime_record
+from hwbench.engine.runtimes import runnable, runtime_record
+from hwbench.engine.runtimes.deployment import deploy_on
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, is_graph
 from hwbench.errors import UsageError
 from hwbench.measure.device import fingerprint, parse_device, torch_threads
@@ -133,7 +134,7 @@ def _validate(cfg: ProfileConfig) -> torch.device:
     if device.type == "cpu" and cfg.dtype != "fp32":
         raise UsageError("on the CPU the engine runs fp32 only")
     check_execution(cfg.execution, device)
-    check_runtime(cfg.runtime, device, cfg.execution, cfg.dtype)
+    deploy_on(cfg.device, cfg.runtime, cfg.execution, cfg.dtype)  # the command's one check
     net_geometry(cfg.arch, cfg.stem, cfg.input_size)
     return device
 

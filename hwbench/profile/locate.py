@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from hwbench.engine.graphs import DEFAULT_EXECUTION
-from hwbench.engine.runtimes import check_runtime, runtime_record
+from hwbench.engine.runtimes import runtime_record
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, is_graph
 from hwbench.errors import HwbenchError, UsageError
 from hwbench.io import atomic_write_json
@@ -36,7 +36,6 @@ from hwbench.measure.device import fingerprint, parse_device
 from hwbench.measure.load import describe as describe_load
 from hwbench.profile.build import ProfileConfig, run_profile
 from hwbench.profile.predictor import load_profile, profile_filename, save_profile
-from hwbench.units import parse_target
 
 # A quick profile: the latency table and the sweep, fewer timing rounds, no validation phase.
 QUICK = dict(validation=0, calibration=4, table_rounds=7, max_time_s=15.0, energy=False)
@@ -63,9 +62,7 @@ class Conditions:
         """These conditions at this process's current thread count (and the installed version
         of ``runtime``)."""
         version = None
-        if is_graph(runtime):
-
-            check_runtime(runtime)
+        if is_graph(runtime):  # checked at the edge (``deploy_on``): its extra is installed
             version = runtime_record(runtime)["runtime_version"]
         return cls(arch, stem, int(input_size), torch.get_num_threads(), dtype, int(batch_size),
                    execution, runtime, version)
@@ -322,17 +319,3 @@ def measuring_profile(dev: torch.device, arch: str, stem: str, input_size: int,
     found = find_profile(fingerprint(dev), Conditions.now(arch, stem, input_size,
                                                           runtime=runtime), folder)
     return (found[1], str(found[0])) if found else (None, None)
-
-
-def resolve_target(target: float | str, tp: TargetProfile, percentile: str = "p90") -> float:
-    """Seconds for ``target``: seconds already, a duration ('5ms') or a fraction of the profiled
-    dense latency at ``percentile`` ('0.65x')."""
-    if not isinstance(target, str):
-        return float(target)
-    seconds, factor = parse_target(target)
-    if seconds is not None:
-        return seconds
-    dense = tp.profile.get("references", {}).get("dense", {}).get(f"{percentile}_ms")
-    if dense is None:
-        raise UsageError(f"{tp.path} has no dense {percentile} reference for a relative target")
-    return factor * dense * 1e-3

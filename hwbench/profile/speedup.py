@@ -35,7 +35,8 @@ import torch
 
 from hwbench.engine import MODES, realise, synthetic_inputs
 from hwbench.engine.graphs import DEFAULT_EXECUTION, check_execution, engine_policy
-from hwbench.engine.runtimes import POLICIES, check_runtime, runnable, runtime_record
+from hwbench.engine.runtimes import POLICIES, runnable, runtime_record
+from hwbench.engine.runtimes.deployment import deploy_on
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, is_graph
 from hwbench.engine.tiling import executed_macs
 from hwbench.errors import UsageError
@@ -123,7 +124,7 @@ def validate(cfg: SpeedupConfig) -> torch.device:
     if device.type == "cpu" and cfg.dtype != "fp32":
         raise UsageError("on the CPU the engine runs fp32 only")
     check_execution(cfg.execution, device)
-    check_runtime(cfg.runtime, device, cfg.execution, cfg.dtype)
+    deploy_on(cfg.device, cfg.runtime, cfg.execution, cfg.dtype)  # the command's one check
     if is_graph(cfg.runtime) and (cfg.tile or 1) > 1:
         raise UsageError(f"--tile pads channels for tensor cores in hwbench's engine; --runtime "
                          f"{cfg.runtime} runs the exported graph unpadded")

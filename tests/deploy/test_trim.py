@@ -26,7 +26,13 @@ from hwbench.errors import UsageError
 from hwbench.io import atomic_write_json
 from hwbench.pattern.gate_pattern import mixed_pattern, summarise
 from hwbench.profile.predictor import Predictor
-from tests.conftest import one_line_error, random_gate_heads, run_cli
+from tests.conftest import (
+    goals_for,
+    one_line_error,
+    random_gate_heads,
+    run_cli,
+    trim_goal_for,
+)
 from tests.profile.test_predictor import synthetic_profile
 
 
@@ -296,7 +302,7 @@ def test_a_target_out_of_reach_above_returns_the_slowest_and_says_so():
 
 def test_trim_run_refuses_what_it_cannot_trim(tmp_path):
     with pytest.raises(UsageError, match="no checkpoint.pt"):
-        trim_run(tmp_path, "5ms")
+        trim_run(tmp_path, trim_goal_for(tmp_path, "5ms"))
     r = run_cli("trim", tmp_path / "none", "--target-latency", "5ms")
     assert "no checkpoint.pt" in one_line_error(r)
     r = run_cli("trim", tmp_path, "--target-latency", "soon")
@@ -320,7 +326,7 @@ def tiny_run(tmp_path_factory):
 def test_trim_run_needs_this_machines_profile(tiny_run, tmp_path):
     other = atomic_write_json(tmp_path / "other.json", synthetic_profile())  # a "Test CPU"
     with pytest.raises(UsageError, match="not this machine"):
-        trim_run(tiny_run, "5ms", "cpu", str(other))
+        trim_run(tiny_run, trim_goal_for(tiny_run, "5ms", other))
 
 
 @pytest.mark.slow
@@ -329,7 +335,7 @@ def test_trim_run_writes_a_trimmed_run_measured_anew(tiny_run, tmp_path):
 
     prof = atomic_write_json(tmp_path / "here.json", local_profile())
     said = []
-    s = trim_run(tiny_run, "0.9x", "cpu", str(prof), max_time_s=0.2, min_runs=40,
+    s = trim_run(tiny_run, trim_goal_for(tiny_run, "0.9x", prof), max_time_s=0.2, min_runs=40,
                  verify_max_time_s=0.3, knn=False, calib_samples=32, max_measurements=3,
                  say=said.append)
     out = tiny_run / "trim-0.9x"
@@ -387,15 +393,17 @@ def test_a_latency_budget_run_on_this_machine_is_trimmed_by_default(tmp_path, mo
                            eval_initial=False, budget=budget, out=str(tmp_path / name))
 
     said = []
-    s = train_to_target(cfg("lat", "latency"), targets=[(str(prof), "0.8x")],
-                        verify_max_time_s=0.3, trim_options=fast, say=said.append)
+    lat = cfg("lat", "latency")
+    s = train_to_target(lat, goals_for(lat, f"{prof}:0.8x"), verify_max_time_s=0.3,
+                        trim_options=fast, say=said.append)
     assert s["trim"]["dir"] == str(tmp_path / "lat" / "trim-0.8x")
     saved = json.loads((tmp_path / "lat" / "summary.json").read_text())
     assert saved["trim"]["measured_ms"] == s["trim"]["measured_ms"]
     assert any("trimming the learned network" in line for line in said)
     assert json.loads((tmp_path / "lat" / "final.json").read_text())["network"] == "trim-0.8x"
-    s = train_to_target(cfg("flops", "flops"), targets=[(str(prof), "0.8x")],
-                        verify_max_time_s=0.3, trim_options=fast)
+    flops = cfg("flops", "flops")
+    s = train_to_target(flops, goals_for(flops, f"{prof}:0.8x"), verify_max_time_s=0.3,
+                        trim_options=fast)
     assert "trim" not in s and not list((tmp_path / "flops").glob("trim-*"))
     # untrimmed, the deployed network is the one delivered, judged as verify.json measured it
     final = json.loads((tmp_path / "flops" / "final.json").read_text())
@@ -455,10 +463,10 @@ def test_trim_run_takes_its_runtimes_profile_and_measures_on_it(tiny_run, tmp_pa
 
     eager = atomic_write_json(tmp_path / "eager.json", local_profile())
     with pytest.raises(UsageError, match="runtime eager, not onnxruntime"):
-        trim_run(tiny_run, "0.9x", "cpu", str(eager), runtime="onnxruntime")
+        trim_run(tiny_run, trim_goal_for(tiny_run, "0.9x", eager, runtime="onnxruntime"))
     onnx = atomic_write_json(tmp_path / "onnx.json", runtime_profile("onnxruntime"))
     with pytest.raises(UsageError, match="runtime onnxruntime, not eager"):
-        trim_run(tiny_run, "0.9x", "cpu", str(onnx))
+        trim_run(tiny_run, trim_goal_for(tiny_run, "0.9x", onnx))
     timed = []
 
     def fake_time_network(net, pattern, inputs, dev, *a, runtime="eager", threads=None, **kw):
@@ -467,9 +475,10 @@ def test_trim_run_takes_its_runtimes_profile_and_measures_on_it(tiny_run, tmp_pa
 
     monkeypatch.setattr("hwbench.deploy.verify.time_network", fake_time_network)
     said = []
-    s = trim_run(tiny_run, "0.9x", "cpu", str(onnx), max_time_s=0.1, min_runs=10,
+    goal = trim_goal_for(tiny_run, "0.9x", onnx, runtime="onnxruntime")
+    s = trim_run(tiny_run, goal, max_time_s=0.1, min_runs=10,
                  verify_max_time_s=0.1, knn=False, calib_samples=32, max_measurements=2,
-                 out=tmp_path / "trimmed", say=said.append, runtime="onnxruntime")
+                 out=tmp_path / "trimmed", say=said.append)
     assert timed == ["onnxruntime"] * 3  # two candidates, then the trimmed network anew
     rec = json.loads((tmp_path / "trimmed" / "trim.json").read_text())
     assert rec["runtime"]["runtime"] == "onnxruntime" and "onnxruntime graph" in rec["protocol"]

@@ -7,7 +7,7 @@ import torch
 
 from hwbench.io import atomic_write_json
 from hwbench.pattern.gate_pattern import mixed_pattern
-from tests.conftest import one_line_error, run_cli
+from tests.conftest import measuring_goal_for, one_line_error, run_cli
 from tests.profile.test_locate import local_profile
 
 
@@ -268,7 +268,7 @@ def test_a_stale_profile_is_acted_on_a_quick_one_marked_a_full_one_left_with_adv
     now = fake_measurement(30.0, 40.0)  # dense measures +21% now (outside the 10% tolerance)
     monkeypatch.setattr("hwbench.deploy.verify.time_network", lambda *a, **kw: (now, ["static"]))
     monkeypatch.setattr("hwbench.deploy.verify.realise", lambda pattern: None)  # timing is faked
-    d = run_verify(str(pattern), "0.8x", profile_path=str(path))
+    d = run_verify(str(pattern), measuring_goal_for(pattern, "0.8x", path))
     stale = d["profile_stale"]
     if quick:
         assert stale["marked"] == str(path) and "next run here measures a new" in stale["note"]
@@ -282,6 +282,6 @@ def test_a_stale_profile_is_acted_on_a_quick_one_marked_a_full_one_left_with_adv
                         lambda *a, **kw: (fake_measurement(30.0, 34.0), ["static"]))
     fresh = atomic_write_json(tmp_path / "q.json", prof)
     again = fresh.read_bytes()
-    d = run_verify(str(pattern), "0.9x", profile_path=str(fresh))
+    d = run_verify(str(pattern), measuring_goal_for(pattern, "0.9x", fresh))
     assert d["verdict"] == "MET" and "profile_stale" not in d
     assert fresh.read_bytes() == again

@@ -13,6 +13,7 @@ from hwbench.pick.target import choose_t_d
 from hwbench.profile.locate import resolve_profile
 from hwbench.profile.predictor import Predictor, save_profile
 from hwbench.train.config import TrainConfig
+from tests.conftest import goals_for
 from tests.profile.test_locate import HERE, local_profile
 from tests.profile.test_predictor import synthetic_profile
 
@@ -37,7 +38,7 @@ def test_train_to_target_on_this_machine_picks_trains_and_verifies(tmp_path, mon
     cfg = TrainConfig(dataset="synthetic", n_synthetic=32, batch_size=16, epochs=1,
                       proj_dims=(32, 32, 16), max_steps_per_epoch=1, energy=False,
                       out=str(tmp_path / "run"))
-    summary = train_to_target(cfg, target_ms * 1e-3, "cpu", say=said.append,
+    summary = train_to_target(cfg, goals_for(cfg, f"cpu:{target_ms!r}ms"), say=said.append,
                               verify_max_time_s=0.3)
     assert cfg.t_d == pytest.approx(0.35) and summary["config"]["decision"]["profile"] == str(path)
     v = json.loads((tmp_path / "run" / "verify.json").read_text())
@@ -57,7 +58,7 @@ def test_train_to_target_on_this_machine_picks_trains_and_verifies(tmp_path, mon
     other = atomic_write_json(tmp_path / "other.json", synthetic_profile())
     said.clear()
     cfg2 = TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "run2"), "decision": {}})
-    s2 = train_to_target(cfg2, target_ms * 1e-3, str(other), say=said.append)
+    s2 = train_to_target(cfg2, goals_for(cfg2, f"{other}:{target_ms!r}ms"), say=said.append)
     assert "verify" not in s2 and not (tmp_path / "run2" / "verify.json").exists()
     assert any("hwbench verify --pattern" in s for s in said)
 
@@ -74,10 +75,8 @@ def test_two_targets_on_this_machine_are_both_verified_under_their_own_names(tmp
     cfg = TrainConfig(dataset="synthetic", n_synthetic=32, batch_size=16, epochs=1,
                       proj_dims=(32, 32, 16), max_steps_per_epoch=1, energy=False,
                       eval_initial=False, out=str(tmp_path / "run"))
-    summary = train_to_target(cfg, targets=[("cpu", f"{target_ms}ms"),
-                                            (str(twin), f"{target_ms}ms"),
-                                            (str(far), f"{target_ms}ms")],
-                              verify_max_time_s=0.3)
+    summary = train_to_target(cfg, goals_for(cfg, f"cpu:{target_ms}ms", f"{twin}:{target_ms}ms",
+                                             f"{far}:{target_ms}ms"), verify_max_time_s=0.3)
     names = sorted(p.name for p in (tmp_path / "run").glob("verify*.json"))
     assert names == ["verify-twin-host.json", "verify.json"]
     assert [v["profile"] for v in summary["verify_all"]] == ["profiles/here.json", str(twin)]
@@ -93,17 +92,24 @@ def test_a_target_run_is_named_by_its_target_so_resume_finds_it():
 
 
 def test_gate_width_reads_its_step_from_the_target_profile_else_16():
+    from hwbench.data import info
+    from hwbench.pick.goal import on_disk, parse_goals
     from hwbench.pick.target import auto_gate
 
     said = []
     prof = "profiles/intel-r-xeon-r-processor_2t_resnet18_cifar32_b1_fp32.json"
-    assert auto_gate("width", "resnet18", "mnist5k", [(prof, "0.6x")], "cpu",
-                     say=said.append) == "width:16"
+    meta = info("mnist5k")
+    tp = on_disk(parse_goals([f"{prof}:0.6x"], "cpu")[0], "resnet18", meta.stem, meta.input_size)
+    assert str(tp.path) == prof
+    assert auto_gate("width", tp, say=said.append) == "width:16"
     assert "the step of" in said[-1] and prof in said[-1]
-    assert auto_gate("width", "resnet18", "mnist5k", [], "cpu", say=said.append) == "width:16"
+    assert auto_gate("width", None, say=said.append) == "width:16"
     assert "no target device profile" in said[-1]
-    assert auto_gate("width:8", "resnet18", "mnist5k", [], "cpu") == "width:8"
-    assert auto_gate("channel", "resnet18", "mnist5k", [], "cpu") == "channel"
+    assert auto_gate("width:8", tp) == "width:8"
+    assert auto_gate("channel", None) == "channel"
+    # nothing on disk for a device: no profile, and nothing is measured to find one
+    assert on_disk(parse_goals(["0.6x"], "cpu")[0], "resnet18", meta.stem, meta.input_size,
+                   folder="/nonexistent") is None
 
 
 # --- runtimes ---------------------------------------------------------------------------------
@@ -156,8 +162,8 @@ def test_train_to_target_on_a_runtime_verifies_on_it(tmp_path, monkeypatch):
                       eval_initial=False, out=str(tmp_path / "run"))
     fast = {"max_time_s": 0.1, "min_runs": 10, "verify_max_time_s": 0.1, "knn": False,
             "max_measurements": 2, "calib_samples": 32}
-    summary = train_to_target(cfg, "0.6x", "cpu", verify_max_time_s=0.1, trim=True,
-                              trim_options=fast, runtime="onnxruntime")
+    goals = goals_for(cfg, "0.6x", runtime="onnxruntime")
+    summary = train_to_target(cfg, goals, verify_max_time_s=0.1, trim=True, trim_options=fast)
     assert cfg.decision["profile"] == str(onnx) and cfg.decision["runtime"] == "onnxruntime"
     # the deployed network, each trim candidate and the trimmed network: all on the runtime
     assert timed == ["onnxruntime"] * 4

@@ -21,11 +21,10 @@ from hwbench.profile.locate import (
     mark_stale,
     profile_threads,
     resolve_profile,
-    resolve_target,
     same_machine,
 )
 from hwbench.profile.predictor import save_profile
-from tests.conftest import one_line_error, run_cli
+from tests.conftest import measuring_goal_for, one_line_error, run_cli
 from tests.profile.test_predictor import synthetic_profile
 
 HERE = fingerprint(parse_device("cpu"))
@@ -274,14 +273,21 @@ def load_json(path):
 
 
 def test_a_relative_target_is_a_fraction_of_the_profiled_dense_latency(tmp_path):
+    from hwbench.pick.goal import locate, parse_goals
+
     path = atomic_write_json(tmp_path / "p.json", synthetic_profile())
-    tp = resolve_profile(str(path), "resnet18", "cifar", 32)
-    assert resolve_target("0.5x", tp, "p90") == pytest.approx(0.5 * 33.0e-3)
-    assert resolve_target("0.5x", tp, "p50") == pytest.approx(0.5 * 30.0e-3)
-    assert resolve_target("2ms", tp) == pytest.approx(2e-3)
-    assert resolve_target(0.004, tp) == pytest.approx(4e-3)
+
+    def seconds(text: str, percentile: str = "p90") -> float:
+        [goal] = locate(parse_goals([f"{path}:{text}"], "cpu", percentile), "resnet18", "cifar",
+                        32)
+        return goal.seconds()
+
+    assert seconds("0.5x") == pytest.approx(0.5 * 33.0e-3)
+    assert seconds("0.5x", "p50") == pytest.approx(0.5 * 30.0e-3)
+    assert seconds("2ms") == pytest.approx(2e-3)
+    assert seconds("0.004s") == pytest.approx(4e-3)
     with pytest.raises(UsageError, match="no dense p99 reference"):
-        resolve_target("0.5x", tp, "p99")
+        seconds("0.5x", "p99")
 
 
 # --- GPUs, with a fake CUDA -------------------------------------------------------------------
@@ -378,6 +384,6 @@ def test_verify_measures_at_the_profiles_thread_count_and_restores_it(tmp_path, 
     before = torch.get_num_threads()
     want = 1 if before != 1 else 2
     prof = atomic_write_json(tmp_path / "here.json", local_profile(threads=want))
-    res = run_verify(str(pattern), 10.0, "cpu", profile_path=str(prof), max_time_s=0.1)
+    res = run_verify(str(pattern), measuring_goal_for(pattern, 10.0, prof), max_time_s=0.1)
     assert fake_timing == [want] and torch.get_num_threads() == before
     assert res["profile"] == str(prof) and res["measured"]["n"] == 64

@@ -8,6 +8,7 @@ from hwbench.measure.energy import CodecarbonMeter
 from hwbench.pick.t_d import pick_t_d
 from hwbench.profile.build import ProfileConfig, run_profile
 from hwbench.profile.predictor import profile_filename, save_profile
+from tests.conftest import goals_for, trim_goal_for
 from tests.measure.test_energy import _CC, gpu_meter
 
 TINY_PROFILE = dict(input_size=32, t_d=(0.3, 0.6, 1.0), max_time_s=0.05, min_runs=32, warmup=1,
@@ -41,12 +42,13 @@ def report_inputs(tmp_path_factory):
     save_profile(meas, root / "profiles" / profile_filename(meas["fingerprint"]))
     cfg = TrainConfig(**TINY_RUN, epochs=2, energy=True, out=str(root / "runs" / "co"),
                       models_dir=str(root / "models"))
-    train_to_target(cfg, target_ms * 1e-3, str(est_path), verify_max_time_s=0.2,
+    train_to_target(cfg, goals_for(cfg, f"{est_path}:{target_ms!r}ms"), verify_max_time_s=0.2,
                     energy_factory=_CC)
     run_eval(root / "runs" / "co" / "checkpoint.pt", linear=True, knn=True)
     from hwbench.deploy.pipeline import trim_run
 
-    trim_run(root / "runs" / "co", target_ms * 1e-3, "cpu", str(est_path), max_time_s=0.2,
+    run = root / "runs" / "co"
+    trim_run(run, trim_goal_for(run, f"{target_ms!r}ms", est_path), max_time_s=0.2,
              min_runs=16, verify_max_time_s=0.2, calib_samples=32, max_measurements=3)
 
     def stop_in_second_epoch(state):  # epoch 0 finished, never evaluated

@@ -10,10 +10,10 @@ from hwbench.engine import pattern_inputs, realise
 from hwbench.errors import UsageError
 from hwbench.nets import create_net
 from hwbench.pattern.gate_pattern import mixed_pattern, summarise, synthesise
-from hwbench.pick.target import parse_device_targets
+from hwbench.pick.goal import parse_goals
 from hwbench.profile.predictor import Predictor, interp
 from hwbench.train.budget import LatencyBudget, LatencyEstimate
-from tests.conftest import one_line_error, run_cli
+from tests.conftest import goals_for, one_line_error, run_cli
 from tests.profile.test_predictor import synthetic_profile
 
 
@@ -123,18 +123,26 @@ def test_the_budget_term_shapes_and_combines():
 
 
 def test_device_targets_parse_and_refuse_duplicates_and_bad_values():
-    assert parse_device_targets(["5ms"]) == [(None, "5ms")]
-    assert parse_device_targets(["0.6x"], "p.json") == [("p.json", "0.6x")]
-    assert parse_device_targets(["cpu:20ms", "cuda:1:2ms"]) == [("cpu", "20ms"),
-                                                                 ("cuda:1", "2ms")]
+    [g] = parse_goals(["5ms"], "cpu")
+    assert (g.where, g.target.ms, g.on.device, g.profile) == ("cpu", 5.0, "cpu", None)
+    [g] = parse_goals(["0.6x"], "p.json")  # a profile file: its device is read from it later
+    assert (g.where, g.target.ratio, g.on.device) == ("p.json", 0.6, "cpu")
+    a, b = parse_goals(["cpu:20ms", "C:/profiles/x.json:2ms"], "cpu")  # split at the last colon
+    assert (a.where, a.target.ms) == ("cpu", 20.0)
+    assert (b.where, b.target.ms) == ("C:/profiles/x.json", 2.0)
+    if not torch.cuda.is_available():  # the deployment is checked as the target is read
+        with pytest.raises(UsageError, match="no CUDA GPU"):
+            parse_goals(["cuda:1:2ms"], "cpu")
     with pytest.raises(UsageError, match="more than one target for cpu"):
-        parse_device_targets(["cpu:20ms", "cpu:10ms"])
+        parse_goals(["cpu:20ms", "cpu:10ms"], "cpu")
     with pytest.raises(UsageError, match="prefix each with its device"):
-        parse_device_targets(["20ms", "10ms"])
+        parse_goals(["20ms", "10ms"], "cpu")
     with pytest.raises(UsageError, match="cannot parse latency"):
-        parse_device_targets(["cpu:fast"])
+        parse_goals(["cpu:fast"], "cpu")
     with pytest.raises(UsageError, match="name a device"):
-        parse_device_targets([":5ms"])
+        parse_goals([":5ms"], "cpu")
+    with pytest.raises(UsageError, match="unknown runtime"):
+        parse_goals(["5ms"], "cpu", runtime="tensorrt")
 
 
 def test_train_cli_refuses_bad_multi_device_targets(tmp_path):
@@ -166,7 +174,7 @@ def test_a_latency_budget_run_records_its_targets_and_predicted_latency(tmp_path
                       models_dir=str(tmp_path / "models"))
     target_ms = Predictor(curved_profile(3)).predict(
         synthesise("resnet18", "cifar", 32, 0.5), "p90")
-    summary = train_to_target(cfg, targets=[(str(prof_path), f"{target_ms}ms")])
+    summary = train_to_target(cfg, goals_for(cfg, f"{prof_path}:{target_ms}ms"))
     conf = json.loads((tmp_path / "run" / "config.json").read_text())
     assert conf["budget"] == "latency" and len(conf["latency_targets"]) == 1
     t = conf["latency_targets"][0]
