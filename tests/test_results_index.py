@@ -38,3 +38,24 @@ def test_the_cheap_ones_run_a_script_of_main_with_options_it_has(name):
     for flag in (t for t in cmd[2:] if t.startswith("--")):
         assert re.search(rf'add_argument\(\s*"{re.escape(flag)}"', src), (name, flag)
     assert INDEX[name]["as_committed"]
+
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "models" / "README.md",
+        ROOT / "profiles" / "README.md"]
+
+
+def _links(text: str) -> list[str]:
+    """The relative targets of markdown links (``[x](path#anchor)`` -> ``path``)."""
+    return [m.group(1) for m in re.finditer(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+            if not m.group(1).startswith(("http://", "https://", "mailto:"))]
+
+
+def test_every_link_in_the_readme_and_docs_reaches_a_file():
+    """The numbers in README and docs link to the files that hold them: a moved or renamed
+    results file must not leave a link to nothing."""
+    broken = [f"{doc.relative_to(ROOT)}: {target}" for doc in DOCS if doc.exists()
+              for target in _links(doc.read_text(encoding="utf-8"))
+              if not (doc.parent / target).exists()]
+    assert not broken, broken
+    assert _links("[a](../results/x.json#k) [b](https://e.org) [c](docs/y.md)") == \
+        ["../results/x.json", "docs/y.md"]

@@ -237,3 +237,38 @@ def test_the_deployment_target_and_profile_are_resolved_only_at_the_edge():
 def test_the_edge_check_would_catch_a_target_parsed_below_it():
     src = "def f(t):\n    return LatencyTarget.parse(t), check_runtime('x'), g(t)\n"
     assert _calls(src) == [("LatencyTarget.parse", 2), ("check_runtime", 2), ("g", 2)]
+
+
+KIND_HOME = "hwbench/nets/gate.py"  # GateKind, KINDS: the gate-kind registry
+# The same words, not as gate kinds: the engine's executor policy for nested blocks
+# (compact.BY_WIDTH), a block's width field, the key trim's records name a channel by.
+NOT_A_KIND = {("hwbench/engine/compact.py", "width"), ("hwbench/nets/geometry.py", "width"),
+              ("hwbench/deploy/trim.py", "channel")}
+
+
+def _kind_literals(source: str, kinds) -> list[tuple[int, str]]:
+    """(line, kind) of every string constant that is a gate kind's name or a gate text of it."""
+    return [(node.lineno, k) for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            for k in kinds if node.value == k or node.value.startswith(f"{k}:")]
+
+
+def test_gate_kind_names_live_in_the_gate_kind_registry_and_the_cli():
+    """Code asks a spec (``GateSpec.nested``) instead of comparing kind names, so a third kind
+    is one entry in ``KINDS`` (and its executors), not a search through the package."""
+    from hwbench.nets.gate import GATE_KINDS
+
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = str(path.relative_to(PACKAGE.parent))
+        if rel == KIND_HOME or rel.startswith("hwbench/cli/"):
+            continue
+        found += [f"{rel}:{line} {kind!r}" for line, kind in
+                  _kind_literals(path.read_text(encoding="utf-8"), GATE_KINDS)
+                  if (rel, kind) not in NOT_A_KIND]
+    assert not found, found
+
+
+def test_the_kind_check_would_catch_a_comparison_and_a_gate_text():
+    src = 'def f(spec, gate="width:16"):\n    return spec.kind == "channel"\n'
+    assert _kind_literals(src, ("channel", "width")) == [(1, "width"), (2, "channel")]

@@ -227,6 +227,7 @@ def _check_train_options(o: dict) -> tuple[list, str]:
     no profile located yet) and the gate kind (``auto_gate``)."""
     from hwbench.data import info
     from hwbench.measure.device import parse_device
+    from hwbench.nets.gate import step_from_profile
     from hwbench.pick.goal import on_disk, parse_goals
     from hwbench.pick.target import auto_gate
 
@@ -246,7 +247,7 @@ def _check_train_options(o: dict) -> tuple[list, str]:
     goals = parse_goals(list(o["target_latency"]), o["target_device"] or o["device"],
                         o["percentile"], o["runtime"])
     tp = None
-    if goals and o["gate"] in ("width", "width:auto"):  # G from the profile on disk
+    if goals and step_from_profile(o["gate"]):  # G from the profile on disk
         meta = info(o["dataset"])
         tp = on_disk(goals[0], o["arch"], meta.stem, meta.input_size)
     return goals, auto_gate(o["gate"], tp, say=click.echo)

@@ -40,6 +40,7 @@ from hwbench.errors import UsageError
 from hwbench.io import atomic_torch_save, atomic_write_json, check_writable
 from hwbench.measure.device import torch_threads
 from hwbench.nets import list_nets
+from hwbench.nets.gate import GATE_KINDS, GateSpec
 from hwbench.pick.goal import Goal
 from hwbench.pick.t_d import envelope
 from hwbench.profile.locate import profile_threads
@@ -55,8 +56,9 @@ from hwbench.units import LatencyTarget
 
 SCHEMA = "hwbench/compare@1"
 BENCHMARK = "compare"  # the report reads files whose "benchmark" is this
-METHODS = ("thin", "channel", "width", "pruned")
-GATES = {"channel": "channel", "width": "width:16"}
+# a gated network per gate kind, beside the two static alternatives
+METHODS = ("thin", *GATE_KINDS, "pruned")
+GATES = {kind: GateSpec.of(kind).text for kind in GATE_KINDS}  # channel, width:16
 # the settings a resumed invocation must share with the rows it keeps
 SAME = ("dataset", "arch", "time_budget_s", "epochs", "seed", "device", "runtime", "percentile",
         "batch_size", "max_steps_per_epoch", "n_synthetic")
@@ -306,5 +308,5 @@ def _save_pruned(src: Path, net, out: Path, cc: CompareConfig, steps: int, say) 
 
 
 ROWS = {"thin": thin_row, "pruned": pruned_row,
-        "channel": lambda cc, goal, say: gated_row(cc, goal, say, "channel"),
-        "width": lambda cc, goal, say: gated_row(cc, goal, say, "width")}
+        **{kind: (lambda cc, goal, say, _kind=kind: gated_row(cc, goal, say, _kind))
+           for kind in GATE_KINDS}}

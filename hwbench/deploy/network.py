@@ -49,7 +49,7 @@ def _set_bias(net, block: int, channels: list[int], bias: float, edge: bool) -> 
     gate = [b for _, b in net.blocks()][block].gate
     spec, outputs = gate.spec, gate.fc2.out_channels
     idx = sorted(set(int(c) for c in channels))
-    if spec.kind == "width":
+    if spec.nested:
         idx = _width_groups(idx, outputs * spec.step, spec.step, bias > 0, block, edge)
     idx = [c for c in idx if c < outputs]
     if idx:

@@ -97,7 +97,7 @@ def ranking(pattern: GatePattern, predictor: Predictor | None = None) -> list[Ca
     """Channels that are ever on, cheapest to switch off first; each block keeps at least one
     channel (an empty block is not a network the engine or the profile describe). Width
     patterns rank groups (``_width_ranking``)."""
-    if pattern.gate.kind == "width":
+    if pattern.gate.nested:
         return _width_ranking(pattern, predictor)
     cands: list[Candidate] = []
     for i, lp in enumerate(pattern.layers):
@@ -117,7 +117,7 @@ def switch_off(net, cands: list[Candidate]) -> None:
     blocks = [b for _, b in net.blocks()]
     for block, channels in by_block.items():
         gate = blocks[block].gate
-        if gate.spec.kind == "width":  # a cap: every group from the lowest one switched off
+        if gate.spec.nested:  # a cap: every group from the lowest one switched off
             channels = list(range(min(channels), gate.fc2.out_channels * gate.spec.step))
         set_channels(net, block, channels, OFF_BIAS)
 
@@ -214,7 +214,7 @@ def switch_on(net, cands: list[Candidate]) -> None:
     for block, channels in by_block.items():
         reopen(net, block, channels)
         gate = blocks[block].gate
-        if gate.spec.kind == "width":
+        if gate.spec.nested:
             top = gate.fc2.out_channels * gate.spec.step
             set_channels(net, block, list(range(max(channels) + 1, top)), OFF_BIAS)
 

@@ -65,7 +65,10 @@ def _computed(blk) -> int | None:
     return getattr(blk, "computed", None)
 
 
-DYNAMIC_POLICIES = ("auto", "static", "gather-conv", "gather-gemm", "width")
+# the executor of a nested (width) gate's block: its kept prefix, per input (an execution policy,
+# not a gate kind)
+BY_WIDTH = "width"
+DYNAMIC_POLICIES = ("auto", "static", "gather-conv", "gather-gemm", BY_WIDTH)
 
 
 def _candidates(block, mode, g, b, in_shape, out_hw, policy, lp=None) -> dict:
@@ -87,13 +90,13 @@ def _candidates(block, mode, g, b, in_shape, out_hw, policy, lp=None) -> dict:
             makers["gather-gemm"] = lambda: BasicGatherGemm(block, g, b, in_shape, out_hw)
         else:
             makers["gather-conv"] = lambda: Bottleneck(block, "dynamic", g, b, in_shape, out_hw)
-        width = block.gate.spec.kind == "width"
+        width = block.gate.spec.nested
         if width:
-            makers["width"] = lambda: WidthBlock(block, lp, b, in_shape, out_hw)
+            makers[BY_WIDTH] = lambda: WidthBlock(block, lp, b, in_shape, out_hw)
         if width and policy == "auto":
             # batch 1: always the width executor; batch > 1: tuned against static per block
             # (grouping splits the batch into smaller, less efficient convs)
-            keep = ("width",) if in_shape[0] == 1 else ("width", "static")
+            keep = (BY_WIDTH,) if in_shape[0] == 1 else (BY_WIDTH, "static")
             makers = {k: makers[k] for k in keep}
         elif policy != "auto":
             pick = policy if policy in makers else "gather-conv"
@@ -145,7 +148,7 @@ class CompactEngine:
         if pattern is not None and pattern.gate != net.gate_spec:
             raise UsageError(f"pattern gates are {pattern.gate.text}, the network's "
                              f"{net.gate_spec.text}")
-        strategy = WIDTH_BATCH_STRATEGY if net.gate_spec.kind == "width" else BATCH_STRATEGY
+        strategy = WIDTH_BATCH_STRATEGY if net.gate_spec.nested else BATCH_STRATEGY
         self.batch_strategy = strategy if mode == "dynamic" else None
         net = net.eval()
         size = input_size or (pattern.input_size if pattern is not None else 32)

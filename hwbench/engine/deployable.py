@@ -46,7 +46,7 @@ class DeployGate(nn.Module):
         w1, b1 = fold_bn(gate.fc1.weight.flatten(1), gate.bn)
         w2, b2 = gate.fc2.weight.detach().flatten(1), gate.fc2.bias.detach()
         spec = gate.spec
-        self.width = spec.kind == "width"
+        self.width = spec.nested
         if self.width:
             groups = torch.arange(w2.shape[0])[:, None]
             nest = (groups <= (rows // spec.step)[None, :]).float()

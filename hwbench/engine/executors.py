@@ -59,7 +59,7 @@ class Gate:
         w1, b1 = fold_bn(gate.fc1.weight.flatten(1), gate.bn)
         w2, b2 = gate.fc2.weight.detach().flatten(1), gate.fc2.bias.detach()
         spec = getattr(gate, "spec", None)
-        self.step = spec.step if spec is not None and spec.kind == "width" else None
+        self.step = spec.step if spec is not None and spec.nested else None
         self.rows = None
         if self.step is not None:
             if rows is not None:

@@ -55,9 +55,10 @@ from collections.abc import Callable
 import torch
 from torch.overrides import TorchFunctionMode
 
-from hwbench.engine.compact import CompactEngine
+from hwbench.engine.compact import BY_WIDTH, CompactEngine
 from hwbench.engine.width import WidthBlock
 from hwbench.errors import UsageError
+from hwbench.nets.gate import KINDS
 
 DEFAULT_EXECUTION = "eager"  # the engine's Python as written: no graph capture, no compiler
 EXECUTIONS = (DEFAULT_EXECUTION, "graphs", "compile")
@@ -102,8 +103,8 @@ def engine_policy(execution: str, dynamic_policy: str, gate_kind: str, batch_siz
     past dynamo's limit, eager code."""
     if execution == DEFAULT_EXECUTION:
         return dynamic_policy
-    width1 = gate_kind == "width" and batch_size == 1
-    if dynamic_policy in ("gather-conv", "gather-gemm") or (dynamic_policy == "width"
+    width1 = KINDS[gate_kind].nested and batch_size == 1
+    if dynamic_policy in ("gather-conv", "gather-gemm") or (dynamic_policy == BY_WIDTH
                                                            and not width1):
         raise UsageError(f"--dynamic-policy {dynamic_policy} gathers per input (a host sync) and "
                          f"cannot run under --exec {execution}; use auto or static")
@@ -144,9 +145,9 @@ class GraphKit:
 
 def _refuse_host_syncs(engine: CompactEngine, batch_size: int) -> None:
     for i, p in enumerate(engine.plan):
-        if p in GRAPHABLE or (p == "width" and batch_size == 1):
+        if p in GRAPHABLE or (p == BY_WIDTH and batch_size == 1):
             continue
-        what = "groups its batch by width" if p == "width" else "gathers"
+        what = "groups its batch by width" if p == BY_WIDTH else "gathers"
         raise UsageError(f"block {i} runs {p!r}, which {what} (a host sync): it cannot be "
                          "captured in a CUDA graph (build the dynamic mode with engine_policy)")
 

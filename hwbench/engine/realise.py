@@ -62,7 +62,7 @@ def realise(pattern: GatePattern, seed: int = 0, calibration: int = 64,
     for (_, block), lp, g in zip(net.blocks(), pattern.layers, groups):
         gate = block.gate
         hidden = gate.relu(gate.bn(gate.fc1(out.mean(dim=(2, 3), keepdim=True))))
-        if pattern.gate.kind == "width":
+        if pattern.gate.nested:
             _set_width_gate(gate.fc2, hidden, lp, gen)
         else:
             _set_channel_gate(gate.fc2, hidden, lp, g)

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 
 from hwbench.errors import UsageError
-from hwbench.nets.gate import GATE_TEMPERATURE, ChannelGate, gumbel_sigmoid_st
+from hwbench.nets.gate import CHANNEL, GATE_TEMPERATURE, ChannelGate, gumbel_sigmoid_st
 from hwbench.nets.geometry import ARCHS, STEMS, NetGeometry, net_geometry
 from hwbench.nets.resnet import STREAMS, GatedForward, GatedResNet
 
@@ -48,7 +48,7 @@ def net_from_config(cfg: dict, stem: str) -> GatedResNet:
     downsample BNs. A config without ``shared_downsample_bn`` was written before the key existed,
     when every downsample had a BN per stream: it gets that architecture back."""
     return create_net(cfg["arch"], stem=stem, widths=cfg.get("widths") or None,
-                      gate=cfg.get("gate") or "channel",
+                      gate=cfg.get("gate") or CHANNEL.text,
                       shared_downsample_bn=bool(cfg.get("shared_downsample_bn", False)))
 
 

@@ -67,7 +67,20 @@ def deterministic_st(logits: torch.Tensor, temperature: float = GATE_TEMPERATURE
     return hard + (soft - soft.detach())
 
 
-GATE_KINDS = ("channel", "width")
+@dataclass(frozen=True)
+class GateKind:
+    """A kind of gate, registered once in ``KINDS``: the only place kind names are written.
+    Code elsewhere asks the spec (``GateSpec.nested``), never compares a name."""
+
+    name: str
+    nested: bool  # decisions are a prefix per input (a contiguous slice), else any subset
+    default_step: int  # the step a bare name means (``hwbench compare``'s rows)
+
+
+KINDS = {k.name: k for k in (GateKind("channel", nested=False, default_step=1),
+                             GateKind("width", nested=True, default_step=16))}
+GATE_KINDS = tuple(KINDS)
+AUTO_STEP = ("width", "width:auto")  # ``--gate`` values whose step is read from a profile
 
 
 @dataclass(frozen=True)
@@ -76,19 +89,30 @@ class GateSpec:
     or ``width`` with step G (a prefix ``[0, k*G)`` per input: nested decisions over C/G groups,
     so a kept set is a contiguous slice of the weights, cheap to run)."""
 
-    kind: str = "channel"
+    kind: str = GATE_KINDS[0]
     step: int = 1
+
+    @classmethod
+    def of(cls, kind: str, step: int | None = None) -> GateSpec:
+        """The spec of a registered kind (``step``: its default when None; 1 when not nested)."""
+        k = KINDS[kind]
+        return cls(kind, (step or k.default_step) if k.nested else 1)
+
+    @property
+    def nested(self) -> bool:
+        """True when a decision keeps a prefix of the channels (width gates)."""
+        return KINDS[self.kind].nested
 
     @property
     def text(self) -> str:
-        return "channel" if self.kind == "channel" else f"width:{self.step}"
+        return self.kind if not self.nested else f"{self.kind}:{self.step}"
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "step": self.step}
 
     def groups(self, channels: int) -> int:
         """Decisions a block of ``channels`` takes: one per channel, or one per G channels."""
-        return channels if self.kind == "channel" else channels // self.step
+        return channels // self.step if self.nested else channels
 
     def check_widths(self, widths) -> GateSpec:
         bad = sorted({int(w) for w in widths if int(w) % self.step})
@@ -109,14 +133,22 @@ def parse_gate(text) -> GateSpec:
     if text is None:
         return CHANNEL
     if isinstance(text, dict):
-        text = "channel" if text.get("kind") == "channel" else f"width:{text.get('step')}"
-    kind, sep, step = str(text).strip().partition(":")
-    if kind == "channel" and not sep:
-        return CHANNEL
-    if kind == "width" and sep and step.isdigit() and int(step) >= 1:
-        return GateSpec("width", int(step))
+        kind = KINDS.get(text.get("kind"))
+        text = text.get("kind") if kind is not None and not kind.nested else \
+            f"{text.get('kind')}:{text.get('step')}"
+    name, sep, step = str(text).strip().partition(":")
+    kind = KINDS.get(name)
+    if kind is not None and not kind.nested and not sep:
+        return GateSpec.of(name)
+    if kind is not None and kind.nested and sep and step.isdigit() and int(step) >= 1:
+        return GateSpec.of(name, int(step))
     raise UsageError(f"--gate {text!r}: use 'channel' or 'width:G' with G a positive integer "
                      "(e.g. width:16)")
+
+
+def step_from_profile(text: str) -> bool:
+    """``--gate width`` without G: the step is read from the target device's profile."""
+    return text in AUTO_STEP
 
 
 def nested_st(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:

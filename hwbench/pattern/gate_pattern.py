@@ -18,7 +18,7 @@ import torch
 
 from hwbench.errors import HwbenchError, PatternError, UsageError
 from hwbench.io import atomic_write_json
-from hwbench.nets.gate import CHANNEL, GateSpec, parse_gate
+from hwbench.nets.gate import CHANNEL, GATE_KINDS, GateSpec, parse_gate
 from hwbench.nets.geometry import ARCHS, STEMS, NetGeometry, net_geometry
 
 SCHEMA = "hwbench/gate-pattern@1"
@@ -147,7 +147,7 @@ class GatePattern:
                              "input_size": self.input_size}
         if self.t_d is not None:
             d["t_d"] = self.t_d
-        if self.gate.kind != "channel":
+        if self.gate.nested:
             d["gate"] = self.gate.to_dict()
         if self.tile != 1:
             d["tile"] = self.tile
@@ -224,7 +224,7 @@ def _parse(obj: Any, src: str) -> GatePattern:
     gate = _parse_gate_field(obj.get("gate"), geom, fail)
     layers = [_parse_layer(raw, i, b.name, b.width, fail)
               for i, (raw, b) in enumerate(zip(layers_raw, geom.blocks))]
-    if gate.kind == "width":
+    if gate.nested:
         layers = [_width_layer(lp, raw, i, gate.step, fail)
                   for i, (lp, raw) in enumerate(zip(layers, layers_raw))]
     elif any("width_hist" in raw for raw in layers_raw):
@@ -240,7 +240,7 @@ def _parse(obj: Any, src: str) -> GatePattern:
 def _parse_gate_field(raw: Any, geom: NetGeometry, fail) -> GateSpec:
     if raw is None:
         return CHANNEL
-    if not isinstance(raw, dict) or raw.get("kind") not in ("channel", "width") or not (
+    if not isinstance(raw, dict) or raw.get("kind") not in GATE_KINDS or not (
             _is_int(raw.get("step")) and raw["step"] >= 1):
         fail("gate", f"expected {{\"kind\": \"channel\" | \"width\", \"step\": G}}, got {raw!r}")
     try:
@@ -347,7 +347,7 @@ def summarise(net, loader: Iterable, device: str | torch.device | None = None,
             out = net.forward_gated(x.to(device))
             sums = [m.sum(dim=0).double().cpu() for m in out.masks]
             counts = sums if counts is None else [c + s for c, s in zip(counts, sums)]
-            if gate.kind == "width":
+            if gate.nested:
                 hs = [torch.bincount((m.sum(dim=1) / gate.step).round().long().cpu(),
                                      minlength=m.shape[1] // gate.step + 1).double()
                       for m in out.masks]
@@ -423,7 +423,7 @@ def synthesise(arch: str, stem: str, input_size: int, t_d: float,
     # Every distinct count vector arises at some f = k / groups; try them all (a few hundred).
     fractions = sorted({k * g / b.width for b in geom.blocks for k in range(b.width // g + 1)})
     best = min(fractions, key=lambda f: (abs(ratio(counts(f)) - t_d), -f))
-    if gate.kind == "width":
+    if gate.nested:
         st = gate.step
         layers = [LayerPattern.from_width_hist(
             b.name, b.width, st, [float(j == k // st) for j in range(b.width // st + 1)])
@@ -469,7 +469,7 @@ def mixed_pattern(arch: str, stem: str, input_size: int, t_d: float, seed: int =
         a = min(n - d, round(f * n))
         while (a + d) * g % tile and a + d < n:  # kept channels: a multiple of the tile
             a += 1
-        if gate.kind == "channel":
+        if not gate.nested:
             return LayerPattern(b.name, b.width, a, b.width - a - d, d, round(r, 4))
         pmf = [math.comb(d, j) * r ** j * (1 - r) ** (d - j) for j in range(d + 1)]
         return LayerPattern.from_width_hist(b.name, b.width, g,

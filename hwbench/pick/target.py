@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME
+from hwbench.nets.gate import GateSpec, step_from_profile
 from hwbench.pick.goal import Goal
 from hwbench.pick.t_d import pick_t_d
 from hwbench.profile.locate import TargetProfile
@@ -83,7 +84,7 @@ def auto_gate(gate: str, tp: TargetProfile | None,
     """``--gate width`` (no G): G read from ``tp``, the first target device's profile on disk
     (the step of its latency table, ``profile.predictor.table_step``), else 16; said in one
     line. Any other value is returned as given."""
-    if gate not in ("width", "width:auto"):
+    if not step_from_profile(gate):
         return gate
     step, why = DEFAULT_STEP, "no target device profile on disk"
     found = None if tp is None else table_step(tp.profile)
@@ -94,4 +95,4 @@ def auto_gate(gate: str, tp: TargetProfile | None,
         why = (f"the step of {tp.path}'s latency table: a staircase of {step} channels "
                f"leaves {share:.0%} of a straight line's residual")
     say(f"--gate width: G = {step} ({why})")
-    return f"width:{step}"
+    return GateSpec.of(gate.partition(":")[0], step).text

@@ -69,6 +69,7 @@ from hwbench.measure.load import window as load_window
 from hwbench.measure.protocol import Inputs, Protocol, measure, measure_segments
 from hwbench.measure.stats import Warn
 from hwbench.measure.timer import timer_overhead_ms
+from hwbench.nets.gate import CHANNEL
 from hwbench.nets.geometry import arch_spec, check_stem, net_geometry
 from hwbench.pattern.gate_pattern import (
     GatePattern,
@@ -266,7 +267,7 @@ class Profiler:
         """What the profile times end to end (``runnable``): the engine run as
         ``cfg.execution`` (``execution`` overrides), or the mode compiled by ``cfg.runtime``."""
         cfg = self.cfg
-        kind = pattern.gate.kind if pattern is not None else "channel"
+        kind = pattern.gate.kind if pattern is not None else CHANNEL.kind
         policy = kw.pop("dynamic_policy", "auto")
         if not is_graph(cfg.runtime):  # the dynamic policy the execution allows
             policy = engine_policy(cfg.execution, policy, kind, cfg.batch_size)

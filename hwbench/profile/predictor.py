@@ -215,7 +215,7 @@ class Predictor:
         return ks, gated
 
     def p50_ms(self, pattern: GatePattern) -> float:
-        if pattern.gate.kind == "width":
+        if pattern.gate.nested:
             return self.predict(pattern, "p50")
         return self.scale * self.table_ms(pattern)
 
@@ -242,7 +242,7 @@ class Predictor:
     def predict(self, pattern: GatePattern, percentile: str = "p50") -> float:
         if percentile not in PERCENTILES:
             raise UsageError(f"unknown percentile {percentile!r}; use p50, p90 or p99")
-        if pattern.gate.kind == "width":
+        if pattern.gate.nested:
             return self.width_percentiles(pattern)[percentile]
         return self.p50_ms(pattern) * self.ratios[percentile]
 

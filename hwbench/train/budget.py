@@ -98,7 +98,7 @@ class LatencyEstimate(nn.Module):
     def forward(self, masks: list[torch.Tensor]) -> torch.Tensor:
         if len(masks) != len(self.names):
             raise ValueError(f"{len(masks)} masks for a profile of {len(self.names)} blocks")
-        if self.gate.kind == "width":
+        if self.gate.nested:
             per_input = self.per_input_ms(masks)
             if self.reduce == "tail":
                 n = max(1, math.ceil(TAIL * per_input.numel()))
@@ -122,7 +122,7 @@ class LatencyEstimate(nn.Module):
 
     def of_pattern(self, pattern: GatePattern) -> float:
         """The same estimate for a pattern file (equals ``Predictor.predict``)."""
-        if pattern.gate.kind == "width":
+        if pattern.gate.nested:
             return self.pred.predict(pattern, self.percentile)
         with torch.no_grad():
             return float(self.ms(*self.pred.executed(pattern)))

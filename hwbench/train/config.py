@@ -16,7 +16,7 @@ from hwbench.data import (
 )
 from hwbench.errors import UsageError
 from hwbench.nets import list_nets, width_mult_widths
-from hwbench.nets.gate import SURROGATES, parse_gate
+from hwbench.nets.gate import CHANNEL, SURROGATES, parse_gate
 from hwbench.nets.geometry import net_geometry
 from hwbench.profile.predictor import load_profile
 from hwbench.ssl.knn import KNN_PROTOCOLS
@@ -38,7 +38,7 @@ RESUME_KEYS = ("arch", "dataset", "method", "t_d", "epochs", "batch_size", "seed
 # (vicreg_gather is not one: it changes nothing in one process, and a DDP run may switch it)
 # what a checkpoint from before a resume key existed ran with (warmup_start_lr: unused by the
 # "hwbench" schedule every such checkpoint ran, so today's default)
-RESUME_DEFAULTS = {"gate": "channel", "widths": None, "views": "hwbench", "schedule": "hwbench",
+RESUME_DEFAULTS = {"gate": CHANNEL.text, "widths": None, "views": "hwbench", "schedule": "hwbench",
                    "warmup_start_lr": 0.003, "shared_downsample_bn": False,
                    "gate_noise_anneal": 0.0, "gate_bias": "learned", "gate_warmup": False}
 # the option that gives a resumed run an older checkpoint's value, for the error message
@@ -123,7 +123,7 @@ class TrainConfig:
     time_budget: dict = field(default_factory=dict)  # what was measured and chosen for it
     lr_reason: str = ""  # how lr was chosen
     # the gates (nets.gate.parse_gate): "channel" (the paper's) or "width:G" (nested prefixes)
-    gate: str = "channel"
+    gate: str = CHANNEL.text
     # --width-mult m: every block's gated width x m, rounded to a multiple of G (the width
     # gate's step, 16 for channel gates): the thinner dense baseline (--method dense)
     width_mult: float | None = None
@@ -186,7 +186,7 @@ def resolve_net(cfg: TrainConfig) -> TrainConfig:
     spec = parse_gate(cfg.gate)
     widths = cfg.widths
     if cfg.width_mult is not None:
-        step = spec.step if spec.kind == "width" else 16
+        step = spec.step if spec.nested else 16
         derived = width_mult_widths(cfg.arch, cfg.width_mult, step)
         if widths is not None and [int(w) for w in widths] != derived:
             raise UsageError(f"--width-mult {cfg.width_mult:g} gives widths {derived}, the "
@@ -224,7 +224,7 @@ def validate(cfg: TrainConfig, files: bool = True) -> None:
     if cfg.gate_bias not in GATE_BIAS:
         raise UsageError(f"--gate-bias must be one of {', '.join(GATE_BIAS)}, got "
                          f"{cfg.gate_bias!r}")
-    if cfg.gate_bias == "none" and parse_gate(cfg.gate).kind != "channel":
+    if cfg.gate_bias == "none" and parse_gate(cfg.gate).nested:
         raise UsageError(f"--gate-bias none is for channel gates: a {cfg.gate} gate's bias is "
                          "its starting width: pass --gate-bias learned")
     if cfg.sparsity_on not in ("sampled", "deployed"):

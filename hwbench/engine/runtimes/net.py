@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwbench.engine.compact import BY_WIDTH
 from hwbench.engine.deployable import Deployable, DeployBlock, deployable
 from hwbench.engine.fold import fold_bn
 from hwbench.engine.graphs import DEFAULT_EXECUTION
@@ -21,7 +22,7 @@ from hwbench.measure.protocol import TUNING, Inputs, measure
 from hwbench.nets.resnet import GatedResNet
 from hwbench.pattern.gate_pattern import GatePattern, LayerPattern
 
-POLICIES = ("auto", "static", "width")
+POLICIES = ("auto", "static", BY_WIDTH)
 
 
 class _Stem(nn.Module):
@@ -87,7 +88,7 @@ def masked_pattern(net: GatedResNet, size: int) -> GatePattern:
 
 def width_bounds(net: GatedResNet, pattern: GatePattern | None) -> list[int]:
     """The blocks a width-gated network is cut at (those with dynamic channels)."""
-    if pattern is None or net.gate_spec.kind != "width":
+    if pattern is None or not net.gate_spec.nested:
         return []
     return [i for i, lp in enumerate(pattern.layers) if lp.dynamic > 0]
 
@@ -142,7 +143,7 @@ class RuntimeNet:
             self.reads = 0
         self.by_width = use_width
         blocks = len(self.module.blocks)
-        self.plan = ["width" if use_width and i in self.bounds else "static"
+        self.plan = [BY_WIDTH if use_width and i in self.bounds else "static"
                      for i in range(blocks)]
         if not use_width:
             self.graphs = {}
@@ -209,10 +210,10 @@ class RuntimeNet:
         """Time the single masked graph and the per-width graphs on ``xs`` (the tuning
         protocol, interleaved); True when the per-width graphs are faster."""
         arrays = [_to_np(x) for x in xs]
-        fns = {"static": lambda a: self.whole(a), "width": self._run_by_width}
+        fns = {"static": lambda a: self.whole(a), BY_WIDTH: self._run_by_width}
         m = measure(fns, Inputs(arrays), TUNING, self.device, reference=None)
         self.tuning = {k: v["p50_ms"] for k, v in m.results.items()}
-        return m.results["width"]["p50_ms"] < m.results["static"]["p50_ms"]
+        return m.results[BY_WIDTH]["p50_ms"] < m.results["static"]["p50_ms"]
 
     # ----------------------------------------------------------- calls
 
