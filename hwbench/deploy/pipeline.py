@@ -1,7 +1,8 @@
 """The train -> deploy -> verify -> trim pipeline behind ``hwbench train --target-latency`` and
-``hwbench trim``. Only the CLI imports this module; each step is a library module of its own
-(``target``: which t_d; ``train``; ``deploy``: one deployed network; ``verify``: measure it;
-``trim``: the search), and this one only strings them together and writes the run's files.
+``hwbench trim``. The CLI and ``compare`` import this module; each step is a library module
+of its own (``pick.target``: which t_d; ``train``; ``deploy.network``: one deployed network;
+``deploy.verify``: measure it; ``deploy.trim``: the search), and this one only strings them
+together and writes the run's files. The latency goals arrive resolved (``hwbench.pick.goal``).
 
 Files a target run gets (``RUN/``): the training run's own, ``deployed/`` (checkpoint.pt with the
 pattern's decided channels closed, pattern.json summarised on a class-balanced sample of the
@@ -169,15 +170,13 @@ def trim_run(run_dir: str | Path, goal: Goal,
              min_runs: int = 64, max_measurements: int = SearchRule.max_measurements,
              say: Callable[[str], None] = lambda s: None, finetune_steps: int = 0) -> dict:
     """Trim a training run's network to ``goal`` (``hwbench.pick.goal.trim_goal``: the target,
-    this machine's device and runtime, that runtime's profile of it): channels off, or always-off
-    ones back on,
-    until it lands in ``[1 - tolerance, 1] x target``; then ``finetune_steps`` of recovery
-    fine-tuning (``finetune_net``; the tuned network is delivered unless its kNN is lower than
-    before, ``_keep_better``). Writes the trimmed run to ``out`` (default
-    ``RUN/trim-<target>``): checkpoint.pt, pattern.json, trim.json (the search), verify.json
-    (the final network measured anew) and eval.json (kNN of its gated stream;
+    this machine's device and runtime, that runtime's profile of it): channels off, or
+    always-off ones back on, until it lands in ``[1 - tolerance, 1] x target``; then
+    ``finetune_steps`` of recovery fine-tuning (``finetune_net``; the tuned network is delivered
+    unless its kNN is lower than before, ``_keep_better``). Writes the trimmed run to ``out``
+    (default ``RUN/trim-<target>``): checkpoint.pt, pattern.json, trim.json (the search),
+    verify.json (the final network measured anew) and eval.json (kNN of its gated stream;
     eval-before-finetune.json); and ``RUN/final.json`` (the verdict on it)."""
-
     job = _trim_job(run_dir, goal, tolerance, out)
     run, out, cfg, tp, dev = job.run, job.out, job.cfg, goal.profile, goal.on.torch_device
     device, runtime, percentile, target = goal.on.device, goal.on.runtime, goal.percentile, \
