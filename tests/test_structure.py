@@ -203,8 +203,8 @@ RESOLVED_AT_THE_EDGE = {
     "on_disk": ("hwbench/cli/",),
     # the CLI, the goal resolver, and the commands that check their own options once
     "deploy_on": ("hwbench/cli/", "hwbench/pick/goal.py", "hwbench/engine/runtimes/deployment.py",
-                  "hwbench/profile/build.py", "hwbench/profile/speedup.py",
                   "hwbench/deploy/export.py"),
+    "deploy_engine_on": ("hwbench/profile/build.py", "hwbench/profile/speedup.py"),
 }
 
 

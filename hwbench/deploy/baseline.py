@@ -35,7 +35,7 @@ from hwbench.nets import create_net, width_mult_widths
 from hwbench.pick.goal import Goal
 from hwbench.pick.t_d import Unattainable, envelope
 from hwbench.profile.locate import profile_threads
-from hwbench.profile.predictor import Predictor
+from hwbench.profile.predictor import Predictor, dense_ms
 from hwbench.train.config import budget_defaults, run_dir
 from hwbench.train.evaluation import load_run
 from hwbench.train.loop import train
@@ -220,7 +220,7 @@ def baseline_record(pick: ThinPick, probes: list[dict], ver: dict, summary: dict
     """``final.json``'s ``baseline`` for the thin network: the pick, the measurement it was
     decided on and its kNN top-1 (dense stream of its own run: it is a dense network)."""
     pct = ver["target"]["percentile"]
-    dense_ref = tp.profile.get("references", {}).get("dense", {}).get(f"{pct}_ms")
+    dense_ref = dense_ms(tp.profile, pct)
     v = verdict(ver["score"], ver["valid"], tuple(ver["band"]))
     return {"method": "thin", "width_mult": pick.width_mult, "widths": list(pick.widths),
             "predicted_ms": pick.predicted_ms,

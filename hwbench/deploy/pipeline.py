@@ -36,7 +36,7 @@ from hwbench.measure.device import torch_threads
 from hwbench.pick.goal import Goal
 from hwbench.pick.target import pick_targets
 from hwbench.profile.locate import profile_threads
-from hwbench.profile.predictor import Predictor
+from hwbench.profile.predictor import Predictor, dense_ms
 from hwbench.train.config import validate
 from hwbench.train.evaluation import engine_knn, load_run
 from hwbench.train.finetune import FinetuneConfig, finetune
@@ -369,7 +369,7 @@ def _score_predictor(goal, profile: dict):
     """The profile's predicted score of a pattern: its predicted latency over the target, with a
     relative target read against the profile's own dense reference."""
     pred = _predictor(profile)
-    dense = profile.get("references", {}).get("dense", {}).get(f"{goal.percentile}_ms")
+    dense = dense_ms(profile, goal.percentile)
     if goal.ratio is not None and not dense:
         raise UsageError(f"the profile has no dense {goal.percentile} reference for a relative "
                          "target")

@@ -38,7 +38,7 @@ from hwbench.pattern.macs import pattern_report
 from hwbench.pick.goal import Goal
 from hwbench.pick.t_d import Unattainable, pick_t_d
 from hwbench.profile.locate import is_local, mark_stale, profile_threads
-from hwbench.profile.predictor import Predictor
+from hwbench.profile.predictor import Predictor, dense_ms
 from hwbench.train.evaluation import load_run
 from hwbench.units import LatencyTarget
 
@@ -104,7 +104,7 @@ def decide(m: Measurement, target: LatencyTarget, profile: dict | None,
            "met": v.name == MET, "verdict": v.name, "verdict_message": v.message}
     if invalid:
         out["reason"], out["needs"] = no_decision(m, invalid, pct)
-    ref = (profile or {}).get("references", {}).get("dense", {}).get(f"{pct}_ms")
+    ref = dense_ms(profile, pct)
     if ref:
         off = dense / ref - 1.0
         out["profile_dense_ms"] = ref

@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
 from hwbench.data import info
 from hwbench.engine.runtimes.deployment import Deployment, deploy_on
 from hwbench.errors import HwbenchError, UsageError
@@ -27,6 +25,7 @@ from hwbench.profile.locate import (
     measuring_profile,
     resolve_profile,
 )
+from hwbench.profile.predictor import dense_ms
 from hwbench.units import LatencyTarget
 
 
@@ -51,7 +50,7 @@ class Goal:
         if self.target.ms is not None:
             return self.target.ms * 1e-3
         pct = self.percentile
-        dense = self.profile.profile.get("references", {}).get("dense", {}).get(f"{pct}_ms")
+        dense = dense_ms(self.profile.profile, pct)
         if dense is None:
             raise UsageError(f"{self.profile.path} has no dense {pct} reference for a relative "
                              "target")
@@ -137,14 +136,10 @@ def trim_goal(run_dir: str | Path, target: str | float, on: Deployment, percenti
 
 
 def run_network(run_dir: str | Path) -> tuple[str, str, int]:
-    """(arch, stem, input size) of the network a training run trained (its config.json, else
-    the checkpoint's config)."""
+    """(arch, stem, input size) of the network a training run trained (its config.json)."""
     run = Path(run_dir)
     if not (run / "checkpoint.pt").exists():
         raise UsageError(f"{run}: no checkpoint.pt (is it a training run directory?)")
-    if (run / "config.json").exists():
-        cfg = json.loads((run / "config.json").read_text())
-    else:  # a run from before config.json was written
-        cfg = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["config"]
+    cfg = json.loads((run / "config.json").read_text())  # written at the start of every run
     meta = info(cfg["dataset"])
     return cfg["arch"], meta.stem, meta.input_size

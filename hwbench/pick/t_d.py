@@ -8,7 +8,7 @@ from typing import Any
 
 from hwbench.errors import HwbenchError
 from hwbench.pattern.gate_pattern import synthesise
-from hwbench.profile.predictor import Predictor
+from hwbench.profile.predictor import Predictor, dense_ms
 
 
 class Unattainable(HwbenchError):
@@ -79,7 +79,7 @@ def pick_t_d(profile: dict, target_s: float, percentile: str = "p90",
             f"profile covers t_d {t_min:g} to 1)")
     t_d, ms = max(meets)
     note = ""
-    dense = profile.get("references", {}).get("dense", {}).get(f"{percentile}_ms")
+    dense = dense_ms(profile, percentile)
     if t_d >= 1.0:
         note = "the whole network meets the target: no gating needed"
         if dense is not None:

@@ -54,11 +54,11 @@ def pick_targets(cfg, goals: list[Goal], say: Callable[[str], None] = lambda s: 
         cfg.latency_targets = tuple(old.get("latency_targets", ()))
         say(f"resuming with t_d {cfg.t_d:g} as picked at the start of the run")
         return
-    decisions = []
-    for g in goals:
-        t_d, decision = choose_t_d(g.profile, g.seconds(), g.percentile)
+    decisions, seconds = [], [g.seconds() for g in goals]
+    for g, target_s in zip(goals, seconds):
+        t_d, decision = choose_t_d(g.profile, target_s, g.percentile)
         decisions.append({**decision, "target": g.target.to_dict()})
-        say(f"t_d {t_d:g} picked for {g.target.text} = {g.seconds() * 1e3:.3g} ms "
+        say(f"t_d {t_d:g} picked for {g.target.text} = {target_s * 1e3:.3g} ms "
             f"({g.percentile}) on {decision['device']} from {g.profile.path}: predicted "
             f"{decision['predicted_ms']:.3f} ms")
     binding = min(decisions, key=lambda d: d["t_d"])
@@ -69,8 +69,8 @@ def pick_targets(cfg, goals: list[Goal], say: Callable[[str], None] = lambda s: 
         say(f"t_d {cfg.t_d:g}: the smallest of the picks, so every target is met")
     if cfg.budget == "latency":
         cfg.latency_targets = tuple(
-            DeviceTarget(g.where, str(g.profile.path), g.seconds() * 1e3, g.percentile).to_dict()
-            for g in goals)
+            DeviceTarget(g.where, str(g.profile.path), s * 1e3, g.percentile).to_dict()
+            for g, s in zip(goals, seconds))
         say("training against the predicted latency on " + ", ".join(
             f"{g.profile.profile['fingerprint']['name']} ({g.target.text} {g.percentile})"
             for g in goals) + f"; the bound keeps t_d {cfg.t_d:g}")

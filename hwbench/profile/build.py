@@ -57,12 +57,12 @@ import numpy as np
 import torch
 
 from hwbench.engine import realise, synthetic_inputs
-from hwbench.engine.graphs import DEFAULT_EXECUTION, check_execution, engine_policy
+from hwbench.engine.graphs import DEFAULT_EXECUTION, engine_policy
 from hwbench.engine.runtimes import runnable, runtime_record
-from hwbench.engine.runtimes.deployment import deploy_on
+from hwbench.engine.runtimes.deployment import deploy_engine_on
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, is_graph
 from hwbench.errors import UsageError
-from hwbench.measure.device import fingerprint, parse_device, torch_threads
+from hwbench.measure.device import fingerprint, torch_threads
 from hwbench.measure.energy import COOLDOWN_S, energy_per_inference, idle_power_w, select_meter
 from hwbench.measure.load import snapshot as load_snapshot
 from hwbench.measure.load import window as load_window
@@ -131,11 +131,8 @@ def _validate(cfg: ProfileConfig) -> torch.device:
     check_tile(cfg.tile)
     if cfg.energy_cooldown_s is not None and cfg.energy_cooldown_s < 0:
         raise UsageError(f"energy cool-down must be >= 0 s, got {cfg.energy_cooldown_s}")
-    device = parse_device(cfg.device)
-    if device.type == "cpu" and cfg.dtype != "fp32":
-        raise UsageError("on the CPU the engine runs fp32 only")
-    check_execution(cfg.execution, device)
-    deploy_on(cfg.device, cfg.runtime, cfg.execution, cfg.dtype)  # the command's one check
+    # the command's one check of where and how it runs
+    device = deploy_engine_on(cfg.device, cfg.runtime, cfg.execution, cfg.dtype).torch_device
     net_geometry(cfg.arch, cfg.stem, cfg.input_size)
     return device
 

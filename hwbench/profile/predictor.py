@@ -41,6 +41,11 @@ class ProfileError(HwbenchError):
     """A profile file that cannot be used (exit code 2)."""
 
 
+def dense_ms(profile: dict | None, percentile: str) -> float | None:
+    """The dense network's latency at ``percentile`` the profile measured (ms), or None."""
+    return (profile or {}).get("references", {}).get("dense", {}).get(f"{percentile}_ms")
+
+
 def load_profile(path: str | Path) -> dict:
     src = str(path)
     try:

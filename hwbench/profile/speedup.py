@@ -34,13 +34,13 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from hwbench.engine import MODES, realise, synthetic_inputs
-from hwbench.engine.graphs import DEFAULT_EXECUTION, check_execution, engine_policy
+from hwbench.engine.graphs import DEFAULT_EXECUTION, engine_policy
 from hwbench.engine.runtimes import POLICIES, runnable, runtime_record
-from hwbench.engine.runtimes.deployment import deploy_on
+from hwbench.engine.runtimes.deployment import deploy_engine_on
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, is_graph
 from hwbench.engine.tiling import executed_macs
 from hwbench.errors import UsageError
-from hwbench.measure.device import fingerprint, parse_device, torch_threads
+from hwbench.measure.device import fingerprint, torch_threads
 from hwbench.measure.protocol import Inputs, Protocol, measure
 from hwbench.pattern.gate_pattern import GatePattern, check_tile, load_pattern
 from hwbench.pattern.macs import pattern_report
@@ -120,11 +120,8 @@ def validate(cfg: SpeedupConfig) -> torch.device:
         check_tile(cfg.tile)
     if cfg.dtype not in DTYPES:
         raise UsageError(f"unknown dtype {cfg.dtype!r}; known: {', '.join(DTYPES)}")
-    device = parse_device(cfg.device)
-    if device.type == "cpu" and cfg.dtype != "fp32":
-        raise UsageError("on the CPU the engine runs fp32 only")
-    check_execution(cfg.execution, device)
-    deploy_on(cfg.device, cfg.runtime, cfg.execution, cfg.dtype)  # the command's one check
+    # the command's one check of where and how it runs
+    device = deploy_engine_on(cfg.device, cfg.runtime, cfg.execution, cfg.dtype).torch_device
     if is_graph(cfg.runtime) and (cfg.tile or 1) > 1:
         raise UsageError(f"--tile pads channels for tensor cores in hwbench's engine; --runtime "
                          f"{cfg.runtime} runs the exported graph unpadded")

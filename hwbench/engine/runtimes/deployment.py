@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from hwbench.engine.graphs import DEFAULT_EXECUTION
+from hwbench.engine.graphs import DEFAULT_EXECUTION, check_execution
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, check_runtime, get
+from hwbench.errors import UsageError
 from hwbench.measure.device import DEVICE, parse_device
 
 
@@ -27,11 +28,6 @@ class Deployment:
     @property
     def torch_device(self) -> torch.device:
         return torch.device(self.device)
-
-    @property
-    def graph(self) -> bool:
-        """True when the runtime runs an exported graph, False for the compact engine."""
-        return get(self.runtime).graph
 
     @property
     def flag(self) -> str:
@@ -52,3 +48,15 @@ def deploy_on(device: str = "cpu", runtime: str | None = None,
         check_runtime(runtime, device, execution, dtype)
     parse_device(device)  # a device this machine has
     return Deployment(device, runtime, execution, dtype)
+
+
+def deploy_engine_on(device: str, runtime: str | None, execution: str,
+                     dtype: str) -> Deployment:
+    """``deploy_on`` for a command that times the engine itself (``profile``, ``speedup``): the
+    engine's own limits first (the device usable here, fp32 on the CPU, the execution on the
+    device), then the runtime's."""
+    dev = parse_device(device)
+    if dev.type == "cpu" and dtype != "fp32":
+        raise UsageError("on the CPU the engine runs fp32 only")
+    check_execution(execution, dev)
+    return deploy_on(device, runtime, execution, dtype)
