@@ -241,9 +241,9 @@ def test_the_edge_check_would_catch_a_target_parsed_below_it():
 
 KIND_HOME = "hwbench/nets/gate.py"  # GateKind, KINDS: the gate-kind registry
 # The same words, not as gate kinds: the engine's executor policy for nested blocks
-# (compact.BY_WIDTH), a block's width field, the key trim's records name a channel by.
-NOT_A_KIND = {("hwbench/engine/compact.py", "width"), ("hwbench/nets/geometry.py", "width"),
-              ("hwbench/deploy/trim.py", "channel")}
+# (engine.kinds.BY_WIDTH), a block's width field, the key trim's records name a channel by.
+NOT_A_KIND = {("hwbench/engine/kinds.py", "width"), ("hwbench/nets/geometry.py", "width"),
+              ("hwbench/deploy/moves.py", "channel")}
 
 
 def _kind_literals(source: str, kinds) -> list[tuple[int, str]]:
@@ -254,8 +254,9 @@ def _kind_literals(source: str, kinds) -> list[tuple[int, str]]:
 
 
 def test_gate_kind_names_live_in_the_gate_kind_registry_and_the_cli():
-    """Code asks a spec (``GateSpec.nested``) instead of comparing kind names, so a third kind
-    is one entry in ``KINDS`` (and its executors), not a search through the package."""
+    """Code asks the kind's strategy (``nets.gate.strategy``) instead of comparing kind names,
+    so a third kind is one entry in ``KINDS`` (and, for a new shape of decision, one part per
+    stage), not a search through the package."""
     from hwbench.nets.gate import GATE_KINDS
 
     found = []
@@ -272,3 +273,53 @@ def test_gate_kind_names_live_in_the_gate_kind_registry_and_the_cli():
 def test_the_kind_check_would_catch_a_comparison_and_a_gate_text():
     src = 'def f(spec, gate="width:16"):\n    return spec.kind == "channel"\n'
     assert _kind_literals(src, ("channel", "width")) == [(1, "width"), (2, "channel")]
+
+
+# What a decision keeps is read where a kind's strategy is chosen (the registry), and a
+# layer's histogram where the pattern's strategy lives; everywhere else asks a strategy.
+KIND_SWITCHES = {"nested": {KIND_HOME}, "keeps": {KIND_HOME},
+                 "width_hist": {"hwbench/pattern/layer.py"}}
+
+
+def _kind_switches(source: str) -> list[tuple[int, str]]:
+    """(line, attribute) of every branch on a kind: ``if x.nested`` (any read of ``nested`` or
+    ``keeps``), or ``x.width_hist is None`` / ``is not None`` (a kind told by its data)."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr in ("nested", "keeps"):
+            out.append((node.lineno, node.attr))
+        if isinstance(node, ast.Compare) and isinstance(node.left, ast.Attribute) and \
+                node.left.attr == "width_hist" and isinstance(node.ops[0], (ast.Is, ast.IsNot)):
+            out.append((node.lineno, "width_hist"))
+    return out
+
+
+def test_gate_kinds_are_strategies_chosen_once_not_branches():
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = str(path.relative_to(PACKAGE.parent))
+        found += [f"{rel}:{line} .{attr}" for line, attr in
+                  _kind_switches(path.read_text(encoding="utf-8"))
+                  if rel not in KIND_SWITCHES[attr]]
+    assert not found, found
+
+
+def test_the_kind_switch_check_would_catch_a_branch():
+    src = "def f(spec, lp):\n    if spec.nested:\n        return lp.width_hist is not None\n"
+    assert _kind_switches(src) == [(2, "nested"), (3, "width_hist")]
+
+
+def test_every_stage_has_a_part_for_every_registered_kind():
+    from hwbench.deploy.moves import MOVES
+    from hwbench.deploy.network import BIAS
+    from hwbench.engine.kinds import ENGINE
+    from hwbench.nets.gate import KINDS
+    from hwbench.pattern.layer import PATTERN
+    from hwbench.profile.predictor import LATENCY
+    from hwbench.train.budget import BUDGET
+
+    shapes = {k.keeps for k in KINDS.values()}
+    tables = {"engine": ENGINE, "pattern": PATTERN, "predictor": LATENCY, "budget": BUDGET,
+              "trim": MOVES, "deployed gate": BIAS}
+    missing = {stage: shapes - set(t) for stage, t in tables.items() if shapes - set(t)}
+    assert not missing, missing

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from hwbench.pattern.gate_pattern import GatePattern, summarise
+from hwbench.nets.gate import PREFIX, SUBSET, strategy
+from hwbench.pattern.gate_pattern import GatePattern, LayerPattern, summarise
 
 OFF_BIAS = -1.0e4  # a gate logit no input lifts above 0: the channel is off for good
 ON_BIAS = 1.0e4  # ... nor pushes below 0: on for good
@@ -49,8 +50,8 @@ def _set_bias(net, block: int, channels: list[int], bias: float, edge: bool) -> 
     gate = [b for _, b in net.blocks()][block].gate
     spec, outputs = gate.spec, gate.fc2.out_channels
     idx = sorted(set(int(c) for c in channels))
-    if spec.nested:
-        idx = _width_groups(idx, outputs * spec.step, spec.step, bias > 0, block, edge)
+    idx = strategy(BIAS, spec, "a deployed gate").rows(idx, outputs, spec.step, bias > 0,
+                                                       block, edge)
     idx = [c for c in idx if c < outputs]
     if idx:
         with torch.no_grad():
@@ -76,19 +77,45 @@ def _width_groups(channels: list[int], width: int, step: int, on: bool,
     return groups
 
 
+class SubsetBias:
+    """The deployed gate's part of a gate kind whose decisions keep any subset (channel
+    gates): one bias a channel."""
+
+    def rows(self, idx: list[int], outputs: int, step: int, on: bool, block: int,
+             edge: bool) -> list[int]:
+        """The gate outputs whose bias fixes channels ``idx``: their own."""
+        return idx
+
+    def decided(self, lp: LayerPattern) -> tuple[list[int], list[int]]:
+        """(always-on, always-off) channels of ``lp``."""
+        ever = set(lp.on_idx or []) | set(lp.dynamic_idx or [])
+        return list(lp.on_idx or []), [c for c in range(lp.channels) if c not in ever]
+
+
+class PrefixBias(SubsetBias):
+    """Prefix decisions (width gates): one bias a group; whole groups at the edges only."""
+
+    def rows(self, idx: list[int], outputs: int, step: int, on: bool, block: int,
+             edge: bool) -> list[int]:
+        return _width_groups(idx, outputs * step, step, on, block, edge)
+
+    def decided(self, lp: LayerPattern) -> tuple[list[int], list[int]]:
+        """The always-on prefix and the always-off suffix."""
+        return list(range(lp.always_on)), list(range(lp.channels - lp.always_off, lp.channels))
+
+
+BIAS = {SUBSET: SubsetBias(), PREFIX: PrefixBias()}
+
+
 def close_decided(net, pattern: GatePattern) -> None:
     """Fix the pattern's always-on channels on and always-off channels off in ``net``. A width
     pattern's decided channels are its always-on prefix and always-off suffix: the gate then
     keeps a width in [always_on, channels - always_off] on every input."""
+    kind = strategy(BIAS, pattern.gate, "a deployed gate")
     for i, lp in enumerate(pattern.layers):
-        if lp.width_hist is not None:
-            top = lp.channels - lp.always_off
-            set_channels(net, i, list(range(lp.always_on)), ON_BIAS)
-            set_channels(net, i, list(range(top, lp.channels)), OFF_BIAS)
-            continue
-        ever = set(lp.on_idx or []) | set(lp.dynamic_idx or [])
-        set_channels(net, i, list(lp.on_idx or []), ON_BIAS)
-        set_channels(net, i, [c for c in range(lp.channels) if c not in ever], OFF_BIAS)
+        on, off = kind.decided(lp)
+        set_channels(net, i, on, ON_BIAS)
+        set_channels(net, i, off, OFF_BIAS)
 
 
 def deploy(net, calib: torch.Tensor, device: torch.device | str = "cpu",

@@ -46,113 +46,19 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from hwbench.deploy.network import OFF_BIAS, deploy, reopen, set_channels
+from hwbench.deploy.moves import (
+    Candidate,
+    ranking,
+    restore_ranking,
+    restored_pattern,
+    switch_off,
+    switch_on,
+    trimmed_pattern,
+)
+from hwbench.deploy.network import deploy
 from hwbench.deploy.verdict import BAND, band_of
 from hwbench.pattern.gate_pattern import GatePattern, summarise
 from hwbench.profile.predictor import Predictor
-
-
-@dataclass
-class Candidate:
-    """One channel that trimming may switch off, or (restoring) back on."""
-
-    block: int
-    channel: int  # width gates: the first channel of the group
-    on_rate: float
-    ms_per_channel: float
-    step: int = 1  # width gates: the group's channels (switching it off caps the width)
-    logit: float = 0.0  # restoring: the gate's mean logit on the calibration images
-
-    @property
-    def cost(self) -> float:  # on-rate per ms saved: lower is cheaper to switch off
-        return self.on_rate / max(self.ms_per_channel, 1e-6)
-
-    def to_dict(self) -> dict:
-        return {"block": self.block, "channel": self.channel, "channels": self.step}
-
-
-def _slope(predictor: Predictor | None, i: int, lp) -> float:
-    """ms a channel of block ``i`` costs at its widest kept width (1 without a profile)."""
-    if predictor is None:
-        return 1.0
-    kept, gated = lp.always_on + lp.dynamic, lp.dynamic > 0
-    return predictor.block_ms(i, kept, gated) - predictor.block_ms(i, max(kept - 1, 0), gated)
-
-
-def _width_ranking(pattern: GatePattern, predictor: Predictor | None) -> list[Candidate]:
-    """Width gates: a block's groups can only go from the top (a cap on its width), so its
-    candidates are its ever-kept groups but the first, each with the share of inputs keeping
-    it (non-increasing with the group): cheapest first, and within a block (one slope) the
-    higher group first, so any prefix of the ranking caps widths, never a middle group."""
-    cands: list[Candidate] = []
-    for i, lp in enumerate(pattern.layers):
-        slope, hist, g = _slope(predictor, i, lp), lp.width_hist, lp.step
-        top = (lp.channels - lp.always_off) // g
-        cands += [Candidate(i, j * g, float(sum(hist[j + 1:])), float(slope), g)
-                  for j in range(1, top)]
-    return sorted(cands, key=lambda c: (c.cost, c.block, -c.channel))
-
-
-def ranking(pattern: GatePattern, predictor: Predictor | None = None) -> list[Candidate]:
-    """Channels that are ever on, cheapest to switch off first; each block keeps at least one
-    channel (an empty block is not a network the engine or the profile describe). Width
-    patterns rank groups (``_width_ranking``)."""
-    if pattern.gate.nested:
-        return _width_ranking(pattern, predictor)
-    cands: list[Candidate] = []
-    for i, lp in enumerate(pattern.layers):
-        slope = _slope(predictor, i, lp)
-        rates = [(c, 1.0) for c in (lp.on_idx or [])] + \
-            list(zip(lp.dynamic_idx or [], lp.dynamic_rates or []))
-        rates.sort(key=lambda cr: cr[1])
-        cands += [Candidate(i, c, float(r), float(slope)) for c, r in rates[:-1]]
-    return sorted(cands, key=lambda c: (c.cost, c.block, c.channel))
-
-
-def switch_off(net, cands: list[Candidate]) -> None:
-    """Switch the candidates' channels off in ``net`` (in place): gate bias to ``OFF_BIAS``."""
-    by_block: dict[int, list[int]] = {}
-    for c in cands:
-        by_block.setdefault(c.block, []).extend(range(c.channel, c.channel + c.step))
-    blocks = [b for _, b in net.blocks()]
-    for block, channels in by_block.items():
-        gate = blocks[block].gate
-        if gate.spec.nested:  # a cap: every group from the lowest one switched off
-            channels = list(range(min(channels), gate.fc2.out_channels * gate.spec.step))
-        set_channels(net, block, channels, OFF_BIAS)
-
-
-def _by_block(cands: list[Candidate]) -> dict[int, set[int]]:
-    """Block index -> the channels (width gates: group starts) of ``cands`` in it."""
-    out: dict[int, set[int]] = {}
-    for c in cands:
-        out.setdefault(c.block, set()).add(c.channel)
-    return out
-
-
-def trimmed_pattern(pattern: GatePattern, cands: list[Candidate]) -> GatePattern:
-    """The pattern with ``cands`` moved to always-off, other groups unchanged: the cheap stand-in
-    the predictor reads during the search (the real one is summarised)."""
-    gone = _by_block(cands)
-    p = copy.deepcopy(pattern)
-    for i, lp in enumerate(p.layers):
-        g = gone.get(i)
-        if not g:
-            continue
-        if lp.width_hist is not None:  # capped at the lowest group switched off
-            cap = min(g) // lp.step
-            hist = lp.width_hist[:cap] + [sum(lp.width_hist[cap:])]
-            hist += [0.0] * (len(lp.width_hist) - len(hist))
-            p.layers[i] = type(lp).from_width_hist(lp.name, lp.channels, lp.step, hist)
-            continue
-        on = [c for c in (lp.on_idx or []) if c not in g]
-        dyn = [(c, r) for c, r in zip(lp.dynamic_idx or [], lp.dynamic_rates or []) if c not in g]
-        lp.on_idx, lp.always_on = on, len(on)
-        lp.dynamic_idx, lp.dynamic_rates = [c for c, _ in dyn], [r for _, r in dyn]
-        lp.dynamic = len(dyn)
-        lp.always_off = lp.channels - lp.always_on - lp.dynamic
-        lp.dynamic_on_rate = sum(lp.dynamic_rates) / lp.dynamic if lp.dynamic else 0.0
-    return p
 
 
 def logit_means(net, loader, device) -> list[torch.Tensor]:
@@ -181,63 +87,6 @@ def logit_means(net, loader, device) -> list[torch.Tensor]:
         for h in handles:
             h.remove()
     return [s / max(n, 1) for s in sums]
-
-
-def restore_ranking(pattern: GatePattern, means: list[torch.Tensor]) -> list[Candidate]:
-    """Always-off channels, the ones the trained gates came nearest to switching on first (the
-    highest mean logit ``means``, from ``logit_means``). Channels past a thinner network's width
-    (padding in the pattern) are not listed. Width gates: a block's groups above its widest kept
-    width, lowest first (each keyed by the least of its own and the lower groups' logits), so
-    any prefix of the ranking raises caps, never opens a group above a closed one."""
-    cands: list[Candidate] = []
-    for i, (lp, mu) in enumerate(zip(pattern.layers, means)):
-        if lp.width_hist is not None:
-            key = math.inf
-            for j in range((lp.channels - lp.always_off) // lp.step, len(mu)):
-                key = min(key, float(mu[j]))
-                cands.append(Candidate(i, j * lp.step, 0.0, 0.0, lp.step, key))
-            continue
-        ever = set(lp.on_idx or []) | set(lp.dynamic_idx or [])
-        cands += [Candidate(i, c, 0.0, 0.0, 1, float(mu[c])) for c in range(len(mu))
-                  if c not in ever]
-    return sorted(cands, key=lambda c: (-c.logit, c.block, c.channel))
-
-
-def switch_on(net, cands: list[Candidate]) -> None:
-    """Switch the candidates' always-off channels back on in ``net`` for good (in place). Width
-    gates: the groups above the reopened ones are fixed off, so the new cap is exact (a group
-    above the old cap was off through the nesting alone in an undeployed network)."""
-    by_block: dict[int, list[int]] = {}
-    for c in cands:
-        by_block.setdefault(c.block, []).extend(range(c.channel, c.channel + c.step))
-    blocks = [b for _, b in net.blocks()]
-    for block, channels in by_block.items():
-        reopen(net, block, channels)
-        gate = blocks[block].gate
-        if gate.spec.nested:
-            top = gate.fc2.out_channels * gate.spec.step
-            set_channels(net, block, list(range(max(channels) + 1, top)), OFF_BIAS)
-
-
-def restored_pattern(pattern: GatePattern, cands: list[Candidate]) -> GatePattern:
-    """The pattern with ``cands`` moved from always-off to always-on (width gates: the inputs
-    that kept a block's widest width keep its reopened groups too): the stand-in the predictor
-    reads while restoring."""
-    back = _by_block(cands)
-    p = copy.deepcopy(pattern)
-    for i, lp in enumerate(p.layers):
-        g = back.get(i)
-        if not g:
-            continue
-        if lp.width_hist is not None:
-            cap, hist = (lp.channels - lp.always_off) // lp.step, list(lp.width_hist)
-            hist[cap + len(g)], hist[cap] = hist[cap + len(g)] + hist[cap], 0.0
-            p.layers[i] = type(lp).from_width_hist(lp.name, lp.channels, lp.step, hist)
-            continue
-        lp.on_idx = sorted(set(lp.on_idx or []) | g)
-        lp.always_on = len(lp.on_idx)
-        lp.always_off = lp.channels - lp.always_on - lp.dynamic
-    return p
 
 
 @dataclass

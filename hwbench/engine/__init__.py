@@ -1,9 +1,7 @@
 """Executing gate patterns fast: masked reference, static compaction, dynamic gather."""
 
 from hwbench.engine.compact import (
-    BATCH_STRATEGY,
     MODES,
-    WIDTH_BATCH_STRATEGY,
     ChannelGroups,
     CompactEngine,
     build_engine,
@@ -11,6 +9,7 @@ from hwbench.engine.compact import (
 )
 from hwbench.engine.inputs import pattern_inputs, synthetic_inputs
 from hwbench.engine.kernels import BACKENDS, mkldnn_available, resolve_backend
+from hwbench.engine.kinds import BATCH_STRATEGY, WIDTH_BATCH_STRATEGY
 from hwbench.engine.realise import realise
 
 __all__ = [

@@ -45,6 +45,7 @@ from hwbench.engine.executors import (  # noqa: F401  (ChannelGroups: re-exporte
 from hwbench.engine.fold import fold_bn
 from hwbench.engine.inputs import pattern_inputs
 from hwbench.engine.kernels import resolve_backend
+from hwbench.engine.kinds import BY_WIDTH, engine_kind
 from hwbench.engine.width import WidthBlock
 from hwbench.errors import UsageError
 from hwbench.measure.device import ieee_fp32
@@ -53,8 +54,6 @@ from hwbench.nets.resnet import GatedBasicBlock, GatedResNet
 from hwbench.pattern.gate_pattern import GatePattern, check_tile
 
 MODES = ("dense", "masked", "static", "dynamic")
-BATCH_STRATEGY = "union of the batch's on-channels, then a per-sample mask"
-WIDTH_BATCH_STRATEGY = "grouped by width, scattered back"
 
 
 def _computed(blk) -> int | None:
@@ -67,7 +66,6 @@ def _computed(blk) -> int | None:
 
 # the executor of a nested (width) gate's block: its kept prefix, per input (an execution policy,
 # not a gate kind)
-BY_WIDTH = "width"
 DYNAMIC_POLICIES = ("auto", "static", "gather-conv", "gather-gemm", BY_WIDTH)
 
 
@@ -90,17 +88,8 @@ def _candidates(block, mode, g, b, in_shape, out_hw, policy, lp=None) -> dict:
             makers["gather-gemm"] = lambda: BasicGatherGemm(block, g, b, in_shape, out_hw)
         else:
             makers["gather-conv"] = lambda: Bottleneck(block, "dynamic", g, b, in_shape, out_hw)
-        width = block.gate.spec.nested
-        if width:
-            makers[BY_WIDTH] = lambda: WidthBlock(block, lp, b, in_shape, out_hw)
-        if width and policy == "auto":
-            # batch 1: always the width executor; batch > 1: tuned against static per block
-            # (grouping splits the batch into smaller, less efficient convs)
-            keep = (BY_WIDTH,) if in_shape[0] == 1 else (BY_WIDTH, "static")
-            makers = {k: makers[k] for k in keep}
-        elif policy != "auto":
-            pick = policy if policy in makers else "gather-conv"
-            makers = {pick: makers[pick]}
+        makers = engine_kind(block.gate.spec).executors(
+            makers, lambda: WidthBlock(block, lp, b, in_shape, out_hw), policy, in_shape[0])
     return {name: make() for name, make in makers.items()}
 
 
@@ -148,8 +137,8 @@ class CompactEngine:
         if pattern is not None and pattern.gate != net.gate_spec:
             raise UsageError(f"pattern gates are {pattern.gate.text}, the network's "
                              f"{net.gate_spec.text}")
-        strategy = WIDTH_BATCH_STRATEGY if net.gate_spec.nested else BATCH_STRATEGY
-        self.batch_strategy = strategy if mode == "dynamic" else None
+        self.batch_strategy = engine_kind(net.gate_spec).batch_strategy \
+            if mode == "dynamic" else None
         net = net.eval()
         size = input_size or (pattern.input_size if pattern is not None else 32)
         geom = net.geometry((size, size))

@@ -19,6 +19,7 @@ from torch import nn
 
 from hwbench.engine.compact import channel_groups
 from hwbench.engine.fold import fold_bn
+from hwbench.engine.kinds import engine_kind
 from hwbench.errors import UsageError
 from hwbench.nets.resnet import GatedBasicBlock, GatedResNet
 from hwbench.pattern.gate_pattern import GatePattern
@@ -45,14 +46,9 @@ class DeployGate(nn.Module):
         super().__init__()
         w1, b1 = fold_bn(gate.fc1.weight.flatten(1), gate.bn)
         w2, b2 = gate.fc2.weight.detach().flatten(1), gate.fc2.bias.detach()
-        spec = gate.spec
-        self.width = spec.nested
-        if self.width:
-            groups = torch.arange(w2.shape[0])[:, None]
-            nest = (groups <= (rows // spec.step)[None, :]).float()
-        else:
-            w2, b2 = w2[rows], b2[rows]
-            nest = torch.zeros(0, 0)
+        w2, b2, nest = engine_kind(gate.spec).deploy_gate(w2, b2, rows, gate.spec.step)
+        self.width = nest is not None  # nested decisions (a graph-time choice, not traced)
+        nest = torch.zeros(0, 0) if nest is None else nest
         self.fc1, self.fc2 = nn.Linear(w1.shape[1], w1.shape[0]), nn.Linear(w2.shape[1],
                                                                             w2.shape[0])
         with torch.no_grad():

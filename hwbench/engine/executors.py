@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from hwbench.engine.fold import fold_bn
 from hwbench.engine.kernels import Conv, channels_last_weights, run_conv
+from hwbench.engine.kinds import engine_kind
 from hwbench.engine.tiling import pad_to
 from hwbench.nets.gate import kept_groups
 from hwbench.pattern.gate_pattern import GatePattern, round_to_tile
@@ -49,7 +50,7 @@ def channel_groups(pattern: GatePattern) -> list[ChannelGroups]:
 class Gate:
     """The gate, BN folded, as two small matmuls; computes only the ``rows`` it is asked for.
 
-    A width gate (``gate.spec.kind == "width"``) outputs one logit per group of G channels and
+    A width gate (prefix decisions, ``engine.kinds``) outputs one logit per group of G channels and
     its decisions nest: an input keeps channels ``[0, k*G)``, k = the number of leading groups
     whose logit is >= 0 (cumprod of ``logit >= 0``). All its group logits are computed (k needs
     them); the mask is returned for the channel ``rows`` only.
@@ -59,7 +60,7 @@ class Gate:
         w1, b1 = fold_bn(gate.fc1.weight.flatten(1), gate.bn)
         w2, b2 = gate.fc2.weight.detach().flatten(1), gate.fc2.bias.detach()
         spec = getattr(gate, "spec", None)
-        self.step = spec.step if spec is not None and spec.nested else None
+        self.step = None if spec is None else engine_kind(spec).mask_step(spec)
         self.rows = None
         if self.step is not None:
             if rows is not None:

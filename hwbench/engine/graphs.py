@@ -55,10 +55,11 @@ from collections.abc import Callable
 import torch
 from torch.overrides import TorchFunctionMode
 
-from hwbench.engine.compact import BY_WIDTH, CompactEngine
+from hwbench.engine.compact import CompactEngine
+from hwbench.engine.kinds import BY_WIDTH, engine_kind
 from hwbench.engine.width import WidthBlock
 from hwbench.errors import UsageError
-from hwbench.nets.gate import KINDS
+from hwbench.nets.gate import GateSpec
 
 DEFAULT_EXECUTION = "eager"  # the engine's Python as written: no graph capture, no compiler
 EXECUTIONS = (DEFAULT_EXECUTION, "graphs", "compile")
@@ -95,7 +96,7 @@ def check_execution(execution: str, device: torch.device) -> str:
     return execution
 
 
-def engine_policy(execution: str, dynamic_policy: str, gate_kind: str, batch_size: int) -> str:
+def engine_policy(execution: str, dynamic_policy: str, gate: GateSpec, batch_size: int) -> str:
     """The ``dynamic_policy`` to build an engine with under ``execution``: under ``graphs`` and
     ``compile`` the graphable executors only (width at batch 1, else static; see the module
     docstring). Under ``compile`` a gather would break the graph at its ``nonzero`` and
@@ -103,7 +104,7 @@ def engine_policy(execution: str, dynamic_policy: str, gate_kind: str, batch_siz
     past dynamo's limit, eager code."""
     if execution == DEFAULT_EXECUTION:
         return dynamic_policy
-    width1 = KINDS[gate_kind].nested and batch_size == 1
+    width1 = engine_kind(gate).graphable(batch_size)
     if dynamic_policy in ("gather-conv", "gather-gemm") or (dynamic_policy == BY_WIDTH
                                                            and not width1):
         raise UsageError(f"--dynamic-policy {dynamic_policy} gathers per input (a host sync) and "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from hwbench.pattern.gate_pattern import GatePattern, round_to_tile
+from hwbench.pattern.layer import SubsetLayers, pattern_kind
 
 
 def pad_to(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
@@ -25,17 +26,13 @@ def pad_to(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros(shape)], dim)
 
 
-def _layer_macs(block, lp, tile: int, skips: bool) -> float:
+def _layer_macs(block, lp, tile: int, skips: bool, kind: SubsetLayers) -> float:
     """Expected per-sample MACs one block executes: a ``static`` executor computes the kept
     channels padded; a skipping one its always-on channels padded plus the dynamic channels that
     are on (a width executor: each width padded)."""
     if not skips:
         return float(block.gated_macs(round_to_tile(lp.always_on + lp.dynamic, tile)))
-    if lp.width_hist is not None:
-        return float(sum(h * block.gated_macs(round_to_tile(w, tile)) for w, h in lp.widths()))
-    extra = round_to_tile(lp.always_on, tile) - lp.always_on
-    on = lp.expected_on()
-    return float(block.gated_macs(on + extra, lp.expected_on_sq() + 2 * extra * on + extra ** 2))
+    return kind.skipping_macs(block, lp, tile)
 
 
 def executed_macs(pattern: GatePattern, mode: str, tile: int = 1,
@@ -44,7 +41,7 @@ def executed_macs(pattern: GatePattern, mode: str, tile: int = 1,
     ``plan``: the dynamic engine's executor per block, ``static`` ones compute every kept
     channel), padding channels included. Equal to the pattern's MACs when ``tile`` is 1 and
     every block skips."""
-    g = pattern.geometry()
+    g, kind = pattern.geometry(), pattern_kind(pattern.gate)
     plan = plan or ["static" if mode == "static" else "skip"] * len(pattern.layers)
-    return float(g.stem_macs + sum(_layer_macs(b, lp, tile, p != "static")
+    return float(g.stem_macs + sum(_layer_macs(b, lp, tile, p != "static", kind)
                                    for b, lp, p in zip(g.blocks, pattern.layers, plan)))

@@ -12,7 +12,9 @@ block's channels (``nested_st``): what an engine can run without gathering weigh
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -67,20 +69,49 @@ def deterministic_st(logits: torch.Tensor, temperature: float = GATE_TEMPERATURE
     return hard + (soft - soft.detach())
 
 
+SUBSET, PREFIX = "subset", "prefix"  # what one decision keeps: any subset, or a prefix
+
+
 @dataclass(frozen=True)
 class GateKind:
     """A kind of gate, registered once in ``KINDS``: the only place kind names are written.
-    Code elsewhere asks the spec (``GateSpec.nested``), never compares a name."""
+
+    The kind is a strategy with two parts. Its gate-level part is here: the decisions
+    (``ChannelGate.forward``), the starting bias, the step, how thinner widths round. Each
+    stage above (pattern, engine, predictor, budget, trim) holds its own part in a table keyed
+    by ``keeps`` and reads it through ``strategy``: code elsewhere never compares a name or
+    branches on a kind. A kind whose decisions keep a subset or a prefix needs one line here;
+    one of a new shape needs one class per stage."""
 
     name: str
-    nested: bool  # decisions are a prefix per input (a contiguous slice), else any subset
+    keeps: str  # SUBSET: any subset of a block's channels per input; PREFIX: a prefix [0, k*G)
     default_step: int  # the step a bare name means (``hwbench compare``'s rows)
+    thin_multiple: int | None  # thinner dense widths round to this (None: to the gate's step)
+    learned_bias: bool  # the bias is the starting width: it must train (not --gate-bias none)
+
+    @property
+    def nested(self) -> bool:
+        return self.keeps == PREFIX
 
 
-KINDS = {k.name: k for k in (GateKind("channel", nested=False, default_step=1),
-                             GateKind("width", nested=True, default_step=16))}
+KINDS = {k.name: k for k in (
+    GateKind("channel", SUBSET, default_step=1, thin_multiple=16, learned_bias=False),
+    GateKind("width", PREFIX, default_step=16, thin_multiple=None, learned_bias=True))}
 GATE_KINDS = tuple(KINDS)
 AUTO_STEP = ("width", "width:auto")  # ``--gate`` values whose step is read from a profile
+
+T = TypeVar("T")
+
+
+def strategy(table: Mapping[str, T], spec: GateSpec, stage: str) -> T:
+    """A stage's part of ``spec``'s kind: ``table`` maps what a decision keeps (SUBSET,
+    PREFIX) to the stage's strategy; a kind of a shape the stage has none for: a one-line
+    UsageError (the stage cannot run it), never a silent fallback."""
+    part = table.get(KINDS[spec.kind].keeps)
+    if part is None:
+        raise UsageError(f"{stage} has no strategy for {spec.kind} gates "
+                         f"(decisions that keep a {KINDS[spec.kind].keeps})")
+    return part
 
 
 @dataclass(frozen=True)
@@ -100,8 +131,19 @@ class GateSpec:
 
     @property
     def nested(self) -> bool:
-        """True when a decision keeps a prefix of the channels (width gates)."""
+        """True when a decision keeps a prefix of the channels (width gates); read in this
+        module only: the stages ask ``strategy``."""
         return KINDS[self.kind].nested
+
+    @property
+    def thin_multiple(self) -> int:
+        """The multiple a thinner dense network's widths round to (``--width-mult``)."""
+        return KINDS[self.kind].thin_multiple or self.step
+
+    @property
+    def learned_bias(self) -> bool:
+        """True when the gate's bias is its starting width (it must train)."""
+        return KINDS[self.kind].learned_bias
 
     @property
     def text(self) -> str:
@@ -222,7 +264,7 @@ class ChannelGate(nn.Module):
         random head's output, many units wide at initialisation, would otherwise decide); its
         gradient still reaches the weights through the hidden features."""
         n = self.fc2.out_channels
-        if self.spec.kind == "channel":
+        if not self.spec.nested:
             self.fc2.bias.zero_()
             return
         self.fc2.weight.zero_()
@@ -257,7 +299,7 @@ class ChannelGate(nn.Module):
             self.deployed = x.new_ones(x.shape[0], self.channels)
             return self.deployed
         logits = self.logits(x)
-        if self.spec.kind == "width":
+        if self.spec.nested:
             return self._forward_width(x, logits)
         # the last pass's noise-free decisions (straight-through in training), for budgets on
         # the deployed network (hwbench.train.budget); read through GatedForward.deployed_masks

@@ -20,6 +20,7 @@ from hwbench.errors import HwbenchError, PatternError, UsageError
 from hwbench.io import atomic_write_json
 from hwbench.nets.gate import CHANNEL, GATE_KINDS, GateSpec, parse_gate
 from hwbench.nets.geometry import ARCHS, STEMS, NetGeometry, net_geometry
+from hwbench.pattern.layer import LayerPattern, is_int, is_num, pattern_kind, round_to_tile
 
 SCHEMA = "hwbench/gate-pattern@1"
 _LAYER_INTS = ("channels", "always_on", "always_off", "dynamic")
@@ -28,82 +29,9 @@ _KNOWN_TOP = {"schema", "arch", "stem", "input_size", "t_d", "layers", "gate", "
 
 def check_tile(tile: Any, where: str = "--tile") -> int:
     """The tensor-core tile: a positive integer (1 = no rounding); a one-line error otherwise."""
-    if not _is_int(tile) or tile < 1:
+    if not is_int(tile) or tile < 1:
         raise UsageError(f"{where} must be a positive integer, got {tile!r}")
     return tile
-
-
-def round_to_tile(k: int, tile: int, channels: int | None = None) -> int:
-    """``k`` kept channels rounded UP to a multiple of ``tile`` (0 stays 0); capped at
-    ``channels`` when given (a pattern cannot keep more channels than a block has)."""
-    up = -(-k // tile) * tile
-    return up if channels is None else min(up, channels)
-
-
-@dataclass
-class LayerPattern:
-    """One gated block. ``dynamic_on_rate``: mean fraction of its dynamic channels on per sample."""
-
-    name: str
-    channels: int
-    always_on: int
-    always_off: int
-    dynamic: int
-    dynamic_on_rate: float = 0.0
-    on_idx: list[int] | None = None
-    dynamic_idx: list[int] | None = None
-    dynamic_rates: list[float] | None = None
-    # width gates: width_hist[k] = share of inputs keeping channels [0, k * step) (sums to 1)
-    width_hist: list[float] | None = None
-    step: int = 1
-
-    @classmethod
-    def from_width_hist(cls, name: str, channels: int, step: int,
-                        hist: list[float]) -> LayerPattern:
-        """A width-gated layer from its histogram of kept groups: channels every input keeps
-        are always on, those no input keeps always off, the prefix between them dynamic."""
-        total = float(sum(hist))
-        hist = [float(h) / (total if abs(total - 1.0) > 1e-9 else 1.0) for h in hist]
-        ks = [k for k, h in enumerate(hist) if h > 0]
-        on, top = ks[0] * step, ks[-1] * step
-        mean = sum(h * k * step for k, h in enumerate(hist))
-        dyn = top - on
-        return cls(name, channels, on, channels - top, dyn, (mean - on) / dyn if dyn else 0.0,
-                   width_hist=hist, step=step)
-
-    def widths(self) -> list[tuple[int, float]]:
-        """(kept channels, share of inputs) for each width that occurs (width gates only)."""
-        return [(k * self.step, h) for k, h in enumerate(self.width_hist or []) if h > 0]
-
-    def expected_on(self) -> float:
-        """E[channels on] per sample."""
-        if self.width_hist is not None:
-            return float(sum(w * h for w, h in self.widths()))
-        if self.dynamic_rates is not None:
-            return self.always_on + float(sum(self.dynamic_rates))
-        return self.always_on + self.dynamic * self.dynamic_on_rate
-
-    def expected_on_sq(self) -> float:
-        """E[(channels on)^2] per sample: exact from a width histogram; else dynamic channels
-        taken as independent Bernoullis."""
-        if self.width_hist is not None:
-            return float(sum(w * w * h for w, h in self.widths()))
-        if self.dynamic_rates is not None:
-            var = float(sum(r * (1.0 - r) for r in self.dynamic_rates))
-        else:
-            var = self.dynamic * self.dynamic_on_rate * (1.0 - self.dynamic_on_rate)
-        return self.expected_on() ** 2 + var
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "name": self.name, "channels": self.channels, "always_on": self.always_on,
-            "always_off": self.always_off, "dynamic": self.dynamic,
-            "dynamic_on_rate": self.dynamic_on_rate,
-        }
-        for key in ("on_idx", "dynamic_idx", "dynamic_rates", "width_hist"):
-            if getattr(self, key) is not None:
-                d[key] = getattr(self, key)
-        return d
 
 
 @dataclass
@@ -147,7 +75,7 @@ class GatePattern:
                              "input_size": self.input_size}
         if self.t_d is not None:
             d["t_d"] = self.t_d
-        if self.gate.nested:
+        if self.gate != CHANNEL:  # the default gate is not written
             d["gate"] = self.gate.to_dict()
         if self.tile != 1:
             d["tile"] = self.tile
@@ -185,14 +113,6 @@ def load_pattern(path: str | Path) -> GatePattern:
     return _parse(obj, src)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _parse(obj: Any, src: str) -> GatePattern:
     def fail(fld: str | None, msg: str):
         raise PatternError(src, fld, msg)
@@ -206,10 +126,10 @@ def _parse(obj: Any, src: str) -> GatePattern:
         fail("arch", f"unknown arch {arch!r}; known: {', '.join(sorted(ARCHS))}")
     if stem not in STEMS:
         fail("stem", f"unknown stem {stem!r}; known: {', '.join(STEMS)}")
-    if not _is_int(size) or size < 1:
+    if not is_int(size) or size < 1:
         fail("input_size", f"expected a positive integer, got {size!r}")
     t_d = obj.get("t_d")
-    if t_d is not None and (not _is_num(t_d) or not 0 < t_d <= 1):
+    if t_d is not None and (not is_num(t_d) or not 0 < t_d <= 1):
         fail("t_d", f"expected a number in (0, 1], got {t_d!r}")
     try:
         geom = net_geometry(arch, stem, size)
@@ -224,13 +144,9 @@ def _parse(obj: Any, src: str) -> GatePattern:
     gate = _parse_gate_field(obj.get("gate"), geom, fail)
     layers = [_parse_layer(raw, i, b.name, b.width, fail)
               for i, (raw, b) in enumerate(zip(layers_raw, geom.blocks))]
-    if gate.nested:
-        layers = [_width_layer(lp, raw, i, gate.step, fail)
-                  for i, (lp, raw) in enumerate(zip(layers, layers_raw))]
-    elif any("width_hist" in raw for raw in layers_raw):
-        fail("gate", "width_hist needs \"gate\": {\"kind\": \"width\", \"step\": G}")
+    layers = pattern_kind(gate).parse(layers, layers_raw, gate.step, fail)
     tile = obj.get("tile", 1)
-    if not _is_int(tile) or tile < 1:
+    if not is_int(tile) or tile < 1:
         fail("tile", f"expected a positive integer, got {tile!r}")
     extra = {k: v for k, v in obj.items() if k not in _KNOWN_TOP}
     return GatePattern(arch, stem, size, layers, None if t_d is None else float(t_d), extra,
@@ -241,33 +157,12 @@ def _parse_gate_field(raw: Any, geom: NetGeometry, fail) -> GateSpec:
     if raw is None:
         return CHANNEL
     if not isinstance(raw, dict) or raw.get("kind") not in GATE_KINDS or not (
-            _is_int(raw.get("step")) and raw["step"] >= 1):
+            is_int(raw.get("step")) and raw["step"] >= 1):
         fail("gate", f"expected {{\"kind\": \"channel\" | \"width\", \"step\": G}}, got {raw!r}")
     try:
         return parse_gate(raw).check_widths([b.width for b in geom.blocks])
     except HwbenchError as exc:
         fail("gate.step", str(exc))
-
-
-def _width_layer(lp: LayerPattern, raw: dict, i: int, step: int, fail) -> LayerPattern:
-    """A width-gated layer: its histogram is the truth; the counts must agree with it."""
-    at = f"layers[{i}]"
-    hist, n = raw.get("width_hist"), lp.channels // step
-    if (not isinstance(hist, list) or len(hist) != n + 1
-            or not all(_is_num(h) and h >= 0 for h in hist)
-            or abs(sum(hist) - 1.0) > 1e-6):
-        fail(f"{at}.width_hist", f"expected {n + 1} shares (inputs keeping 0, {step}, ... "
-                                 f"{lp.channels} channels) summing to 1")
-    want = LayerPattern.from_width_hist(lp.name, lp.channels, step, hist)
-    got = (lp.always_on, lp.always_off, lp.dynamic)
-    if got != (want.always_on, want.always_off, want.dynamic):
-        fail(f"{at}.always_on", f"always_on/always_off/dynamic {got} disagree with width_hist "
-                                f"{(want.always_on, want.always_off, want.dynamic)}")
-    for key, lo in (("on_idx", 0), ("dynamic_idx", want.always_on)):
-        idx = getattr(lp, key)
-        if idx is not None and idx != list(range(lo, lo + len(idx))):
-            fail(f"{at}.{key}", "a width gate keeps a prefix: expected consecutive indices")
-    return want
 
 
 def _parse_layer(raw: Any, i: int, name: str, width: int, fail) -> LayerPattern:
@@ -277,7 +172,7 @@ def _parse_layer(raw: Any, i: int, name: str, width: int, fail) -> LayerPattern:
     if raw.get("name") != name:
         fail(f"{at}.name", f"expected {name!r} (forward order), got {raw.get('name')!r}")
     for key in _LAYER_INTS:
-        if not _is_int(raw.get(key)) or raw[key] < 0:
+        if not is_int(raw.get(key)) or raw[key] < 0:
             fail(f"{at}.{key}", f"expected a non-negative integer, got {raw.get(key)!r}")
     if raw["channels"] != width:
         fail(f"{at}.channels", f"{name} of this arch has {width} gated channels, "
@@ -288,7 +183,7 @@ def _parse_layer(raw: Any, i: int, name: str, width: int, fail) -> LayerPattern:
                                 f"{raw['always_off']} + {raw['dynamic']} = {total}, "
                                 f"expected channels = {raw['channels']}")
     rate = raw.get("dynamic_on_rate", 0.0)
-    if not _is_num(rate) or not 0 <= rate <= 1:
+    if not is_num(rate) or not 0 <= rate <= 1:
         fail(f"{at}.dynamic_on_rate", f"expected a number in [0, 1], got {rate!r}")
     on_idx = _index_list(raw, "on_idx", raw["always_on"], width, at, fail)
     dyn_idx = _index_list(raw, "dynamic_idx", raw["dynamic"], width, at, fail)
@@ -297,7 +192,7 @@ def _parse_layer(raw: Any, i: int, name: str, width: int, fail) -> LayerPattern:
     rates = raw.get("dynamic_rates")
     if rates is not None:
         if (not isinstance(rates, list) or len(rates) != raw["dynamic"]
-                or not all(_is_num(r) and 0 <= r <= 1 for r in rates)):
+                or not all(is_num(r) and 0 <= r <= 1 for r in rates)):
             fail(f"{at}.dynamic_rates", f"expected {raw['dynamic']} numbers in [0, 1]")
         rates = [float(r) for r in rates]
     return LayerPattern(name, raw["channels"], raw["always_on"], raw["always_off"],
@@ -309,7 +204,7 @@ def _index_list(raw, key, count, width, at, fail) -> list[int] | None:
     if idx is None:
         return None
     if (not isinstance(idx, list) or len(idx) != count
-            or not all(_is_int(j) and 0 <= j < width for j in idx) or len(set(idx)) != count):
+            or not all(is_int(j) and 0 <= j < width for j in idx) or len(set(idx)) != count):
         fail(f"{at}.{key}", f"expected {count} distinct channel indices in [0, {width})")
     return idx
 
@@ -333,6 +228,7 @@ def summarise(net, loader: Iterable, device: str | torch.device | None = None,
     net.eval()
     device = device or next(net.parameters()).device
     gate = getattr(net, "gate_spec", CHANNEL)
+    kind = pattern_kind(gate)
     counts: list[torch.Tensor] | None = None
     hists: list[torch.Tensor] | None = None
     n, size = 0, None
@@ -347,39 +243,22 @@ def summarise(net, loader: Iterable, device: str | torch.device | None = None,
             out = net.forward_gated(x.to(device))
             sums = [m.sum(dim=0).double().cpu() for m in out.masks]
             counts = sums if counts is None else [c + s for c, s in zip(counts, sums)]
-            if gate.nested:
-                hs = [torch.bincount((m.sum(dim=1) / gate.step).round().long().cpu(),
-                                     minlength=m.shape[1] // gate.step + 1).double()
-                      for m in out.masks]
-                hists = hs if hists is None else [h + g for h, g in zip(hists, hs)]
+            hs = kind.width_counts(out.masks, gate.step)
+            hists = hs if hists is None else [h + g for h, g in zip(hists, hs)]
             n += x.shape[0]
     finally:
         net.train(was_training)
     if counts is None:
         raise PatternError("summarise", None, "the data loader yielded no samples")
     layers = [_summary_layer(name, c, n) for name, c in zip(net.block_names, counts)]
-    if hists is not None:
-        layers = [LayerPattern.from_width_hist(lp.name, lp.channels, gate.step,
-                                               (h / n).tolist()) for lp, h in zip(layers, hists)]
+    layers = kind.summarised(layers, hists, n, gate.step)
     if getattr(net, "widths", None) is not None:  # a thinner network (--width-mult)
         full = [b.width for b in net_geometry(net.arch, net.stem, size).blocks]
-        layers = [_padded(lp, c) for lp, c in zip(layers, full)]
+        layers = [kind.padded(lp, c) for lp, c in zip(layers, full)]
         extra.setdefault("widths", list(net.widths))
     extra.setdefault("source", "summarise")
     extra.setdefault("samples", n)
     return GatePattern(net.arch, net.stem, size, layers, extra=extra, gate=gate)
-
-
-def _padded(lp: LayerPattern, channels: int) -> LayerPattern:
-    """A thinner network's layer as one of the full network's: the channels it lacks (the
-    suffix past its width) always off, so the pattern loads, prices and predicts for the
-    arch's profile like any other."""
-    if lp.width_hist is not None:
-        hist = lp.width_hist + [0.0] * ((channels - lp.channels) // lp.step)
-        return LayerPattern.from_width_hist(lp.name, channels, lp.step, hist)
-    return LayerPattern(lp.name, channels, lp.always_on, channels - lp.always_on - lp.dynamic,
-                        lp.dynamic, lp.dynamic_on_rate, lp.on_idx, lp.dynamic_idx,
-                        lp.dynamic_rates)
 
 
 def _summary_layer(name: str, c: torch.Tensor, n: int) -> LayerPattern:
@@ -401,7 +280,7 @@ def synthesise(arch: str, stem: str, input_size: int, t_d: float,
     multiples of the step and each layer's histogram is the one width. With ``tile`` every
     count is also a multiple of the tile (the pattern records it).
     """
-    if not _is_num(t_d) or not 0 < t_d <= 1:
+    if not is_num(t_d) or not 0 < t_d <= 1:
         raise PatternError("synthesise", "t_d", f"expected a number in (0, 1], got {t_d!r}")
     gate = parse_gate(gate)
     check_tile(tile, "tile")
@@ -423,14 +302,8 @@ def synthesise(arch: str, stem: str, input_size: int, t_d: float,
     # Every distinct count vector arises at some f = k / groups; try them all (a few hundred).
     fractions = sorted({k * g / b.width for b in geom.blocks for k in range(b.width // g + 1)})
     best = min(fractions, key=lambda f: (abs(ratio(counts(f)) - t_d), -f))
-    if gate.nested:
-        st = gate.step
-        layers = [LayerPattern.from_width_hist(
-            b.name, b.width, st, [float(j == k // st) for j in range(b.width // st + 1)])
-            for b, k in zip(geom.blocks, counts(best))]
-    else:
-        layers = [LayerPattern(b.name, b.width, k, b.width - k, 0, 0.0)
-                  for b, k in zip(geom.blocks, counts(best))]
+    layers = [pattern_kind(gate).static(b.name, b.width, k, gate.step)
+              for b, k in zip(geom.blocks, counts(best))]
     return GatePattern(arch, stem, input_size, layers, float(t_d),
                        extra={"source": "synthesise", "always_on_fraction": best}, gate=gate,
                        tile=tile)
@@ -448,7 +321,7 @@ def mixed_pattern(arch: str, stem: str, input_size: int, t_d: float, seed: int =
     rate) groups: a histogram whose mean on-rate is ``rate``. With ``tile`` each layer's kept
     channels (always-on + dynamic) are rounded up to a multiple of it where the layer allows.
     """
-    if not _is_num(t_d) or not 0 < t_d <= 1:
+    if not is_num(t_d) or not 0 < t_d <= 1:
         raise PatternError("mixed_pattern", "t_d", f"expected a number in (0, 1], got {t_d!r}")
     gate = parse_gate(gate)
     check_tile(tile, "tile")
@@ -469,11 +342,7 @@ def mixed_pattern(arch: str, stem: str, input_size: int, t_d: float, seed: int =
         a = min(n - d, round(f * n))
         while (a + d) * g % tile and a + d < n:  # kept channels: a multiple of the tile
             a += 1
-        if not gate.nested:
-            return LayerPattern(b.name, b.width, a, b.width - a - d, d, round(r, 4))
-        pmf = [math.comb(d, j) * r ** j * (1 - r) ** (d - j) for j in range(d + 1)]
-        return LayerPattern.from_width_hist(b.name, b.width, g,
-                                            [0.0] * a + pmf + [0.0] * (n - a - d))
+        return pattern_kind(gate).mixed(b.name, b.width, a, d, r, g)
 
     def build(f: float) -> GatePattern:
         return GatePattern(arch, stem, input_size,

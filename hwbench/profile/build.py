@@ -264,10 +264,10 @@ class Profiler:
         """What the profile times end to end (``runnable``): the engine run as
         ``cfg.execution`` (``execution`` overrides), or the mode compiled by ``cfg.runtime``."""
         cfg = self.cfg
-        kind = pattern.gate.kind if pattern is not None else CHANNEL.kind
+        gate = pattern.gate if pattern is not None else CHANNEL
         policy = kw.pop("dynamic_policy", "auto")
         if not is_graph(cfg.runtime):  # the dynamic policy the execution allows
-            policy = engine_policy(cfg.execution, policy, kind, cfg.batch_size)
+            policy = engine_policy(cfg.execution, policy, gate, cfg.batch_size)
         return runnable(net, mode, pattern, runtime=cfg.runtime,
                         execution=execution or cfg.execution, example=self.pool.batches[0],
                         threads=self._threads(), dynamic_policy=policy, device=self.device,

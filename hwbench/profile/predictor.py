@@ -29,6 +29,7 @@ from hwbench.engine.graphs import DEFAULT_EXECUTION
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME
 from hwbench.errors import HwbenchError, UsageError
 from hwbench.io import atomic_write_json
+from hwbench.nets.gate import PREFIX, SUBSET, GateSpec, strategy
 from hwbench.pattern.gate_pattern import GatePattern
 
 SCHEMA = "hwbench/device-profile@1"
@@ -220,9 +221,7 @@ class Predictor:
         return ks, gated
 
     def p50_ms(self, pattern: GatePattern) -> float:
-        if pattern.gate.nested:
-            return self.predict(pattern, "p50")
-        return self.scale * self.table_ms(pattern)
+        return latency_kind(pattern.gate).p50(self, pattern)
 
     def table_ms(self, pattern: GatePattern) -> float:
         """The table's sum for ``pattern``, before the calibration's scale."""
@@ -247,9 +246,7 @@ class Predictor:
     def predict(self, pattern: GatePattern, percentile: str = "p50") -> float:
         if percentile not in PERCENTILES:
             raise UsageError(f"unknown percentile {percentile!r}; use p50, p90 or p99")
-        if pattern.gate.nested:
-            return self.width_percentiles(pattern)[percentile]
-        return self.p50_ms(pattern) * self.ratios[percentile]
+        return latency_kind(pattern.gate).predict(self, pattern, percentile)
 
     def width_layers(self, pattern: GatePattern) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per block of a width pattern: (table ms at each width that occurs, its share of
@@ -346,3 +343,33 @@ def table_step(profile: dict, candidates: tuple[int, ...] = STEP_CANDIDATES,
         return None
     share, step = min((rss(lambda g, c=c: np.ceil(g / c)) / line, c) for c in candidates)
     return (step, share) if share < margin else None
+
+
+class SubsetLatency:
+    """The predictor's part of a gate kind whose decisions keep any subset (channel gates):
+    the table at the expected executed channels, times the sweep's percentile ratio."""
+
+    def p50(self, pred: Predictor, pattern: GatePattern) -> float:
+        return pred.scale * pred.table_ms(pattern)
+
+    def predict(self, pred: Predictor, pattern: GatePattern, percentile: str) -> float:
+        return self.p50(pred, pattern) * pred.ratios[percentile]
+
+
+class PrefixLatency(SubsetLatency):
+    """Prefix decisions (width gates): the percentiles of the per-input latency distribution
+    (``Predictor.width_percentiles``)."""
+
+    def p50(self, pred: Predictor, pattern: GatePattern) -> float:
+        return self.predict(pred, pattern, "p50")
+
+    def predict(self, pred: Predictor, pattern: GatePattern, percentile: str) -> float:
+        return pred.width_percentiles(pattern)[percentile]
+
+
+LATENCY = {SUBSET: SubsetLatency(), PREFIX: PrefixLatency()}
+
+
+def latency_kind(spec: GateSpec) -> SubsetLatency:
+    """The predictor's strategy for ``spec``'s gate kind."""
+    return strategy(LATENCY, spec, "the latency predictor")

@@ -131,9 +131,9 @@ def validate(cfg: SpeedupConfig) -> torch.device:
     if is_graph(cfg.runtime) and cfg.dynamic_policy not in POLICIES:
         raise UsageError(f"--dynamic-policy {cfg.dynamic_policy} gathers per input, which a "
                          f"graph on --runtime {cfg.runtime} cannot; known: {', '.join(POLICIES)}")
-    kind = load_pattern(cfg.pattern).gate.kind
+    gate = load_pattern(cfg.pattern).gate
     if not is_graph(cfg.runtime):
-        engine_policy(cfg.execution, cfg.dynamic_policy, kind, cfg.batch_size)
+        engine_policy(cfg.execution, cfg.dynamic_policy, gate, cfg.batch_size)
     return device
 
 
@@ -175,7 +175,7 @@ def _variants(cfg: SpeedupConfig, variants: list[SpeedupConfig], progress) -> di
 def _build(v: SpeedupConfig, net, pattern: GatePattern, device, pool) -> dict:
     """The four modes of one variant (runtime, execution), as they are timed."""
     dtype, bsz = DTYPES[v.dtype], v.batch_size
-    policy = engine_policy(v.execution, v.dynamic_policy, pattern.gate.kind, bsz) \
+    policy = engine_policy(v.execution, v.dynamic_policy, pattern.gate, bsz) \
         if not is_graph(v.runtime) else v.dynamic_policy
     return {m: runnable(net, m, pattern, runtime=v.runtime, execution=v.execution,
                         example=pool.batches[0], threads=v.threads or torch.get_num_threads(),

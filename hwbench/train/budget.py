@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from hwbench.errors import UsageError
-from hwbench.nets.gate import CHANNEL, GateSpec, parse_gate
+from hwbench.nets.gate import CHANNEL, PREFIX, SUBSET, GateSpec, parse_gate, strategy
 from hwbench.pattern.gate_pattern import GatePattern
 from hwbench.profile.predictor import PERCENTILES, BlockTable, Predictor, interp
 
@@ -57,6 +57,7 @@ class LatencyEstimate(nn.Module):
         if reduce not in REDUCE:
             raise UsageError(f"unknown reduction {reduce!r}; use {' or '.join(REDUCE)}")
         self.gate, self.reduce = parse_gate(gate), reduce
+        self.kind = strategy(BUDGET, self.gate, "the latency budget")
         self.pred = Predictor(profile)
         self.arch, self.stem = self.pred.arch, self.pred.stem
         self.input_size, self.names = self.pred.input_size, self.pred.names
@@ -98,13 +99,7 @@ class LatencyEstimate(nn.Module):
     def forward(self, masks: list[torch.Tensor]) -> torch.Tensor:
         if len(masks) != len(self.names):
             raise ValueError(f"{len(masks)} masks for a profile of {len(self.names)} blocks")
-        if self.gate.nested:
-            per_input = self.per_input_ms(masks)
-            if self.reduce == "tail":
-                n = max(1, math.ceil(TAIL * per_input.numel()))
-                return per_input.topk(n).values.mean()
-            return per_input.mean()
-        return self.ms(*self.channels_from_masks(masks))
+        return self.kind.of_masks(self, masks)
 
     def per_input_ms(self, masks: list[torch.Tensor]) -> torch.Tensor:
         """(B,) latency (ms) of each input of a width-gated pass: its own kept width per
@@ -122,10 +117,37 @@ class LatencyEstimate(nn.Module):
 
     def of_pattern(self, pattern: GatePattern) -> float:
         """The same estimate for a pattern file (equals ``Predictor.predict``)."""
-        if pattern.gate.nested:
-            return self.pred.predict(pattern, self.percentile)
+        return self.kind.of_pattern(self, pattern)
+
+
+class SubsetBudget:
+    """The budget's part of a gate kind whose decisions keep any subset (channel gates): the
+    table at the batch's executed channels (``channels_from_masks``)."""
+
+    def of_masks(self, est: LatencyEstimate, masks: list[torch.Tensor]) -> torch.Tensor:
+        return est.ms(*est.channels_from_masks(masks))
+
+    def of_pattern(self, est: LatencyEstimate, pattern: GatePattern) -> float:
         with torch.no_grad():
-            return float(self.ms(*self.pred.executed(pattern)))
+            return float(est.ms(*est.pred.executed(pattern)))
+
+
+class PrefixBudget:
+    """Prefix decisions (width gates): each input at its own width (``per_input_ms``),
+    reduced over the batch by the mean or the slowest ``TAIL`` share."""
+
+    def of_masks(self, est: LatencyEstimate, masks: list[torch.Tensor]) -> torch.Tensor:
+        per_input = est.per_input_ms(masks)
+        if est.reduce == "tail":
+            n = max(1, math.ceil(TAIL * per_input.numel()))
+            return per_input.topk(n).values.mean()
+        return per_input.mean()
+
+    def of_pattern(self, est: LatencyEstimate, pattern: GatePattern) -> float:
+        return est.pred.predict(pattern, est.percentile)
+
+
+BUDGET = {SUBSET: SubsetBudget(), PREFIX: PrefixBudget()}
 
 
 @dataclass

@@ -186,8 +186,7 @@ def resolve_net(cfg: TrainConfig) -> TrainConfig:
     spec = parse_gate(cfg.gate)
     widths = cfg.widths
     if cfg.width_mult is not None:
-        step = spec.step if spec.nested else 16
-        derived = width_mult_widths(cfg.arch, cfg.width_mult, step)
+        derived = width_mult_widths(cfg.arch, cfg.width_mult, spec.thin_multiple)
         if widths is not None and [int(w) for w in widths] != derived:
             raise UsageError(f"--width-mult {cfg.width_mult:g} gives widths {derived}, the "
                              f"config says {list(widths)}")
@@ -224,7 +223,7 @@ def validate(cfg: TrainConfig, files: bool = True) -> None:
     if cfg.gate_bias not in GATE_BIAS:
         raise UsageError(f"--gate-bias must be one of {', '.join(GATE_BIAS)}, got "
                          f"{cfg.gate_bias!r}")
-    if cfg.gate_bias == "none" and parse_gate(cfg.gate).nested:
+    if cfg.gate_bias == "none" and parse_gate(cfg.gate).learned_bias:
         raise UsageError(f"--gate-bias none is for channel gates: a {cfg.gate} gate's bias is "
                          "its starting width: pass --gate-bias learned")
     if cfg.sparsity_on not in ("sampled", "deployed"):

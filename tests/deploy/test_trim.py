@@ -9,18 +9,16 @@ import random
 import pytest
 import torch
 
-from hwbench.deploy.pipeline import trim_run
-from hwbench.deploy.trim import (
-    SearchRule,
-    logit_means,
+from hwbench.deploy.moves import (
     ranking,
     restore_ranking,
     restored_pattern,
-    search,
     switch_off,
     switch_on,
     trimmed_pattern,
 )
+from hwbench.deploy.pipeline import trim_run
+from hwbench.deploy.trim import SearchRule, logit_means, search
 from hwbench.engine import build_engine, pattern_inputs, realise
 from hwbench.errors import UsageError
 from hwbench.io import atomic_write_json

@@ -17,7 +17,10 @@ from hwbench.engine.graphs import (
     executable,
 )
 from hwbench.errors import UsageError
+from hwbench.nets.gate import CHANNEL, GateSpec
 from hwbench.pattern.gate_pattern import mixed_pattern
+
+WIDTH16 = GateSpec.of("width", 16)
 
 TOL = 1e-4
 SIZE = 16
@@ -94,24 +97,24 @@ def test_executions_and_cpu_refusal():
 
 
 def test_policy_under_graphs_replaces_gathers_with_static():
-    assert engine_policy("eager", "gather-gemm", "channel", 1) == "gather-gemm"
-    assert engine_policy("graphs", "auto", "channel", 1) == "static"
-    assert engine_policy("graphs", "auto", "width", 1) == "auto"
-    assert engine_policy("graphs", "auto", "width", 8) == "static"
+    assert engine_policy("eager", "gather-gemm", CHANNEL, 1) == "gather-gemm"
+    assert engine_policy("graphs", "auto", CHANNEL, 1) == "static"
+    assert engine_policy("graphs", "auto", WIDTH16, 1) == "auto"
+    assert engine_policy("graphs", "auto", WIDTH16, 8) == "static"
     for bad in ("gather-conv", "gather-gemm"):
         with pytest.raises(UsageError, match="cannot run under --exec graphs"):
-            engine_policy("graphs", bad, "channel", 1)
+            engine_policy("graphs", bad, CHANNEL, 1)
     # compile too: a gather breaks the graph and recompiles for every count of channels on
-    assert engine_policy("compile", "auto", "channel", 1) == "static"
-    assert engine_policy("compile", "auto", "width", 1) == "auto"
+    assert engine_policy("compile", "auto", CHANNEL, 1) == "static"
+    assert engine_policy("compile", "auto", WIDTH16, 1) == "auto"
     with pytest.raises(UsageError, match="cannot run under --exec compile"):
-        engine_policy("compile", "gather-conv", "channel", 1)
+        engine_policy("compile", "gather-conv", CHANNEL, 1)
 
 
 @pytest.mark.parametrize("mode", ["dense", "masked", "static", "dynamic"])
 def test_graphed_modes_equal_eager_on_a_channel_gated_net(channel_net, mode):
     p, net = channel_net
-    policy = engine_policy("graphs", "auto", p.gate.kind, 1)
+    policy = engine_policy("graphs", "auto", p.gate, 1)
     engine = build_engine(net, mode, p, dynamic_policy=policy)
     kit = FakeKit()
     exe = executable(engine, "graphs", pattern_inputs(1, SIZE, seed=0), kit=kit)
@@ -317,7 +320,7 @@ def test_profile_times_through_its_execution_and_matches_only_that_execution(tmp
 def test_cuda_graphs_equal_eager_for_every_mode_and_width_bucket(width_net, channel_net):
     for p, net in (channel_net, width_net):
         for mode in ("dense", "masked", "static", "dynamic"):
-            policy = engine_policy("graphs", "auto", p.gate.kind, 1)
+            policy = engine_policy("graphs", "auto", p.gate, 1)
             engine = build_engine(net, mode, p, device="cuda", dynamic_policy=policy)
             exe = executable(engine, "graphs", pattern_inputs(1, SIZE, seed=0))
             for s in range(6):

@@ -206,3 +206,14 @@ def test_half_the_noise_flips_fewer_decisions_than_the_full_noise():
     flips = [float((gumbel_sigmoid_st(logits, noise_scale=s) != hard).float().mean())
              for s in (1.0, 0.5, 0.0)]
     assert flips[0] > flips[1] > flips[2] == 0.0
+
+
+def test_a_stage_without_a_part_for_a_kind_says_so_in_one_line():
+    from hwbench.errors import UsageError
+    from hwbench.nets.gate import PREFIX, SUBSET, GateSpec, strategy
+
+    width = GateSpec.of("width", 16)
+    assert strategy({PREFIX: "prefix part", SUBSET: "subset part"}, width, "x") == "prefix part"
+    with pytest.raises(UsageError, match="the engine has no strategy for width gates") as exc:
+        strategy({SUBSET: "subset part"}, width, "the engine")
+    assert "\n" not in str(exc.value)

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwbench.engine.compact import BY_WIDTH
 from hwbench.engine.deployable import Deployable, DeployBlock, deployable
 from hwbench.engine.fold import fold_bn
 from hwbench.engine.graphs import DEFAULT_EXECUTION
+from hwbench.engine.kinds import BY_WIDTH, engine_kind
 from hwbench.engine.runtimes.registry import DEFAULT_RUNTIME, get
 from hwbench.engine.runtimes.session import Session, compile_module
 from hwbench.errors import UsageError
@@ -88,9 +88,7 @@ def masked_pattern(net: GatedResNet, size: int) -> GatePattern:
 
 def width_bounds(net: GatedResNet, pattern: GatePattern | None) -> list[int]:
     """The blocks a width-gated network is cut at (those with dynamic channels)."""
-    if pattern is None or not net.gate_spec.nested:
-        return []
-    return [i for i, lp in enumerate(pattern.layers) if lp.dynamic > 0]
+    return engine_kind(net.gate_spec).cut_blocks(pattern)
 
 
 # --------------------------------------------------------------------------- networks
