@@ -64,8 +64,8 @@ def _computed(blk) -> int | None:
     return getattr(blk, "computed", None)
 
 
-# the executor of a nested (width) gate's block: its kept prefix, per input (an execution policy,
-# not a gate kind)
+# BY_WIDTH (engine.kinds): the executor of a block whose gate keeps a prefix, per input (an
+# execution policy, not a gate kind)
 DYNAMIC_POLICIES = ("auto", "static", "gather-conv", "gather-gemm", BY_WIDTH)
 
 

@@ -103,6 +103,13 @@ AUTO_STEP = ("width", "width:auto")  # ``--gate`` values whose step is read from
 T = TypeVar("T")
 
 
+def kind_texts(keeps: str | None = None) -> str:
+    """The registered kinds as ``--gate`` texts ("'channel' or 'width:G'"), those whose
+    decisions keep ``keeps`` only when given: error messages name what the registry holds."""
+    return " or ".join(f"'{k.name}:G'" if k.nested else f"'{k.name}'" for k in KINDS.values()
+                       if keeps is None or k.keeps == keeps)
+
+
 def strategy(table: Mapping[str, T], spec: GateSpec, stage: str) -> T:
     """A stage's part of ``spec``'s kind: ``table`` maps what a decision keeps (SUBSET,
     PREFIX) to the stage's strategy; a kind of a shape the stage has none for: a one-line
@@ -184,8 +191,8 @@ def parse_gate(text) -> GateSpec:
         return GateSpec.of(name)
     if kind is not None and kind.nested and sep and step.isdigit() and int(step) >= 1:
         return GateSpec.of(name, int(step))
-    raise UsageError(f"--gate {text!r}: use 'channel' or 'width:G' with G a positive integer "
-                     "(e.g. width:16)")
+    raise UsageError(f"--gate {text!r}: use {kind_texts()} with G a positive integer "
+                     f"(e.g. {GateSpec.of(GATE_KINDS[-1]).text})")
 
 
 def step_from_profile(text: str) -> bool:

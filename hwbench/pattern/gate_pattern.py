@@ -18,7 +18,7 @@ import torch
 
 from hwbench.errors import HwbenchError, PatternError, UsageError
 from hwbench.io import atomic_write_json
-from hwbench.nets.gate import CHANNEL, GATE_KINDS, GateSpec, parse_gate
+from hwbench.nets.gate import CHANNEL, GATE_KINDS, GateSpec, kind_texts, parse_gate
 from hwbench.nets.geometry import ARCHS, STEMS, NetGeometry, net_geometry
 from hwbench.pattern.layer import LayerPattern, is_int, is_num, pattern_kind, round_to_tile
 
@@ -49,6 +49,7 @@ class GatePattern:
 
     def __post_init__(self) -> None:
         check_tile(self.tile, "tile")
+        pattern_kind(self.gate).check(self.layers)
 
     def geometry(self) -> NetGeometry:
         return net_geometry(self.arch, self.stem, self.input_size, gate_step=self.gate.step)
@@ -158,7 +159,8 @@ def _parse_gate_field(raw: Any, geom: NetGeometry, fail) -> GateSpec:
         return CHANNEL
     if not isinstance(raw, dict) or raw.get("kind") not in GATE_KINDS or not (
             is_int(raw.get("step")) and raw["step"] >= 1):
-        fail("gate", f"expected {{\"kind\": \"channel\" | \"width\", \"step\": G}}, got {raw!r}")
+        fail("gate", f"expected {{\"kind\": K, \"step\": G}} (K:G one of {kind_texts()}), "
+                     f"got {raw!r}")
     try:
         return parse_gate(raw).check_widths([b.width for b in geom.blocks])
     except HwbenchError as exc:

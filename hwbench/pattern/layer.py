@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from hwbench.nets.gate import PREFIX, SUBSET, GateSpec, strategy
+from hwbench.nets.gate import PREFIX, SUBSET, GateSpec, kind_texts, strategy
 
 
 def round_to_tile(k: int, tile: int, channels: int | None = None) -> int:
@@ -107,9 +107,15 @@ class SubsetLayers:
               fail) -> list[LayerPattern]:
         """The file's layers, checked for this kind (``fail``: the loader's one-line error)."""
         if any("width_hist" in r for r in raw):
-            fail("gate", "width_hist needs a gate whose decisions keep a prefix "
-                         "(\"gate\": {\"kind\": ..., \"step\": G})")
+            fail("gate", f"width_hist needs \"gate\": {{\"kind\": K, \"step\": G}} with K:G "
+                         f"one of {kind_texts(PREFIX)}")
         return layers
+
+    def check(self, layers: list[LayerPattern]) -> None:
+        """A pattern's layers agree with its gate kind: no histogram of widths here (the
+        strategies of every stage read a pattern by its kind, not layer by layer)."""
+        if any(lp.width_hist is not None for lp in layers):
+            raise ValueError("a layer with width_hist in a pattern whose gate keeps any subset")
 
     def width_counts(self, masks: list[torch.Tensor], step: int) -> list[torch.Tensor] | None:
         """Per block, how many inputs of a batch keep each width: none to count."""
@@ -153,6 +159,11 @@ class PrefixLayers(SubsetLayers):
               fail) -> list[LayerPattern]:
         return [_width_layer(lp, r, i, step, fail)
                 for i, (lp, r) in enumerate(zip(layers, raw))]
+
+    def check(self, layers: list[LayerPattern]) -> None:
+        """Every layer holds its histogram of kept widths (the truth for a prefix kind)."""
+        if any(lp.width_hist is None for lp in layers):
+            raise ValueError("a layer without width_hist in a pattern whose gate keeps a prefix")
 
     def width_counts(self, masks: list[torch.Tensor], step: int) -> list[torch.Tensor] | None:
         return [torch.bincount((m.sum(dim=1) / step).round().long().cpu(),

@@ -273,3 +273,19 @@ def test_generated_patterns_keep_multiples_of_the_tile(tile):
                                                seed=3).kept_channels())
     assert synthesise("resnet18", "cifar", 32, 0.5).kept_channels(tile=tile) == [
         round_to_tile(k, tile) for k in synthesise("resnet18", "cifar", 32, 0.5).kept_channels()]
+
+
+def test_a_pattern_whose_layers_disagree_with_its_gate_kind_is_refused():
+    """Every stage reads a pattern by its gate kind: a width pattern's layers all hold their
+    histogram, a channel pattern's none (a layer built the other way would be priced wrong)."""
+    from hwbench.nets.gate import GateSpec
+    from hwbench.pattern.gate_pattern import LayerPattern
+
+    width = GateSpec.of("width", 16)
+    hist = LayerPattern.from_width_hist("layer1.0", 64, 16, [0.0, 0.5, 0.0, 0.0, 0.5])
+    plain = LayerPattern("layer1.0", 64, 16, 0, 48, 0.5)
+    assert GatePattern("resnet18", "cifar", 32, [hist] * 8, gate=width).layers[0].step == 16
+    with pytest.raises(ValueError, match="without width_hist"):
+        GatePattern("resnet18", "cifar", 32, [hist] * 7 + [plain], gate=width)
+    with pytest.raises(ValueError, match="with width_hist"):
+        GatePattern("resnet18", "cifar", 32, [plain] * 7 + [hist])

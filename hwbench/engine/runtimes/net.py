@@ -20,7 +20,8 @@ from hwbench.engine.runtimes.session import Session, compile_module
 from hwbench.errors import UsageError
 from hwbench.measure.protocol import TUNING, Inputs, measure
 from hwbench.nets.resnet import GatedResNet
-from hwbench.pattern.gate_pattern import GatePattern, LayerPattern
+from hwbench.pattern.gate_pattern import GatePattern
+from hwbench.pattern.layer import pattern_kind
 
 POLICIES = ("auto", "static", BY_WIDTH)
 
@@ -81,8 +82,8 @@ class _Segment(nn.Module):
 def masked_pattern(net: GatedResNet, size: int) -> GatePattern:
     """The masked mode as a pattern: every channel of every block dynamic (full-width convs,
     each channel multiplied by its gate's decision)."""
-    geom = net.geometry((size, size))
-    layers = [LayerPattern(b.name, b.width, 0, 0, b.width, 0.5) for b in geom.blocks]
+    geom, kind, step = net.geometry((size, size)), pattern_kind(net.gate_spec), net.gate_spec.step
+    layers = [kind.mixed(b.name, b.width, 0, b.width // step, 0.5, step) for b in geom.blocks]
     return GatePattern(net.arch, net.stem, size, layers, gate=net.gate_spec)
 
 
